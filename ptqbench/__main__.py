@@ -1,0 +1,51 @@
+"""`python -m ptqbench [-m] key=value ...`: Hydra entry point, one job or a sweep.
+
+Thin by design: config composition is Hydra's, the job is `ptqbench.run.run_job`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+log = logging.getLogger("ptqbench")
+
+
+def _sweep_group() -> tuple[bool, str]:
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return True, Path(hc.sweep.dir).name
+    return False, "single"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> Optional[dict[str, Any]]:
+    from ptqbench.errors import PTQBenchError
+    from ptqbench.run import run_job
+
+    multirun, group = _sweep_group()
+    try:
+        rec = run_job(cfg, group=group)
+        return {"run_key": rec["run_key"], "status": rec["status"], "skipped": rec.get("skipped", False),
+                "top1": rec.get("metrics", {}).get("top1")}
+    except PTQBenchError as e:
+        log.error("%s", e)
+        if not multirun:
+            sys.exit(2)
+        return {"status": "failed", "error": str(e)}
+    except Exception as e:
+        if not multirun:
+            raise
+        log.exception("job failed (recorded; the sweep continues)")
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The one model-patching layer: turns a timm ViT/DeiT/Swin into a quantizable model.
+
+Every Linear and the patch-embedding Conv2d become QuantLinear/QuantConv2d, attention gets
+QuantMatMuls, and every activation quantizer is tagged with its role (ptqbench.quant.roles). A
+`QuantPlan` from the method decides which quantizer each role gets; roles without a spec stay FP.
+The adapter also lists the LayerNorm -> Linear pairs that reparameterization may fold into.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from timm.layers import Mlp
+from timm.models.swin_transformer import PatchMerging, WindowAttention
+from timm.models.vision_transformer import Attention
+from torch import nn
+
+from ptqbench.models.attention import QuantAttention, QuantWindowAttention
+from ptqbench.quant import roles
+from ptqbench.quant.calibration import quantizers
+from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
+from ptqbench.quant.reparam import ReparamPair
+from ptqbench.quant.spec import QuantPlan
+
+
+@dataclass
+class QuantizedModel:
+    """A patched model plus what methods need to know about its structure."""
+
+    model: nn.Module
+    plan: QuantPlan
+    reparam_pairs: list[ReparamPair] = field(default_factory=list)
+    linear_roles: dict[str, str] = field(default_factory=dict)
+
+    def quantizer_map(self) -> dict[str, dict[str, Any]]:
+        """Per-quantizer description (kind, bits, role, granularity) for the run record."""
+        return {name: q.describe() for name, q in quantizers(self.model).items()}
+
+    def counts(self) -> dict[str, int]:
+        """How many modules of each quantized kind, and quantizers per role."""
+        out: dict[str, int] = {}
+        for m in self.model.modules():
+            if isinstance(m, (QuantLinear, QuantConv2d, QuantMatMul)):
+                out[type(m).__name__] = out.get(type(m).__name__, 0) + 1
+        for q in quantizers(self.model).values():
+            key = f"quantizers.{q.role}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+
+def _linear_roles(model: nn.Module) -> dict[str, str]:
+    """Role of the *input* of each Linear, read from the module structure (not from names)."""
+    found: dict[str, str] = {}
+    named = dict(model.named_modules())
+    ids = {id(m): n for n, m in named.items()}
+    for name, m in named.items():
+        if isinstance(m, (Attention, WindowAttention)):
+            found[f"{name}.qkv"] = roles.POST_LN
+            found[f"{name}.proj"] = roles.ATTN_OUT
+        elif isinstance(m, Mlp):
+            found[f"{name}.fc1"] = roles.POST_LN if isinstance(getattr(m, "fc1"), nn.Linear) else roles.OTHER_IN
+            found[f"{name}.fc2"] = roles.POST_GELU
+        elif isinstance(m, PatchMerging):
+            found[f"{name}.reduction"] = roles.POST_LN
+    get_cls = getattr(model, "get_classifier", None)
+    head = get_cls() if callable(get_cls) else None
+    if isinstance(head, nn.Linear) and id(head) in ids:
+        found[ids[id(head)]] = roles.HEAD_IN
+    return {n: found.get(n, roles.OTHER_IN) for n, m in named.items() if isinstance(m, nn.Linear)}
+
+
+def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _build(plan: QuantPlan, role: str) -> Optional[nn.Module]:
+    spec = plan.for_role(role)
+    return spec.build(role, channel_axis=-1) if spec is not None else None
+
+
+def _weight_quantizer(plan: QuantPlan) -> Optional[nn.Module]:
+    return plan.weight.build(roles.WEIGHT, channel_axis=0) if plan.weight is not None else None
+
+
+def _reparam_pairs(model: nn.Module) -> list[ReparamPair]:
+    pairs: list[ReparamPair] = []
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        cands = []
+        if all(hasattr(m, a) for a in ("norm1", "attn", "norm2", "mlp")):
+            cands = [("norm1", getattr(m.attn, "qkv", None)), ("norm2", getattr(m.mlp, "fc1", None))]
+        elif isinstance(m, PatchMerging):
+            cands = [("norm", m.reduction)]
+        for norm_attr, lin in cands:
+            norm = getattr(m, norm_attr)
+            if isinstance(norm, nn.LayerNorm) and isinstance(lin, QuantLinear):
+                pairs.append(ReparamPair(f"{prefix}{norm_attr}", norm, lin))
+    return pairs
+
+
+def make_quantizable(model: nn.Module, plan: QuantPlan) -> QuantizedModel:
+    """Patch `model` in place for `plan` and return it wrapped with its structure.
+
+    All quantizers start uncalibrated; run a method's quantize() (or quant.calibrate) next.
+    """
+    linear_roles = _linear_roles(model)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, Attention):
+            QuantAttention.adopt(m, QuantMatMul(_build(plan, roles.Q), _build(plan, roles.K)),
+                                 QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)))
+        elif isinstance(m, WindowAttention):
+            QuantWindowAttention.adopt(m, QuantMatMul(_build(plan, roles.Q), _build(plan, roles.K)),
+                                       QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)))
+    for name, m in list(model.named_modules()):
+        if type(m) is nn.Linear:
+            _set_child(model, name, QuantLinear(m, _build(plan, linear_roles[name]), _weight_quantizer(plan)))
+        elif type(m) is nn.Conv2d:
+            role = roles.PATCH_IN if name.endswith("patch_embed.proj") else roles.OTHER_IN
+            _set_child(model, name, QuantConv2d(m, _build(plan, role), _weight_quantizer(plan)))
+    for qname, q in quantizers(model).items():
+        q.qname = qname
+    return QuantizedModel(model, plan, _reparam_pairs(model), linear_roles)

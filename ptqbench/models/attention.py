@@ -1,0 +1,98 @@
+"""Unfused, quantizable versions of timm's attention modules.
+
+Each class subclasses the timm module and only overrides `forward`, so parameters, buffers and
+state-dict names stay timm's. `adopt()` turns an existing instance into the quantizable class
+(no copy) and attaches a QuantMatMul for q @ k^T and one for attn @ v: the fused
+`scaled_dot_product_attention` path, which hides both products and the softmax, is never taken.
+
+q is multiplied by 1/sqrt(d) before its quantizer, as timm's FP path does. RepQ-ViT scales the
+product instead; per-tensor uniform quantization is scale-equivariant (the calibrated range scales
+with q), so both give the same function up to float rounding, and scaling q touches 3x fewer
+elements than scaling the N x N attention map.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from timm.models.swin_transformer import WindowAttention
+from timm.models.vision_transformer import Attention
+
+from ptqbench.errors import ConfigError
+from ptqbench.quant.modules import QuantMatMul
+
+
+def _check_attrs(module: torch.nn.Module, attrs: tuple[str, ...]) -> None:
+    missing = [a for a in attrs if not hasattr(module, a)]
+    if missing:
+        raise ConfigError(
+            f"{type(module).__name__} lacks {missing}: this timm version's attention differs from the "
+            "one ptqbench patches (tested with timm 1.0.x); install the pinned timm (constraints.txt)"
+        )
+
+
+class QuantAttention(Attention):
+    """timm ViT/DeiT `Attention` with quantizable matmuls."""
+
+    matmul_qk: QuantMatMul
+    matmul_av: QuantMatMul
+
+    @classmethod
+    def adopt(cls, module: Attention, matmul_qk: QuantMatMul, matmul_av: QuantMatMul) -> "QuantAttention":
+        _check_attrs(module, ("qkv", "proj", "num_heads", "head_dim", "scale", "q_norm", "k_norm", "attn_drop", "proj_drop"))
+        if getattr(module, "gate", None) is not None:
+            raise ConfigError("gated timm attention is not supported by the quantization adapter")
+        module.__class__ = cls
+        module.fused_attn = False
+        module.matmul_qk = matmul_qk
+        module.matmul_av = matmul_av
+        return module  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1))
+        if attn_mask is not None or is_causal:
+            from timm.models.vision_transformer import maybe_add_mask, resolve_self_attn_mask
+
+            attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        x = self.matmul_av(attn, v)
+        x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
+        x = getattr(self, "norm", torch.nn.Identity())(x)
+        return self.proj_drop(self.proj(x))
+
+
+class QuantWindowAttention(WindowAttention):
+    """timm Swin `WindowAttention` with quantizable matmuls (relative position bias and shift
+    mask are added to the dequantized q @ k^T before the softmax, as in FP)."""
+
+    matmul_qk: QuantMatMul
+    matmul_av: QuantMatMul
+
+    @classmethod
+    def adopt(cls, module: WindowAttention, matmul_qk: QuantMatMul, matmul_av: QuantMatMul) -> "QuantWindowAttention":
+        _check_attrs(module, ("qkv", "proj", "num_heads", "scale", "softmax", "attn_drop", "proj_drop", "_get_rel_pos_bias"))
+        module.__class__ = cls
+        module.fused_attn = False
+        module.matmul_qk = matmul_qk
+        module.matmul_av = matmul_av
+        return module  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B_, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1))
+        attn = attn + self._get_rel_pos_bias()
+        if mask is not None:
+            num_win = mask.shape[0]
+            attn = attn.view(-1, num_win, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, N, N)
+        attn = self.attn_drop(self.softmax(attn))
+        x = self.matmul_av(attn, v)
+        x = x.transpose(1, 2).reshape(B_, N, -1)
+        return self.proj_drop(self.proj(x))

@@ -1,0 +1,148 @@
+"""Find and load model weights: explicit checkpoint, then local weights folders, then timm's hub.
+
+A checkpoint must match the model exactly (strict load): a partial load would benchmark a
+half-random network without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import timm
+import torch
+from torch import nn
+
+from ptqbench.errors import WeightsError
+from ptqbench.models.zoo import ModelEntry
+from ptqbench.paths import data_root
+
+WEIGHTS_ENV = "PTQBENCH_WEIGHTS"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+def weight_search_dirs(weights_dir: Optional[str]) -> list[Path]:
+    """Local folders searched for weights, in order: model.weights_dir, $PTQBENCH_WEIGHTS,
+    $PTQBENCH_DATA/weights (default ../shared/data/weights)."""
+    dirs = [Path(weights_dir).expanduser()] if weights_dir else []
+    if os.environ.get(WEIGHTS_ENV):
+        dirs.append(Path(os.environ[WEIGHTS_ENV]).expanduser())
+    dirs.append(data_root() / "weights")
+    return dirs
+
+
+def local_candidates(entry: ModelEntry, dirs: list[Path]) -> list[Path]:
+    """File names tried in each folder: `{arch}.{tag}{suffix}`, then `{arch}{suffix}`."""
+    return [d / f"{stem}{suf}" for d in dirs for stem in (entry.timm_name, entry.arch) for suf in WEIGHT_SUFFIXES]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from .safetensors or a torch checkpoint, unwrapping common wrappers
+    ({'model': ...}, {'state_dict': ...}) and DataParallel's 'module.' prefix."""
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist; fix model.checkpoint=PATH")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd: Any = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file
+        raise WeightsError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    for key in _WRAPPER_KEYS:
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """Load `sd` into `model` or raise a WeightsError listing missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def show(xs: list[str]) -> str:
+            return ", ".join(xs[:5]) + (f", ... ({len(xs)} in all)" if len(xs) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {show(shapes)}")
+        raise WeightsError(
+            f"checkpoint {source} does not match model {arch}: " + "; ".join(parts)
+            + ". Pick the model that matches the checkpoint (model=...), or the right model.checkpoint."
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """sha256 over the model's parameters and buffers: identifies the exact FP network for caching."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def create_model(
+    entry: ModelEntry,
+    checkpoint: Optional[str] = None,
+    weights_dir: Optional[str] = None,
+    pretrained: bool = True,
+    allow_download: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the timm model in eval mode and load its weights.
+
+    Order: `checkpoint` if given; else the first file found in the local weights folders; else
+    timm's pretrained download (if `allow_download`). `pretrained=False` gives random weights
+    (for tests and timing) and says so in the returned info.
+    """
+    try:
+        model = timm.create_model(entry.timm_name, pretrained=False)
+    except Exception as e:
+        raise WeightsError(f"timm cannot build {entry.timm_name}: {e}") from e
+    info: dict[str, Any] = {"timm_name": entry.timm_name}
+    if not pretrained:
+        info["source"] = "random_init"
+    elif checkpoint:
+        path = Path(checkpoint).expanduser()
+        load_strict(model, read_state_dict(path), str(path), entry.arch)
+        info.update(source="checkpoint", path=str(path.resolve()))
+    else:
+        tried = local_candidates(entry, weight_search_dirs(weights_dir))
+        found = next((p for p in tried if p.is_file()), None)
+        if found is not None:
+            load_strict(model, read_state_dict(found), str(found), entry.arch)
+            info.update(source="local", path=str(found.resolve()))
+        else:
+            hub_error = "download disabled (model.allow_download=false)"
+            if allow_download:
+                try:
+                    model = timm.create_model(entry.timm_name, pretrained=True)
+                    info["source"] = "timm_hub"
+                except Exception as e:  # offline, no cache
+                    hub_error = f"timm download failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            if info.get("source") != "timm_hub":
+                folders = sorted({str(p.parent) for p in tried})
+                raise WeightsError(
+                    f"no weights for {entry.timm_name}. Looked in {folders} for "
+                    f"{entry.timm_name}{{{','.join(WEIGHT_SUFFIXES)}}} or {entry.arch}{{...}}; {hub_error}. "
+                    "Fix: model.checkpoint=PATH, or put the file in one of those folders "
+                    f"(model.weights_dir=DIR or ${WEIGHTS_ENV}=DIR), or go online."
+                )
+    model.eval()
+    return model, info

@@ -1,0 +1,98 @@
+"""The fake-quantizer contract every quantizer in ptqbench follows.
+
+A quantizer is an `nn.Module` that maps a float tensor to its quantize-dequantize image. It is
+*calibrated* once from data (`calibrate`) and then applies fixed parameters. Calibration is lazy:
+inside `ptqbench.quant.calibration.calibrating(...)` an uncalibrated quantizer fits itself on the
+first tensor it sees, so a single forward pass calibrates the whole model in forward order, with
+upstream quantizers already active (RepQ-ViT's protocol).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptqbench.errors import CalibrationError
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round, passing gradients straight through (for the learnable quantizers of later methods)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x + (torch.round(x) - x).detach()
+    return torch.round(x)
+
+
+class Quantizer(nn.Module):
+    """Base fake-quantizer.
+
+    Attributes:
+        bits: code width.
+        role: what tensor this quantizer sees (see `ptqbench.quant.roles`).
+        enabled: False makes the quantizer the identity (FP pass-through).
+        calibrated: True once parameters have been fitted.
+        auto_calibrate: set by the calibration context; an uncalibrated quantizer then fits itself
+            on the next tensor instead of raising.
+        version: bumped on every (re)calibration so cached quantized weights know to refresh.
+        qname: dotted module name, filled in by the model adapter, used in messages and records.
+    """
+
+    kind = "base"
+
+    def __init__(self, bits: int, role: str) -> None:
+        super().__init__()
+        if not 1 <= int(bits) <= 16:
+            raise ValueError(f"{self.kind} quantizer bits must be in 1..16, got {bits}")
+        self.bits = int(bits)
+        self.role = role
+        self.enabled = True
+        self.calibrated = False
+        self.auto_calibrate = False
+        self.version = 0
+        self.qname = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if not self.calibrated:
+            if not self.auto_calibrate:
+                raise CalibrationError(
+                    f"quantizer {self.qname or self.role!r} ({self.kind}, role {self.role}) was used "
+                    "before calibration; run the method's quantize() (or ptqbench.quant.calibrate) first"
+                )
+            self.calibrate(x)
+        return self.quantize(x)
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Fit the quantization parameters on `x`; refuses NaN/inf with a message naming the tensor."""
+        x = x.detach()
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise CalibrationError(
+                f"{bad} non-finite values (NaN/inf) reached quantizer {self.qname or self.role!r} "
+                f"(role {self.role}) during calibration; the model or its input is broken upstream "
+                "(check the checkpoint, the input normalisation, and any earlier reparameterization)"
+            )
+        self._fit(x)
+        self.calibrated = True
+        self.version += 1
+
+    def reset(self) -> None:
+        """Forget the fitted parameters (e.g. after the weights they were fitted on changed)."""
+        self.calibrated = False
+        self.version += 1
+
+    def _fit(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for the run record's per-layer quantizer map."""
+        return {"kind": self.kind, "bits": self.bits, "role": self.role, "enabled": self.enabled}
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, role={self.role}, enabled={self.enabled}, calibrated={self.calibrated}"

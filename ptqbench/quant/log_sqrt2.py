@@ -1,0 +1,69 @@
+"""Log-sqrt2 fake quantization for post-softmax activations (RepQ-ViT).
+
+Codes q = clamp(round(-2 log2(x / D)), 0, 2^b - 1), dequantized as D * sqrt2^(-q); values whose
+code would exceed the range (tiny probabilities, and exact zeros) become 0. D is picked among high
+percentiles of x by MSE. Levels are dense near 0, where most attention probabilities live.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ptqbench.quant.base import Quantizer
+from ptqbench.quant.ranges import RangeSearch, pick_by_mse, quantiles, subsample
+
+
+def log_sqrt2_fake_quant(x: torch.Tensor, delta: torch.Tensor, bits: int) -> torch.Tensor:
+    """Quantize-dequantize with a log-sqrt2 grid below `delta` (no gradient: used at calibration
+    and inference only). One allocation plus in-place ops, as attention maps are the largest
+    activations of a ViT."""
+    y = torch.div(x, delta)
+    y.log2_().mul_(-2.0).round_()
+    out_of_range = y >= 2**bits  # includes x == 0 (code +inf)
+    y.clamp_(min=0.0).mul_(-0.5).exp2_().mul_(delta)
+    return y.masked_fill_(out_of_range, 0.0)
+
+
+class LogSqrt2Quantizer(Quantizer):
+    """Log-sqrt2 quantizer for non-negative activations (attention probabilities)."""
+
+    kind = "log_sqrt2"
+
+    def __init__(self, bits: int, role: str, search: RangeSearch = RangeSearch()) -> None:
+        super().__init__(bits, role)
+        self.search = search
+        self.register_buffer("delta", torch.ones(()))
+
+    def _fit(self, x: torch.Tensor) -> None:
+        if (x < 0).any():
+            raise ValueError(f"log-sqrt2 quantizer {self.qname!r} needs non-negative input (post-softmax)")
+        x2d = subsample(x.float().reshape(1, -1), self.search.max_samples)
+        if self.search.method == "minmax":
+            cands = [(x2d.amax(dim=1),)]
+        else:
+            ps = list(self.search.percentiles) if self.search.method == "mse" else [self.search.percentiles[0]]
+            qs = quantiles(x2d, ps)
+            cands = [(qs[i],) for i in range(len(ps))]
+        # an all-zero input has no positive scale to find: any delta encodes it exactly
+        cands = [(torch.where(c[0] > 0, c[0], torch.ones_like(c[0])),) for c in cands]
+        (delta,) = pick_by_mse(x2d, cands, lambda v, d: log_sqrt2_fake_quant(v, d[:, None], self.bits))
+        self.delta = delta[0].detach().clone()
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return log_sqrt2_fake_quant(x, self.delta, self.bits)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes in [0, 2^b - 1]; -1 marks values that dequantize to 0 (code out of range)."""
+        q = torch.round(-2.0 * torch.log2(x / self.delta))
+        return torch.where(q >= 2**self.bits, torch.full_like(q, -1.0), torch.clamp(q, min=0.0))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        out = self.delta * torch.exp2(-0.5 * torch.clamp(codes, min=0.0))
+        return torch.where(codes < 0, torch.zeros_like(out), out)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(granularity="tensor", range=self.search.method)
+        return d

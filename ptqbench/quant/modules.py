@@ -1,0 +1,95 @@
+"""Quantized drop-in modules: Linear, Conv2d and the attention MatMul.
+
+They share the float module's Parameters (no copy), so a patched model has the same state as the
+original plus quantizer buffers. Fake-quantized weights are cached for inference and refreshed
+whenever the weight tensor or its quantizer changes: evaluation pays for weight quantization once,
+not per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptqbench.quant.base import Quantizer
+
+
+class _WeightQuantMixin:
+    """Holds `weight_quantizer` and a cache of the fake-quantized weight."""
+
+    weight: nn.Parameter
+    weight_quantizer: Optional[Quantizer]
+
+    def _init_weight_cache(self) -> None:
+        self._wq_cache: Optional[torch.Tensor] = None
+        self._wq_key: Optional[tuple] = None
+
+    def quantized_weight(self) -> torch.Tensor:
+        wq = self.weight_quantizer
+        if wq is None or not wq.enabled:
+            return self.weight
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return wq(self.weight)  # training-time path: no cache, gradients flow
+        key = (self.weight.data_ptr(), self.weight._version, wq.version, wq.calibrated)
+        if self._wq_key != key or self._wq_cache is None:
+            with torch.no_grad():
+                self._wq_cache = wq(self.weight)
+            self._wq_key = (self.weight.data_ptr(), self.weight._version, wq.version, wq.calibrated)
+        return self._wq_cache
+
+
+class QuantLinear(nn.Linear, _WeightQuantMixin):
+    """nn.Linear with an input quantizer (activation) and a weight quantizer; either may be None."""
+
+    def __init__(self, linear: nn.Linear, input_quantizer: Optional[Quantizer], weight_quantizer: Optional[Quantizer]):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.input_quantizer = input_quantizer
+        self.weight_quantizer = weight_quantizer
+        self._init_weight_cache()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+
+class QuantConv2d(nn.Conv2d, _WeightQuantMixin):
+    """nn.Conv2d with an input quantizer and a weight quantizer (the patch embedding)."""
+
+    def __init__(self, conv: nn.Conv2d, input_quantizer: Optional[Quantizer], weight_quantizer: Optional[Quantizer]):
+        super().__init__(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.input_quantizer = input_quantizer
+        self.weight_quantizer = weight_quantizer
+        self._init_weight_cache()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+
+class QuantMatMul(nn.Module):
+    """a @ b with each operand quantized by its own quantizer (None = FP operand)."""
+
+    def __init__(self, a_quantizer: Optional[Quantizer], b_quantizer: Optional[Quantizer]):
+        super().__init__()
+        self.a_quantizer = a_quantizer
+        self.b_quantizer = b_quantizer
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.a_quantizer is not None:
+            a = self.a_quantizer(a)
+        if self.b_quantizer is not None:
+            b = self.b_quantizer(b)
+        return a @ b

@@ -1,0 +1,109 @@
+"""Clipping-range search for quantizers: min-max, percentile, and MSE over percentile candidates.
+
+All functions work on a 2-D view `x2d` of shape [groups, samples]: one row per channel for
+per-channel quantizers, a single row for per-tensor ones, so one code path serves both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+RANGE_METHODS = ("minmax", "percentile", "mse")
+
+# torch.sort on one huge row is slow and torch.quantile refuses more than 2**24 elements:
+# above this many samples per row, quantiles come from torch.kthvalue instead of a sort.
+_KTH_THRESHOLD = 1 << 20
+
+
+@dataclass(frozen=True)
+class RangeSearch:
+    """How a quantizer picks its clipping range from calibration data.
+
+    Attributes:
+        method: "minmax" (full range), "percentile" (clip at `percentiles[0]` and its mirror),
+            or "mse" (try every percentile in `percentiles`, keep the one with least squared
+            quantization error, per group; RepQ-ViT's search).
+        percentiles: upper percentiles in (0, 1]; the lower clip is 1 - p.
+        max_samples: per-tensor data above this many elements is subsampled (seeded) before the
+            search, so calibration memory and time stay bounded for large calibration sets.
+    """
+
+    method: str = "mse"
+    percentiles: Sequence[float] = field(default=(0.999, 0.9999, 0.99999))
+    max_samples: int = 1 << 24
+
+    def __post_init__(self) -> None:
+        if self.method not in RANGE_METHODS:
+            raise ValueError(f"unknown range method {self.method!r}; choose one of {RANGE_METHODS}")
+        if not self.percentiles or any(not 0.5 < p <= 1.0 for p in self.percentiles):
+            raise ValueError(f"percentiles must lie in (0.5, 1], got {list(self.percentiles)}")
+        object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
+
+
+def quantiles(x2d: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
+    """Row-wise quantiles with linear interpolation (torch.quantile's default), shape [len(qs), G].
+
+    Exact for any row length (no 2**24 limit): sorts short rows, uses kthvalue on long ones.
+    """
+    g, m = x2d.shape
+    pos = torch.tensor([q * (m - 1) for q in qs], dtype=torch.float64)
+    lo_idx = pos.floor().long()
+    hi_idx = pos.ceil().long()
+    frac = (pos - lo_idx.double()).to(x2d.dtype).to(x2d.device)
+    needed = sorted(set(lo_idx.tolist()) | set(hi_idx.tolist()))
+    if m <= _KTH_THRESHOLD or g > 1:
+        srt = torch.sort(x2d, dim=1).values
+        picked = {i: srt[:, i] for i in needed}
+    else:
+        picked = {i: torch.kthvalue(x2d, i + 1, dim=1).values for i in needed}
+    lo = torch.stack([picked[i] for i in lo_idx.tolist()])
+    hi = torch.stack([picked[i] for i in hi_idx.tolist()])
+    return lo + (hi - lo) * frac[:, None]
+
+
+def subsample(x2d: torch.Tensor, max_samples: int, seed: int = 0) -> torch.Tensor:
+    """Keep at most `max_samples` elements in total, same columns for every row (seeded)."""
+    g, m = x2d.shape
+    if g * m <= max_samples:
+        return x2d
+    keep = max(1, max_samples // g)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(m, generator=gen)[:keep].to(x2d.device)
+    return x2d[:, idx]
+
+
+def candidate_ranges(x2d: torch.Tensor, search: RangeSearch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (lo, hi) candidates per group that `search` considers, each of shape [G]."""
+    if search.method == "minmax":
+        return [(x2d.amin(dim=1), x2d.amax(dim=1))]
+    ps = list(search.percentiles) if search.method == "mse" else [search.percentiles[0]]
+    qs = quantiles(x2d, [1.0 - p for p in ps] + ps)
+    n = len(ps)
+    return [(qs[i], qs[n + i]) for i in range(n)]
+
+
+def pick_by_mse(
+    x2d: torch.Tensor,
+    candidates: Sequence[tuple[torch.Tensor, ...]],
+    quantize: Callable[..., torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
+    """Per group, the candidate whose `quantize(x2d, *candidate)` has the least mean squared error.
+
+    Ties keep the earlier candidate, as RepQ-ViT's strict `<` does.
+    """
+    if len(candidates) == 1:
+        return tuple(candidates[0])
+    best = None
+    best_err = None
+    for cand in candidates:
+        err = (quantize(x2d, *cand) - x2d).pow(2).mean(dim=1)
+        if best is None:
+            best, best_err = [c.clone() for c in cand], err
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = [torch.where(better, c, b) for c, b in zip(cand, best)]
+    return tuple(best)

@@ -1,0 +1,222 @@
+"""One job: resolve the config, skip it if already done, quantize, evaluate, record, log.
+
+Whatever happens, the job leaves a record: `ok` with metrics, or `failed` with the error and
+traceback (a relaunch reruns failed jobs and skips finished ones).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ptqbench import __version__
+from ptqbench.errors import ConfigError
+from ptqbench.paths import REPO_ROOT
+from ptqbench.records import (
+    STATUS_FAILED, STATUS_OK, finished, read_json, record_path, run_key, semantic_config, write_json_atomic,
+)
+
+log = logging.getLogger("ptqbench")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise ConfigError(f"device={name!r}; choose auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def resolve_workers(workers: Any) -> int:
+    if workers in (None, "auto"):
+        return min(8, os.cpu_count() or 1)
+    if not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"data.workers={workers!r}; use auto or an integer >= 0")
+    return workers
+
+
+def git_commit() -> Optional[str]:
+    """HEAD of the ptqbench checkout (with '+dirty' for local changes), None outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import numpy
+    import timm
+
+    return {"ptqbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "hydra": hydra.__version__, "numpy": numpy.__version__}
+
+
+def _sha(items: list[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def _fp_baseline(model: torch.nn.Module, loader: Any, device: torch.device, cache_dir: Path,
+                 weights_fp: str, eval_ids_hash: str, transform: str) -> dict[str, Any]:
+    """FP top-1/top-5 of `model` on the evaluation images, computed once per (weights, images,
+    transform) and cached as JSON, so the jobs of a sweep do not each recompute it."""
+    from ptqbench.tasks.classification import evaluate
+
+    key = hashlib.sha256(f"{weights_fp}|{eval_ids_hash}|{transform}".encode()).hexdigest()[:16]
+    path = cache_dir / "fp" / f"{key}.json"
+    cached = read_json(path)
+    if cached and "top1" in cached:
+        cached["cached"] = True
+        return cached
+    res = evaluate(model, loader, device, desc="eval fp")
+    res.update(cache_key=key)
+    write_json_atomic(path, res)
+    res["cached"] = False
+    return res
+
+
+def run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
+    """Run (or skip) the job `cfg` describes and return its record."""
+    results_dir = Path(cfg.results_dir).expanduser()
+    key = run_key(cfg)
+    path = record_path(results_dir, key)
+    if cfg.get("resume", True):
+        done = finished(results_dir, key)
+        if done is not None:
+            log.info("skip %s: already finished (%s); resume=false reruns it", key, path)
+            done["skipped"] = True
+            return done
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    record: dict[str, Any] = {
+        "run_key": key, "status": "running", "group": group,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": resolved, "semantic_config": semantic_config(cfg),
+        "versions": versions(), "git_commit": git_commit(), "host": platform.node(),
+        "argv": sys.argv,
+    }
+    from ptqbench.tracking import make_tracker
+
+    tracker = None
+    failed = True
+    try:
+        name = f"{cfg.model.name}-{cfg.method.name}-w{cfg.bits.w}a{cfg.bits.a}-c{cfg.calib.size}s{cfg.calib.seed}"
+        tracker = make_tracker(resolved.get("logger") or {}, group=group, name=name, config=resolved)
+        record.update(_execute(cfg, results_dir, record))
+        record["status"] = STATUS_OK
+        failed = False
+        tracker.log_summary({**record["metrics"], **{f"time/{k}": v for k, v in record["timings"].items()}})
+        return record
+    except BaseException as e:
+        record["status"] = STATUS_FAILED
+        record["error"] = f"{type(e).__name__}: {e}"
+        record["traceback"] = traceback.format_exc()
+        if tracker is not None:
+            tracker.log_summary({"status": STATUS_FAILED})
+        raise
+    finally:
+        record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(path, record)
+        if tracker is not None:
+            tracker.finish(failed)
+        if not failed:
+            _print_summary(record, path)
+
+
+def _execute(cfg: DictConfig, results_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The work of one classification job; returns the record fields it produces."""
+    import timm.data
+
+    from ptqbench.data import ImageNetFolder, calibration_batch, eval_subset, make_loader, resolve_root, subset_ids
+    from ptqbench.methods import Bits, build_method
+    from ptqbench.models import create_model, make_quantizable, model_entry, state_fingerprint
+    from ptqbench.profiling import PhaseMeter
+    from ptqbench.tasks.classification import evaluate
+
+    if cfg.task.name != "classification":
+        raise ConfigError(f"task={cfg.task.name!r} is not available yet; use task=classification")
+    if cfg.calib.split == cfg.data.val_split:
+        raise ConfigError(f"calib.split={cfg.calib.split!r} is the evaluation split: calibrate on training images")
+    bits = Bits(int(cfg.bits.w), int(cfg.bits.a))
+    method = build_method(OmegaConf.to_container(cfg.method, resolve=True), bits)
+    device = resolve_device(str(cfg.device))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    torch.manual_seed(int(cfg.seed))
+
+    entry = model_entry(cfg.model.name, cfg.model.get("arch"), cfg.model.get("tag"))
+    root = resolve_root(cfg.data.root)  # fail on missing data before loading weights
+    model, weights_info = create_model(entry, cfg.model.get("checkpoint"), cfg.model.get("weights_dir"),
+                                       bool(cfg.model.get("pretrained", True)), bool(cfg.model.get("allow_download", True)))
+    model.to(device)
+    weights_info["fingerprint"] = state_fingerprint(model)
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**data_cfg)
+    val = eval_subset(ImageNetFolder(root, cfg.data.val_split, transform), cfg.data.eval_limit)
+    loader = make_loader(val, int(cfg.data.batch_size), resolve_workers(cfg.data.workers))
+    eval_ids = subset_ids(val)
+
+    fp = _fp_baseline(model, loader, device, results_dir / "cache", weights_info["fingerprint"], _sha(eval_ids), repr(transform))
+    out: dict[str, Any] = {
+        "model": {"name": cfg.model.name, **weights_info, "data_config": {k: str(v) for k, v in data_cfg.items()}},
+        "data": {"root": str(root), "eval_images": len(eval_ids), "eval_ids_sha": _sha(eval_ids)},
+        "fp": {k: fp[k] for k in ("top1", "top5", "images", "cached")},
+        "bits": {"w": bits.w, "a": bits.a, "name": bits.name},
+        "device": str(device), "threads": torch.get_num_threads(),
+    }
+    plan = method.plan()
+    if plan is None:  # method=fp: the quantized metrics are the FP baseline itself
+        q = {"top1": fp["top1"], "top5": fp["top5"]}
+        out.update(timings={"calibration_s": 0.0, "eval_s": fp.get("eval_seconds", 0.0)}, memory={},
+                   quantized_modules={}, calibration={"size": 0, "ids": []}, method_stats={})
+    else:
+        calib_ds = ImageNetFolder(root, cfg.calib.split, transform)
+        calib, calib_ids = calibration_batch(calib_ds, int(cfg.calib.size), int(cfg.calib.seed))
+        qm = make_quantizable(model, plan)
+        with PhaseMeter(device) as cal_meter:
+            stats = method.quantize(qm, calib.to(device))
+        with PhaseMeter(device) as eval_meter:
+            q = evaluate(qm.model, loader, device, desc=f"eval {cfg.method.name} {bits.name}")
+        out.update(
+            timings={"calibration_s": round(cal_meter.seconds, 3), "eval_s": round(eval_meter.seconds, 3),
+                     "fp_eval_s": round(fp.get("eval_seconds", 0.0), 3)},
+            memory={"calibration": cal_meter.as_dict(), "evaluation": eval_meter.as_dict()},
+            quantized_modules=qm.counts(), quantizers=qm.quantizer_map(),
+            protocol={"patch_input_bits": getattr(method.config, "patch_input_bits", None)},
+            calibration={"size": len(calib_ids), "seed": int(cfg.calib.seed), "split": cfg.calib.split, "ids": calib_ids},
+            method_stats=stats,
+        )
+    out["metrics"] = {
+        "top1": q["top1"], "top5": q["top5"], "fp_top1": fp["top1"], "fp_top5": fp["top5"],
+        "drop_top1": fp["top1"] - q["top1"],
+    }
+    return out
+
+
+def _print_summary(rec: dict[str, Any], path: Path) -> None:
+    m, c = rec["metrics"], rec["config"]
+    t = rec["timings"]
+    log.info(
+        "%s %s %s calib=%s seed=%s | FP top-1 %.2f | quantized top-1 %.2f top-5 %.2f | drop %.2f | "
+        "calibration %.1f s, evaluation %.1f s | %s",
+        c["model"]["name"], c["method"]["name"], rec["bits"]["name"], c["calib"]["size"], c["calib"]["seed"],
+        m["fp_top1"], m["top1"], m["top5"], m["drop_top1"], t["calibration_s"], t["eval_s"], path,
+    )

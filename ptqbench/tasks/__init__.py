@@ -1,0 +1,1 @@
+"""Tasks: how a model is evaluated (classification now; detection through mmdet later)."""

@@ -1,0 +1,41 @@
+"""ImageNet classification: top-1 / top-5 of a (quantized) model over a loader."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "eval") -> dict[str, Any]:
+    """Top-1/top-5 accuracy in percent, the image count, and wall time (model + data loading)."""
+    model.eval()
+    correct1 = correct5 = n = 0
+    start = time.perf_counter()
+    model_s = 0.0
+    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False):
+        images, labels = images.to(device, non_blocking=True), labels.to(device)
+        t0 = time.perf_counter()
+        logits = model(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        model_s += time.perf_counter() - t0
+        top5 = logits.topk(5, dim=1).indices
+        hit = top5 == labels[:, None]
+        correct1 += int(hit[:, 0].sum())
+        correct5 += int(hit.any(dim=1).sum())
+        n += labels.numel()
+    if n == 0:
+        raise ValueError("evaluation loader yielded no images")
+    return {
+        "top1": 100.0 * correct1 / n,
+        "top5": 100.0 * correct5 / n,
+        "images": n,
+        "eval_seconds": time.perf_counter() - start,
+        "model_seconds": model_s,
+    }
