@@ -19,6 +19,11 @@ class SweepSummary(Callback):
     shares the file system) and prints the counts when the sweep ends; exits non-zero if any job
     failed, after every job has run."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        path = Path(config.hydra.sweep.dir) / "jobs.jsonl"
+        if path.exists():
+            path.unlink()
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         try:
             sweep_dir = Path(config.hydra.sweep.dir)

@@ -18,14 +18,23 @@ from ptqbench.quant.base import Quantizer
 
 
 class _WeightQuantMixin:
-    """Holds `weight_quantizer` and a cache of the fake-quantized weight."""
+    """Shares the float module's parameters, holds the two quantizers and a cache of the
+    fake-quantized weight."""
 
     weight: nn.Parameter
+    input_quantizer: Optional[Quantizer]
     weight_quantizer: Optional[Quantizer]
 
-    def _init_weight_cache(self) -> None:
+    def _adopt(self, src: nn.Module, input_quantizer: Optional[Quantizer], weight_quantizer: Optional[Quantizer]) -> None:
+        self.weight = src.weight
+        self.bias = src.bias
+        self.input_quantizer = input_quantizer
+        self.weight_quantizer = weight_quantizer
         self._wq_cache: Optional[torch.Tensor] = None
         self._wq_key: Optional[tuple] = None
+
+    def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input_quantizer(x) if self.input_quantizer is not None else x
 
     def quantized_weight(self) -> torch.Tensor:
         wq = self.weight_quantizer
@@ -46,16 +55,10 @@ class QuantLinear(nn.Linear, _WeightQuantMixin):
 
     def __init__(self, linear: nn.Linear, input_quantizer: Optional[Quantizer], weight_quantizer: Optional[Quantizer]):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        self.weight = linear.weight
-        self.bias = linear.bias
-        self.input_quantizer = input_quantizer
-        self.weight_quantizer = weight_quantizer
-        self._init_weight_cache()
+        self._adopt(linear, input_quantizer, weight_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return F.linear(x, self.quantized_weight(), self.bias)
+        return F.linear(self._quant_input(x), self.quantized_weight(), self.bias)
 
 
 class QuantConv2d(nn.Conv2d, _WeightQuantMixin):
@@ -67,16 +70,10 @@ class QuantConv2d(nn.Conv2d, _WeightQuantMixin):
             conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
             device="meta",
         )
-        self.weight = conv.weight
-        self.bias = conv.bias
-        self.input_quantizer = input_quantizer
-        self.weight_quantizer = weight_quantizer
-        self._init_weight_cache()
+        self._adopt(conv, input_quantizer, weight_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+        return self._conv_forward(self._quant_input(x), self.quantized_weight(), self.bias)
 
 
 class QuantMatMul(nn.Module):

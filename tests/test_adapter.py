@@ -1,0 +1,80 @@
+"""The model-patching layer on timm ViT, DeiT and Swin (random weights)."""
+
+import copy
+
+import pytest
+import timm
+import torch
+
+from ptqbench.methods import Bits, build_method
+from ptqbench.models import make_quantizable
+from ptqbench.models.attention import QuantAttention, QuantWindowAttention
+from ptqbench.quant import calibrate, quant_disabled, reparameterize_all
+
+ARCHS = {
+    "deit_tiny_patch16_224": (49, 24, 0),
+    "vit_small_patch16_224": (49, 24, 0),
+    "swin_tiny_patch4_window7_224": (None, 24, 3),
+}
+
+
+def _model(arch: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(arch, pretrained=False).eval()
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_patched_model_with_quantizers_disabled_matches_timm(arch):
+    model = _model(arch)
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 224, 224)
+    qm = make_quantizable(model, build_method({"name": "repq"}, Bits(4, 4)).plan())
+    with torch.no_grad(), quant_disabled(qm.model):
+        out = qm.model(x)
+        expected = ref(x)
+    assert torch.allclose(out, expected, atol=1e-4), (out - expected).abs().max()
+    n_linear, n_matmul, n_reduction = ARCHS[arch]
+    counts = qm.counts()
+    if n_linear:
+        assert counts["QuantLinear"] == n_linear
+    assert counts["QuantMatMul"] == n_matmul and counts["QuantConv2d"] == 1
+    attn_cls = QuantWindowAttention if "swin" in arch else QuantAttention
+    attns = [m for m in qm.model.modules() if isinstance(m, attn_cls)]
+    assert attns and all(not m.fused_attn for m in attns)
+    reductions = [p for p in qm.reparam_pairs if p.name.endswith("downsample.norm")]
+    assert len(reductions) == n_reduction
+    n_blocks = n_matmul // 2  # two attention matmuls per block
+    assert len(qm.reparam_pairs) == 2 * n_blocks + n_reduction  # norm1->qkv, norm2->fc1, PatchMerging
+
+
+@pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+def test_roles_and_reparam_keep_function(arch):
+    model = _model(arch)
+    x = torch.randn(4, 3, 224, 224)
+    qm = make_quantizable(model, build_method({"name": "repq"}, Bits(4, 4)).plan())
+    roles = {q.role for q in qm.model.modules() if hasattr(q, "role")}
+    assert {"patch_in", "post_ln", "q", "k", "post_softmax", "v", "attn_out", "post_gelu", "head_in", "weight"} <= roles
+    with torch.no_grad():
+        with quant_disabled(qm.model):
+            before = qm.model(x)
+        calibrate(qm.model, x)
+        reparameterize_all(qm.reparam_pairs)
+        with quant_disabled(qm.model):
+            after = qm.model(x)
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
+
+
+def test_quantization_is_active_w8_close_w3_far():
+    x = torch.randn(4, 3, 224, 224)
+    outs = {}
+    for bits in (Bits(8, 8), Bits(3, 3)):
+        model = _model("deit_tiny_patch16_224")
+        with torch.no_grad():
+            fp = model(x)
+        method = build_method({"name": "minmax"}, bits)
+        qm = make_quantizable(model, method.plan())
+        method.quantize(qm, x)
+        with torch.no_grad():
+            outs[bits.name] = torch.nn.functional.cosine_similarity(qm.model(x).flatten(), fp.flatten(), dim=0)
+    assert outs["w8a8"] > 0.99
+    assert outs["w3a3"] < outs["w8a8"] - 0.05

@@ -1,0 +1,86 @@
+"""The real CLI, as a user runs it: help, a 2x2 sweep, resume, a failing job, clear errors.
+
+Jobs here use random DeiT-Tiny weights and a synthetic 8-image ImageNet tree, so they check the
+pipeline, not accuracy (the shared-data end-to-end test does that).
+"""
+
+from pathlib import Path
+
+from conftest import run_cli
+
+from ptqbench.records import load_records
+
+
+def _tiny_job_args(tiny_imagenet: Path, results: Path) -> list[str]:
+    return [f"data.root={tiny_imagenet}", f"results_dir={results}", "model.pretrained=false",
+            "calib.size=4", "data.batch_size=4", "data.workers=0", "logger=none"]
+
+
+def test_help_lists_groups_and_choices():
+    out = run_cli("--help")
+    assert out.returncode == 0, out.stderr
+    for line in ("method: fp, minmax, percentile, repq", "bits: w3a3, w3a4, w4a4, w4a8, w5a5, w6a6, w8a8",
+                 "model: deit_base, deit_small, deit_tiny", "logger: none, wandb", "calib: default",
+                 "data: imagenet", "task: classification"):
+        assert line in out.stdout, line
+
+
+def test_sweep_records_every_job_and_relaunch_runs_nothing(tiny_imagenet, tmp_path):
+    args = ["-m", "method=minmax,repq", "bits=w4a4,w8a8", *_tiny_job_args(tiny_imagenet, tmp_path)]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    recs = load_records(tmp_path)
+    assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
+    assert {(r["config"]["method"]["name"], r["bits"]["name"]) for r in recs} == {
+        ("minmax", "w4a4"), ("minmax", "w8a8"), ("repq", "w4a4"), ("repq", "w8a8")}
+    r = recs[0]
+    for key in ("config", "metrics", "fp", "timings", "memory", "versions", "calibration", "quantizers", "run_key"):
+        assert key in r, key
+    assert len(r["calibration"]["ids"]) == 4 and r["fp"]["images"] == 8
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")}
+
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")} == mtimes
+    assert "4 jobs, 0 ran, 4 skipped" in second.stderr + second.stdout
+    fp_cache = list((tmp_path / "cache" / "fp").glob("*.json"))
+    assert len(fp_cache) == 1  # one FP baseline for the whole sweep
+
+
+def test_failing_job_is_recorded_and_sweep_continues(tiny_imagenet, tmp_path):
+    out = run_cli("-m", "method=minmax", "bits.w=99,8", "bits.a=8", *_tiny_job_args(tiny_imagenet, tmp_path))
+    assert out.returncode == 1  # the sweep reports its failure after running every job
+    recs = {r["config"]["bits"]["w"]: r for r in load_records(tmp_path)}
+    assert recs[8]["status"] == "ok"
+    assert recs[99]["status"] == "failed"
+    assert "bits.w=99" in recs[99]["error"] and "Traceback" in recs[99]["traceback"]
+    assert "1 failed" in out.stderr + out.stdout
+    # relaunch: the finished job is skipped, the failed one is tried again
+    again = run_cli("-m", "method=minmax", "bits.w=99,8", "bits.a=8", *_tiny_job_args(tiny_imagenet, tmp_path))
+    assert "2 jobs, 0 ran, 1 skipped (already finished), 1 failed" in again.stderr + again.stdout
+
+
+def test_missing_data_fails_with_path_and_fix(tmp_path):
+    out = run_cli(f"results_dir={tmp_path}", "logger=none", env={"PTQBENCH_DATA": str(tmp_path / "nowhere")})
+    assert out.returncode == 2
+    err = out.stderr + out.stdout
+    assert f"tried {tmp_path}/nowhere/imagenet-mini" in err and "data.root=" in err and "PTQBENCH_DATA" in err
+    rec = load_records(tmp_path)[0]
+    assert rec["status"] == "failed" and "DataNotFoundError" in rec["error"]
+
+
+def test_unknown_method_lists_the_choices(tmp_path):
+    out = run_cli("method=nope", f"results_dir={tmp_path}")
+    assert out.returncode != 0
+    assert "nope" in out.stderr and "repq" in out.stderr
+
+
+def test_wandb_offline_run_files(tiny_imagenet, tmp_path):
+    out = run_cli(*_tiny_job_args(tiny_imagenet, tmp_path)[:-1], "logger=wandb", "bits=w8a8", "method=minmax",
+                  env={"WANDB_MODE": None})
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb")), list(runs[0].iterdir())
+    rec = load_records(tmp_path)[0]
+    assert rec["config"]["logger"]["mode"] == "offline" and rec["status"] == "ok"

@@ -1,0 +1,51 @@
+import pytest
+
+from ptqbench.data import ImageNetFolder, calibration_batch, eval_subset, load_synsets, resolve_root, subset_ids
+from ptqbench.errors import DataNotFoundError
+
+
+def test_labels_follow_the_1000_synset_order_not_the_folders_present(tiny_imagenet):
+    ds = ImageNetFolder(tiny_imagenet, "val")
+    labels = sorted({label for _, label in ds.samples})
+    assert labels == list(range(0, 800, 100))  # ImageFolder would give 0..7
+
+
+def test_shared_val_labels(shared_data):
+    root = shared_data / "imagenet-mini"
+    synsets = load_synsets(root)
+    ds = ImageNetFolder(root, "val")
+    assert len(ds) == 1300
+    path, label = ds.samples[-1]
+    assert synsets[label] == path.split("/")[-2]
+    assert max(lbl for _, lbl in ds.samples) > 725  # not renumbered to the 725 present classes
+
+
+def test_missing_root_names_the_path_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("PTQBENCH_DATA", str(tmp_path / "absent"))
+    with pytest.raises(DataNotFoundError, match=r"tried .*absent/imagenet-mini.*PTQBENCH_DATA.*data.root="):
+        resolve_root(None)
+    with pytest.raises(DataNotFoundError, match=r"tried /no/such/imagenet \(data.root\)"):
+        resolve_root("/no/such/imagenet")
+
+
+def test_missing_synset_order_is_explained(tmp_path):
+    (tmp_path / "val" / "n01440764").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError, match="synsets.txt"):
+        load_synsets(tmp_path)
+
+
+def test_calibration_draw_is_seeded_and_from_train(tiny_imagenet):
+    ds = ImageNetFolder(tiny_imagenet, "train", transform=lambda im: __import__("torch").zeros(3, 4, 4))
+    a, ids_a = calibration_batch(ds, 5, seed=0)
+    _, ids_b = calibration_batch(ds, 5, seed=0)
+    _, ids_c = calibration_batch(ds, 5, seed=1)
+    assert a.shape == (5, 3, 4, 4) and ids_a == ids_b and ids_a != ids_c
+    assert all(i.split("/")[-1].startswith("train_") for i in ids_a)
+    with pytest.raises(DataNotFoundError, match="calib.size=99"):
+        calibration_batch(ds, 99, seed=0)
+
+
+def test_eval_limit_is_a_fixed_subset(tiny_imagenet):
+    ds = ImageNetFolder(tiny_imagenet, "val")
+    assert subset_ids(eval_subset(ds, 3)) == subset_ids(eval_subset(ds, 3))
+    assert len(subset_ids(eval_subset(ds, 3))) == 3 and len(eval_subset(ds, None)) == 8

@@ -1,0 +1,135 @@
+import math
+
+import pytest
+import torch
+
+from ptqbench.errors import CalibrationError
+from ptqbench.quant import LogSqrt2Quantizer, RangeSearch, UniformQuantizer
+from ptqbench.quant.ranges import quantiles
+
+MINMAX = RangeSearch("minmax")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_uniform_asymmetric_uses_all_levels(bits):
+    x = torch.linspace(-1.3, 2.1, 5000)
+    q = UniformQuantizer(bits, "t", search=MINMAX)
+    q.calibrate(x)
+    codes = q.encode(x)
+    assert codes.unique().numel() == 2**bits
+    assert codes.min() == 0 and codes.max() == 2**bits - 1
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_uniform_symmetric_code_range_and_zero(bits):
+    x = torch.linspace(-2.0, 1.0, 4001)
+    q = UniformQuantizer(bits, "t", symmetric=True, search=MINMAX)
+    q.calibrate(x)
+    codes = q.encode(x)
+    assert codes.min() >= -(2 ** (bits - 1)) and codes.max() <= 2 ** (bits - 1) - 1
+    assert float(q.zero_point) == 0.0
+    assert q(torch.zeros(3)).abs().max() == 0  # zero is exact
+
+
+def test_error_within_half_step_inside_range():
+    torch.manual_seed(0)
+    x = torch.randn(10000)
+    q = UniformQuantizer(4, "t", search=MINMAX)
+    q.calibrate(x)
+    err = (q(x) - x).abs()
+    assert err.max() <= float(q.scale) / 2 + 1e-6
+
+
+def test_per_channel_shapes_and_independent_ranges():
+    w = torch.randn(8, 16) * torch.arange(1, 9).float()[:, None]  # row scales differ 8x
+    qw = UniformQuantizer(4, "weight", channel_axis=0, search=MINMAX)
+    qw.calibrate(w)
+    assert qw.scale.shape == (8,) and qw.zero_point.shape == (8,)
+    assert qw.scale[-1] > 4 * qw.scale[0]
+    assert qw(w).shape == w.shape
+    a = torch.randn(2, 5, 6)
+    qa = UniformQuantizer(4, "post_ln", channel_axis=-1, search=MINMAX)
+    qa.calibrate(a)
+    assert qa.scale.shape == (6,)
+    # per-channel activation quantizer also applies to inputs of another rank (Swin: B,H,W,C)
+    assert qa(torch.randn(2, 3, 3, 6)).shape == (2, 3, 3, 6)
+
+
+def test_percentile_clips_outlier_and_mse_beats_minmax():
+    torch.manual_seed(0)
+    x = torch.randn(100000)
+    x[0] = 80.0
+    mm = UniformQuantizer(4, "t", search=MINMAX)
+    pc = UniformQuantizer(4, "t", search=RangeSearch("percentile", (0.999,)))
+    ms = UniformQuantizer(4, "t", search=RangeSearch("mse", (0.99, 0.999, 0.9999)))
+    for q in (mm, pc, ms):
+        q.calibrate(x)
+    assert float(pc.scale) < float(mm.scale) / 10
+    err = {n: float((q(x) - x).pow(2).mean()) for n, q in (("mm", mm), ("pc", pc), ("ms", ms))}
+    assert err["ms"] <= err["pc"] + 1e-9 and err["ms"] < err["mm"] / 10
+
+
+def test_quantiles_match_torch_on_both_code_paths():
+    torch.manual_seed(0)
+    small = torch.randn(3, 1000)
+    ref = torch.quantile(small, torch.tensor([0.001, 0.5, 0.999]), dim=1)
+    assert torch.allclose(quantiles(small, [0.001, 0.5, 0.999]), ref, atol=1e-6)
+    big = torch.randn(1, (1 << 20) + 7)  # long single row: kthvalue path
+    ref = torch.quantile(big[0], torch.tensor([0.0001, 0.9999]))
+    assert torch.allclose(quantiles(big, [0.0001, 0.9999])[:, 0], ref, atol=1e-6)
+
+
+def test_constant_and_zero_channels_are_exact_and_finite():
+    # channel 1 is constant (a LayerNorm channel with weight 0), channel 2 is all zeros
+    torch.manual_seed(0)
+    x = torch.randn(4, 50, 3)
+    x[..., 1] = 0.37
+    x[..., 2] = 0.0
+    for search in (MINMAX, RangeSearch("mse"), RangeSearch("percentile", (0.999,))):
+        q = UniformQuantizer(4, "post_ln", channel_axis=-1, search=search)
+        q.calibrate(x)
+        assert torch.isfinite(q.scale).all() and torch.isfinite(q.zero_point).all()
+        assert 0 <= q.zero_point.min() and q.zero_point.max() <= 15  # no exploding zero point
+        y = q(x)
+        assert torch.allclose(y[..., 1], x[..., 1], atol=1e-6)
+        assert torch.equal(y[..., 2], x[..., 2])
+    neg = UniformQuantizer(4, "t", search=MINMAX)
+    neg.calibrate(torch.full((10,), -2.5))
+    assert torch.allclose(neg(torch.full((10,), -2.5)), torch.full((10,), -2.5))
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_log_sqrt2_codes_levels_and_zero(bits):
+    q = LogSqrt2Quantizer(bits, "post_softmax", search=MINMAX)
+    levels = 2.0 ** (-torch.arange(2**bits).float() / 2)  # 1, 1/sqrt2, 1/2, ...
+    q.calibrate(levels)
+    assert float(q.delta) == 1.0
+    assert torch.equal(q.encode(levels), torch.arange(2**bits).float())
+    assert torch.allclose(q(levels), levels, rtol=1e-6)
+    below = torch.tensor([2.0 ** (-(2**bits) / 2 - 1), 0.0])
+    assert torch.equal(q(below), torch.zeros(2))
+    assert torch.equal(q.encode(below), torch.tensor([-1.0, -1.0]))
+    # a value between two levels goes to the nearer one in log2 domain
+    mid = torch.tensor([2.0 ** (-0.2)])
+    assert q.encode(mid).item() == 0 and math.isclose(q(mid).item(), 1.0)
+
+
+def test_log_sqrt2_mse_search_prefers_high_percentile_under_outlier():
+    torch.manual_seed(0)
+    attn = torch.rand(8, 4, 20, 20).softmax(-1)
+    q = LogSqrt2Quantizer(4, "post_softmax")
+    q.calibrate(attn)
+    assert 0 < float(q.delta) <= float(attn.max())
+    assert torch.isfinite(q(attn)).all()
+
+
+def test_nan_during_calibration_is_a_clear_error():
+    q = UniformQuantizer(4, "post_gelu")
+    q.qname = "blocks.3.mlp.fc2.input_quantizer"
+    with pytest.raises(CalibrationError, match=r"NaN.*blocks\.3\.mlp\.fc2.*post_gelu"):
+        q.calibrate(torch.tensor([1.0, float("nan")]))
+
+
+def test_uncalibrated_use_is_an_error():
+    with pytest.raises(CalibrationError, match="before calibration"):
+        UniformQuantizer(4, "t")(torch.ones(3))
