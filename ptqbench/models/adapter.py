@@ -59,7 +59,7 @@ def _linear_roles(model: nn.Module) -> dict[str, str]:
             found[f"{name}.qkv"] = roles.POST_LN
             found[f"{name}.proj"] = roles.ATTN_OUT
         elif isinstance(m, Mlp):
-            found[f"{name}.fc1"] = roles.POST_LN if isinstance(getattr(m, "fc1"), nn.Linear) else roles.OTHER_IN
+            found[f"{name}.fc1"] = roles.POST_LN
             found[f"{name}.fc2"] = roles.POST_GELU
         elif isinstance(m, PatchMerging):
             found[f"{name}.reduction"] = roles.POST_LN
