@@ -19,7 +19,7 @@ def _tiny_job_args(tiny_imagenet: Path, results: Path) -> list[str]:
 def test_help_lists_groups_and_choices():
     out = run_cli("--help")
     assert out.returncode == 0, out.stderr
-    for line in ("method: fp, minmax, percentile, repq", "bits: w3a3, w3a4, w4a4, w4a8, w5a5, w6a6, w8a8",
+    for line in ("method: erq, fp, gptq, minmax, percentile, repq", "bits: w3a3, w3a4, w4a4, w4a8, w5a5, w6a6, w8a8",
                  "model: deit_base, deit_small, deit_tiny", "logger: none, wandb", "calib: default",
                  "data: imagenet", "task: classification"):
         assert line in out.stdout, line
@@ -45,6 +45,16 @@ def test_sweep_records_every_job_and_relaunch_runs_nothing(tiny_imagenet, tmp_pa
     assert "4 jobs, 0 ran, 4 skipped" in second.stderr + second.stdout
     fp_cache = list((tmp_path / "cache" / "fp").glob("*.json"))
     assert len(fp_cache) == 1  # one FP baseline for the whole sweep
+
+
+def test_erq_ablation_is_a_sweep(tiny_imagenet, tmp_path):
+    out = run_cli("-m", "method=erq", "method.rounding_refinement=true,false", "bits=w3a4",
+                  *_tiny_job_args(tiny_imagenet, tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    recs = {r["config"]["method"]["rounding_refinement"]: r for r in load_records(tmp_path)}
+    assert set(recs) == {True, False} and all(r["status"] == "ok" for r in recs.values())
+    assert recs[True]["method_stats"]["refine_flips"] > 0 == recs[False]["method_stats"]["refine_flips"]
+    assert recs[True]["run_key"] != recs[False]["run_key"]
 
 
 def test_failing_job_is_recorded_and_sweep_continues(tiny_imagenet, tmp_path):

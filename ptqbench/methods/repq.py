@@ -23,7 +23,7 @@ import torch
 from ptqbench.methods.base import Method, ProtocolConfig, register_method
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
-from ptqbench.quant.calibration import calibrate
+from ptqbench.quant.calibration import calibrate, quantizers, switched
 from ptqbench.quant.reparam import reparameterize_all
 from ptqbench.quant.spec import QuantPlan
 
@@ -63,3 +63,14 @@ class RepQViT(Method):
             stats["reparameterized_pairs"] = len(reparam)
             stats["recalibrated_quantizers"] = calibrate(qm.model, calib, desc="recalibrate")
         return stats
+
+
+def calibrate_activations(qm: QuantizedModel, calib: torch.Tensor, config: RepQConfig) -> dict[str, Any]:
+    """RepQ-ViT's activation side with weights left in FP, for methods that choose the weights
+    themselves afterwards (ERQ, GPTQ): one calibration pass with weight quantizers off, then the
+    scale reparameterization. Weight quantizers stay uncalibrated; the caller fits them."""
+    with switched((q for q in quantizers(qm.model).values() if q.role == roles.WEIGHT), False):
+        stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib, desc="calibrate activations")}
+        if config.reparam:
+            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, round_zero_point=config.round_zero_point))
+    return stats

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -24,17 +24,22 @@ def set_quant_enabled(model: nn.Module, weights: bool = True, activations: bool 
 
 
 @contextlib.contextmanager
-def quant_disabled(model: nn.Module) -> Iterator[None]:
-    """Run the patched model in floating point inside the block; restores each quantizer's state."""
-    qs = list(quantizers(model).values())
+def switched(qs: Iterable[Quantizer], enabled: bool) -> Iterator[None]:
+    """Set `enabled` on the given quantizers inside the block; restores each one's state after."""
+    qs = list(qs)
     saved = [q.enabled for q in qs]
     for q in qs:
-        q.enabled = False
+        q.enabled = enabled
     try:
         yield
     finally:
         for q, e in zip(qs, saved):
             q.enabled = e
+
+
+def quant_disabled(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Run the patched model in floating point inside the block; restores each quantizer's state."""
+    return switched(quantizers(model).values(), False)
 
 
 @torch.no_grad()

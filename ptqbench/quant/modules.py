@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptqbench.quant.base import Quantizer
+from ptqbench.quant.error_reduction import Grid
 
 
 class _WeightQuantMixin:
@@ -32,6 +33,35 @@ class _WeightQuantMixin:
         self.weight_quantizer = weight_quantizer
         self._wq_cache: Optional[torch.Tensor] = None
         self._wq_key: Optional[tuple] = None
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The weight as [Cout, fan_in] (a conv kernel flattened in im2col order)."""
+        return self.weight.detach().reshape(self.weight.shape[0], -1)
+
+    def bias_vector(self) -> torch.Tensor:
+        """The bias, or zeros for a layer without one."""
+        if self.bias is None:
+            return torch.zeros(self.weight.shape[0], dtype=self.weight.dtype, device=self.weight.device)
+        return self.bias.detach()
+
+    @torch.no_grad()
+    def set_weight_matrix(self, w2d: torch.Tensor, bias: Optional[torch.Tensor] = None) -> None:
+        """Write new weights (and bias; a layer without one gets one) computed by a method."""
+        self.weight.copy_(w2d.reshape(self.weight.shape).to(self.weight.dtype))
+        if bias is not None:
+            bias = bias.to(self.weight.dtype)
+            if self.bias is None:
+                self.bias = nn.Parameter(bias.clone())
+            else:
+                self.bias.copy_(bias)
+
+    def weight_grid(self) -> Grid:
+        """The calibrated weight quantizer's per-element grid over `weight_matrix()`."""
+        wq = self.weight_quantizer
+        if wq is None or not wq.calibrated or not hasattr(wq, "elementwise_params"):
+            raise ValueError(f"{wq!r} gives no per-element grid (needs a calibrated uniform weight quantizer)")
+        scale, zero = wq.elementwise_params(self.weight_matrix())
+        return Grid(scale, zero, wq.qmin, wq.qmax)
 
     def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_quantizer(x) if self.input_quantizer is not None else x

@@ -68,6 +68,18 @@ def params_from_range(
     return scale, zero_point
 
 
+def fit_rows(x2d: torch.Tensor, bits: int, symmetric: bool, search: RangeSearch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per row of `x2d` ([groups, samples]) by `search`."""
+    qmin, qmax = qrange(bits, symmetric)
+
+    def quantize_2d(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        s, z = params_from_range(lo, hi, bits, symmetric)
+        return fake_quant(v, s[:, None], z[:, None], qmin, qmax)
+
+    lo, hi = pick_by_mse(x2d, candidate_ranges(x2d, search), quantize_2d)
+    return params_from_range(lo, hi, bits, symmetric)
+
+
 class UniformQuantizer(Quantizer):
     """Uniform affine fake quantizer.
 
@@ -111,13 +123,7 @@ class UniformQuantizer(Quantizer):
         x2d = self._as_2d(x.float())
         if not self.per_channel:
             x2d = subsample(x2d, self.search.max_samples)
-
-        def quantize_2d(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-            s, z = params_from_range(lo, hi, self.bits, self.symmetric)
-            return fake_quant(v, s[:, None], z[:, None], self.qmin, self.qmax)
-
-        lo, hi = pick_by_mse(x2d, candidate_ranges(x2d, self.search), quantize_2d)
-        scale, zero_point = params_from_range(lo, hi, self.bits, self.symmetric)
+        scale, zero_point = fit_rows(x2d, self.bits, self.symmetric, self.search)
         if not self.per_channel:
             scale, zero_point = scale[0], zero_point[0]
         self.set_params(scale, zero_point, self.channel_axis)
@@ -141,6 +147,11 @@ class UniformQuantizer(Quantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quant(x, self._view(self.scale, x), self._view(self.zero_point, x), self.qmin, self.qmax)
+
+    def elementwise_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point of every element of `x` (shape of `x`), for methods that choose
+        each weight's code themselves (GPTQ, ERQ's rounding refinement)."""
+        return self._view(self.scale, x).expand_as(x), self._view(self.zero_point, x).expand_as(x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes in [qmin, qmax] (as a float tensor)."""

@@ -1,0 +1,98 @@
+"""Quantization wall time and peak memory per method, model and calibration size.
+
+    python benchmarks/quantize_cost.py                       # the default grid, one table
+    python benchmarks/quantize_cost.py --models deit_tiny --methods erq --calib 32
+
+Each cell runs in its own process, so peaks do not leak between cells. Reported per cell: the
+seconds spent in `method.quantize` (calibration + the method's own work, no evaluation), the
+process's peak RSS during it, and that peak minus the RSS just before it (what the method itself
+needs on top of the model and the calibration images). Weights: the model's local weights if
+found (PTQBENCH_DATA/weights), else random (timing and memory do not depend on them).
+Calibration images: real imagenet-mini train images when the shared data is present, else
+random tensors. Not a test: run on request and keep the output in results/benchmarks/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def one(model_name: str, method_name: str, calib_size: int, bits: str, threads: int | None) -> dict:
+    from ptqbench.data import ImageNetFolder, calibration_batch
+    from ptqbench.methods import Bits, build_method
+    from ptqbench.models import create_model, make_quantizable, model_entry
+    from ptqbench.paths import data_root
+    from ptqbench.profiling import PhaseMeter
+
+    if threads:
+        torch.set_num_threads(threads)
+    entry = model_entry(model_name)
+    try:
+        model, info = create_model(entry, allow_download=False)
+        weights = "pretrained"
+    except Exception:
+        model, info = create_model(entry, pretrained=False)
+        weights = "random"
+    root = data_root() / "imagenet-mini"
+    if (root / "train").is_dir():
+        from timm.data import create_transform, resolve_data_config
+
+        ds = ImageNetFolder(root, "train", create_transform(**resolve_data_config({}, model=model)))
+        calib, _ = calibration_batch(ds, calib_size, 0)
+        images = "imagenet-mini train"
+    else:
+        calib = torch.randn(calib_size, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+        images = "random"
+    w, a = (int(v) for v in bits[1:].split("a"))
+    method = build_method({"name": method_name}, Bits(w, a))
+    qm = make_quantizable(model, method.plan())
+    with PhaseMeter(interval=0.02) as meter:
+        before = meter.peak_rss_mb
+        method.quantize(qm, calib)
+    return {"model": model_name, "method": method_name, "bits": bits, "calib": calib_size,
+            "seconds": round(meter.seconds, 1), "peak_rss_mb": round(meter.peak_rss_mb),
+            "method_extra_mb": round(meter.peak_rss_mb - before), "weights": weights, "images": images,
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="deit_tiny,vit_base")
+    ap.add_argument("--methods", default="repq,gptq,erq")
+    ap.add_argument("--calib", default="32,128")
+    ap.add_argument("--bits", default="w4a4")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.single:
+        print(json.dumps(one(args.models, args.methods, int(args.calib), args.bits, args.threads)))
+        return
+    print(f"# quantization cost, {args.bits}; {platform.node()} {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print("| model | method | calib images | quantize s | peak RSS MB | method extra MB | weights | images |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model in args.models.split(","):
+        for calib in args.calib.split(","):
+            for method in args.methods.split(","):
+                cmd = [sys.executable, __file__, "--single", "--models", model, "--methods", method,
+                       "--calib", calib, "--bits", args.bits]
+                if args.threads:
+                    cmd += ["--threads", str(args.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(f"| {model} | {method} | {calib} | failed: {out.stderr.strip().splitlines()[-1]} | | | | |")
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"| {r['model']} | {r['method']} | {r['calib']} | {r['seconds']} | {r['peak_rss_mb']} | "
+                      f"{r['method_extra_mb']} | {r['weights']} | {r['images']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

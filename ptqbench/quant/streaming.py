@@ -1,0 +1,148 @@
+"""Stream calibration data through a model unit by unit and accumulate per-layer Gram matrices.
+
+What ERQ and GPTQ need from a layer's calibration inputs is second-order statistics only:
+
+    G = [Q(X), 1]^T [Q(X), 1]      (Gram of the quantized input, with a ones column for the bias)
+    C = [Q(X), 1]^T [X, 1]         (cross-Gram of quantized vs float input; ERQ's Aqer)
+
+Both are sums over rows (tokens x images, or conv patches), so they are accumulated chunk by chunk
+while the calibration batch streams through one unit (block) at a time. Memory is one unit's
+input and output plus (Cin + 1)^2 per layer of that unit, never every layer's activations (the
+released ERQ code pickles every Linear's full input and output: 0.9 GB for DeiT-T, 32 images).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptqbench.models.units import Unit
+from ptqbench.quant.calibration import switched
+from ptqbench.quant.modules import QuantConv2d, QuantLinear
+
+WeightLayer = (QuantLinear, QuantConv2d)
+
+
+def split_chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The calibration batch as chunks of at most `size` images (views, no copy)."""
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    return list(torch.split(x, size))
+
+
+def input_rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as a [rows, fan_in] matrix: tokens for a Linear, im2col patches (in the
+    order of `weight.reshape(Cout, -1)`) for a Conv2d."""
+    if isinstance(layer, nn.Conv2d):
+        cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def quantize_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Q(x) with the layer's own input quantizer, whether or not it is currently enabled
+    (statistics passes run the model in FP but need the quantized input)."""
+    q = getattr(layer, "input_quantizer", None)
+    if q is None or not q.calibrated:
+        return x
+    return q.quantize(x)
+
+
+@dataclass
+class GramStats:
+    """Running sums for one layer. `G` and `C` include the trailing ones column; `rows` counts
+    the rows summed."""
+
+    G: torch.Tensor
+    C: Optional[torch.Tensor] = None
+    rows: int = 0
+
+    @property
+    def fan_in(self) -> int:
+        return self.G.shape[0] - 1
+
+    def mean(self) -> torch.Tensor:
+        """Column means of Q(X)."""
+        return self.G[:-1, -1] / self.rows
+
+    def second_moment(self) -> torch.Tensor:
+        """E[Q(x) Q(x)^T] over rows (GPTQ's H up to the factor 2)."""
+        return self.G[:-1, :-1] / self.rows
+
+
+@dataclass
+class _Collector:
+    cross: bool
+    dtype: torch.dtype
+    stats: dict[str, GramStats] = field(default_factory=dict)
+
+    def hook(self, name: str):
+        def pre_hook(layer: nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            xq = input_rows(layer, quantize_input(layer, x)).to(self.dtype)
+            ones = torch.ones(xq.shape[0], 1, dtype=self.dtype, device=xq.device)
+            aq = torch.cat([xq, ones], dim=1)
+            st = self.stats.get(name)
+            if st is None:
+                n = aq.shape[1]
+                st = GramStats(torch.zeros(n, n, dtype=self.dtype, device=aq.device))
+                if self.cross:
+                    st.C = torch.zeros(n, n, dtype=self.dtype, device=aq.device)
+                self.stats[name] = st
+            st.G.addmm_(aq.T, aq)
+            if self.cross:
+                af = torch.cat([input_rows(layer, x).to(self.dtype), ones], dim=1)
+                st.C.addmm_(aq.T, af)
+            st.rows += aq.shape[0]
+
+        return pre_hook
+
+
+def unit_layers(model: nn.Module, unit: Unit) -> dict[str, nn.Module]:
+    """The quantized Linear/Conv2d layers inside a unit, by their dotted names in `model`."""
+    names = {id(m): n for n, m in model.named_modules()}
+    return {names[id(m)]: m for m in unit.module.modules() if isinstance(m, WeightLayer)}
+
+
+@torch.no_grad()
+def run_unit(unit: Unit, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The unit's outputs for every input chunk."""
+    return [unit.forward(c) for c in chunks]
+
+
+@torch.no_grad()
+def collect_grams(
+    unit: Unit,
+    chunks: list[torch.Tensor],
+    layers: dict[str, nn.Module],
+    cross: bool = False,
+    keep_outputs: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[dict[str, GramStats], list[torch.Tensor]]:
+    """Run the unit over `chunks`, accumulating G (and C if `cross`) for each of `layers`.
+
+    Returns the statistics and (if `keep_outputs`) the unit's outputs, the next unit's inputs, so
+    one pass serves both.
+    """
+    col = _Collector(cross, dtype)
+    handles = [m.register_forward_pre_hook(col.hook(n)) for n, m in layers.items()]
+    try:
+        outputs = []
+        for c in chunks:
+            out = unit.forward(c)
+            if keep_outputs:
+                outputs.append(out)
+    finally:
+        for h in handles:
+            h.remove()
+    return col.stats, outputs
+
+
+def weights_fp(layers: dict[str, nn.Module]) -> contextlib.AbstractContextManager:
+    """Disable the weight quantizers of `layers` inside the block (their weights are not final yet)."""
+    return switched((m.weight_quantizer for m in layers.values() if m.weight_quantizer is not None), False)
