@@ -369,3 +369,14 @@ def test_config_report_block_matches_the_spec_defaults():
     assert ReportSpec.from_mapping(block) == ReportSpec()
     with pytest.raises(Exception, match="unknown report option"):
         ReportSpec.from_mapping({"colums": ["vit_small"]})
+
+
+def test_experiment_table_before_any_of_its_runs(tmp_path, capsys):
+    """The detection experiment over classification records: the paper's layout, every cell `--`."""
+    assert report_main(["--results-dir", str(FIXTURES), "--experiment", "repq_detection", "--out", str(tmp_path / "t"),
+                        "--no-plots", "--no-compare"]) == 0
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    assert lines[0] == "Table: COCO box AP and mask AP (%) of RepQ-ViT, as in the RepQ-ViT detection table."
+    assert lines[4:7] == [f"| {wa} | {m} |" + " -- |" * 8 for wa, m in
+                          (("32/32", "Full Prec."), ("4/4", "RepQ-ViT"), ("6/6", "RepQ-ViT"))]
+    assert "\\label{tab:repq-detection}" in (tmp_path / "t.tex").read_text()

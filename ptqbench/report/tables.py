@@ -206,6 +206,13 @@ def _option_text(v: Any) -> str:
     return "null" if v is None else str(v)
 
 
+def _in_bits(df: pd.DataFrame, bits: list[str]) -> pd.Series:
+    """Row mask: FP runs, and runs at one of `bits` (a Series: an empty list would pick columns)."""
+    wa = {parse_bits(b) for b in bits}
+    keep = [m == FP_METHOD or (w, a) in wa for m, w, a in zip(df["method"], df["w_bits"], df["a_bits"])]
+    return pd.Series(keep, index=df.index, dtype=bool)
+
+
 def _select(runs: pd.DataFrame, spec: ReportSpec) -> tuple[pd.DataFrame, str]:
     tasks = sorted(set(runs["task"].dropna()))
     task = spec.task or (tasks[0] if len(tasks) == 1 else None)
@@ -220,8 +227,7 @@ def _select(runs: pd.DataFrame, spec: ReportSpec) -> tuple[pd.DataFrame, str]:
         sel = sel[sel["method"].isin(spec.methods) | (sel["method"] == FP_METHOD)]
     if spec.bits is not None:
         wa = {parse_bits(b) for b in spec.bits}
-        sel = sel[[m == FP_METHOD or (int(w), int(a)) in wa
-                   for m, w, a in zip(sel["method"], sel["w_bits"], sel["a_bits"])]]
+        sel = sel[_in_bits(sel, spec.bits)]
     if spec.calib_size is not None:
         sel = sel[(sel["method"] == FP_METHOD) | (sel["calib_size"] == spec.calib_size)]
     return sel, task
@@ -317,8 +323,7 @@ def _failed_in_selection(failed: pd.DataFrame, task: str, spec: ReportSpec) -> p
     if spec.methods is not None:
         f = f[f["method"].isin(spec.methods)]
     if spec.bits is not None:
-        wa = {parse_bits(b) for b in spec.bits}
-        f = f[[m == FP_METHOD or (w, a) in wa for m, w, a in zip(f["method"], f["w_bits"], f["a_bits"])]]
+        f = f[_in_bits(f, spec.bits)]
     return f
 
 
