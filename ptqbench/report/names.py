@@ -81,7 +81,6 @@ class Metric:
     latex: str                   # LaTeX header
     scale: float = 1.0           # record value * scale = printed value (mmdet's AP is a fraction)
     decimals: int = 2
-    higher_is_better: bool = True
     reference: Optional[tuple[str, str]] = None  # (CSV file, column) of the published numbers
 
 

@@ -275,16 +275,15 @@ def _mark(table_cells: dict[tuple[Row, Column], Cell], rows: list[Row], columns:
         if not r.is_fp:
             groups.setdefault((r.w, r.a), []).append(r)
     for col in columns:
-        sign = 1 if METRICS[col.metric].higher_is_better else -1
         for grp in groups.values():
             cells = [c for r in grp if (c := table_cells.get((r, col))) is not None]
             if len(cells) < 2:
                 continue
-            shown = sorted({sign * float(c.text) for c in cells}, reverse=True)
+            shown = sorted({float(c.text) for c in cells}, reverse=True)  # every metric: higher is better
             for c in cells:
-                if sign * float(c.text) == shown[0]:
+                if float(c.text) == shown[0]:
                     c.mark = BEST
-                elif second_best and len(shown) > 1 and sign * float(c.text) == shown[1]:
+                elif second_best and len(shown) > 1 and float(c.text) == shown[1]:
                     c.mark = SECOND
 
 
