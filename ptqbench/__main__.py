@@ -39,12 +39,23 @@ def main(cfg: DictConfig) -> Optional[dict[str, Any]]:
         log.error("%s", e)
         if not multirun:
             sys.exit(2)
-        return {"status": "failed", "error": str(e)}
+        return {"status": "failed", "error": str(e), "run_key": _key(cfg)}
     except Exception as e:
         if not multirun:
             raise
         log.exception("job failed (recorded; the sweep continues)")
-        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}", "run_key": _key(cfg)}
+
+
+def _key(cfg: DictConfig) -> Optional[str]:
+    """The failed job's record key, so the sweep-end report can list it (None if the config
+    itself cannot be resolved)."""
+    from ptqbench.records import run_key
+
+    try:
+        return run_key(cfg)
+    except Exception:
+        return None
 
 
 if __name__ == "__main__":

@@ -1,23 +1,27 @@
-"""Hydra callbacks: a one-screen summary at the end of a sweep."""
+"""Hydra callbacks: a one-screen summary and the sweep's table at the end of a sweep."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("ptqbench")
 
 
 class SweepSummary(Callback):
     """Collects each job's outcome in `<sweep dir>/jobs.jsonl` (works with any launcher that
-    shares the file system) and prints the counts when the sweep ends; exits non-zero if any job
-    failed, after every job has run."""
+    shares the file system); when the sweep ends, builds the table of its jobs (the `report:`
+    config block: `results/tables/<name>.*` for an experiment, else `<sweep dir>/report/table.*`),
+    logs it to a wandb `summary` run when logger=wandb, prints the counts, and exits non-zero if
+    any job failed, after every job has run. A report that cannot be built is a warning, never a
+    failed sweep."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         path = Path(config.hydra.sweep.dir) / "jobs.jsonl"
@@ -49,9 +53,52 @@ class SweepSummary(Callback):
         ran = [j for j in jobs if j.get("status") == "ok" and not j.get("skipped")]
         skipped = [j for j in jobs if j.get("skipped")]
         failed = [j for j in jobs if j.get("status") != "ok"]
+        try:
+            sweep_report(config, jobs)
+        except Exception as e:  # the records are safe; a table problem must not fail the sweep
+            log.warning("sweep table not built: %s: %s (rebuild it with `python -m ptqbench.report`)",
+                        type(e).__name__, e)
         log.info("sweep done: %d jobs, %d ran, %d skipped (already finished), %d failed; records in %s/runs",
                  len(jobs), len(ran), len(skipped), len(failed), config.results_dir)
         for j in failed:
             log.error("failed: %s: %s", " ".join(j.get("overrides", [])), j.get("error"))
         if failed:
             raise SystemExit(1)
+
+
+def sweep_report(config: DictConfig, jobs: list[dict[str, Any]]) -> Optional[Path]:
+    """Build the table of the sweep's jobs (ran, skipped or failed) and log it to wandb; returns
+    the output prefix, None when disabled or when no job left a record."""
+    from ptqbench.records import read_json, record_path
+    from ptqbench.report.build import report_from_records
+    from ptqbench.report.markdown import table_markdown
+    from ptqbench.report.reference import reference_root
+    from ptqbench.report.spec import ReportSpec
+    from ptqbench.tracking import log_sweep_report
+
+    spec = ReportSpec.from_mapping(OmegaConf.to_container(config.get("report") or {}, resolve=True))
+    if not spec.enabled:
+        return None
+    results_dir = Path(config.results_dir)
+    keys = dict.fromkeys(j["run_key"] for j in jobs if j.get("run_key"))
+    records = [r for k in keys if (r := read_json(record_path(results_dir, k))) is not None]
+    if not records:
+        return None
+    sweep_dir = Path(config.hydra.sweep.dir)
+    prefix = results_dir / "tables" / spec.name if spec.name else sweep_dir / "report" / "table"
+    ref = reference_root()
+    report = report_from_records(records, spec, prefix, ref if ref.is_dir() else None)
+    log.info("table of this sweep (%s.md, .tex, .csv; notes and paper comparison in the .md):\n%s",
+             prefix, table_markdown(report.table))
+    try:
+        logger_cfg = OmegaConf.to_container(config.logger, resolve=True)
+        tables = {"table": report.table.to_frame(), "cells": report.table.cells_frame()}
+        if report.comparison is not None:
+            tables["vs_paper"] = report.comparison
+        images = {p.stem[len(prefix.name) + 1:] or p.stem: str(p) for p in report.plots}
+        run_dir = log_sweep_report(logger_cfg, sweep_dir.name, tables, images, {"report": dataclasses.asdict(spec)})
+        if run_dir:
+            log.info("sweep table logged to the wandb run `summary` of group %s (%s)", sweep_dir.name, run_dir)
+    except Exception as e:
+        log.warning("sweep table not logged to wandb: %s: %s", type(e).__name__, e)
+    return prefix

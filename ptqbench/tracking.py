@@ -68,9 +68,38 @@ def make_tracker(logger_cfg: Mapping[str, Any], group: str, name: str, config: M
     if kind == "none":
         return NullTracker()
     if kind == "wandb":
-        return WandbTracker(
-            project=logger_cfg.get("project", "ptqbench"), group=group, name=name, config=config,
-            mode=logger_cfg.get("mode", "offline"), directory=str(logger_cfg.get("dir")),
-            entity=logger_cfg.get("entity"), tags=list(logger_cfg.get("tags") or []),
-        )
+        return _wandb_tracker(logger_cfg, group, name, config)
     raise ConfigError(f"unknown logger {kind!r}; choose logger=wandb or logger=none")
+
+
+def _wandb_tracker(logger_cfg: Mapping[str, Any], group: str, name: str, config: Mapping[str, Any]) -> WandbTracker:
+    return WandbTracker(
+        project=logger_cfg.get("project", "ptqbench"), group=group, name=name, config=config,
+        mode=logger_cfg.get("mode", "offline"), directory=str(logger_cfg.get("dir")),
+        entity=logger_cfg.get("entity"), tags=list(logger_cfg.get("tags") or []),
+    )
+
+
+def log_sweep_report(logger_cfg: Mapping[str, Any], group: str, tables: Mapping[str, Any],
+                     images: Mapping[str, str], config: Mapping[str, Any]) -> Optional[str]:
+    """Log a sweep's tables (name -> DataFrame) as wandb Tables and its plots (name -> image path)
+    as wandb Images to one run named `summary` in the jobs' group, with the jobs' mode and folder.
+    Returns that run's folder; None when the logger is not wandb."""
+    if logger_cfg.get("name", "none") != "wandb":
+        return None
+    tracker = _wandb_tracker(logger_cfg, group, "summary", config)
+    wandb = tracker._wandb
+    failed = True
+    try:
+        payload: dict[str, Any] = {f"report/{k}": wandb.Table(dataframe=_wandb_frame(v)) for k, v in tables.items()}
+        payload.update({f"report/{k}": wandb.Image(p) for k, p in images.items()})
+        tracker.run.log(payload)
+        failed = False
+        return tracker.run_dir
+    finally:
+        tracker.finish(failed)
+
+
+def _wandb_frame(df: Any) -> Any:
+    """wandb Tables take plain Python values: pandas' NA and NaN become None."""
+    return df.astype(object).where(df.notna(), None)
