@@ -47,8 +47,8 @@ def outlier_columns(w: torch.Tensor, n_columns: int, percentile: float = 99.0) -
     neg_thr = _row_quantile_of_subset(srt, torch.zeros_like(n_neg), n_neg, 1.0 - percentile / 100.0)
     big = (w > pos_thr[:, None]) & (n_pos > 0)[:, None]
     small = (w < neg_thr[:, None]) & (n_neg > 0)[:, None]
-    counts = (big | small).sum(0)
-    order = sorted(range(cols), key=lambda c: (-int(counts[c]), c))
+    counts = (big | small).sum(0).tolist()
+    order = sorted(range(cols), key=lambda c: (-counts[c], c))
     chosen = [c for c in order[:n_columns] if counts[c] > 0]
     mask = torch.zeros(cols, dtype=torch.bool, device=w.device)
     mask[chosen] = True
