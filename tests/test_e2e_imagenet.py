@@ -5,8 +5,8 @@ Bounds were set from measured runs (see docs/results.md): FP 81.54; RepQ-ViT W6A
 W4A4 68.77 with calib.seed=0. The released RepQ-ViT code scores 81.62 / 80.38 / 69.15 here.
 A broken reparameterization, log-sqrt2 quantizer or range search lands far outside them.
 ERQ measured 74.31 (W4A4) / 65.92 (W3A4) against the released ERQ code's 74.23 / 66.23; RepQ-ViT
-W3A4 and GPTQ measured as noted in docs/results.md. Removing Aqer, Wqer or the weight grid costs
-several points at W3A4, so the ERQ bounds catch a broken step.
+W3A4 38.54 and GPTQ 52.38 / 71.62 (docs/results.md). With RepQ-ViT's weight clipping grid instead
+of ERQ's, ERQ W3A4 measured 59.85, far below its lower bound.
 """
 
 from pathlib import Path

@@ -8,8 +8,9 @@ per-channel asymmetric quantizer fitted on the weights first (min-max, as the re
 outputs of the already-quantized units, and H is accumulated while streaming the calibration
 batch (no stored activations beyond one unit's input).
 
-Activations: ERQ's tables report GPTQ at W3A4 above RepQ-ViT (DeiT-T 42.25 vs 29.34), which only
-RepQ-ViT's activation quantizers make possible, so the default activation side is RepQ-ViT's
+Activations: ERQ's tables report GPTQ at W3A4 above RepQ-ViT (DeiT-T 42.25 vs 29.34), which we read
+as GPTQ run on RepQ-ViT's activation quantizers (an inference from the numbers, not measured
+here with the plain protocol), so the default activation side is RepQ-ViT's
 (per-channel post-LN reparameterized, log-sqrt2 post-softmax; `reparam` / `log_sqrt2` turn them
 off for the plain per-tensor protocol). They are calibrated in one pass with FP weights, before
 GPTQ. The patch-embedding input stays FP, as in ERQ's code (`patch_input_bits`).

@@ -97,13 +97,14 @@ def refine_rounding(
         gain = delta * gj + delta * delta * diag[j]  # proxy change of this single flip
         accept = active & (best > 0) & (delta != 0) & (gain <= 0)
         active = accept
-        if not bool(accept.any()):
+        n_accepted = int(accept.sum())
+        if n_accepted == 0:
             break
         r, jr = rows[accept], j[accept]
         d[r, jr] = new[accept]
         use_ceil[r, jr] = to_ceil[accept]
         g[r] += 2.0 * delta[accept][:, None] * P[jr]
-        flips += int(accept.sum())
+        flips += n_accepted
     return use_ceil, flips
 
 
@@ -204,7 +205,7 @@ def gptq(
     H += damp * _eye_like(H)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
-    loss = 0.0
+    loss = torch.zeros((), dtype=torch.float64, device=W.device)  # summed on the device: no sync per column
     cols = W.shape[1]
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
@@ -218,10 +219,10 @@ def gptq(
             Q[:, col] = q
             d = Hinv1[i, i]
             err = (wcol - q.double()) / d
-            loss += float((wcol - q.double()).pow(2).sum() / d**2 / 2)
+            loss += (wcol - q.double()).pow(2).sum() / d**2 / 2
             W1[:, i:] -= err @ Hinv1[i:i + 1, i:]
             Err1[:, i:i + 1] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
-    return Q, loss
+    return Q, float(loss)

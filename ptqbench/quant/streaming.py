@@ -62,14 +62,6 @@ class GramStats:
     C: Optional[torch.Tensor] = None
     rows: int = 0
 
-    @property
-    def fan_in(self) -> int:
-        return self.G.shape[0] - 1
-
-    def mean(self) -> torch.Tensor:
-        """Column means of Q(X)."""
-        return self.G[:-1, -1] / self.rows
-
     def second_moment(self) -> torch.Tensor:
         """E[Q(x) Q(x)^T] over rows (GPTQ's H up to the factor 2)."""
         return self.G[:-1, :-1] / self.rows
