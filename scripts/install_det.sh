@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install the detection extra (mmengine, mmcv with compiled ops, mmdet) into the active venv.
+#
+# mmcv 2.1.0 (mmdet 3.x wants mmcv>=2.0.0rc4,<2.2.0) has no wheel for torch 2.13 on PyPI, so it is
+# built from source once, in a separate build venv (its setup.py needs setuptools<70 for
+# pkg_resources; torch wants a newer one), and the wheel is cached OUTSIDE the repository in
+# $PTQBENCH_WHEEL_CACHE (default ~/.cache/ptqbench/wheels). Later runs reuse it: seconds, not minutes.
+# First build: about 15 minutes on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MMCV_VERSION=2.1.0
+cache="${PTQBENCH_WHEEL_CACHE:-$HOME/.cache/ptqbench/wheels}"
+mkdir -p "$cache"
+torch_version=$(python -c "import torch; print(torch.__version__.split('+')[0])")
+# FORCE_CUDA=1 builds the CUDA ops too (needs nvcc); that wheel is cached under its own tag, since
+# a CPU-only mmcv cannot run RoIAlign/NMS on GPU tensors.
+tag="torch${torch_version}"
+if [ "${FORCE_CUDA:-0}" = 1 ]; then tag="$tag-cuda"; fi
+wheel=$(ls "$cache"/$tag/mmcv-$MMCV_VERSION-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$wheel" ]; then
+    echo "building mmcv $MMCV_VERSION from source against torch $torch_version (about 15 min on 2 cores)"
+    start=$(date +%s)
+    build_env="$cache/build-venv-$tag"
+    python -m venv "$build_env"
+    "$build_env/bin/pip" install -q -c constraints.txt "torch===$torch_version" wheel ninja packaging \
+        numpy addict pyyaml yapf opencv-python-headless
+    # after torch on purpose: torch's metadata asks for a newer setuptools; the build only needs pkg_resources
+    "$build_env/bin/pip" install -q "setuptools<70"
+    tmp=$(mktemp -d "$cache/$tag.tmp.XXXXXX")   # private: two concurrent builds do not mix files
+    MMCV_WITH_OPS=1 FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+        "$build_env/bin/pip" wheel --no-build-isolation --no-deps -w "$tmp" "mmcv==$MMCV_VERSION"
+    mkdir -p "$cache/$tag"
+    mv "$tmp"/mmcv-*.whl "$cache/$tag/"   # the move makes a half-built wheel impossible to reuse
+    rm -rf "$tmp" "$build_env"
+    echo "mmcv build took $(( $(date +%s) - start )) s; wheel cached in $cache/$tag"
+    wheel=$(ls "$cache"/$tag/mmcv-$MMCV_VERSION-*.whl | head -n1)
+fi
+pip install -c constraints.txt "$wheel" -e ".[det]"
+python -c "import mmcv, mmdet, mmengine; from mmcv.ops import RoIAlign, nms; print('mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmengine', mmengine.__version__)"
