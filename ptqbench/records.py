@@ -24,7 +24,7 @@ STATUS_FAILED = "failed"
 # Keys of each config group that do not change a result.
 _NON_SEMANTIC = {
     "data": {"batch_size", "workers"},
-    "model": {"weights_dir", "allow_download"},
+    "model": {"weights_dir", "allow_download", "unsafe_load"},
     "calib": set(),
 }
 

@@ -1,9 +1,12 @@
-"""The one model-patching layer: turns a timm ViT/DeiT/Swin into a quantizable model.
+"""The one model-patching layer: turns a timm ViT/DeiT/Swin, or an mmdet detector with a Swin
+backbone, into a quantizable model.
 
-Every Linear and the patch-embedding Conv2d become QuantLinear/QuantConv2d, attention gets
-QuantMatMuls, and every activation quantizer is tagged with its role (ptqbench.quant.roles). A
-`QuantPlan` from the method decides which quantizer each role gets; roles without a spec stay FP.
-The adapter also lists the LayerNorm -> Linear pairs that reparameterization may fold into.
+Every Linear and Conv2d become QuantLinear/QuantConv2d, attention gets QuantMatMuls, and every
+activation quantizer is tagged with its role (ptqbench.quant.roles). A `QuantPlan` from the method
+decides which quantizer each role gets; roles without a spec stay FP. The adapter also lists the
+LayerNorm -> Linear pairs that reparameterization may fold into. What is specific to mmdet's Swin
+lives in `mmdet_swin.py` and is imported only for models that contain mmdet modules.
+`scope` restricts patching to a submodule (a detector's `backbone`); everything else stays FP.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from timm.models.swin_transformer import PatchMerging, WindowAttention
 from timm.models.vision_transformer import Attention
 from torch import nn
 
+from ptqbench.errors import ConfigError
 from ptqbench.models.attention import QuantAttention, QuantWindowAttention
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import quantizers
@@ -49,12 +53,32 @@ class QuantizedModel:
         return out
 
 
+def _mmdet_swin(model: nn.Module) -> Any:
+    """ptqbench.models.mmdet_swin if `model` contains mmdet modules, else None (no mmdet import)."""
+    if any(type(m).__module__.startswith("mmdet.") for m in model.modules()):
+        from ptqbench.models import mmdet_swin
+
+        return mmdet_swin
+    return None
+
+
+def _plain_types(mmdet: Any) -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Linear and Conv2d classes the adapter replaces (exact types: subclasses with their own
+    forward, e.g. ConvTranspose2d or already quantized modules, are left alone)."""
+    if mmdet is None:
+        return (nn.Linear,), (nn.Conv2d,)
+    return (nn.Linear, *mmdet.PLAIN_LINEAR_TYPES), (nn.Conv2d, *mmdet.PLAIN_CONV_TYPES)
+
+
 def _linear_roles(model: nn.Module) -> dict[str, str]:
     """Role of the *input* of each Linear, read from the module structure (not from names)."""
     found: dict[str, str] = {}
     named = dict(model.named_modules())
     ids = {id(m): n for n, m in named.items()}
+    mmdet = _mmdet_swin(model)
     for name, m in named.items():
+        if mmdet is not None:
+            found.update(mmdet.linear_roles(name, m))
         if isinstance(m, (Attention, WindowAttention)):
             found[f"{name}.qkv"] = roles.POST_LN
             found[f"{name}.proj"] = roles.ATTN_OUT
@@ -86,12 +110,13 @@ def _weight_quantizer(plan: QuantPlan) -> Optional[nn.Module]:
 
 def _reparam_pairs(model: nn.Module) -> list[ReparamPair]:
     pairs: list[ReparamPair] = []
+    mmdet = _mmdet_swin(model)
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
-        cands = []
-        if all(hasattr(m, a) for a in ("norm1", "attn", "norm2", "mlp")):
+        cands = mmdet.reparam_candidates(m) if mmdet is not None else []
+        if not cands and all(hasattr(m, a) for a in ("norm1", "attn", "norm2", "mlp")):
             cands = [("norm1", getattr(m.attn, "qkv", None)), ("norm2", getattr(m.mlp, "fc1", None))]
-        elif isinstance(m, PatchMerging):
+        elif not cands and isinstance(m, PatchMerging):
             cands = [("norm", m.reduction)]
         for norm_attr, lin in cands:
             norm = getattr(m, norm_attr)
@@ -100,25 +125,47 @@ def _reparam_pairs(model: nn.Module) -> list[ReparamPair]:
     return pairs
 
 
-def make_quantizable(model: nn.Module, plan: QuantPlan) -> QuantizedModel:
+def make_quantizable(model: nn.Module, plan: QuantPlan, scope: Optional[str] = None) -> QuantizedModel:
     """Patch `model` in place for `plan` and return it wrapped with its structure.
+
+    Args:
+        model: a timm ViT/DeiT/Swin, or an mmdet detector (or a module wrapping one).
+        plan: which quantizer each role gets.
+        scope: dotted name of the only submodule to patch (e.g. "detector.backbone"); None
+            patches the whole model.
 
     All quantizers start uncalibrated; run a method's quantize() (or quant.calibrate) next.
     """
-    linear_roles = _linear_roles(model)
-    for name, m in list(model.named_modules()):
-        if isinstance(m, Attention):
+    mmdet = _mmdet_swin(model)
+    linear_types, conv_types = _plain_types(mmdet)
+    if scope:
+        try:
+            target = model.get_submodule(scope)
+        except AttributeError as e:
+            raise ConfigError(f"quantization scope {scope!r} is not a submodule of {type(model).__name__}") from e
+        prefix = f"{scope}."
+    else:
+        target, prefix = model, ""
+    linear_roles = {prefix + n: r for n, r in _linear_roles(target).items()}
+    for name, m in list(target.named_modules()):
+        if mmdet is not None and mmdet.is_attention(m):
+            mmdet.QuantWindowMSA.adopt(m, QuantMatMul(_build(plan, roles.Q), _build(plan, roles.K)),
+                                       QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)))
+        elif isinstance(m, Attention):
             QuantAttention.adopt(m, QuantMatMul(_build(plan, roles.Q), _build(plan, roles.K)),
                                  QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)))
         elif isinstance(m, WindowAttention):
             QuantWindowAttention.adopt(m, QuantMatMul(_build(plan, roles.Q), _build(plan, roles.K)),
                                        QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)))
-    for name, m in list(model.named_modules()):
-        if type(m) is nn.Linear:
-            _set_child(model, name, QuantLinear(m, _build(plan, linear_roles[name]), _weight_quantizer(plan)))
-        elif type(m) is nn.Conv2d:
-            role = roles.PATCH_IN if name.endswith("patch_embed.proj") else roles.OTHER_IN
-            _set_child(model, name, QuantConv2d(m, _build(plan, role), _weight_quantizer(plan)))
+    patch_suffixes = ("patch_embed.proj",) + ((mmdet.PATCH_EMBED_CONV_SUFFIX,) if mmdet is not None else ())
+    for name, m in list(target.named_modules()):
+        full = prefix + name
+        if type(m) in linear_types:
+            _set_child(model, full, QuantLinear(m, _build(plan, linear_roles[full]), _weight_quantizer(plan)))
+        elif type(m) in conv_types:
+            role = roles.PATCH_IN if name.endswith(patch_suffixes) else roles.OTHER_IN
+            _set_child(model, full, QuantConv2d(m, _build(plan, role), _weight_quantizer(plan)))
     for qname, q in quantizers(model).items():
         q.qname = qname
-    return QuantizedModel(model, plan, _reparam_pairs(model), linear_roles)
+    pairs = [ReparamPair(prefix + p.name, p.norm, p.linear) for p in _reparam_pairs(target)]
+    return QuantizedModel(model, plan, pairs, linear_roles)
