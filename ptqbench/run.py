@@ -15,7 +15,7 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -70,23 +70,22 @@ def versions() -> dict[str, str]:
             "timm": timm.__version__, "hydra": hydra.__version__, "numpy": numpy.__version__}
 
 
-def _sha(items: list[str]) -> str:
+def sha_of(items: list[str]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
 
-def _fp_baseline(model: torch.nn.Module, loader: Any, device: torch.device, cache_dir: Path,
-                 weights_fp: str, eval_ids_hash: str, transform: str) -> dict[str, Any]:
-    """FP top-1/top-5 of `model` on the evaluation images, computed once per (weights, images,
-    transform) and cached as JSON, so the jobs of a sweep do not each recompute it."""
-    from ptqbench.tasks.classification import evaluate
-
+def cached_fp_baseline(evaluate_fp: Callable[[], dict[str, Any]], cache_dir: Path, weights_fp: str,
+                       eval_ids_hash: str, transform: str, required: str) -> dict[str, Any]:
+    """The FP metrics of a model on the evaluation images, computed once per (weights, images,
+    transform) and cached as JSON, so the jobs of a sweep do not each recompute it. A cached file
+    without the `required` metric is recomputed."""
     key = hashlib.sha256(f"{weights_fp}|{eval_ids_hash}|{transform}".encode()).hexdigest()[:16]
     path = cache_dir / "fp" / f"{key}.json"
     cached = read_json(path)
-    if cached and "top1" in cached:
+    if cached and required in cached:
         cached["cached"] = True
         return cached
-    res = evaluate(model, loader, device, desc="eval fp")
+    res = evaluate_fp()
     res.update(cache_key=key)
     write_json_atomic(path, res)
     res["cached"] = False
@@ -142,7 +141,18 @@ def run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
 
 
 def _execute(cfg: DictConfig, results_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """The work of one classification job; returns the record fields it produces."""
+    """The work of one job; returns the record fields it produces."""
+    if cfg.task.name == "detection":
+        from ptqbench.tasks.detection import execute
+
+        return execute(cfg, results_dir)
+    if cfg.task.name != "classification":
+        raise ConfigError(f"task={cfg.task.name!r} is unknown; use task=classification or task=detection")
+    return _execute_classification(cfg, results_dir)
+
+
+def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
+    """The work of one classification job."""
     import timm.data
 
     from ptqbench.data import ImageNetFolder, calibration_batch, eval_subset, make_loader, resolve_root, subset_ids
@@ -151,8 +161,10 @@ def _execute(cfg: DictConfig, results_dir: Path, record: dict[str, Any]) -> dict
     from ptqbench.profiling import PhaseMeter
     from ptqbench.tasks.classification import evaluate
 
-    if cfg.task.name != "classification":
-        raise ConfigError(f"task={cfg.task.name!r} is not available yet; use task=classification")
+    from ptqbench.models.detectors import DETECTORS
+
+    if cfg.model.name in DETECTORS:
+        raise ConfigError(f"model={cfg.model.name} is a detector: run it with task=detection")
     if cfg.calib.split == cfg.data.val_split:
         raise ConfigError(f"calib.split={cfg.calib.split!r} is the evaluation split: calibrate on training images")
     bits = Bits(int(cfg.bits.w), int(cfg.bits.a))
@@ -174,10 +186,11 @@ def _execute(cfg: DictConfig, results_dir: Path, record: dict[str, Any]) -> dict
     loader = make_loader(val, int(cfg.data.batch_size), resolve_workers(cfg.data.workers))
     eval_ids = subset_ids(val)
 
-    fp = _fp_baseline(model, loader, device, results_dir / "cache", weights_info["fingerprint"], _sha(eval_ids), repr(transform))
+    fp = cached_fp_baseline(lambda: evaluate(model, loader, device, desc="eval fp"), results_dir / "cache",
+                            weights_info["fingerprint"], sha_of(eval_ids), repr(transform), required="top1")
     out: dict[str, Any] = {
         "model": {"name": cfg.model.name, **weights_info, "data_config": {k: str(v) for k, v in data_cfg.items()}},
-        "data": {"root": str(root), "eval_images": len(eval_ids), "eval_ids_sha": _sha(eval_ids)},
+        "data": {"root": str(root), "eval_images": len(eval_ids), "eval_ids_sha": sha_of(eval_ids)},
         "fp": {k: fp[k] for k in ("top1", "top5", "images", "cached")},
         "bits": {"w": bits.w, "a": bits.a, "name": bits.name},
         "device": str(device), "threads": torch.get_num_threads(),
@@ -214,6 +227,12 @@ def _execute(cfg: DictConfig, results_dir: Path, record: dict[str, Any]) -> dict
 def _print_summary(rec: dict[str, Any], path: Path) -> None:
     m, c = rec["metrics"], rec["config"]
     t = rec["timings"]
+    if c["task"]["name"] == "detection":
+        from ptqbench.tasks.detection import summary_line
+
+        log.info("%s %s %s calib=%s seed=%s | %s | %s", c["model"]["name"], c["method"]["name"], rec["bits"]["name"],
+                 c["calib"]["size"], c["calib"]["seed"], summary_line(rec), path)
+        return
     log.info(
         "%s %s %s calib=%s seed=%s | FP top-1 %.2f | quantized top-1 %.2f top-5 %.2f | drop %.2f | "
         "calibration %.1f s, evaluation %.1f s | %s",

@@ -78,6 +78,9 @@ class Method:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = ProtocolConfig
+    # True for methods that stream calibration data unit by unit through models.units.model_units
+    # (ERQ, GPTQ); tasks whose models have no unit list (detection) refuse them up front.
+    blockwise: ClassVar[bool] = False
 
     def __init__(self, config: Any, bits: Bits) -> None:
         self.config = config

@@ -113,6 +113,7 @@ class ERQ(RepQViT):
     """ERQ; see the module docstring for the recipe and the choices made."""
 
     Config = ERQConfig
+    blockwise = True
 
     def _install_dual_uniform(self, qm: QuantizedModel) -> int:
         c = self.config

@@ -61,6 +61,7 @@ class GPTQ(RepQViT):
     """GPTQ weights on RepQ-ViT activations; see the module docstring."""
 
     Config = GPTQConfig
+    blockwise = True
 
     def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
         c = self.config
