@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
+
+from ptqbench.errors import DataNotFoundError
 
 DATA_ENV = "PTQBENCH_DATA"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -20,3 +23,19 @@ def data_root_origin() -> str:
     """Says where `data_root()` came from, for error messages."""
     env = os.environ.get(DATA_ENV)
     return f"${DATA_ENV}={env}" if env else f"default ../shared/data (${DATA_ENV} is unset)"
+
+
+def resolve_dataset_root(value: Optional[str], key: str, default_name: str, what: str, example: str, layout: str) -> Path:
+    """`value` (the config key `key`), else `$PTQBENCH_DATA/<default_name>`; a missing folder raises
+    an error naming the path tried, where it came from, and both fixes."""
+    if value:
+        path, origin = Path(value).expanduser(), key
+    else:
+        path = data_root() / default_name
+        origin = f"{key} unset, so $PTQBENCH_DATA/{default_name} from {data_root_origin()}"
+    if not path.is_dir():
+        raise DataNotFoundError(
+            f"{what} root not found: tried {path} ({origin}). Fix: pass {key}={example} ({layout}), "
+            f"or export PTQBENCH_DATA=/path/to/shared/data (which holds {default_name}/)."
+        )
+    return path

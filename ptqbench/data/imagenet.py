@@ -87,21 +87,10 @@ class ImageNetFolder(Dataset):
 
 def resolve_root(root: Optional[str]) -> Path:
     """`data.root`, else `$PTQBENCH_DATA/imagenet-mini`; a clear error when it is missing."""
-    from ptqbench.paths import data_root, data_root_origin
+    from ptqbench.paths import resolve_dataset_root
 
-    if root:
-        path = Path(root).expanduser()
-        origin = "data.root"
-    else:
-        path = data_root() / "imagenet-mini"
-        origin = f"data.root unset, so $PTQBENCH_DATA/imagenet-mini from {data_root_origin()}"
-    if not path.is_dir():
-        raise DataNotFoundError(
-            f"ImageNet root not found: tried {path} ({origin}). Fix: pass data.root=/path/to/imagenet "
-            "(a folder with train/ and val/ in ImageFolder layout), or export PTQBENCH_DATA=/path/to/shared/data "
-            "(which holds imagenet-mini/)."
-        )
-    return path
+    return resolve_dataset_root(root, "data.root", "imagenet-mini", "ImageNet", "/path/to/imagenet",
+                                "a folder with train/ and val/ in ImageFolder layout")
 
 
 def eval_subset(ds: ImageNetFolder, limit: Optional[int]) -> Dataset:
