@@ -136,7 +136,9 @@ def _activation_quantizers(unit: Unit) -> list[Quantizer]:
     return [m for m in unit.module.modules() if isinstance(m, Quantizer) and m.role != "weight" and m.enabled]
 
 
-def _prepare(unit: Unit, layers: dict[str, nn.Module], cfg: ReconConfig, gen: torch.Generator) -> _UnitState:
+def prepare_unit(unit: Unit, layers: dict[str, nn.Module], cfg: ReconConfig, gen: torch.Generator) -> _UnitState:
+    """Switch on what `cfg.learn` trains in `unit` (scales to Parameters, AdaRound, low-rank
+    branches) and return it with its Adam parameter groups; `finish_unit` freezes it again."""
     st = _UnitState()
     learn = set(cfg.learn)
     if "act_scale" in learn:
@@ -183,7 +185,7 @@ def _prepare(unit: Unit, layers: dict[str, nn.Module], cfg: ReconConfig, gen: to
 
 
 @torch.no_grad()
-def _finish(st: _UnitState) -> dict[str, int]:
+def finish_unit(st: _UnitState) -> dict[str, int]:
     """Freeze what the unit learned: scales back to buffers, hard rounding written into the weight,
     DFQ bounds fixed, zero-rank branches removed."""
     for q in st.scales:
@@ -221,7 +223,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
                 target: torch.Tensor, cfg: ReconConfig, index: int) -> dict[str, Any]:
     dev = x_q.device
     gen = torch.Generator().manual_seed(cfg.seed * 1000003 + index)
-    st = _prepare(unit, layers, cfg, gen)
+    st = prepare_unit(unit, layers, cfg, gen)
     n = x_q.shape[0]
     bs = min(cfg.batch_size, n)
     info: dict[str, Any] = {"unit": unit.name, "params": sum(p.numel() for g in st.groups for p in g["params"])}
@@ -230,7 +232,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
     info["loss_start"] = float(start.mean())
     order = torch.argsort(start.cpu(), stable=True) if cfg.curriculum else torch.arange(n)
     if not st.groups or cfg.iters == 0:
-        info.update(loss_end=info["loss_start"], ranks=_finish(st))
+        info.update(loss_end=info["loss_start"], ranks=finish_unit(st))
         return info
     opt = torch.optim.Adam([{k: v for k, v in g.items() if k != "name"} for g in st.groups])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters, eta_min=0.0)
@@ -279,7 +281,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
         if it % 50 == 0 or it == cfg.iters - 1:
             bar.set_postfix(loss=f"{float(rec.detach()):.4g}")
     bar.close()
-    info["ranks"] = _finish(st)
+    info["ranks"] = finish_unit(st)
     with torch.no_grad():
         info["loss_end"] = float(_loss(_forward_batches(unit, x_q, bs), target, cfg.loss))
     return info
@@ -308,7 +310,7 @@ def reconstruct(model: nn.Module, calib: torch.Tensor, cfg: ReconConfig) -> dict
     count and chosen low-rank ranks; seconds per unit and per iteration; extra low-rank parameters.
     """
     dev = calib.device
-    saved = _set_trainable(model, False)  # only the parameters a unit's _prepare() enables train
+    saved = _set_trainable(model, False)  # only the parameters a unit's prepare_unit() enables train
     units = model_units(model)
     x_q = calib
     x_fp = calib
