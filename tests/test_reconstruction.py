@@ -2,6 +2,7 @@
 low-rank branches), on tiny synthetic models (fast, no data needed)."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +197,26 @@ def test_iterations_default_to_the_papers_by_bit_width():
     for bits, iters in ((Bits(3, 3), 1000), (Bits(4, 4), 1000), (Bits(6, 6), 200)):
         assert build_method({"name": "dopq"}, bits).config.engine_config(bits).iters == iters
     assert math.isclose(build_method({"name": "aiq"}, Bits(4, 4)).config.engine_config(Bits(4, 4)).lr_act_scale, 4e-5)
+
+
+@pytest.mark.slow
+def test_aiq_job_end_to_end_records_its_reconstruction(tiny_imagenet, tmp_path):
+    """One real job through Hydra and run_job (random DeiT-Tiny weights, 4 synthetic images): the
+    method's knobs compose, the stats are JSON-serializable, and the record carries them.
+    `pytest -m slow`: about 90 s on the 2-core CPU (calibrating 148 quantizers dominates)."""
+    from hydra import compose, initialize_config_dir
+
+    from ptqbench.run import run_job
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            f"data.root={tiny_imagenet}", f"results_dir={tmp_path}", "model.pretrained=false", "calib.size=4",
+            "data.batch_size=4", "data.workers=0", "logger=none", "method=aiq", "bits=w4a4", "method.iters=3",
+            "method.batch_size=2", "method.ranks=[0,2]", "method.progress=false"])
+    rec = run_job(cfg)
+    assert rec["status"] == "ok", rec.get("error")
+    st = rec["method_stats"]
+    assert st["recon_units"] == 14 and st["recon_iters"] == 3 and set(st["recon_learn"]) == {"act_scale", "dfq", "lowrank"}
+    assert len(st["lowrank_ranks"]) == 49 and set(st["lowrank_ranks"].values()) <= {0, 2}
+    assert rec["quantized_modules"]["quantizers.post_softmax"] == 12
