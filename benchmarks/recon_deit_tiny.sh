@@ -23,7 +23,7 @@ run method=dopq bits=w4a4 method.reconstruct=false calib.size=32
 run method=dopq bits=w4a4 method.reconstruct=false method.tanq=false calib.size=32
 run method=dopq bits=w4a4 method.reconstruct=false method.mosf=false calib.size=32
 run method=aiq bits=w4a4 method.lowrank=false $RECON
-run method=aiq bits=w4a4 method.dfq=false $RECON
+run method=aiq bits=w4a4 method.dfq=false $RECON      # low-rank on log-sqrt2
 run method=aiq bits=w4a4 method.curriculum=false $RECON
 run method=aiq bits=w4a4 method.rank_search=fixed $RECON
 run method=dopq bits=w4a4 method.tanq=false $RECON
