@@ -103,3 +103,39 @@ def test_repq_w4a4_mean_over_calibration_draws_matches_the_released_code(results
     """`pytest -m slow`: three calibration draws; their mean must sit within 1 point of 69.15."""
     top1 = [_run(results, shared_data, "method=repq", "bits=w4a4", f"calib.seed={s}")["metrics"]["top1"] for s in (0, 1, 2)]
     assert abs(sum(top1) / 3 - 69.15) <= 1.0, top1
+
+
+# DopQ-ViT / AIQViT at the CPU reconstruction setting of benchmarks/recon_deit_tiny.sh (the papers'
+# is 1024 images x 1000 iterations; docs/results.md). Measured: dopq W4A4 72.77, aiq W4A4 58.46 (73.54 with dfq=false),
+# repq W4A4 68.77 (all seed 0, 32 calibration images).
+RECON_CPU = ("method.iters=30", "method.batch_size=8", "method.lr_rounding=1e-2", "method.lr_act_scale=4e-4",
+             "method.progress=false")
+
+
+@pytest.mark.slow
+def test_dopq_w4a4_beats_repq(results, shared_data):
+    """`pytest -m slow` (about 10 min on the 2-core CPU)."""
+    rec = _cached(results, shared_data, "method=dopq", "bits=w4a4", *RECON_CPU)
+    m = rec["metrics"]
+    assert 71.3 <= m["top1"] <= 74.5, m
+    assert m["top1"] > _cached(results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 2.5, m
+    st = rec["method_stats"]
+    assert st["recon_units"] == 14 and st["recon_loss_end"] < st["recon_loss_start"]
+
+
+@pytest.mark.slow
+def test_aiq_w4a4_stays_in_its_measured_band(results, shared_data):
+    """`pytest -m slow`. At this CPU setting AIQViT (our reading) does NOT beat RepQ-ViT at W4A4
+    (58.46 vs 68.77, docs/results.md); the band guards against regressions, not a claim."""
+    rec = _cached(results, shared_data, "method=aiq", "bits=w4a4", *RECON_CPU)
+    assert 56.5 <= rec["metrics"]["top1"] <= 60.5, rec["metrics"]
+    assert rec["method_stats"]["lowrank_extra_params"] > 0
+
+
+@pytest.mark.slow
+def test_aiq_lowrank_with_log_sqrt2_w4a4_beats_repq(results, shared_data):
+    """`pytest -m slow`. AIQViT's low-rank reconstruction on log-sqrt2 post-softmax (dfq=false)
+    measured 73.54 against RepQ-ViT's 68.77 (docs/results.md)."""
+    m = _cached(results, shared_data, "method=aiq", "bits=w4a4", "method.dfq=false", *RECON_CPU)["metrics"]
+    assert 72.0 <= m["top1"] <= 75.0, m
+    assert m["top1"] > _cached(results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 3, m

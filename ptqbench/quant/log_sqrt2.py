@@ -18,7 +18,11 @@ from ptqbench.quant.ranges import RangeSearch, pick_by_mse, quantiles, subsample
 def log_sqrt2_fake_quant(x: torch.Tensor, delta: torch.Tensor, bits: int) -> torch.Tensor:
     """Quantize-dequantize with a log-sqrt2 grid below `delta` (no gradient: used at calibration
     and inference only). One allocation plus in-place ops, as attention maps are the largest
-    activations of a ViT."""
+    activations of a ViT. Under autograd (block reconstruction) the output is detached: the
+    rounding has no useful gradient, and the in-place chain must stay out of the graph."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        with torch.no_grad():
+            return log_sqrt2_fake_quant(x, delta, bits)
     y = torch.div(x, delta)
     y.log2_().mul_(-2.0).round_()
     out_of_range = y >= 2**bits  # includes x == 0 (code +inf)

@@ -70,8 +70,8 @@ class _WeightQuantMixin:
         wq = self.weight_quantizer
         if wq is None or not wq.enabled:
             return self.weight
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            return wq(self.weight)  # training-time path: no cache, gradients flow
+        if torch.is_grad_enabled() and (self.weight.requires_grad or any(p.requires_grad for p in wq.parameters())):
+            return wq(self.weight)  # training-time path (reconstruction): no cache, gradients flow
         key = (self.weight.data_ptr(), self.weight._version, wq.version, wq.calibrated)
         if self._wq_key != key or self._wq_cache is None:
             with torch.no_grad():
@@ -81,14 +81,23 @@ class _WeightQuantMixin:
 
 
 class QuantLinear(nn.Linear, _WeightQuantMixin):
-    """nn.Linear with an input quantizer (activation) and a weight quantizer; either may be None."""
+    """nn.Linear with an input quantizer (activation) and a weight quantizer; either may be None.
+
+    `compensation` (None unless a method sets it, e.g. AIQViT's low-rank branch) is an FP side
+    branch applied to the same quantized input and added to the output.
+    """
 
     def __init__(self, linear: nn.Linear, input_quantizer: Optional[Quantizer], weight_quantizer: Optional[Quantizer]):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         self._adopt(linear, input_quantizer, weight_quantizer)
+        self.compensation: Optional[nn.Module] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._quant_input(x), self.quantized_weight(), self.bias)
+        xq = self._quant_input(x)
+        out = F.linear(xq, self.quantized_weight(), self.bias)
+        if self.compensation is not None:
+            out = out + self.compensation(xq)
+        return out
 
 
 class QuantConv2d(nn.Conv2d, _WeightQuantMixin):

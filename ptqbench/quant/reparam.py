@@ -36,6 +36,37 @@ def mean_scale(scales: torch.Tensor) -> torch.Tensor:
     return scales.mean()
 
 
+DEVIATIONS = ("median", "mean")
+
+
+def mad_inliers(scales: torch.Tensor, k: float, deviation: str = "median") -> torch.Tensor:
+    """Mask of the channels whose scale lies within k deviations of the median scale.
+
+    `deviation`: "median" = median absolute deviation (robust; the default), "mean" = mean
+    absolute deviation (the expansion some summaries of DopQ-ViT give for "MAD"). A zero deviation
+    (most channels share one scale) keeps the channels equal to the median.
+    """
+    if deviation not in DEVIATIONS:
+        raise ValueError(f"MAD deviation {deviation!r}; choose one of {DEVIATIONS}")
+    if k <= 0:
+        raise ValueError(f"MOSF threshold k must be > 0, got {k}")
+    med = scales.median()
+    dev = (scales - med).abs()
+    mad = dev.median() if deviation == "median" else dev.mean()
+    return dev <= k * mad if mad > 0 else dev <= 0
+
+
+def mosf_scale(k: float = 3.0, deviation: str = "median") -> SharedScaleFn:
+    """DopQ-ViT's MOSF (ptqbench's reading): the shared scale is the mean of the inlier channel
+    scales, channels farther than k MADs from the median being outliers. Costs nothing at
+    inference: it only changes which s~ the reparameterization folds in."""
+
+    def shared(scales: torch.Tensor) -> torch.Tensor:
+        return scales[mad_inliers(scales, k, deviation)].mean()
+
+    return shared
+
+
 @torch.no_grad()
 def reparameterize(
     pair: ReparamPair,

@@ -1,0 +1,139 @@
+"""AIQViT (Jiang et al., AAAI 2025, arXiv 2502.04628): architecture-informed low-rank compensation,
+a dynamic focusing quantizer (DFQ) for post-softmax, and a curriculum over calibration samples,
+all trained on the block-reconstruction engine.
+
+No code is public and the paper's formulas could not be read here; ptqbench's reading (sources
+and reasoning in docs/methods/aiq.md):
+
+1. RepQ-ViT's activation side (per-channel post-LN, reparameterized to per-tensor), calibrated in
+   one pass; post-softmax gets DFQ (`dfq`; `dfq: false` = RepQ-ViT's log-sqrt2), initialized at
+   b1 = 0 and b2 = the MSE-best of `dfq_percentiles`.
+2. Block reconstruction, unit by unit: the weights stay at their calibrated quantized values;
+   what learns is a low-rank branch B A on every Linear (`lowrank`), the DFQ bounds, and the LSQ
+   activation step sizes (`learn_act_scale`).
+3. Rank per Linear (`rank_search`): "darts" relaxes the choice over `ranks` with softmax
+   architecture logits, trained for the first `search_frac` of the iterations with a cost
+   `rank_cost` on the expected extra parameters, then keeps the most probable rank; "fixed" uses
+   `rank` everywhere.
+4. Curriculum (`curriculum`): samples sorted easy -> hard by their initial block loss; batches are
+   drawn from a pool that grows from `curriculum_start` of the set to all of it by
+   `curriculum_end` of the iterations.
+5. At inference the branch stays an FP side branch on the layer's quantized input
+   (`lowrank_merge: false`, the paper's intent: the compensation survives); `true` adds B A to the
+   weight and re-quantizes it (no extra parameters, most of the compensation lost). The record
+   states the extra parameter count (`lowrank_extra_params`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from ptqbench.methods.base import register_method
+from ptqbench.methods.block_recon import BlockReconConfig, run_reconstruction
+from ptqbench.methods.repq import RepQViT
+from ptqbench.models.adapter import QuantizedModel
+from ptqbench.quant import roles
+from ptqbench.quant.calibration import calibrate
+from ptqbench.quant.dynamic_focus import DEFAULT_UPPER_PERCENTILES
+from ptqbench.quant.lowrank import LowRankBranch
+from ptqbench.quant.modules import QuantLinear
+from ptqbench.quant.reparam import reparameterize_all
+from ptqbench.quant.spec import QuantizerSpec, QuantPlan
+
+RANK_SEARCHES = ("darts", "fixed")
+
+
+@dataclass(frozen=True)
+class AIQConfig(BlockReconConfig):
+    """Attributes (besides the reconstruction and RepQ-ViT knobs):
+    dfq: dynamic focusing quantizer on post-softmax (False: log-sqrt2).
+    dfq_percentiles: candidate initial upper bounds b2 (percentiles of the calibration data).
+    lr_dfq: Adam learning rate of b1, b2.
+    lowrank: train a low-rank compensation branch on every Linear.
+    rank_search: "darts" (relaxed search over `ranks`) or "fixed" (`rank` everywhere).
+    ranks / rank: candidate ranks / the fixed rank.
+    rank_cost: weight of the expected-extra-parameter cost during the search.
+    search_frac: fraction of the iterations spent searching.
+    lr_lowrank / lr_arch: Adam learning rates of B, A and of the architecture logits.
+    lowrank_merge: fold B A into the weight and re-quantize at the end (False: FP side branch).
+    curriculum / curriculum_start / curriculum_end: easy-to-hard sample schedule.
+    """
+
+    weight_learning: str = "none"
+    dfq: bool = True
+    dfq_percentiles: tuple[float, ...] = DEFAULT_UPPER_PERCENTILES
+    lr_dfq: float = 1e-3
+    lowrank: bool = True
+    rank_search: str = "darts"
+    ranks: tuple[int, ...] = (0, 4, 8, 16, 32)
+    rank: int = 8
+    rank_cost: float = 1e-3
+    search_frac: float = 0.3
+    lr_lowrank: float = 1e-3
+    lr_arch: float = 1e-2
+    lowrank_merge: bool = False
+    curriculum: bool = True
+    curriculum_start: float = 0.25
+    curriculum_end: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
+        object.__setattr__(self, "dfq_percentiles", tuple(float(p) for p in self.dfq_percentiles))
+        if self.rank_search not in RANK_SEARCHES:
+            raise ValueError(f"rank_search={self.rank_search!r}; choose one of {RANK_SEARCHES}")
+        if self.rank < 0 or not self.ranks or min(self.ranks) < 0:
+            raise ValueError(f"ranks must be >= 0, got rank={self.rank}, ranks={list(self.ranks)}")
+
+
+@register_method("aiq")
+class AIQViT(RepQViT):
+    """AIQViT; see the module docstring for the reading implemented and the choices."""
+
+    Config = AIQConfig
+
+    def plan(self) -> Optional[QuantPlan]:
+        base = super().plan()
+        acts = dict(base.activations)
+        if self.config.dfq:
+            acts[roles.POST_SOFTMAX] = QuantizerSpec(
+                self.bits.a, kind="dynamic_focus", options=(("upper_percentiles", self.config.dfq_percentiles),))
+        return QuantPlan(base.weight, acts)
+
+    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+        c = self.config
+        stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib)}
+        if c.reparam:
+            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, c.round_zero_point))
+            stats["recalibrated_quantizers"] = calibrate(qm.model, calib, desc="recalibrate")
+        learn = (("dfq",) if c.dfq else ()) + (("lowrank",) if c.lowrank else ())
+        ranks = c.ranks if c.rank_search == "darts" else (c.rank,)
+        cfg = c.engine_config(self.bits, learn, lr_dfq=c.lr_dfq, lowrank_ranks=ranks, rank_cost=c.rank_cost,
+                              search_frac=c.search_frac, lr_lowrank=c.lr_lowrank, lr_arch=c.lr_arch,
+                              curriculum=c.curriculum, curriculum_start=c.curriculum_start,
+                              curriculum_end=c.curriculum_end)
+        stats.update(run_reconstruction(qm.model, calib, cfg))
+        if c.lowrank and c.lowrank_merge:
+            stats["lowrank_merged_layers"] = merge_lowrank(qm.model)
+            stats["lowrank_extra_params"] = 0
+        stats["lowrank_placement"] = "merged" if c.lowrank_merge else "fp_side_branch"
+        return stats
+
+
+@torch.no_grad()
+def merge_lowrank(model: torch.nn.Module) -> int:
+    """Fold every low-rank branch into its layer's weight: W <- Q(W) + B A, then re-fit the
+    weight quantizer on it (the compensation survives only as far as the new grid allows)."""
+    merged = 0
+    for m in model.modules():
+        if isinstance(m, QuantLinear) and isinstance(m.compensation, LowRankBranch):
+            w = m.quantized_weight().detach() + m.compensation.delta()
+            m.compensation = None
+            m.set_weight_matrix(w)
+            if m.weight_quantizer is not None:
+                m.weight_quantizer.calibrate(m.weight.detach())
+            merged += 1
+    return merged

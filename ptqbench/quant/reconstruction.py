@@ -1,0 +1,361 @@
+"""Block-wise reconstruction: the shared engine of DopQ-ViT and AIQViT (and BRECQ/QDrop/I&S-ViT-style
+baselines).
+
+For each unit of the model in forward order (`ptqbench.models.units`: patch embedding, every
+transformer block, Swin's PatchMerging, head), a few quantization parameters of that unit are
+trained with Adam so that the quantized unit's output matches the FP unit's output on the
+calibration set:
+
+    min  || f_q(x_in) - f_fp(x_fp) ||^2  (+ AdaRound regularizer, + low-rank rank cost)
+
+x_fp is the FP model's input to the unit, f_fp(x_fp) the target. x_in is the output of the
+already-reconstructed quantized units (`fp_input_prob=0`), the FP input (`1`), or an element-wise
+random mix of the two (QDrop's drop, `0 < p < 1`). After training the unit's parameters are
+frozen and its quantized outputs feed the next unit. Everything else in the model stays fixed.
+
+What learns (`learn`): "act_scale" (LSQ step size of every per-tensor uniform activation
+quantizer in the unit), "weight_scale" (per-channel weight step sizes), "weight_rounding"
+(AdaRound; exclusive with weight_scale), "dfq" (the bounds of dynamic focusing quantizers),
+"lowrank" (AIQViT's B A branches on every Linear, optionally with a relaxed rank search).
+
+Deterministic under `seed`: batches come from a CPU torch.Generator seeded per unit, low-rank
+initializations from another. Device-agnostic: data live on the model's device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ptqbench.models.units import Unit, model_units
+from ptqbench.quant.base import Quantizer
+from ptqbench.quant.calibration import quant_disabled
+from ptqbench.quant.dynamic_focus import DynamicFocusQuantizer
+from ptqbench.quant.learnable import AdaRoundQuantizer, freeze_scale, learn_scale
+from ptqbench.quant.lowrank import LowRankBranch
+from ptqbench.quant.modules import QuantLinear
+from ptqbench.quant.streaming import unit_layers
+from ptqbench.quant.uniform import UniformQuantizer
+
+LEARNABLE = ("act_scale", "weight_scale", "weight_rounding", "dfq", "lowrank")
+LOSSES = ("mse", "l1")
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    """Knobs of one reconstruction run (a method fills them from its YAML).
+
+    Attributes:
+        iters: Adam steps per unit.
+        batch_size: calibration images per step.
+        learn: which parameters train (subset of LEARNABLE).
+        lr_act_scale / lr_weight_scale / lr_rounding / lr_dfq / lr_lowrank / lr_arch: Adam learning
+            rates per parameter kind.
+        loss: "mse" or "l1" on the unit output.
+        warmup: fraction of iters without the AdaRound regularizer (BRECQ/QDrop: 0.2).
+        round_weight: weight of the AdaRound regularizer; beta anneals from beta_start to beta_end.
+        fp_input_prob: 0 = quantized inputs, 1 = FP inputs, between = QDrop's element-wise mix.
+        curriculum: order samples easy -> hard by their initial per-sample loss and sample from a
+            pool that grows from `curriculum_start` of the set to all of it by `curriculum_end` of
+            the iterations (AIQViT).
+        lowrank_ranks: candidate ranks of the low-rank branch (one = fixed rank).
+        search_frac: fraction of iters during which the rank search runs before `commit()`; the
+            architecture logits start moving halfway through it (B starts at zero, so until the
+            branches have learned something the loss carries no information about ranks).
+        rank_cost: weight of the expected-extra-parameter term (relative to the Linear's size).
+        units: "all" units, or "blocks" (transformer blocks and PatchMerging only).
+        seed: batch sampling and initializations.
+        progress: show a tqdm bar per unit.
+    """
+
+    iters: int = 1000
+    batch_size: int = 64
+    learn: tuple[str, ...] = ("act_scale", "weight_rounding")
+    lr_act_scale: float = 4e-5
+    lr_weight_scale: float = 1e-5
+    lr_rounding: float = 1e-3
+    lr_dfq: float = 1e-3
+    lr_lowrank: float = 1e-3
+    lr_arch: float = 1e-2
+    loss: str = "mse"
+    warmup: float = 0.2
+    round_weight: float = 0.01
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    fp_input_prob: float = 0.0
+    curriculum: bool = False
+    curriculum_start: float = 0.25
+    curriculum_end: float = 0.5
+    lowrank_ranks: tuple[int, ...] = (8,)
+    search_frac: float = 0.3
+    rank_cost: float = 1e-3
+    units: str = "all"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "learn", tuple(self.learn))
+        object.__setattr__(self, "lowrank_ranks", tuple(int(r) for r in self.lowrank_ranks))
+        bad = sorted(set(self.learn) - set(LEARNABLE))
+        if bad:
+            raise ValueError(f"reconstruction cannot learn {bad}; choose from {LEARNABLE}")
+        if "weight_scale" in self.learn and "weight_rounding" in self.learn:
+            raise ValueError("learn weight_scale or weight_rounding, not both (AdaRound keeps the grid fixed)")
+        if self.iters < 0 or self.batch_size < 1:
+            raise ValueError(f"iters must be >= 0 and batch_size >= 1, got {self.iters}, {self.batch_size}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"reconstruction loss {self.loss!r}; choose one of {LOSSES}")
+        if self.units not in ("all", "blocks"):
+            raise ValueError(f"units={self.units!r}; choose 'all' or 'blocks'")
+        for key in ("warmup", "fp_input_prob", "curriculum_start", "curriculum_end", "search_frac"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
+        if not self.lowrank_ranks or min(self.lowrank_ranks) < 0:
+            raise ValueError(f"lowrank_ranks must be non-negative, got {list(self.lowrank_ranks)}")
+
+
+@dataclass
+class _UnitState:
+    """What one unit trains, and how to freeze it afterwards."""
+
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    scales: list[UniformQuantizer] = field(default_factory=list)
+    dfqs: list[DynamicFocusQuantizer] = field(default_factory=list)
+    rounders: dict[str, tuple[nn.Module, AdaRoundQuantizer]] = field(default_factory=dict)
+    branches: dict[str, tuple[QuantLinear, LowRankBranch]] = field(default_factory=dict)
+
+
+def _activation_quantizers(unit: Unit) -> list[Quantizer]:
+    return [m for m in unit.module.modules() if isinstance(m, Quantizer) and m.role != "weight" and m.enabled]
+
+
+def prepare_unit(unit: Unit, layers: dict[str, nn.Module], cfg: ReconConfig, gen: torch.Generator) -> _UnitState:
+    """Switch on what `cfg.learn` trains in `unit` (scales to Parameters, AdaRound, low-rank
+    branches) and return it with its Adam parameter groups; `finish_unit` freezes it again."""
+    st = _UnitState()
+    learn = set(cfg.learn)
+    if "act_scale" in learn:
+        qs = [q for q in _activation_quantizers(unit) if isinstance(q, UniformQuantizer) and q.calibrated]
+        params = [p for q in qs for p in learn_scale(q)]
+        st.scales += qs
+        if params:
+            st.groups.append({"params": params, "lr": cfg.lr_act_scale, "name": "act_scale"})
+    if "dfq" in learn:
+        st.dfqs = [q for q in _activation_quantizers(unit) if isinstance(q, DynamicFocusQuantizer) and q.calibrated]
+        params = [p for q in st.dfqs for p in (q.b1, q.b2)]
+        for p in params:
+            p.requires_grad_(True)
+        if params:
+            st.groups.append({"params": params, "lr": cfg.lr_dfq, "name": "dfq"})
+    weighted = {n: m for n, m in layers.items() if isinstance(m.weight_quantizer, UniformQuantizer)
+                and m.weight_quantizer.enabled and m.weight_quantizer.calibrated}
+    if "weight_scale" in learn:
+        params = [p for m in weighted.values() for p in learn_scale(m.weight_quantizer)]
+        st.scales += [m.weight_quantizer for m in weighted.values()]
+        if params:
+            st.groups.append({"params": params, "lr": cfg.lr_weight_scale, "name": "weight_scale"})
+    if "weight_rounding" in learn:
+        for n, m in weighted.items():
+            rq = AdaRoundQuantizer(m.weight_quantizer, m.weight)
+            st.rounders[n] = (m, m.weight_quantizer)
+            m.weight_quantizer = rq
+        params = [m.weight_quantizer.alpha for m, _ in st.rounders.values()]
+        if params:
+            st.groups.append({"params": params, "lr": cfg.lr_rounding, "name": "weight_rounding"})
+    if "lowrank" in learn and max(cfg.lowrank_ranks) > 0:
+        for n, m in layers.items():
+            if isinstance(m, QuantLinear):
+                br = LowRankBranch(m.in_features, m.out_features, cfg.lowrank_ranks, gen, m.weight.device)
+                m.compensation = br
+                st.branches[n] = (m, br)
+        if st.branches:
+            st.groups.append({"params": [p for _, b in st.branches.values() for p in (b.A, b.B)],
+                              "lr": cfg.lr_lowrank, "name": "lowrank"})
+            arch = [b.arch for _, b in st.branches.values() if b.arch is not None]
+            if arch:
+                st.groups.append({"params": arch, "lr": cfg.lr_arch, "name": "arch"})
+    return st
+
+
+@torch.no_grad()
+def finish_unit(st: _UnitState) -> dict[str, int]:
+    """Freeze what the unit learned: scales back to buffers, hard rounding written into the weight,
+    DFQ bounds fixed, zero-rank branches removed."""
+    for q in st.scales:
+        freeze_scale(q)
+    for q in st.dfqs:
+        q.b1.requires_grad_(False)
+        q.b2.requires_grad_(False)
+        q.version += 1
+    for layer, base in st.rounders.values():
+        w = layer.weight_quantizer.hard_weight()
+        layer.weight_quantizer = base
+        layer.set_weight_matrix(w.reshape(layer.weight.shape[0], -1))
+    ranks = {}
+    for name, (layer, br) in st.branches.items():
+        br.commit()
+        for p in br.parameters():
+            p.requires_grad_(False)
+        ranks[name] = br.rank
+        if br.rank == 0:
+            layer.compensation = None
+    return ranks
+
+
+def _loss(out: torch.Tensor, target: torch.Tensor, kind: str, per_sample: bool = False) -> torch.Tensor:
+    d = out - target
+    v = d.pow(2) if kind == "mse" else d.abs()
+    return v.reshape(v.shape[0], -1).mean(1) if per_sample else v.mean()
+
+
+def _forward_batches(unit: Unit, x: torch.Tensor, bs: int) -> torch.Tensor:
+    return torch.cat([unit.forward(c) for c in torch.split(x, bs)])
+
+
+def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_fp: torch.Tensor,
+                target: torch.Tensor, cfg: ReconConfig, index: int) -> dict[str, Any]:
+    dev = x_q.device
+    gen = torch.Generator().manual_seed(cfg.seed * 1000003 + index)
+    st = prepare_unit(unit, layers, cfg, gen)
+    n = x_q.shape[0]
+    bs = min(cfg.batch_size, n)
+    info: dict[str, Any] = {"unit": unit.name, "params": sum(p.numel() for g in st.groups for p in g["params"])}
+    with torch.no_grad():
+        start = _loss(_forward_batches(unit, x_q, bs), target, cfg.loss, per_sample=True)
+    info["loss_start"] = float(start.mean())
+    order = torch.argsort(start.cpu(), stable=True) if cfg.curriculum else torch.arange(n)
+    if not st.groups or cfg.iters == 0:
+        info.update(loss_end=info["loss_start"], ranks=finish_unit(st))
+        return info
+    opt = torch.optim.Adam([{k: v for k, v in g.items() if k != "name"} for g in st.groups])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters, eta_min=0.0)
+    search_iters = int(cfg.search_frac * cfg.iters) if any(b.searching for _, b in st.branches.values()) else 0
+    warm = int(cfg.warmup * cfg.iters)
+    bar = tqdm(range(cfg.iters), desc=f"reconstruct {unit.name}", leave=False, disable=not cfg.progress)
+    arch = [b.arch for _, b in st.branches.values() if b.arch is not None]
+    for p in arch:  # B starts at 0, so the loss says nothing about ranks yet: let the branches learn first
+        p.requires_grad_(False)
+    for it in bar:
+        if arch and it == search_iters // 2:
+            for p in arch:
+                p.requires_grad_(True)
+        if search_iters and it == search_iters:
+            for _, br in st.branches.values():
+                br.commit()  # keeps the chosen rank; the optimizer sees the new (smaller) tensors
+            opt = torch.optim.Adam([{k: v for k, v in g.items() if k != "name"} for g in _regroup(st, cfg)])
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters - it, eta_min=0.0)
+        pool = n
+        if cfg.curriculum:
+            span = max(cfg.curriculum_end * cfg.iters, 1)
+            frac = min(1.0, cfg.curriculum_start + (1 - cfg.curriculum_start) * it / span)
+            pool = max(bs, math.ceil(frac * n))
+        idx = order[torch.randint(0, pool, (bs,), generator=gen)] if pool < n else torch.randperm(n, generator=gen)[:bs]
+        idx = idx.to(dev)
+        xb = x_q[idx]
+        if cfg.fp_input_prob >= 1.0:
+            xb = x_fp[idx]
+        elif cfg.fp_input_prob > 0.0:
+            drop = torch.rand(xb.shape, generator=gen).to(dev) < cfg.fp_input_prob
+            xb = torch.where(drop, x_fp[idx], xb)
+        out = unit.forward(xb)
+        rec = _loss(out, target[idx], cfg.loss)
+        loss = rec
+        if st.rounders and it >= warm:
+            progress = (it - warm) / max(cfg.iters - warm, 1)
+            beta = cfg.beta_end + (cfg.beta_start - cfg.beta_end) * (1 + math.cos(math.pi * progress)) / 2
+            loss = loss + cfg.round_weight * sum(m.weight_quantizer.regularizer(beta) for m, _ in st.rounders.values())
+        if search_iters and it < search_iters:
+            cost = sum(br.expected_params() / (br.in_features * br.out_features) for _, br in st.branches.values())
+            loss = loss + cfg.rank_cost * cost
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if it % 50 == 0 or it == cfg.iters - 1:
+            bar.set_postfix(loss=f"{float(rec.detach()):.4g}")
+    bar.close()
+    info["ranks"] = finish_unit(st)
+    with torch.no_grad():
+        info["loss_end"] = float(_loss(_forward_batches(unit, x_q, bs), target, cfg.loss))
+    return info
+
+
+def _regroup(st: _UnitState, cfg: ReconConfig) -> list[dict[str, Any]]:
+    """Parameter groups after the rank search committed (branch tensors were replaced)."""
+    groups = [g for g in st.groups if g["name"] not in ("lowrank", "arch")]
+    live = [p for _, b in st.branches.values() if b.rank > 0 for p in (b.A, b.B)]
+    if live:
+        groups.append({"params": live, "lr": cfg.lr_lowrank, "name": "lowrank"})
+    return groups
+
+
+def _set_trainable(model: nn.Module, on: bool) -> list[tuple[nn.Parameter, bool]]:
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(on)
+    return saved
+
+
+def reconstruct(model: nn.Module, calib: torch.Tensor, cfg: ReconConfig) -> dict[str, Any]:
+    """Reconstruct every unit of `model` (already calibrated and quantized) in order on `calib`.
+
+    Returns statistics for the run record: per unit the loss before and after, trained parameter
+    count and chosen low-rank ranks; seconds per unit and per iteration; extra low-rank parameters.
+    """
+    dev = calib.device
+    saved = _set_trainable(model, False)  # only the parameters a unit's prepare_unit() enables train
+    units = model_units(model)
+    x_q = calib
+    x_fp = calib
+    per_unit, ranks, t0 = [], {}, time.perf_counter()
+    try:
+        for i, unit in enumerate(units):
+            bs = min(cfg.batch_size, x_q.shape[0])
+            with torch.no_grad(), quant_disabled(model):
+                target = _forward_batches(unit, x_fp, bs)
+            blockish = unit.name not in ("patch_embed", "head")
+            if cfg.units == "blocks" and not blockish:
+                with torch.no_grad():
+                    x_q = _forward_batches(unit, x_q, bs)
+                x_fp = target
+                continue
+            t_unit = time.perf_counter()
+            layers = unit_layers(model, unit)
+            with torch.enable_grad():
+                info = _train_unit(unit, layers, x_q, x_fp, target, cfg, i)
+            info["seconds"] = round(time.perf_counter() - t_unit, 3)
+            ranks.update(info.pop("ranks"))
+            per_unit.append(info)
+            with torch.no_grad():
+                x_q = _forward_batches(unit, x_q, bs)
+            x_fp = target
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+    finally:
+        for p, rg in saved:
+            p.requires_grad_(rg)
+        for m in model.modules():
+            if isinstance(m, LowRankBranch):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+    seconds = time.perf_counter() - t0
+    trained = [u for u in per_unit if u["params"]]
+    iters = cfg.iters * len(trained)
+    extra = sum(m.num_params() for m in model.modules() if isinstance(m, LowRankBranch))
+    return {
+        "recon_units": len(per_unit),
+        "recon_s": round(seconds, 3),
+        "recon_s_per_iter": round(sum(u["seconds"] for u in trained) / iters, 5) if iters else 0.0,
+        "recon_loss_start": round(sum(u["loss_start"] for u in per_unit), 6),
+        "recon_loss_end": round(sum(u["loss_end"] for u in per_unit), 6),
+        "recon_per_unit": per_unit,
+        "lowrank_ranks": ranks,
+        "lowrank_extra_params": extra,
+    }

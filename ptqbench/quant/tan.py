@@ -1,0 +1,74 @@
+"""TanQ: a tangent-warped uniform quantizer for post-softmax activations (DopQ-ViT).
+
+Attention probabilities follow a power law: most sit near 0, and the few near 1 decide where a
+token attends. Log quantizers (log2, log-sqrt2) put their levels near 0 and almost none near 1.
+TanQ warps [0, 1] with a tangent so that uniform codes in the warped space land densely near
+*both* ends:
+
+    u = tan(theta (x - 1/2)) / tan(theta / 2)           in [-1, 1]
+    code = round((u + 1) / 2 * (2^b - 1))               uniform in u
+    x^ = 1/2 + arctan(u^ tan(theta / 2)) / theta        back to [0, 1]
+
+theta in (0, pi) sets how strongly levels crowd at the ends (theta -> 0 is the uniform grid on
+[0, 1]); the end levels are exactly 0 and 1. DopQ-ViT's exact formula could not be read (see
+docs/methods/dopq.md); this is ptqbench's reading, and theta is chosen per layer by MSE on the
+calibration data from `thetas`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from ptqbench.quant.base import Quantizer, round_ste
+from ptqbench.quant.ranges import subsample
+
+DEFAULT_THETAS = (0.5, 1.0, 1.5, 2.0, 2.4, 2.7, 2.9, 3.0, 3.06, 3.1)
+
+
+def tan_levels(bits: int, theta: float) -> torch.Tensor:
+    """The 2^b dequantized values of TanQ on [0, 1], ascending (for tests and inspection)."""
+    n = 2**bits - 1
+    u = torch.arange(n + 1, dtype=torch.float64) / n * 2 - 1
+    return (0.5 + torch.atan(u * math.tan(theta / 2)) / theta).float()
+
+
+def tan_fake_quant(x: torch.Tensor, theta: float, bits: int) -> torch.Tensor:
+    """Quantize-dequantize `x` (clamped to [0, 1]) on the TanQ grid; straight-through under autograd."""
+    n = 2**bits - 1
+    t = math.tan(theta / 2)
+    u = torch.tan(theta * (x.clamp(0.0, 1.0) - 0.5)) / t
+    codes = torch.clamp(round_ste((u + 1) * (n / 2)), 0, n)
+    uq = codes * (2.0 / n) - 1
+    return 0.5 + torch.atan(uq * t) / theta
+
+
+class TanQuantizer(Quantizer):
+    """TanQ for values in [0, 1] (attention probabilities); `theta` fitted by MSE over `thetas`."""
+
+    kind = "tan"
+
+    def __init__(self, bits: int, role: str, thetas: Sequence[float] = DEFAULT_THETAS, max_samples: int = 1 << 22) -> None:
+        super().__init__(bits, role)
+        if not thetas or any(not 0.0 < float(t) < math.pi for t in thetas):
+            raise ValueError(f"TanQ thetas must lie in (0, pi), got {list(thetas)}")
+        self.thetas = tuple(float(t) for t in thetas)
+        self.max_samples = max_samples
+        self.theta = self.thetas[0]
+
+    def _fit(self, x: torch.Tensor) -> None:
+        if (x < 0).any() or (x > 1 + 1e-6).any():
+            raise ValueError(f"TanQ quantizer {self.qname!r} needs input in [0, 1] (post-softmax)")
+        v = subsample(x.float().reshape(1, -1), self.max_samples)
+        errs = [float((tan_fake_quant(v, t, self.bits) - v).pow(2).mean()) for t in self.thetas]
+        self.theta = self.thetas[min(range(len(errs)), key=errs.__getitem__)]  # ties: first
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return tan_fake_quant(x, self.theta, self.bits)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(granularity="tensor", theta=self.theta)
+        return d
