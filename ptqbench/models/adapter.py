@@ -4,6 +4,11 @@ Every Linear and the patch-embedding Conv2d become QuantLinear/QuantConv2d, atte
 QuantMatMuls, and every activation quantizer is tagged with its role (ptqbench.quant.roles). A
 `QuantPlan` from the method decides which quantizer each role gets; roles without a spec stay FP.
 The adapter also lists the LayerNorm -> Linear pairs that reparameterization may fold into.
+
+When the plan has specs for the fully quantized roles (`roles.FULL_ROLES`, `quant.full=true`),
+the adapter also patches the ops the common protocol leaves in FP: LayerNorm inputs and residual
+adds (ptqbench.models.blocks), the softmax (a QuantSoftmax inside the attention) and GELU (a
+QuantAct around timm Mlp's act). Without such specs nothing of this is touched.
 """
 
 from __future__ import annotations
@@ -12,14 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from timm.layers import Mlp
-from timm.models.swin_transformer import PatchMerging, WindowAttention
-from timm.models.vision_transformer import Attention
+from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, WindowAttention
+from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from ptqbench.models.attention import QuantAttention, QuantWindowAttention
+from ptqbench.models.blocks import QuantBlock, QuantSwinBlock, attach_norm_input
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import quantizers
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
+from ptqbench.quant.nonlinear import QuantAct, QuantSoftmax
 from ptqbench.quant.reparam import ReparamPair
 from ptqbench.quant.spec import QuantPlan
 
@@ -37,11 +44,16 @@ class QuantizedModel:
         """Per-quantizer description (kind, bits, role, granularity) for the run record."""
         return {name: q.describe() for name, q in quantizers(self.model).items()}
 
+    def quantized_roles(self) -> list[str]:
+        """Roles that have at least one quantizer, sorted (the record's protocol says which
+        tensors a run quantized)."""
+        return sorted({q.role for q in quantizers(self.model).values()})
+
     def counts(self) -> dict[str, int]:
         """How many modules of each quantized kind, and quantizers per role."""
         out: dict[str, int] = {}
         for m in self.model.modules():
-            if isinstance(m, (QuantLinear, QuantConv2d, QuantMatMul)):
+            if isinstance(m, (QuantLinear, QuantConv2d, QuantMatMul, QuantSoftmax, QuantAct, QuantBlock, QuantSwinBlock)):
                 out[type(m).__name__] = out.get(type(m).__name__, 0) + 1
         for q in quantizers(self.model).values():
             key = f"quantizers.{q.role}"
@@ -100,6 +112,31 @@ def _reparam_pairs(model: nn.Module) -> list[ReparamPair]:
     return pairs
 
 
+def is_full(plan: QuantPlan) -> bool:
+    """True when the plan quantizes any of the ops the common protocol leaves in FP."""
+    return any(plan.for_role(r) is not None for r in roles.FULL_ROLES) or plan.softmax_lut_bits is not None
+
+
+def _softmax(plan: QuantPlan) -> Optional[QuantSoftmax]:
+    if not is_full(plan):
+        return None
+    return QuantSoftmax(_build(plan, roles.SOFTMAX_IN), plan.softmax_lut_bits)
+
+
+def _patch_full(model: nn.Module, plan: QuantPlan) -> None:
+    """LayerNorm inputs, residual adds and GELU inputs (the softmax is patched with attention)."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, Block):
+            QuantBlock.adopt(m, _build(plan, roles.RESIDUAL), _build(plan, roles.RESIDUAL))
+        elif isinstance(m, SwinTransformerBlock):
+            QuantSwinBlock.adopt(m, _build(plan, roles.RESIDUAL), _build(plan, roles.RESIDUAL))
+        elif isinstance(m, Mlp) and not isinstance(m.act, QuantAct):
+            m.act = QuantAct(m.act, _build(plan, roles.GELU_IN))
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.LayerNorm):
+            attach_norm_input(m, _build(plan, roles.LN_IN))
+
+
 def make_quantizable(model: nn.Module, plan: QuantPlan) -> QuantizedModel:
     """Patch `model` in place for `plan` and return it wrapped with its structure.
 
@@ -109,10 +146,12 @@ def make_quantizable(model: nn.Module, plan: QuantPlan) -> QuantizedModel:
     for name, m in list(model.named_modules()):
         if isinstance(m, Attention):
             QuantAttention.adopt(m, QuantMatMul(_build(plan, roles.Q), _build(plan, roles.K)),
-                                 QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)))
+                                 QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)), _softmax(plan))
         elif isinstance(m, WindowAttention):
             QuantWindowAttention.adopt(m, QuantMatMul(_build(plan, roles.Q), _build(plan, roles.K)),
-                                       QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)))
+                                       QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)), _softmax(plan))
+    if is_full(plan):
+        _patch_full(model, plan)
     for name, m in list(model.named_modules()):
         if type(m) is nn.Linear:
             _set_child(model, name, QuantLinear(m, _build(plan, linear_roles[name]), _weight_quantizer(plan)))
