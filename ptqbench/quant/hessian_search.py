@@ -15,8 +15,9 @@ What runs here (`search_model`):
 3. Per layer, `rounds` alternating rounds: the input (or first operand's) quantizer's candidates
    with the weight (second operand) fixed, then the weight's with the input fixed. Candidates:
    uniform: the min-max range of the tensor scaled by `candidates` values of alpha evenly spaced
-   in [alpha_min, alpha_max]; per-channel weights: every output channel picks its own alpha (the
-   distance splits over output channels, so this is exact); twin uniform post-softmax: split =
+   in [alpha_min, alpha_max], and the current one (kept unless a candidate does better);
+   per-channel weights: every output channel picks its own alpha (the hessian and mse distances
+   split over output channels, so this is exact; cosine is then taken per output channel); twin uniform post-softmax: split =
    2^-m, m in 0..candidates-1; twin post-GELU: the positive step scaled by alpha. Metric:
    `hessian` (above), `mse` (E[(O^ - O)^2]) or `cosine` (mean cosine similarity per sample or per
    output channel, maximised).
@@ -136,6 +137,14 @@ def _candidates(q: Quantizer, x: torch.Tensor, cfg: SearchConfig) -> list[Any]:
     return []
 
 
+def _current(q: Quantizer) -> Any:
+    """The quantizer's parameters in the form `_apply` takes (the search keeps them unless a
+    candidate does better)."""
+    if isinstance(q, TwinUniformQuantizer):
+        return {"split": q.split.clone(), "neg_scale": q.neg_scale.clone(), "pos_scale": q.pos_scale.clone()}
+    return q.scale.clone().reshape(1), q.zero_point.clone().reshape(1)
+
+
 def _apply(q: Quantizer, params: Any) -> None:
     if isinstance(q, TwinUniformQuantizer):
         q.apply(params)
@@ -147,7 +156,7 @@ def _search_tensor(q: Quantizer, x: torch.Tensor, run, target, grad, cfg: Search
     cands = _candidates(q, x, cfg)
     if not cands:
         return
-    best, best_err = None, None
+    best, best_err = _current(q), float(_score(run(), target, grad, cfg.search_metric, None))
     for c in cands:
         _apply(q, c)
         err = float(_score(run(), target, grad, cfg.search_metric, None))
@@ -164,17 +173,15 @@ def _search_weight(layer: nn.Module, run, target, grad, cfg: SearchConfig) -> No
     w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
     lo, hi = w.min(1).values, w.max(1).values
     channel_dim = 1 if isinstance(layer, QuantConv2d) else -1
-    best_s = best_z = best_err = None
+    best_s, best_z = wq.scale.clone(), wq.zero_point.clone()
+    best_err = _score(run(), target, grad, cfg.search_metric, channel_dim)
     for a in cfg.alphas():
         s, z = params_from_range(a * lo, a * hi, wq.bits, wq.symmetric)
         wq.set_params(s, z, 0)
         err = _score(run(), target, grad, cfg.search_metric, channel_dim)
-        if best_err is None:
-            best_s, best_z, best_err = s, z, err
-        else:
-            better = err < best_err
-            best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
-            best_err = torch.where(better, err, best_err)
+        better = err < best_err
+        best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
+        best_err = torch.where(better, err, best_err)
     wq.set_params(best_s, best_z, 0)
 
 
