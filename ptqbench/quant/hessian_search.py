@@ -110,9 +110,10 @@ def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int) -> dict
     return {m: torch.cat(g) for m, g in parts.items() if g}
 
 
-def _score(out: torch.Tensor, target: torch.Tensor, grad: Optional[torch.Tensor], metric: str,
+def _score(out: torch.Tensor, target: torch.Tensor, grad2: Optional[torch.Tensor], metric: str,
            channel_dim: Optional[int]) -> torch.Tensor:
-    """Distance to minimise: a scalar, or one per output channel when `channel_dim` is set."""
+    """Distance to minimise: a scalar, or one per output channel when `channel_dim` is set;
+    `grad2` = (dL/dO)^2, the Hessian weighting."""
     if metric == "cosine":
         if channel_dim is None:
             return -F.cosine_similarity(out.flatten(1), target.flatten(1), dim=1).mean()
@@ -120,8 +121,8 @@ def _score(out: torch.Tensor, target: torch.Tensor, grad: Optional[torch.Tensor]
         t = target.movedim(channel_dim, 0).flatten(1)
         return -F.cosine_similarity(o, t, dim=1)
     d = (out - target).pow_(2)
-    if metric == "hessian" and grad is not None:
-        d.mul_(grad.pow(2))
+    if metric == "hessian" and grad2 is not None:
+        d.mul_(grad2)
     if channel_dim is None:
         return d.sum()
     return d.movedim(channel_dim, 0).flatten(1).sum(1)
@@ -152,20 +153,20 @@ def _apply(q: Quantizer, params: Any) -> None:
         q.set_params(params[0][0], params[1][0], None)
 
 
-def _search_tensor(q: Quantizer, x: torch.Tensor, run, target, grad, cfg: SearchConfig) -> None:
+def _search_tensor(q: Quantizer, x: torch.Tensor, run, target, grad2, cfg: SearchConfig) -> None:
     cands = _candidates(q, x, cfg)
     if not cands:
         return
-    best, best_err = _current(q), float(_score(run(), target, grad, cfg.search_metric, None))
+    best, best_err = _current(q), float(_score(run(), target, grad2, cfg.search_metric, None))
     for c in cands:
         _apply(q, c)
-        err = float(_score(run(), target, grad, cfg.search_metric, None))
-        if best_err is None or err < best_err:
+        err = float(_score(run(), target, grad2, cfg.search_metric, None))
+        if err < best_err:
             best, best_err = c, err
     _apply(q, best)
 
 
-def _search_weight(layer: nn.Module, run, target, grad, cfg: SearchConfig) -> None:
+def _search_weight(layer: nn.Module, run, target, grad2, cfg: SearchConfig) -> None:
     """Per output channel alpha for a per-channel uniform weight quantizer."""
     wq = layer.weight_quantizer
     if not isinstance(wq, UniformQuantizer) or wq.channel_axis != 0:
@@ -174,11 +175,11 @@ def _search_weight(layer: nn.Module, run, target, grad, cfg: SearchConfig) -> No
     lo, hi = w.min(1).values, w.max(1).values
     channel_dim = 1 if isinstance(layer, QuantConv2d) else -1
     best_s, best_z = wq.scale.clone(), wq.zero_point.clone()
-    best_err = _score(run(), target, grad, cfg.search_metric, channel_dim)
+    best_err = _score(run(), target, grad2, cfg.search_metric, channel_dim)
     for a in cfg.alphas():
         s, z = params_from_range(a * lo, a * hi, wq.bits, wq.symmetric)
         wq.set_params(s, z, 0)
-        err = _score(run(), target, grad, cfg.search_metric, channel_dim)
+        err = _score(run(), target, grad2, cfg.search_metric, channel_dim)
         better = err < best_err
         best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
         best_err = torch.where(better, err, best_err)
@@ -192,15 +193,17 @@ def search_layer(layer: nn.Module, inputs: tuple, target: torch.Tensor, grad: Op
     def run() -> torch.Tensor:
         return layer(*inputs)
 
+    grad2 = grad.pow(2) if grad is not None and cfg.search_metric == "hessian" else None  # once, not per candidate
+
     for _ in range(cfg.search_rounds):
         if isinstance(layer, QuantMatMul):
             for q, x in ((layer.a_quantizer, inputs[0]), (layer.b_quantizer, inputs[1])):
                 if q is not None:
-                    _search_tensor(q, x, run, target, grad, cfg)
+                    _search_tensor(q, x, run, target, grad2, cfg)
         else:
             if layer.input_quantizer is not None:
-                _search_tensor(layer.input_quantizer, inputs[0], run, target, grad, cfg)
-            _search_weight(layer, run, target, grad, cfg)
+                _search_tensor(layer.input_quantizer, inputs[0], run, target, grad2, cfg)
+            _search_weight(layer, run, target, grad2, cfg)
 
 
 def _forward_order(unit_fn, unit_module: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], dict[nn.Module, torch.Tensor]]:
