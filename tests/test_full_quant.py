@@ -173,3 +173,26 @@ def test_hessian_search_does_not_increase_the_layer_distance():
             search_layer(layer, (seen["x"],), target, grads[layer], SearchConfig(search_metric=metric, search_candidates=8, search_rounds=2))
             after = float(_score(layer(seen["x"]), target, g2, metric, None))
             assert after <= before + 1e-9, (metric, before, after)
+
+
+def test_record_says_which_tensors_were_quantized(tiny_imagenet, tmp_path):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from ptqbench.run import run_job
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    common = [f"data.root={tiny_imagenet}", f"results_dir={tmp_path}", "model.pretrained=false", "calib.size=2",
+              "data.batch_size=8", "data.workers=0", "logger=none", "method=minmax", "bits=w8a8"]
+    recs = {}
+    for full in ("false", "true"):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            recs[full] = run_job(compose("config", overrides=[*common, f"quant.full={full}"]))
+    std, full = recs["false"]["protocol"], recs["true"]["protocol"]
+    assert std["full"] is False and "ln_in" not in std["quantized_roles"] and "post_ln" in std["quantized_roles"]
+    assert full["full"] is True and full["full_bits"] == 8 and full["softmax"] == "lut"
+    assert {"ln_in", "softmax_in", "gelu_in", "residual"} <= set(full["quantized_roles"])
+    assert recs["true"]["quantized_modules"]["quantizers.residual"] == 24
+    assert recs["true"]["run_key"] != recs["false"]["run_key"]
+    assert "quant" in recs["true"]["semantic_config"] and "quant" not in recs["false"]["semantic_config"]
