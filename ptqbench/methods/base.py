@@ -142,7 +142,7 @@ class Method:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = ProtocolConfig
-    # False: the method refuses quant.full=true with a ConfigError (none of the built-in ones does)
+    # False: the method refuses quant.full=true with a ConfigError (`fp`, which quantizes nothing)
     supports_full: ClassVar[bool] = True
 
     def __init__(self, config: Any, bits: Bits, quant: Optional[FullQuantConfig] = None) -> None:
