@@ -1,7 +1,9 @@
 """Run records: one JSON file per job, keyed by a hash of the job's semantic config.
 
 The key covers what changes a result (model and weights choice, method and its options, bits,
-calibration size/seed/split, evaluation data, task, seed, record schema) and nothing that does
+calibration size/seed/split, evaluation data, task, seed, record schema, and the fully quantized
+mode's group `quant` when `quant.full` is true; with it off the group is left out, so the keys of
+earlier records stay valid) and nothing that does
 not (loggers, loader workers, batch size, output folders). Files are written atomically
 (temp file + os.replace) so a killed job never leaves a half-written record.
 """
@@ -37,6 +39,9 @@ def semantic_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         val = c.get(group) or {}
         drop = _NON_SEMANTIC.get(group, set())
         out[group] = {k: v for k, v in sorted(val.items()) if k not in drop} if isinstance(val, dict) else val
+    quant = c.get("quant")
+    if isinstance(quant, dict) and quant.get("full"):  # off: keys stay those of the records before it existed
+        out["quant"] = dict(sorted(quant.items()))
     return out
 
 

@@ -117,7 +117,8 @@ def run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
     tracker = None
     failed = True
     try:
-        name = f"{cfg.model.name}-{cfg.method.name}-w{cfg.bits.w}a{cfg.bits.a}-c{cfg.calib.size}s{cfg.calib.seed}"
+        full = f"-full{cfg.quant.bits}" if cfg.get("quant") is not None and cfg.quant.get("full") else ""
+        name = f"{cfg.model.name}-{cfg.method.name}-w{cfg.bits.w}a{cfg.bits.a}{full}-c{cfg.calib.size}s{cfg.calib.seed}"
         tracker = make_tracker(resolved.get("logger") or {}, group=group, name=name, config=resolved)
         record.update(_execute(cfg, results_dir, record))
         record["status"] = STATUS_OK
@@ -168,7 +169,9 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
     if cfg.calib.split == cfg.data.val_split:
         raise ConfigError(f"calib.split={cfg.calib.split!r} is the evaluation split: calibrate on training images")
     bits = Bits(int(cfg.bits.w), int(cfg.bits.a))
-    method = build_method(OmegaConf.to_container(cfg.method, resolve=True), bits)
+    quant_cfg = cfg.get("quant")
+    method = build_method(OmegaConf.to_container(cfg.method, resolve=True), bits,
+                          OmegaConf.to_container(quant_cfg, resolve=True) if quant_cfg is not None else None)
     device = resolve_device(str(cfg.device))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -213,7 +216,8 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
                      "fp_eval_s": round(fp.get("eval_seconds", 0.0), 3)},
             memory={"calibration": cal_meter.as_dict(), "evaluation": eval_meter.as_dict()},
             quantized_modules=qm.counts(), quantizers=qm.quantizer_map(),
-            protocol={"patch_input_bits": getattr(method.config, "patch_input_bits", None)},
+            protocol={"patch_input_bits": getattr(method.config, "patch_input_bits", None),
+                      **method.quant.protocol(), "quantized_roles": qm.quantized_roles()},
             calibration={"size": len(calib_ids), "seed": int(cfg.calib.seed), "split": cfg.calib.split, "ids": calib_ids},
             method_stats=stats,
         )
@@ -236,6 +240,8 @@ def _print_summary(rec: dict[str, Any], path: Path) -> None:
     log.info(
         "%s %s %s calib=%s seed=%s | FP top-1 %.2f | quantized top-1 %.2f top-5 %.2f | drop %.2f | "
         "calibration %.1f s, evaluation %.1f s | %s",
-        c["model"]["name"], c["method"]["name"], rec["bits"]["name"], c["calib"]["size"], c["calib"]["seed"],
+        c["model"]["name"], c["method"]["name"],
+        rec["bits"]["name"] + (f" full{rec['protocol']['full_bits']}" if rec.get("protocol", {}).get("full") else ""),
+        c["calib"]["size"], c["calib"]["seed"],
         m["fp_top1"], m["top1"], m["top5"], m["drop_top1"], t["calibration_s"], t["eval_s"], path,
     )

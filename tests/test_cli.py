@@ -19,7 +19,7 @@ def _tiny_job_args(tiny_imagenet: Path, results: Path) -> list[str]:
 def test_help_lists_groups_and_choices():
     out = run_cli("--help")
     assert out.returncode == 0, out.stderr
-    for line in ("method: aiq, dopq, erq, fp, gptq, minmax, percentile, repq", "bits: w3a3, w3a4, w4a4, w4a8, w5a5, w6a6, w8a8",
+    for line in ("method: aiq, dopq, erq, fp, gptq, minmax, percentile, ptq4vit, repq, tsptq", "quant: default", "bits: w3a3, w3a4, w4a4, w4a8, w5a5, w6a6, w8a8",
                  "model: deit_base, deit_small, deit_tiny", "logger: none, wandb", "calib: default",
                  "data: imagenet", "task: classification"):
         assert line in out.stdout, line

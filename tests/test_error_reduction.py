@@ -11,7 +11,7 @@ from ptqbench.quant.error_reduction import Grid, gptq, proxy_matrix, refine_roun
 from ptqbench.quant.modules import QuantLinear
 from ptqbench.quant.ranges import RangeSearch
 from ptqbench.quant.streaming import collect_grams, split_chunks
-from ptqbench.quant.uniform import UniformQuantizer, fake_quant
+from ptqbench.quant.uniform import UniformQuantizer
 from ptqbench.models.units import Unit
 
 

@@ -27,7 +27,7 @@ and reasoning in docs/methods/aiq.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -94,9 +94,12 @@ class AIQViT(RepQViT):
     """AIQViT; see the module docstring for the reading implemented and the choices."""
 
     Config = AIQConfig
+    # the reconstruction engine has not been checked on the fully quantized roles: refuse quant.full
+    supports_full = False
+    blockwise = True  # the low-rank branches and DFQ bounds are trained block by block
 
-    def plan(self) -> Optional[QuantPlan]:
-        base = super().plan()
+    def protocol_plan(self) -> QuantPlan:
+        base = super().protocol_plan()
         acts = dict(base.activations)
         if self.config.dfq:
             acts[roles.POST_SOFTMAX] = QuantizerSpec(

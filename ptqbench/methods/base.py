@@ -68,11 +68,75 @@ class ProtocolConfig:
             object.__setattr__(self, key, tuple(float(p) for p in getattr(self, key)))
 
 
+SOFTMAX_MODES = ("lut", "log2", "float")
+LN_INPUT_KINDS = ("uniform", "ptf")
+
+
+@dataclass(frozen=True)
+class FullQuantConfig:
+    """The fully quantized mode (config group `quant`), a switch for every method.
+
+    Attributes:
+        full: also quantize what the common protocol leaves in FP: LayerNorm inputs (the residual
+            stream), the softmax input, the GELU input and the branch added in each residual add.
+        bits: bit-width of those tensors (Linear and matmul inputs keep `bits.a`).
+        roles: which of roles.FULL_ROLES to quantize (default all four).
+        softmax: "lut": exp from a 2^bits-entry table with `lut_bits` fractional bits, output by
+            the method's post-softmax quantizer; "log2": the same, and the output quantized with
+            FQ-ViT's log2 quantizer (replacing the method's post-softmax quantizer); "float":
+            exact exp of the quantized input.
+        lut_bits: fractional bits of the exp table entries.
+        ln_input: LayerNorm input quantizer, "uniform" per tensor or FQ-ViT's "ptf".
+        ptf_k: PTF's largest factor exponent (factors 1, 2, ..., 2^k).
+    """
+
+    full: bool = False
+    bits: int = 8
+    roles: tuple[str, ...] = roles.FULL_ROLES
+    softmax: str = "lut"
+    lut_bits: int = 16
+    ln_input: str = "uniform"
+    ptf_k: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ConfigError(f"quant.bits={self.bits!r}; use an integer in {MIN_BITS}..{MAX_BITS}")
+        object.__setattr__(self, "roles", tuple(self.roles))
+        bad = sorted(set(self.roles) - set(roles.FULL_ROLES))
+        if bad:
+            raise ConfigError(f"quant.roles has unknown role(s) {bad}; choose among {list(roles.FULL_ROLES)}")
+        if self.softmax not in SOFTMAX_MODES:
+            raise ConfigError(f"quant.softmax={self.softmax!r}; choose one of {SOFTMAX_MODES}")
+        if self.ln_input not in LN_INPUT_KINDS:
+            raise ConfigError(f"quant.ln_input={self.ln_input!r}; choose one of {LN_INPUT_KINDS}")
+        if not 1 <= int(self.lut_bits) <= 24:
+            raise ConfigError(f"quant.lut_bits={self.lut_bits!r}; use 1..24")
+
+    @classmethod
+    def from_mapping(cls, cfg: Optional[Mapping[str, Any]]) -> "FullQuantConfig":
+        cfg = dict(cfg or {})
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - fields)
+        if unknown:
+            raise ConfigError(f"quant has no option(s) {unknown}; its options are {sorted(fields)}")
+        try:
+            return cls(**cfg)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"bad quant option: {e}") from e
+
+    def protocol(self) -> dict[str, Any]:
+        """What the record's `protocol` says about this mode."""
+        if not self.full:
+            return {"full": False}
+        return {"full": True, "full_bits": self.bits, "full_roles": list(self.roles), "softmax": self.softmax,
+                "lut_bits": self.lut_bits if self.softmax != "float" else None, "ln_input": self.ln_input}
+
+
 class Method:
     """A PTQ recipe over the quantization core.
 
     Subclasses set `Config` (a frozen dataclass deriving from ProtocolConfig), and override
-    `plan()` (which quantizer each role gets) and/or `quantize()` (calibration and any weight or
+    `protocol_plan()` (which quantizer each role gets) and/or `quantize()` (calibration and any weight or
     model transformation).
     """
 
@@ -81,10 +145,15 @@ class Method:
     # True for methods that stream calibration data unit by unit through models.units.model_units
     # (ERQ, GPTQ); tasks whose models have no unit list (detection) refuse them up front.
     blockwise: ClassVar[bool] = False
+    # False: the method refuses quant.full=true with a ConfigError (`fp`, which quantizes nothing)
+    supports_full: ClassVar[bool] = True
 
-    def __init__(self, config: Any, bits: Bits) -> None:
+    def __init__(self, config: Any, bits: Bits, quant: Optional[FullQuantConfig] = None) -> None:
         self.config = config
         self.bits = bits
+        self.quant = quant or FullQuantConfig()
+        if self.quant.full and not self.supports_full:
+            raise ConfigError(f"method {self.name!r} does not support the fully quantized mode; use quant.full=false")
 
     # -- what gets quantized -------------------------------------------------------------
     def weight_spec(self) -> QuantizerSpec:
@@ -97,12 +166,40 @@ class Method:
         return QuantizerSpec(bits or self.bits.a, **kw)
 
     def plan(self) -> Optional[QuantPlan]:
+        """What gets quantized: `protocol_plan()`, plus the fully quantized roles when
+        quant.full=true. None = nothing quantized."""
+        return self.with_full(self.protocol_plan())
+
+    def protocol_plan(self) -> QuantPlan:
         """The common protocol: per-channel weights, per-tensor activations everywhere a Linear or
-        attention matmul reads, 8-bit (configurable) patch-embedding input. None = nothing quantized."""
+        attention matmul reads, 8-bit (configurable) patch-embedding input. Methods override this
+        to choose their quantizers per role."""
         acts: dict[str, Optional[QuantizerSpec]] = {r: self.act_spec() for r in roles.ACTIVATION_ROLES}
         pib = self.config.patch_input_bits
         acts[roles.PATCH_IN] = self.act_spec(bits=pib) if pib else None
         return QuantPlan(weight=self.weight_spec(), activations=acts)
+
+    # -- the fully quantized mode ----------------------------------------------------------------
+    def full_spec(self, role: str) -> QuantizerSpec:
+        """The quantizer of a fully quantized role (quant.full=true): uniform per tensor at
+        quant.bits with the method's activation range search; PTF for LayerNorm inputs when
+        quant.ln_input=ptf. Methods override this to choose their own."""
+        if role == roles.LN_IN and self.quant.ln_input == "ptf":
+            return QuantizerSpec(self.quant.bits, kind="ptf", options=(("k", self.quant.ptf_k),))
+        return self.act_spec(bits=self.quant.bits)
+
+    def with_full(self, plan: QuantPlan) -> QuantPlan:
+        """`plan` plus the fully quantized roles when quant.full=true (unchanged otherwise)."""
+        q = self.quant
+        if not q.full:
+            return plan
+        acts = dict(plan.activations)
+        for role in roles.FULL_ROLES:
+            acts[role] = self.full_spec(role) if role in q.roles else None
+        if q.softmax == "log2":
+            acts[roles.POST_SOFTMAX] = QuantizerSpec(self.bits.a, kind="log2")
+        lut = q.lut_bits if q.softmax != "float" else None
+        return QuantPlan(plan.weight, acts, softmax_lut_bits=lut)
 
     # -- how -------------------------------------------------------------------------------
     def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
@@ -123,8 +220,9 @@ def register_method(name: str):
     return deco
 
 
-def build_method(method_cfg: Mapping[str, Any], bits: Bits) -> Method:
-    """Instantiate the registered method named by `method_cfg['name']` with a validated config."""
+def build_method(method_cfg: Mapping[str, Any], bits: Bits, quant: Optional[Mapping[str, Any]] = None) -> Method:
+    """Instantiate the registered method named by `method_cfg['name']` with a validated config;
+    `quant` is the fully quantized mode's config group (None: off)."""
     cfg = dict(method_cfg)
     name = cfg.pop("name", None)
     if name not in METHODS:
@@ -138,4 +236,4 @@ def build_method(method_cfg: Mapping[str, Any], bits: Bits) -> Method:
         config = cls.Config(**cfg)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad option for method {name!r}: {e}") from e
-    return cls(config, bits)
+    return cls(config, bits, FullQuantConfig.from_mapping(quant))

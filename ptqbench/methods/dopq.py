@@ -23,7 +23,7 @@ reading (sources and reasoning in docs/methods/dopq.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -70,9 +70,16 @@ class DopQViT(RepQViT):
     """DopQ-ViT; see the module docstring for the reading implemented and the choices."""
 
     Config = DopQConfig
+    # the reconstruction engine has not been checked on the fully quantized roles: refuse quant.full
+    supports_full = False
 
-    def plan(self) -> Optional[QuantPlan]:
-        base = super().plan()
+    @property
+    def blockwise(self) -> bool:  # type: ignore[override]
+        """Reconstruction walks model_units(); without it DopQ-ViT is a one-pass PTQ method."""
+        return bool(self.config.reconstruct)
+
+    def protocol_plan(self) -> QuantPlan:
+        base = super().protocol_plan()
         acts = dict(base.activations)
         if self.config.tanq:
             acts[roles.POST_SOFTMAX] = QuantizerSpec(self.bits.a, kind="tan", options=(("thetas", self.config.tan_thetas),))

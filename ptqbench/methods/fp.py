@@ -15,6 +15,8 @@ from ptqbench.quant.spec import QuantPlan
 class FloatingPoint(Method):
     """No quantization: the run's metrics are the FP baseline of the same model and images."""
 
+    supports_full = False  # nothing is quantized, so quant.full=true would be a mislabelled FP row
+
     def plan(self) -> Optional[QuantPlan]:
         return None
 

@@ -16,7 +16,7 @@ z~ fractional (`round_zero_point: false` reproduces it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -47,8 +47,8 @@ class RepQViT(Method):
 
     Config = RepQConfig
 
-    def plan(self) -> Optional[QuantPlan]:
-        base = super().plan()
+    def protocol_plan(self) -> QuantPlan:
+        base = super().protocol_plan()
         acts = dict(base.activations)
         if self.config.reparam:
             acts[roles.POST_LN] = self.act_spec(per_channel=True)

@@ -7,6 +7,11 @@ decides which quantizer each role gets; roles without a spec stay FP. The adapte
 LayerNorm -> Linear pairs that reparameterization may fold into. What is specific to mmdet's Swin
 lives in `mmdet_swin.py` and is imported only for models that contain mmdet modules.
 `scope` restricts patching to a submodule (a detector's `backbone`); everything else stays FP.
+
+When the plan has specs for the fully quantized roles (`roles.FULL_ROLES`, `quant.full=true`),
+the adapter also patches the ops the common protocol leaves in FP: LayerNorm inputs and residual
+adds (ptqbench.models.blocks), the softmax (a QuantSoftmax inside the attention) and GELU (a
+QuantAct around timm Mlp's act). Without such specs nothing of this is touched (timm models only).
 """
 
 from __future__ import annotations
@@ -15,15 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from timm.layers import Mlp
-from timm.models.swin_transformer import PatchMerging, WindowAttention
-from timm.models.vision_transformer import Attention
+from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, WindowAttention
+from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from ptqbench.errors import ConfigError
 from ptqbench.models.attention import QuantAttention, QuantWindowAttention
+from ptqbench.models.blocks import QuantBlock, QuantSwinBlock, attach_norm_input
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import quantizers
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
+from ptqbench.quant.nonlinear import QuantAct, QuantSoftmax
 from ptqbench.quant.reparam import ReparamPair
 from ptqbench.quant.spec import QuantPlan
 
@@ -41,11 +48,16 @@ class QuantizedModel:
         """Per-quantizer description (kind, bits, role, granularity) for the run record."""
         return {name: q.describe() for name, q in quantizers(self.model).items()}
 
+    def quantized_roles(self) -> list[str]:
+        """Roles that have at least one quantizer, sorted (the record's protocol says which
+        tensors a run quantized)."""
+        return sorted({q.role for q in quantizers(self.model).values()})
+
     def counts(self) -> dict[str, int]:
         """How many modules of each quantized kind, and quantizers per role."""
         out: dict[str, int] = {}
         for m in self.model.modules():
-            if isinstance(m, (QuantLinear, QuantConv2d, QuantMatMul)):
+            if isinstance(m, (QuantLinear, QuantConv2d, QuantMatMul, QuantSoftmax, QuantAct, QuantBlock, QuantSwinBlock)):
                 out[type(m).__name__] = out.get(type(m).__name__, 0) + 1
         for q in quantizers(self.model).values():
             key = f"quantizers.{q.role}"
@@ -125,6 +137,31 @@ def _reparam_pairs(model: nn.Module) -> list[ReparamPair]:
     return pairs
 
 
+def is_full(plan: QuantPlan) -> bool:
+    """True when the plan quantizes any of the ops the common protocol leaves in FP."""
+    return any(plan.for_role(r) is not None for r in roles.FULL_ROLES) or plan.softmax_lut_bits is not None
+
+
+def _softmax(plan: QuantPlan) -> Optional[QuantSoftmax]:
+    if not is_full(plan):
+        return None
+    return QuantSoftmax(_build(plan, roles.SOFTMAX_IN), plan.softmax_lut_bits)
+
+
+def _patch_full(model: nn.Module, plan: QuantPlan) -> None:
+    """LayerNorm inputs, residual adds and GELU inputs (the softmax is patched with attention)."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, Block):
+            QuantBlock.adopt(m, _build(plan, roles.RESIDUAL), _build(plan, roles.RESIDUAL))
+        elif isinstance(m, SwinTransformerBlock):
+            QuantSwinBlock.adopt(m, _build(plan, roles.RESIDUAL), _build(plan, roles.RESIDUAL))
+        elif isinstance(m, Mlp) and not isinstance(m.act, QuantAct):
+            m.act = QuantAct(m.act, _build(plan, roles.GELU_IN))
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.LayerNorm):
+            attach_norm_input(m, _build(plan, roles.LN_IN))
+
+
 def make_quantizable(model: nn.Module, plan: QuantPlan, scope: Optional[str] = None) -> QuantizedModel:
     """Patch `model` in place for `plan` and return it wrapped with its structure.
 
@@ -153,10 +190,12 @@ def make_quantizable(model: nn.Module, plan: QuantPlan, scope: Optional[str] = N
                                        QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)))
         elif isinstance(m, Attention):
             QuantAttention.adopt(m, QuantMatMul(_build(plan, roles.Q), _build(plan, roles.K)),
-                                 QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)))
+                                 QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)), _softmax(plan))
         elif isinstance(m, WindowAttention):
             QuantWindowAttention.adopt(m, QuantMatMul(_build(plan, roles.Q), _build(plan, roles.K)),
-                                       QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)))
+                                       QuantMatMul(_build(plan, roles.POST_SOFTMAX), _build(plan, roles.V)), _softmax(plan))
+    if is_full(plan):
+        _patch_full(target, plan)
     patch_suffixes = ("patch_embed.proj",) + ((mmdet.PATCH_EMBED_CONV_SUFFIX,) if mmdet is not None else ())
     for name, m in list(target.named_modules()):
         full = prefix + name

@@ -9,6 +9,9 @@ q is multiplied by 1/sqrt(d) before its quantizer, as timm's FP path does. RepQ-
 product instead; per-tensor uniform quantization is scale-equivariant (the calibrated range scales
 with q), so both give the same function up to float rounding, and scaling q touches 3x fewer
 elements than scaling the N x N attention map.
+
+In the fully quantized mode `adopt()` also takes a `QuantSoftmax` (quantized input, table-driven
+exp) that replaces the float softmax.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from timm.models.vision_transformer import Attention
 
 from ptqbench.errors import ConfigError
 from ptqbench.quant.modules import QuantMatMul
+from ptqbench.quant.nonlinear import QuantSoftmax
 
 
 def _check_attrs(module: torch.nn.Module, attrs: tuple[str, ...]) -> None:
@@ -37,9 +41,11 @@ class QuantAttention(Attention):
 
     matmul_qk: QuantMatMul
     matmul_av: QuantMatMul
+    softmax_op: Optional[QuantSoftmax]
 
     @classmethod
-    def adopt(cls, module: Attention, matmul_qk: QuantMatMul, matmul_av: QuantMatMul) -> "QuantAttention":
+    def adopt(cls, module: Attention, matmul_qk: QuantMatMul, matmul_av: QuantMatMul,
+              softmax: Optional[QuantSoftmax] = None) -> "QuantAttention":
         _check_attrs(module, ("qkv", "proj", "num_heads", "head_dim", "scale", "q_norm", "k_norm", "attn_drop", "proj_drop"))
         if getattr(module, "gate", None) is not None:
             raise ConfigError("gated timm attention is not supported by the quantization adapter")
@@ -47,6 +53,7 @@ class QuantAttention(Attention):
         module.fused_attn = False
         module.matmul_qk = matmul_qk
         module.matmul_av = matmul_av
+        module.softmax_op = softmax
         return module  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
@@ -59,7 +66,7 @@ class QuantAttention(Attention):
             from timm.models.vision_transformer import maybe_add_mask, resolve_self_attn_mask
 
             attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))
-        attn = self.attn_drop(attn.softmax(dim=-1))
+        attn = self.attn_drop(attn.softmax(dim=-1) if self.softmax_op is None else self.softmax_op(attn))
         x = self.matmul_av(attn, v)
         x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
         x = getattr(self, "norm", torch.nn.Identity())(x)
@@ -74,12 +81,15 @@ class QuantWindowAttention(WindowAttention):
     matmul_av: QuantMatMul
 
     @classmethod
-    def adopt(cls, module: WindowAttention, matmul_qk: QuantMatMul, matmul_av: QuantMatMul) -> "QuantWindowAttention":
+    def adopt(cls, module: WindowAttention, matmul_qk: QuantMatMul, matmul_av: QuantMatMul,
+              softmax: Optional[QuantSoftmax] = None) -> "QuantWindowAttention":
         _check_attrs(module, ("qkv", "proj", "num_heads", "scale", "softmax", "attn_drop", "proj_drop", "_get_rel_pos_bias"))
         module.__class__ = cls
         module.fused_attn = False
         module.matmul_qk = matmul_qk
         module.matmul_av = matmul_av
+        if softmax is not None:
+            module.softmax = softmax  # called as self.softmax(attn), like timm's nn.Softmax(dim=-1)
         return module  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -15,18 +15,19 @@ from ptqbench.quant.base import Quantizer
 from ptqbench.quant.ranges import RangeSearch, pick_by_mse, quantiles, subsample
 
 
-def log_sqrt2_fake_quant(x: torch.Tensor, delta: torch.Tensor, bits: int) -> torch.Tensor:
+def log_sqrt2_fake_quant(x: torch.Tensor, delta: torch.Tensor, bits: int, per_octave: int = 2) -> torch.Tensor:
     """Quantize-dequantize with a log-sqrt2 grid below `delta` (no gradient: used at calibration
     and inference only). One allocation plus in-place ops, as attention maps are the largest
-    activations of a ViT. Under autograd (block reconstruction) the output is detached: the
-    rounding has no useful gradient, and the in-place chain must stay out of the graph."""
+    activations of a ViT. `per_octave=1` gives the log2 grid (FQ-ViT). Under autograd (block
+    reconstruction) the output is detached: the rounding has no useful gradient, and the
+    in-place chain must stay out of the graph."""
     if torch.is_grad_enabled() and x.requires_grad:
         with torch.no_grad():
-            return log_sqrt2_fake_quant(x, delta, bits)
+            return log_sqrt2_fake_quant(x, delta, bits, per_octave)
     y = torch.div(x, delta)
-    y.log2_().mul_(-2.0).round_()
+    y.log2_().mul_(-float(per_octave)).round_()
     out_of_range = y >= 2**bits  # includes x == 0 (code +inf)
-    y.clamp_(min=0.0).mul_(-0.5).exp2_().mul_(delta)
+    y.clamp_(min=0.0).mul_(-1.0 / per_octave).exp2_().mul_(delta)
     return y.masked_fill_(out_of_range, 0.0)
 
 
@@ -70,4 +71,28 @@ class LogSqrt2Quantizer(Quantizer):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(granularity="tensor", range=self.search.method)
+        return d
+
+
+class Log2Quantizer(Quantizer):
+    """FQ-ViT's log2 quantizer for softmax outputs: q = clamp(round(-log2 x), 0, 2^b - 1), value
+    2^-q (0 past the range). No parameter: probabilities never exceed 1, so attn @ v becomes
+    shifts of v in integer hardware."""
+
+    kind = "log2"
+
+    def __init__(self, bits: int, role: str) -> None:
+        super().__init__(bits, role)
+        self.register_buffer("delta", torch.ones(()))
+
+    def _fit(self, x: torch.Tensor) -> None:
+        if (x < 0).any():
+            raise ValueError(f"log2 quantizer {self.qname!r} needs non-negative input (softmax output)")
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return log_sqrt2_fake_quant(x, self.delta, self.bits, per_octave=1)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(granularity="tensor", range="fixed")
         return d

@@ -48,9 +48,14 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Config keys added after records existed, with the value those older records implicitly had.
+IMPLIED_DEFAULTS = {"quant.full": False}
+
+
 def matches(record: Mapping[str, Any], where: Mapping[str, list[Any]]) -> bool:
-    """True when the record's config has one of the accepted values for every key in `where`."""
-    flat = flatten(record.get("config") or {})
+    """True when the record's config has one of the accepted values for every key in `where`
+    (a record older than a key in IMPLIED_DEFAULTS has that key's default)."""
+    flat = {**IMPLIED_DEFAULTS, **flatten(record.get("config") or {})}
     return all(key in flat and flat[key] in values for key, values in where.items())
 
 

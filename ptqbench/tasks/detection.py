@@ -150,6 +150,11 @@ def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
             raise ConfigError(f"{key}={val!r}; choose one of {sorted(splits)} (data.splits)")
     if cfg.calib.split == cfg.data.val_split:
         raise ConfigError(f"calib.split={cfg.calib.split!r} is the evaluation split: calibrate on training images")
+    if cfg.get("quant") is not None and cfg.quant.get("full"):
+        # the fully quantized roles (LayerNorm inputs, residual adds, softmax, GELU) are patched on
+        # timm blocks only; mmdet's Swin blocks and the detector heads have no such patch yet
+        raise ConfigError("quant.full=true is not available for task=detection (only timm classifiers get the "
+                          "fully quantized roles); use quant.full=false")
     bits = Bits(int(cfg.bits.w), int(cfg.bits.a))
     method = build_method(OmegaConf.to_container(cfg.method, resolve=True), bits)
     refuse_blockwise(method)

@@ -1,0 +1,83 @@
+"""TSPTQ-ViT (Tai et al., ICASSP 2023): two-scaled scaling factors, V-2SF and O-2SF.
+
+No code is public and the paper's formulas could not be read here; the reading implemented is
+METHODS.md's (quantizers in ptqbench/quant/two_scale.py; docs/methods.md says what was found,
+what was chosen and why):
+
+- post-softmax and post-GELU activations (the inputs of attn @ v and of fc2): V-2SF, a fine scale s for the dense small values and s * 2^k for the large ones, one code
+  bit telling which; the coarse top and k by MSE over {max, search percentiles} x 1..k_max.
+- LayerNorm outputs (inputs of qkv, fc1, Swin reduction): O-2SF, channels whose range exceeds a
+  multiple of the median channel range share the scale s * 2^k; the multiple from
+  `outlier_ratios` and k from 1..k_max, by MSE.
+- Everything else: the common protocol (per-channel weights, per-tensor activations), ranges by
+  RepQ-ViT's MSE over percentiles. One progressive calibration pass.
+- Fully quantized mode (`quant.full=true`, the paper's headline setting): the LayerNorm inputs
+  (residual stream) get O-2SF as well (`ln_input_o2sf`, our choice: they have the same outlier
+  channels as the LayerNorm outputs), the other fully quantized roles uniform per tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ptqbench.methods.base import Method, ProtocolConfig, register_method
+from ptqbench.models.adapter import QuantizedModel
+from ptqbench.quant import roles
+from ptqbench.quant.calibration import calibrate
+from ptqbench.quant.spec import QuantizerSpec, QuantPlan
+
+
+@dataclass(frozen=True)
+class TSPTQConfig(ProtocolConfig):
+    """Attributes:
+    v2sf: V-2SF for post-softmax and post-GELU (False: uniform).
+    o2sf: O-2SF for LayerNorm outputs (False: uniform per tensor).
+    k_max: largest power-of-two ratio 2^k between the two scales tried (both quantizers).
+    outlier_ratios: O-2SF candidate thresholds, in multiples of the median channel range.
+    ln_input_o2sf: fully quantized mode: O-2SF for LayerNorm inputs too (unless quant.ln_input=ptf).
+    """
+
+    v2sf: bool = True
+    o2sf: bool = True
+    k_max: int = 6
+    outlier_ratios: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+    ln_input_o2sf: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "outlier_ratios", tuple(float(r) for r in self.outlier_ratios))
+
+
+@register_method("tsptq")
+class TSPTQViT(Method):
+    """TSPTQ-ViT; see the module docstring."""
+
+    Config = TSPTQConfig
+
+    def _o2sf(self, bits: int) -> QuantizerSpec:
+        c = self.config
+        return self.act_spec(bits=bits, kind="o2sf", options=(("ratios", c.outlier_ratios), ("k_max", c.k_max)))
+
+    def protocol_plan(self) -> QuantPlan:
+        base = super().protocol_plan()
+        acts = dict(base.activations)
+        if self.config.v2sf:
+            for role in (roles.POST_SOFTMAX, roles.POST_GELU):
+                acts[role] = self.act_spec(kind="v2sf", options=(("k_max", self.config.k_max),))
+        if self.config.o2sf:
+            acts[roles.POST_LN] = self._o2sf(self.bits.a)
+        return QuantPlan(base.weight, acts)
+
+    def full_spec(self, role: str) -> QuantizerSpec:
+        if role == roles.LN_IN and self.config.ln_input_o2sf and self.quant.ln_input == "uniform":
+            return self._o2sf(self.quant.bits)
+        return super().full_spec(role)
+
+    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+        stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib)}
+        o2sf = [q.describe() for q in qm.model.modules() if getattr(q, "kind", None) == "o2sf"]
+        stats["o2sf_outlier_channels"] = sum(d.get("outlier_channels", 0) for d in o2sf)
+        return stats

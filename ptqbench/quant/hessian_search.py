@@ -1,0 +1,261 @@
+"""PTQ4ViT's Hessian-guided scale search (Yuan et al., ECCV 2022), bounded for CPU.
+
+PTQ4ViT picks each layer's scaling factors to minimise a Hessian-guided distance between the
+layer's quantized output O^ and its FP output O. With the Fisher approximation of the Hessian the
+distance is E[(dL/dO)^2 (O^ - O)^2], dL/dO being the gradient of the task loss with respect to
+the layer output, taken on the FP model over the calibration images.
+
+What runs here (`search_model`):
+1. Gradients: one FP forward/backward over the calibration batch (in chunks), loss = cross
+   entropy against the FP model's own top-1 prediction (no labels needed); the gradient of every
+   QuantLinear / QuantConv2d / QuantMatMul output is kept (DeiT-T, 32 images: about 0.8 GB).
+2. Units (embedding, each block, head; ptqbench.models.units) in forward order. Per unit, the FP
+   stream gives each layer's FP output O; per layer, in forward order, its input is read from the
+   *quantized* stream (upstream layers already searched and quantized, as PTQ4ViT does).
+3. Per layer, `rounds` alternating rounds: the input (or first operand's) quantizer's candidates
+   with the weight (second operand) fixed, then the weight's with the input fixed. Candidates:
+   uniform: the min-max range of the tensor scaled by `candidates` values of alpha evenly spaced
+   in [alpha_min, alpha_max], and the current one (kept unless a candidate does better);
+   per-channel weights: every output channel picks its own alpha (the hessian and mse distances
+   split over output channels, so this is exact; cosine is then taken per output channel); twin uniform post-softmax: split =
+   2^-m, m in 0..candidates-1; twin post-GELU: the positive step scaled by alpha. Metric:
+   `hessian` (above), `mse` (E[(O^ - O)^2]) or `cosine` (mean cosine similarity per sample or per
+   output channel, maximised).
+Quantizers of other kinds (log-sqrt2, V-2SF, the fully quantized roles) keep their calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptqbench.models.units import model_units
+from ptqbench.quant.base import Quantizer
+from ptqbench.quant.calibration import quant_disabled
+from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
+from ptqbench.quant.twin_uniform import TwinUniformQuantizer
+from ptqbench.quant.uniform import UniformQuantizer, params_from_range
+
+SEARCH_METRICS = ("hessian", "mse", "cosine")
+Layer = (QuantLinear, QuantConv2d, QuantMatMul)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Knobs of the search (PTQ4ViT's method config derives from this).
+
+    Attributes:
+        search_metric: hessian | mse | cosine.
+        search_candidates: scales tried per quantizer and round (PTQ4ViT: 100).
+        search_rounds: alternating input/weight rounds per layer (PTQ4ViT: 3; 0 = no search).
+        alpha_min, alpha_max: candidate scales = alpha x the min-max range (PTQ4ViT: 0.01..1.2).
+        chunk_size: images per forward/backward chunk of the gradient pass (memory only).
+    """
+
+    search_metric: str = "hessian"
+    search_candidates: int = 20
+    search_rounds: int = 3
+    alpha_min: float = 0.01
+    alpha_max: float = 1.2
+    chunk_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.search_metric not in SEARCH_METRICS:
+            raise ValueError(f"search_metric={self.search_metric!r}; choose one of {SEARCH_METRICS}")
+        if self.search_candidates < 1 or self.search_rounds < 0 or not 0 < self.alpha_min <= self.alpha_max:
+            raise ValueError("need search_candidates >= 1, search_rounds >= 0 and 0 < alpha_min <= alpha_max")
+
+    def alphas(self) -> torch.Tensor:
+        return torch.linspace(self.alpha_min, self.alpha_max, self.search_candidates)
+
+
+class _Stop(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _hooks(handles: list) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int) -> dict[nn.Module, torch.Tensor]:
+    """dL/dO of every quantizable layer's output on the FP model (see the module docstring)."""
+    layers = [m for m in model.modules() if isinstance(m, Layer)]
+    parts: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
+
+    def fwd_hook(mod: nn.Module, _args: Any, out: torch.Tensor) -> None:
+        out.register_hook(lambda g: parts[mod].append(g.detach()))
+
+    params = list(model.parameters())
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with quant_disabled(model), _hooks([m.register_forward_hook(fwd_hook) for m in layers]), torch.enable_grad():
+            for x in torch.split(calib, chunk_size):
+                logits = model(x.clone().requires_grad_(True))
+                F.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum").backward()
+    finally:
+        for p, s in zip(params, saved):
+            p.requires_grad_(s)
+    return {m: torch.cat(g) for m, g in parts.items() if g}
+
+
+def _score(out: torch.Tensor, target: torch.Tensor, grad2: Optional[torch.Tensor], metric: str,
+           channel_dim: Optional[int]) -> torch.Tensor:
+    """Distance to minimise: a scalar, or one per output channel when `channel_dim` is set;
+    `grad2` = (dL/dO)^2, the Hessian weighting."""
+    if metric == "cosine":
+        if channel_dim is None:
+            return -F.cosine_similarity(out.flatten(1), target.flatten(1), dim=1).mean()
+        o = out.movedim(channel_dim, 0).flatten(1)
+        t = target.movedim(channel_dim, 0).flatten(1)
+        return -F.cosine_similarity(o, t, dim=1)
+    d = (out - target).pow_(2)
+    if metric == "hessian" and grad2 is not None:
+        d.mul_(grad2)
+    if channel_dim is None:
+        return d.sum()
+    return d.movedim(channel_dim, 0).flatten(1).sum(1)
+
+
+def _candidates(q: Quantizer, x: torch.Tensor, cfg: SearchConfig) -> list[Any]:
+    """Parameter sets for a per-tensor quantizer seeing `x`; [] = not searched."""
+    if isinstance(q, TwinUniformQuantizer):
+        return q.candidates(x, n=cfg.search_candidates, alphas=cfg.alphas())
+    if isinstance(q, UniformQuantizer) and not q.per_channel:
+        lo, hi = x.min().reshape(1), x.max().reshape(1)
+        return [params_from_range(a * lo, a * hi, q.bits, q.symmetric) for a in cfg.alphas()]
+    return []
+
+
+def _current(q: Quantizer) -> Any:
+    """The quantizer's parameters in the form `_apply` takes (the search keeps them unless a
+    candidate does better)."""
+    if isinstance(q, TwinUniformQuantizer):
+        return {"split": q.split.clone(), "neg_scale": q.neg_scale.clone(), "pos_scale": q.pos_scale.clone()}
+    return q.scale.clone().reshape(1), q.zero_point.clone().reshape(1)
+
+
+def _apply(q: Quantizer, params: Any) -> None:
+    if isinstance(q, TwinUniformQuantizer):
+        q.apply(params)
+    else:
+        q.set_params(params[0][0], params[1][0], None)
+
+
+def _search_tensor(q: Quantizer, x: torch.Tensor, run, target, grad2, cfg: SearchConfig) -> None:
+    cands = _candidates(q, x, cfg)
+    if not cands:
+        return
+    best, best_err = _current(q), float(_score(run(), target, grad2, cfg.search_metric, None))
+    for c in cands:
+        _apply(q, c)
+        err = float(_score(run(), target, grad2, cfg.search_metric, None))
+        if err < best_err:
+            best, best_err = c, err
+    _apply(q, best)
+
+
+def _search_weight(layer: nn.Module, run, target, grad2, cfg: SearchConfig) -> None:
+    """Per output channel alpha for a per-channel uniform weight quantizer."""
+    wq = layer.weight_quantizer
+    if not isinstance(wq, UniformQuantizer) or wq.channel_axis != 0:
+        return
+    w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    lo, hi = w.min(1).values, w.max(1).values
+    channel_dim = 1 if isinstance(layer, QuantConv2d) else -1
+    best_s, best_z = wq.scale.clone(), wq.zero_point.clone()
+    best_err = _score(run(), target, grad2, cfg.search_metric, channel_dim)
+    for a in cfg.alphas():
+        s, z = params_from_range(a * lo, a * hi, wq.bits, wq.symmetric)
+        wq.set_params(s, z, 0)
+        err = _score(run(), target, grad2, cfg.search_metric, channel_dim)
+        better = err < best_err
+        best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
+        best_err = torch.where(better, err, best_err)
+    wq.set_params(best_s, best_z, 0)
+
+
+def search_layer(layer: nn.Module, inputs: tuple, target: torch.Tensor, grad: Optional[torch.Tensor],
+                 cfg: SearchConfig) -> None:
+    """Alternating rounds over the layer's two quantizers (see the module docstring)."""
+
+    def run() -> torch.Tensor:
+        return layer(*inputs)
+
+    grad2 = grad.pow(2) if grad is not None and cfg.search_metric == "hessian" else None  # once, not per candidate
+
+    for _ in range(cfg.search_rounds):
+        if isinstance(layer, QuantMatMul):
+            for q, x in ((layer.a_quantizer, inputs[0]), (layer.b_quantizer, inputs[1])):
+                if q is not None:
+                    _search_tensor(q, x, run, target, grad2, cfg)
+        else:
+            if layer.input_quantizer is not None:
+                _search_tensor(layer.input_quantizer, inputs[0], run, target, grad2, cfg)
+            _search_weight(layer, run, target, grad2, cfg)
+
+
+def _forward_order(unit_fn, unit_module: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], dict[nn.Module, torch.Tensor]]:
+    """Layers of the unit in call order, with their outputs on `x`."""
+    order: list[nn.Module] = []
+    outs: dict[nn.Module, torch.Tensor] = {}
+
+    def hook(mod, _args, out):
+        if mod not in outs:
+            order.append(mod)
+            outs[mod] = out.detach()
+
+    layers = [m for m in unit_module.modules() if isinstance(m, Layer)]
+    with _hooks([m.register_forward_hook(hook) for m in layers]):
+        unit_fn(x)
+    return order, outs
+
+
+def _layer_inputs(unit_fn, layer: nn.Module, x: torch.Tensor) -> tuple:
+    got: list[tuple] = []
+
+    def hook(_mod, args):
+        got.append(tuple(a.detach() for a in args))
+        raise _Stop
+
+    with _hooks([layer.register_forward_pre_hook(hook)]):
+        try:
+            unit_fn(x)
+        except _Stop:
+            pass
+    return got[0]
+
+
+@torch.no_grad()
+def search_model(model: nn.Module, calib: torch.Tensor, cfg: SearchConfig) -> dict[str, Any]:
+    """Hessian-guided (or mse / cosine) search of every layer's quantizers, unit by unit.
+
+    All quantizers must be calibrated already (their ranges are the starting point and stay for
+    the kinds the search does not handle). Returns counts for the record."""
+    grads = output_grads(model, calib, cfg.chunk_size) if cfg.search_metric == "hessian" else {}
+    x_q, x_fp = calib, calib
+    searched = 0
+    for unit in model_units(model):
+        with quant_disabled(model):
+            order, fp_outs = _forward_order(unit.forward, unit.module, x_fp)
+        for layer in order:
+            inputs = _layer_inputs(unit.forward, layer, x_q)
+            search_layer(layer, inputs, fp_outs[layer], grads.get(layer), cfg)
+            searched += 1
+            grads.pop(layer, None)
+        del fp_outs
+        x_q = unit.forward(x_q)
+        with quant_disabled(model):
+            x_fp = unit.forward(x_fp)
+    return {"searched_layers": searched, "search_metric": cfg.search_metric}

@@ -1,0 +1,139 @@
+"""Twin uniform quantization (PTQ4ViT, ECCV 2022) for post-softmax and post-GELU activations.
+
+A b-bit code is one region bit plus b-1 level bits (L = 2^(b-1) levels per region), as in the
+released PTQ4ViT code:
+
+- post-softmax (`mode="softmax"`): R2 = [split, 1] with the fixed step 1/(L-1) (it reaches 1,
+  the largest probability), R1 = [0, split) with the step split/(L-1); split = 2^-m, so the two
+  steps differ by the power of two 2^m (PTQ4ViT's Delta_R2 = 2^m Delta_R1 constraint).
+- post-GELU (`mode="gelu"`): negative values with the step |min|/(L-1) (GELU's minimum is
+  -0.17; PTQ4ViT fixes this step), non-negative values with their own step `pos_scale`
+  (L-1 levels above 0).
+
+`_fit` picks m (softmax, m in 0..m_max) or the positive range (GELU, top in {max, search
+percentiles}) by MSE; PTQ4ViT's Hessian-guided search (ptqbench.quant.hessian_search) then
+overrides them through `candidates()` / `apply()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ptqbench.quant.base import Quantizer
+from ptqbench.quant.ranges import RangeSearch, candidate_ranges, subsample
+from ptqbench.quant.uniform import fake_quant
+
+TWIN_MODES = ("softmax", "gelu")
+
+
+def twin_softmax_fake_quant(x: torch.Tensor, split: torch.Tensor, levels: int) -> torch.Tensor:
+    zero = torch.zeros_like(split)
+    low = fake_quant(x, split / (levels - 1), zero, 0, levels - 1)
+    high = fake_quant(x, torch.full_like(split, 1.0 / (levels - 1)), zero, 0, levels - 1)
+    return torch.where(x < split, low, high)
+
+
+def twin_gelu_fake_quant(x: torch.Tensor, neg_scale: torch.Tensor, pos_scale: torch.Tensor, levels: int) -> torch.Tensor:
+    zero = torch.zeros_like(pos_scale)
+    pos = fake_quant(x, pos_scale, zero, 0, levels - 1)
+    neg = fake_quant(x, neg_scale, torch.zeros_like(neg_scale), -(levels - 1), 0)
+    return torch.where(x < 0, neg, pos)
+
+
+class TwinUniformQuantizer(Quantizer):
+    """PTQ4ViT's twin uniform quantizer; see the module docstring.
+
+    Args:
+        bits: code width including the region bit (>= 2).
+        role: post_softmax or post_gelu.
+        mode: "softmax" or "gelu".
+        m_max: softmax: largest split exponent tried (split = 2^-m); PTQ4ViT searches 0..19.
+        search: GELU: the positive range candidates (`minmax`: the maximum only).
+    """
+
+    kind = "twin_uniform"
+
+    def __init__(self, bits: int, role: str, mode: str, m_max: int = 19, search: RangeSearch = RangeSearch()) -> None:
+        super().__init__(bits, role)
+        if mode not in TWIN_MODES:
+            raise ValueError(f"twin uniform mode {mode!r}; choose one of {TWIN_MODES}")
+        if self.bits < 2:
+            raise ValueError("twin uniform quantization needs at least 2 bits (one region bit)")
+        self.mode = mode
+        self.m_max = int(m_max)
+        self.search = search
+        self.levels = 2 ** (self.bits - 1)
+        self.register_buffer("split", torch.ones(()))      # softmax
+        self.register_buffer("neg_scale", torch.ones(()))  # gelu
+        self.register_buffer("pos_scale", torch.ones(()))  # gelu
+
+    # -- the search interface (also used by the Hessian-guided search) --------------------------
+    def candidates(self, x: torch.Tensor, n: int | None = None, alphas: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+        """Parameter sets to try on data `x`: softmax: split = 2^-m for m in 0..min(m_max, n-1);
+        GELU: positive step alpha * max / (L-1) for each alpha (or the range-search tops)."""
+        x2d = subsample(x.detach().float().reshape(1, -1), self.search.max_samples)
+        if self.mode == "softmax":
+            m_hi = self.m_max if n is None else min(self.m_max, n - 1)
+            return [{"split": torch.tensor(2.0**-m)} for m in range(m_hi + 1)]
+        neg = torch.clamp(-x2d.min(), min=1e-8) / (self.levels - 1)
+        top = torch.clamp(x2d.max(), min=1e-8)
+        if alphas is not None:
+            tops = [top * a for a in alphas]
+        else:
+            tops = [hi[0] for _, hi in candidate_ranges(x2d, self.search)] + [top]
+        return [{"neg_scale": neg, "pos_scale": torch.clamp(t, min=1e-8) / (self.levels - 1)} for t in tops]
+
+    def apply(self, params: dict[str, torch.Tensor]) -> None:
+        for k, v in params.items():
+            setattr(self, k, v.detach().clone().float().to(self.split.device).reshape(()))
+        self.calibrated = True
+        self.version += 1
+
+    def _fake(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.mode == "softmax":
+            return twin_softmax_fake_quant(x, p["split"], self.levels)
+        return twin_gelu_fake_quant(x, p["neg_scale"], p["pos_scale"], self.levels)
+
+    def _fit(self, x: torch.Tensor) -> None:
+        if self.mode == "softmax" and (x < 0).any():
+            raise ValueError(f"twin uniform softmax quantizer {self.qname!r} needs non-negative input")
+        cands = self.candidates(x)
+        x2d = subsample(x.float().reshape(1, -1), self.search.max_samples)
+        errs = [float((self._fake(x2d, c) - x2d).pow(2).mean()) for c in cands]
+        self.apply(cands[min(range(len(cands)), key=errs.__getitem__)])  # ties keep the first
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fake(x, {"split": self.split, "neg_scale": self.neg_scale, "pos_scale": self.pos_scale})
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes in [0, 2^b - 1]: region (top bit) times L plus the level magnitude."""
+        L = self.levels
+        if self.mode == "softmax":
+            high = x >= self.split
+            low_l = torch.clamp(torch.round(x / (self.split / (L - 1))), 0, L - 1)
+            high_l = torch.clamp(torch.round(x * (L - 1)), 0, L - 1)
+            return torch.where(high, high_l + L, low_l)
+        neg = x < 0
+        neg_l = torch.clamp(torch.round(-x / self.neg_scale), 0, L - 1)
+        pos_l = torch.clamp(torch.round(x / self.pos_scale), 0, L - 1)
+        return torch.where(neg, neg_l + L, pos_l)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        L = self.levels
+        second = codes >= L
+        lv = codes - second.float() * L
+        if self.mode == "softmax":
+            return torch.where(second, lv / (L - 1), lv * self.split / (L - 1))
+        return torch.where(second, -lv * self.neg_scale, lv * self.pos_scale)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(granularity="tensor", mode=self.mode)
+        if self.calibrated:
+            if self.mode == "softmax":
+                d["split"] = float(self.split)
+            else:
+                d.update(neg_scale=float(self.neg_scale), pos_scale=float(self.pos_scale))
+        return d

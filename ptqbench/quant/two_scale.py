@@ -1,0 +1,212 @@
+"""Two-scaled scaling factors (TSPTQ-ViT, ICASSP 2023): V-2SF and O-2SF.
+
+No code of TSPTQ-ViT is public and its formulas could not be read here; this is the reading of
+METHODS.md, with every free parameter a knob (see docs/methods.md, "tsptq").
+
+V-2SF (value-aware, post-softmax and post-GELU), per tensor. A b-bit code is one region bit plus
+b-1 level bits (L = 2^(b-1) levels per region):
+
+    fine region   (region bit 0): x_hat = (l - z) * s,    l in [0, L-1]  (z > 0 only for GELU's
+                                                                          small negative values)
+    coarse region (region bit 1): x_hat = l * s * 2^k,    l in [0, L-1]  (non-negative)
+
+A value goes to the fine region when it lies below the fine region's top plus half a step,
+else to the coarse one: dense small values keep a fine step, the few large ones a power-of-two
+multiple of it (a shift in integer hardware). The coarse region reaches `top` = s 2^k (L - 1);
+candidates are `top` in {max, the search percentiles} x k in 1..k_max, chosen by MSE.
+
+O-2SF (outlier-aware, LayerNorm outputs), per tensor with one shared second scale: channels whose
+calibrated range exceeds `ratio` x the median channel range are outliers; the other channels get
+one asymmetric (s, z) by the range search, the outlier channels share s * 2^k with their own
+zero point (centred on their joint range), k in 1..k_max by MSE on the outlier channels. `ratio`
+is picked by MSE over the whole tensor among `ratios`. The per-channel region is one bit per
+channel, known ahead of time (no per-value flag).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ptqbench.quant.base import Quantizer
+from ptqbench.quant.ranges import RangeSearch, candidate_ranges, pick_by_mse, subsample
+from ptqbench.quant.uniform import fake_quant, fit_rows, qrange
+
+
+def v2sf_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, shift: torch.Tensor,
+                    levels: int) -> torch.Tensor:
+    """Quantize-dequantize with V-2SF (parameters broadcast against `x`)."""
+    fine = fake_quant(x, scale, zero_point, 0, levels - 1)
+    coarse_scale = scale * torch.exp2(shift)
+    coarse = fake_quant(x, coarse_scale, torch.zeros_like(coarse_scale), 0, levels - 1)
+    return torch.where(x < (levels - 0.5 - zero_point) * scale, fine, coarse)
+
+
+class ValueTwoScaleQuantizer(Quantizer):
+    """V-2SF: fine scale s for small values, s * 2^k for large ones, one code bit says which.
+
+    Args:
+        bits: code width including the region bit (>= 2).
+        role: post_softmax or post_gelu (any tensor whose mass sits near zero works).
+        k_max: largest power-of-two ratio exponent tried (k in 1..k_max).
+        search: `minmax` tries the maximum as the coarse top only; `mse`/`percentile` also try the
+            search percentiles.
+    """
+
+    kind = "v2sf"
+
+    def __init__(self, bits: int, role: str, k_max: int = 6, search: RangeSearch = RangeSearch()) -> None:
+        super().__init__(bits, role)
+        if self.bits < 2:
+            raise ValueError("V-2SF needs at least 2 bits (one region bit)")
+        if k_max < 1:
+            raise ValueError(f"V-2SF k_max must be >= 1, got {k_max}")
+        self.k_max = int(k_max)
+        self.search = search
+        self.levels = 2 ** (self.bits - 1)
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros(()))
+        self.register_buffer("shift", torch.ones(()))
+
+    def _candidates(self, x2d: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        lo = torch.clamp(x2d.amin(dim=1), max=0.0)
+        tops = [hi for _, hi in candidate_ranges(x2d, self.search)]
+        if self.search.method != "minmax":
+            tops.append(x2d.amax(dim=1))
+        cands = []
+        for top in tops:
+            top = torch.where(top > 0, top, torch.ones_like(top))
+            for k in range(1, self.k_max + 1):
+                shift = torch.full_like(top, float(k))
+                scale = top / (2.0**k * (self.levels - 1))
+                zero = torch.clamp(torch.round(-lo / scale), 0, self.levels - 1)
+                cands.append((scale, zero, shift))
+        return cands
+
+    def _fit(self, x: torch.Tensor) -> None:
+        x2d = subsample(x.float().reshape(1, -1), self.search.max_samples)
+        scale, zero, shift = pick_by_mse(
+            x2d, self._candidates(x2d),
+            lambda v, s, z, k: v2sf_fake_quant(v, s[:, None], z[:, None], k[:, None], self.levels))
+        self.set_params(scale[0], zero[0], shift[0])
+
+    def set_params(self, scale: torch.Tensor, zero_point: torch.Tensor, shift: torch.Tensor) -> None:
+        dev = self.scale.device
+        self.scale = scale.detach().clone().float().to(dev)
+        self.zero_point = zero_point.detach().clone().float().to(dev)
+        self.shift = shift.detach().clone().float().to(dev)
+        self.calibrated = True
+        self.version += 1
+
+    @property
+    def threshold(self) -> float:
+        """Values at or above this go to the coarse region."""
+        return float((self.levels - 0.5 - self.zero_point) * self.scale)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return v2sf_fake_quant(x, self.scale, self.zero_point, self.shift, self.levels)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes in [0, 2^b - 1]: region bit (the top bit) times L plus the level."""
+        coarse = x >= self.threshold
+        fine_l = torch.clamp(torch.round(x / self.scale) + self.zero_point, 0, self.levels - 1)
+        coarse_l = torch.clamp(torch.round(x / (self.scale * torch.exp2(self.shift))), 0, self.levels - 1)
+        return torch.where(coarse, coarse_l + self.levels, fine_l)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        coarse = codes >= self.levels
+        lv = codes - coarse.float() * self.levels
+        return torch.where(coarse, lv * self.scale * torch.exp2(self.shift), (lv - self.zero_point) * self.scale)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(granularity="tensor", range=self.search.method, shift=int(self.shift) if self.calibrated else None,
+                 threshold=self.threshold if self.calibrated else None)
+        return d
+
+
+class OutlierTwoScaleQuantizer(Quantizer):
+    """O-2SF: one (s, z) for the ordinary channels (last axis), s * 2^k shared by outlier channels.
+
+    Args:
+        bits: code width (unsigned, asymmetric).
+        role: post_ln.
+        ratios: candidate outlier thresholds, as multiples of the median channel range.
+        k_max: largest power-of-two ratio exponent tried for the outlier scale.
+        search: range search for the ordinary channels' per-tensor range.
+    """
+
+    kind = "o2sf"
+
+    def __init__(self, bits: int, role: str, ratios: Sequence[float] = (2.0, 4.0, 8.0, 16.0), k_max: int = 6,
+                 search: RangeSearch = RangeSearch()) -> None:
+        super().__init__(bits, role)
+        if not ratios or any(r <= 1.0 for r in ratios):
+            raise ValueError(f"O-2SF outlier ratios must be > 1, got {list(ratios)}")
+        self.ratios = tuple(float(r) for r in ratios)
+        self.k_max = int(k_max)
+        self.search = search
+        self.qmin, self.qmax = qrange(self.bits, False)
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros(()))
+        self.register_buffer("outlier_scale", torch.ones(()))
+        self.register_buffer("outlier_zero_point", torch.zeros(()))
+        self.register_buffer("outlier_mask", torch.zeros(0, dtype=torch.bool))
+        self.ratio = None
+
+    def _outlier_params(self, xo: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared outlier scale s * 2^k and centred zero point, k by MSE on the outlier data."""
+        lo, hi = xo.min(), xo.max()
+        cands = []
+        for k in range(1, self.k_max + 1):
+            s = scale * 2.0**k
+            z = torch.clamp(torch.round((self.qmax + self.qmin) / 2 - (lo + hi) / (2 * s)), self.qmin, self.qmax)
+            cands.append((s.reshape(1), z.reshape(1)))
+        s, z = pick_by_mse(xo.reshape(1, -1), cands, lambda v, s, z: fake_quant(v, s[:, None], z[:, None], self.qmin, self.qmax))
+        return s[0], z[0]
+
+    def _fit_ratio(self, x2: torch.Tensor, rng: torch.Tensor, ratio: float):
+        mask = rng > ratio * rng.median()
+        if bool(mask.all()):
+            mask = torch.zeros_like(mask)
+        normal = subsample(x2[:, ~mask].reshape(1, -1), self.search.max_samples)
+        s, z = fit_rows(normal, self.bits, False, self.search)
+        s, z = s[0], z[0]
+        if mask.any():
+            so, zo = self._outlier_params(x2[:, mask], s)
+        else:
+            so, zo = s, z
+        return mask, s, z, so, zo
+
+    def _fit(self, x: torch.Tensor) -> None:
+        x2 = x.float().reshape(-1, x.shape[-1])
+        rng = x2.amax(0) - x2.amin(0)
+        sample = subsample(x2.t(), self.search.max_samples).t()
+        best, best_err = None, None
+        for ratio in self.ratios:
+            fit = self._fit_ratio(x2, rng, ratio)
+            err = float((self._apply(sample, *fit) - sample).pow(2).mean())
+            if best_err is None or err < best_err:
+                best, best_err, self.ratio = fit, err, ratio
+        self.outlier_mask, self.scale, self.zero_point, self.outlier_scale, self.outlier_zero_point = best
+
+    def _apply(self, x, mask, s, z, so, zo) -> torch.Tensor:
+        sc = torch.where(mask, so, s)
+        zc = torch.where(mask, zo, z)
+        return fake_quant(x, sc, zc, self.qmin, self.qmax)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(x, self.outlier_mask, self.scale, self.zero_point, self.outlier_scale, self.outlier_zero_point)
+
+    @property
+    def shift(self) -> int:
+        """k of the outlier scale s * 2^k."""
+        return int(round(float(torch.log2(self.outlier_scale / self.scale))))
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(granularity="tensor+outlier_channels", range=self.search.method)
+        if self.calibrated:
+            d.update(outlier_channels=int(self.outlier_mask.sum()), shift=self.shift, outlier_ratio=self.ratio)
+        return d

@@ -1,0 +1,197 @@
+"""The fully quantized mode (quant.full): patching, roles, records, every method; and the
+PTQ4ViT search. Small random timm models, a few seconds in all."""
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
+
+from ptqbench.errors import ConfigError
+from ptqbench.methods import METHODS, Bits, build_method
+from ptqbench.models import make_quantizable
+from ptqbench.models.blocks import QuantBlock, QuantSwinBlock
+from ptqbench.quant import calibrate, quant_disabled, quantizers
+from ptqbench.quant.hessian_search import SearchConfig, _score, output_grads, search_layer
+from ptqbench.quant.modules import QuantLinear
+from ptqbench.quant.nonlinear import QuantSoftmax
+from ptqbench.records import run_key
+
+DEPTH = 2
+FULL = {"full": True}
+
+
+def _vit() -> VisionTransformer:
+    torch.manual_seed(0)
+    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=DEPTH, num_heads=2, num_classes=10).eval()
+    with torch.no_grad():
+        m.cls_token.normal_()  # timm initialises it near 1e-6: a random model's class token would be all zeros
+    return m
+
+
+def _swin() -> SwinTransformer:
+    torch.manual_seed(0)
+    return SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+                           num_classes=10).eval()
+
+
+def _x(n: int = 4) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+@pytest.mark.parametrize("make", [_vit, _swin])
+def test_full_patching_keeps_the_fp_function_and_counts_roles(make):
+    model = make()
+    ref = copy.deepcopy(model)
+    qm = make_quantizable(model, build_method({"name": "minmax"}, Bits(8, 8), FULL).plan())
+    with torch.no_grad(), quant_disabled(qm.model):
+        assert torch.allclose(qm.model(_x()), ref(_x()), atol=1e-5)
+    counts = qm.counts()
+    n_blocks = counts["QuantBlock" if make is _vit else "QuantSwinBlock"]
+    n_norms = sum(isinstance(m, torch.nn.LayerNorm) for m in qm.model.modules())
+    assert counts["quantizers.ln_in"] == n_norms
+    assert counts["quantizers.residual"] == 2 * n_blocks
+    assert counts["quantizers.softmax_in"] == counts["quantizers.gelu_in"] == n_blocks
+    assert {"ln_in", "softmax_in", "gelu_in", "residual"} <= set(qm.quantized_roles())
+
+
+def test_full_off_patches_nothing_new():
+    qm = make_quantizable(_vit(), build_method({"name": "repq"}, Bits(4, 4), {"full": False}).plan())
+    kinds = {type(m) for m in qm.model.modules()}
+    assert not kinds & {QuantBlock, QuantSwinBlock, QuantSoftmax}
+    assert not {"ln_in", "softmax_in", "gelu_in", "residual"} & set(qm.quantized_roles())
+
+
+def test_full_16_bit_is_fp_and_8_bit_is_close():
+    x = _x(8)
+    with torch.no_grad():
+        fp = _vit()(x)
+    cos = {}
+    for b in (16, 8):
+        method = build_method({"name": "minmax"}, Bits(b, b), {"full": True, "bits": b})
+        qm = make_quantizable(_vit(), method.plan())
+        method.quantize(qm, x)
+        with torch.no_grad():
+            cos[b] = _cos(qm.model(x), fp)
+    assert cos[16] > 0.99999 and cos[8] > 0.999, cos
+
+
+def test_roles_switch_and_residual_stream_is_quantized_once():
+    x = _x()
+    method = build_method({"name": "minmax"}, Bits(8, 8), {"full": True, "roles": ["ln_in"]})
+    qm = make_quantizable(_vit(), method.plan())
+    assert set(qm.quantized_roles()) & {"ln_in", "softmax_in", "gelu_in", "residual"} == {"ln_in"}
+    calls = {}
+    for name, q in quantizers(qm.model).items():
+        if q.role == "ln_in":
+            q.register_forward_hook(lambda m, *_: calls.__setitem__(m.qname, calls.get(m.qname, 0) + 1))
+    calibrate(qm.model, x)
+    assert set(calls.values()) == {1} and len(calls) == 2 * DEPTH + 1  # norm1/norm2 per block + final norm
+
+
+def test_softmax_table_and_log2_options():
+    plan = build_method({"name": "repq"}, Bits(4, 4), {"full": True, "softmax": "log2"}).plan()
+    assert plan.for_role("post_softmax").kind == "log2" and plan.softmax_lut_bits == 16
+    plan = build_method({"name": "repq"}, Bits(4, 4), {"full": True, "softmax": "float"}).plan()
+    assert plan.for_role("post_softmax").kind == "log_sqrt2" and plan.softmax_lut_bits is None
+    sm = QuantSoftmax(None, lut_bits=4)
+    x = torch.randn(3, 7)
+    assert torch.allclose(sm(x), x.softmax(-1))  # no quantized input: no table
+
+
+def test_tsptq_plan_uses_two_scales_and_ptf_option():
+    m = build_method({"name": "tsptq"}, Bits(8, 8), FULL)
+    plan = m.plan()
+    assert plan.for_role("post_softmax").kind == plan.for_role("post_gelu").kind == "v2sf"
+    assert plan.for_role("post_ln").kind == plan.for_role("ln_in").kind == "o2sf"
+    assert plan.for_role("softmax_in").kind == "uniform" and plan.for_role("ln_in").bits == 8
+    plan = build_method({"name": "tsptq"}, Bits(8, 8), {"full": True, "ln_input": "ptf"}).plan()
+    assert plan.for_role("ln_in").kind == "ptf"
+    assert build_method({"name": "tsptq"}, Bits(8, 8)).plan().for_role("ln_in") is None
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) - {"fp"}))
+def test_every_method_runs_fully_quantized(name):
+    x = _x(8)
+    with torch.no_grad():
+        fp = _vit()(x)
+    opts = {"name": name, "search_rounds": 1, "search_candidates": 5} if name == "ptq4vit" else {"name": name}
+    method = build_method(opts, Bits(8, 8), FULL)
+    qm = make_quantizable(_vit(), method.plan())
+    method.quantize(qm, x)
+    assert all(q.calibrated for q in quantizers(qm.model).values())
+    with torch.no_grad():
+        assert _cos(qm.model(x), fp) > 0.99
+
+
+def test_fp_refuses_full_and_bad_options_are_config_errors():
+    with pytest.raises(ConfigError, match="fully quantized"):
+        build_method({"name": "fp"}, Bits(8, 8), FULL)
+    for bad in ({"full": True, "softmax": "exact"}, {"full": True, "roles": ["post_ln"]}, {"full": True, "bits": 1},
+                {"full": True, "typo": 1}):
+        with pytest.raises(ConfigError):
+            build_method({"name": "minmax"}, Bits(8, 8), bad)
+
+
+def test_run_key_ignores_quant_group_when_off():
+    base = {"seed": 0, "model": {"name": "deit_tiny"}, "method": {"name": "repq"}, "bits": {"w": 4, "a": 4},
+            "calib": {"size": 32, "seed": 0, "split": "train"}, "data": {"eval_limit": None},
+            "task": {"name": "classification"}}
+    off = {**base, "quant": {"full": False, "bits": 8, "softmax": "lut"}}
+    on = {**base, "quant": {"full": True, "bits": 8, "softmax": "lut"}}
+    on16 = {**base, "quant": {"full": True, "bits": 16, "softmax": "lut"}}
+    assert run_key(OmegaConf.create(off)) == run_key(OmegaConf.create(base))
+    assert len({run_key(OmegaConf.create(c)) for c in (base, on, on16)}) == 3
+
+
+def test_hessian_search_does_not_increase_the_layer_distance():
+    model = _vit()
+    x = _x(8)
+    method = build_method({"name": "ptq4vit", "search_rounds": 0}, Bits(4, 4))
+    qm = make_quantizable(model, method.plan())
+    method.quantize(qm, x)
+    grads = output_grads(qm.model, x, chunk_size=4)
+    layer = qm.model.blocks[0].attn.qkv
+    assert isinstance(layer, QuantLinear) and grads[layer].shape == (8, 17, 144)
+    seen = {}
+    h = layer.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach()))
+    with torch.no_grad(), quant_disabled(qm.model):
+        qm.model(x)
+        h.remove()
+        target = layer(seen["x"])
+    with torch.no_grad():
+        for metric in ("hessian", "mse"):  # cosine is per output channel for weights: not monotone in the total
+            g2 = grads[layer].pow(2)
+            before = float(_score(layer(seen["x"]), target, g2, metric, None))
+            search_layer(layer, (seen["x"],), target, grads[layer], SearchConfig(search_metric=metric, search_candidates=8, search_rounds=2))
+            after = float(_score(layer(seen["x"]), target, g2, metric, None))
+            assert after <= before + 1e-9, (metric, before, after)
+
+
+def test_record_says_which_tensors_were_quantized(tiny_imagenet, tmp_path):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from ptqbench.run import run_job
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    common = [f"data.root={tiny_imagenet}", f"results_dir={tmp_path}", "model.pretrained=false", "calib.size=2",
+              "data.batch_size=8", "data.workers=0", "logger=none", "method=minmax", "bits=w8a8"]
+    recs = {}
+    for full in ("false", "true"):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            recs[full] = run_job(compose("config", overrides=[*common, f"quant.full={full}"]))
+    std, full = recs["false"]["protocol"], recs["true"]["protocol"]
+    assert std["full"] is False and "ln_in" not in std["quantized_roles"] and "post_ln" in std["quantized_roles"]
+    assert full["full"] is True and full["full_bits"] == 8 and full["softmax"] == "lut"
+    assert {"ln_in", "softmax_in", "gelu_in", "residual"} <= set(full["quantized_roles"])
+    assert recs["true"]["quantized_modules"]["quantizers.residual"] == 24
+    assert recs["true"]["run_key"] != recs["false"]["run_key"]
+    assert "quant" in recs["true"]["semantic_config"] and "quant" not in recs["false"]["semantic_config"]
