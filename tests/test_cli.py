@@ -20,8 +20,8 @@ def test_help_lists_groups_and_choices():
     out = run_cli("--help")
     assert out.returncode == 0, out.stderr
     for line in ("method: aiq, dopq, erq, fp, gptq, minmax, percentile, ptq4vit, repq, tsptq", "quant: default", "bits: w3a3, w3a4, w4a4, w4a8, w5a5, w6a6, w8a8",
-                 "model: deit_base, deit_small, deit_tiny", "logger: none, wandb", "calib: default",
-                 "data: imagenet", "task: classification"):
+                 "model: cascade_mask_rcnn_swin_s, cascade_mask_rcnn_swin_t, deit_base, deit_small, deit_tiny, mask_rcnn_swin_s",
+                 "logger: none, wandb", "calib: default", "data: coco, imagenet", "task: classification, detection"):
         assert line in out.stdout, line
 
 

@@ -116,7 +116,7 @@ def test_tsptq_plan_uses_two_scales_and_ptf_option():
     assert build_method({"name": "tsptq"}, Bits(8, 8)).plan().for_role("ln_in") is None
 
 
-@pytest.mark.parametrize("name", sorted(set(METHODS) - {"fp"}))
+@pytest.mark.parametrize("name", sorted(n for n, cls in METHODS.items() if cls.supports_full))
 def test_every_method_runs_fully_quantized(name):
     x = _x(8)
     with torch.no_grad():
@@ -131,8 +131,13 @@ def test_every_method_runs_fully_quantized(name):
 
 
 def test_fp_refuses_full_and_bad_options_are_config_errors():
-    with pytest.raises(ConfigError, match="fully quantized"):
-        build_method({"name": "fp"}, Bits(8, 8), FULL)
+    refusing = sorted(n for n, cls in METHODS.items() if not cls.supports_full)
+    assert refusing == ["aiq", "dopq", "fp"]  # fp quantizes nothing; the reconstruction engine is unchecked there
+    for name in refusing:
+        with pytest.raises(ConfigError, match="fully quantized"):
+            build_method({"name": name}, Bits(8, 8), FULL)
+    with pytest.raises(ConfigError, match="search_inputs"):
+        build_method({"name": "ptq4vit", "search_inputs": "both"}, Bits(4, 4))
     for bad in ({"full": True, "softmax": "exact"}, {"full": True, "roles": ["post_ln"]}, {"full": True, "bits": 1},
                 {"full": True, "typo": 1}):
         with pytest.raises(ConfigError):

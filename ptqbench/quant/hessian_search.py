@@ -11,7 +11,8 @@ What runs here (`search_model`):
    QuantLinear / QuantConv2d / QuantMatMul output is kept (DeiT-T, 32 images: about 0.8 GB).
 2. Units (embedding, each block, head; ptqbench.models.units) in forward order. Per unit, the FP
    stream gives each layer's FP output O; per layer, in forward order, its input is read from the
-   *quantized* stream (upstream layers already searched and quantized, as PTQ4ViT does).
+   *quantized* stream (upstream layers already searched and quantized) with `search_inputs=quantized`,
+   or from the FP stream (`search_inputs=fp`, the default, as the released code calibrates).
 3. Per layer, `rounds` alternating rounds: the input (or first operand's) quantizer's candidates
    with the weight (second operand) fixed, then the weight's with the input fixed. Candidates:
    uniform: the min-max range of the tensor scaled by `candidates` values of alpha evenly spaced
@@ -42,6 +43,7 @@ from ptqbench.quant.twin_uniform import TwinUniformQuantizer
 from ptqbench.quant.uniform import UniformQuantizer, params_from_range
 
 SEARCH_METRICS = ("hessian", "mse", "cosine")
+SEARCH_INPUTS = ("fp", "quantized")
 Layer = (QuantLinear, QuantConv2d, QuantMatMul)
 
 
@@ -55,6 +57,13 @@ class SearchConfig:
         search_rounds: alternating input/weight rounds per layer (PTQ4ViT: 3; 0 = no search).
         alpha_min, alpha_max: candidate scales = alpha x the min-max range (PTQ4ViT: 0.01..1.2).
         chunk_size: images per forward/backward chunk of the gradient pass (memory only).
+        search_inputs: "fp": each layer is searched on its FP inputs against its FP output, as the
+            released PTQ4ViT code calibrates (`sequential=False`); "quantized": on the inputs the
+            already-searched upstream layers produce. Measured on DeiT-T W4A4, one round, 1300
+            val images: "fp" 59.38 % top-1, "quantized" 0.46 %. Per-layer output errors fall in
+            both; with quantized inputs the greedy search fits each layer to the upstream error
+            (accuracy after each searched block, 100 images: 43 % after block 4, 12 % after
+            block 7), with FP inputs every layer is fitted to its own quantization error only.
     """
 
     search_metric: str = "hessian"
@@ -63,8 +72,11 @@ class SearchConfig:
     alpha_min: float = 0.01
     alpha_max: float = 1.2
     chunk_size: int = 8
+    search_inputs: str = "fp"
 
     def __post_init__(self) -> None:
+        if self.search_inputs not in SEARCH_INPUTS:
+            raise ValueError(f"search_inputs={self.search_inputs!r}; choose one of {SEARCH_INPUTS}")
         if self.search_metric not in SEARCH_METRICS:
             raise ValueError(f"search_metric={self.search_metric!r}; choose one of {SEARCH_METRICS}")
         if self.search_candidates < 1 or self.search_rounds < 0 or not 0 < self.alpha_min <= self.alpha_max:
@@ -250,12 +262,17 @@ def search_model(model: nn.Module, calib: torch.Tensor, cfg: SearchConfig) -> di
         with quant_disabled(model):
             order, fp_outs = _forward_order(unit.forward, unit.module, x_fp)
         for layer in order:
-            inputs = _layer_inputs(unit.forward, layer, x_q)
+            if cfg.search_inputs == "fp":
+                with quant_disabled(model):
+                    inputs = _layer_inputs(unit.forward, layer, x_fp)
+            else:
+                inputs = _layer_inputs(unit.forward, layer, x_q)
             search_layer(layer, inputs, fp_outs[layer], grads.get(layer), cfg)
             searched += 1
             grads.pop(layer, None)
         del fp_outs
-        x_q = unit.forward(x_q)
+        if cfg.search_inputs != "fp":
+            x_q = unit.forward(x_q)
         with quant_disabled(model):
             x_fp = unit.forward(x_fp)
     return {"searched_layers": searched, "search_metric": cfg.search_metric}
