@@ -27,9 +27,8 @@ Quantizers of other kinds (log-sqrt2, V-2SF, the fully quantized roles) keep the
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +38,7 @@ from ptqbench.models.units import model_units
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
+from ptqbench.quant.streaming import hooks_removed_after, params_frozen, split_chunks
 from ptqbench.quant.twin_uniform import TwinUniformQuantizer
 from ptqbench.quant.uniform import UniformQuantizer, params_from_range
 
@@ -90,15 +90,6 @@ class _Stop(Exception):
     pass
 
 
-@contextlib.contextmanager
-def _hooks(handles: list) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int) -> dict[nn.Module, torch.Tensor]:
     """dL/dO of every quantizable layer's output on the FP model (see the module docstring)."""
     layers = [m for m in model.modules() if isinstance(m, Layer)]
@@ -107,18 +98,11 @@ def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int) -> dict
     def fwd_hook(mod: nn.Module, _args: Any, out: torch.Tensor) -> None:
         out.register_hook(lambda g: parts[mod].append(g.detach()))
 
-    params = list(model.parameters())
-    saved = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        with quant_disabled(model), _hooks([m.register_forward_hook(fwd_hook) for m in layers]), torch.enable_grad():
-            for x in torch.split(calib, chunk_size):
-                logits = model(x.clone().requires_grad_(True))
-                F.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum").backward()
-    finally:
-        for p, s in zip(params, saved):
-            p.requires_grad_(s)
+    with params_frozen(model), quant_disabled(model), torch.enable_grad(), \
+            hooks_removed_after([m.register_forward_hook(fwd_hook) for m in layers]):
+        for x in split_chunks(calib, chunk_size):
+            logits = model(x.clone().requires_grad_(True))
+            F.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum").backward()
     return {m: torch.cat(g) for m, g in parts.items() if g}
 
 
@@ -229,7 +213,7 @@ def _forward_order(unit_fn, unit_module: nn.Module, x: torch.Tensor) -> tuple[li
             outs[mod] = out.detach()
 
     layers = [m for m in unit_module.modules() if isinstance(m, Layer)]
-    with _hooks([m.register_forward_hook(hook) for m in layers]):
+    with hooks_removed_after([m.register_forward_hook(hook) for m in layers]):
         unit_fn(x)
     return order, outs
 
@@ -241,7 +225,7 @@ def _layer_inputs(unit_fn, layer: nn.Module, x: torch.Tensor) -> tuple:
         got.append(tuple(a.detach() for a in args))
         raise _Stop
 
-    with _hooks([layer.register_forward_pre_hook(hook)]):
+    with hooks_removed_after([layer.register_forward_pre_hook(hook)]):
         try:
             unit_fn(x)
         except _Stop:

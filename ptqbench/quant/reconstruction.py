@@ -40,7 +40,7 @@ from ptqbench.quant.dynamic_focus import DynamicFocusQuantizer
 from ptqbench.quant.learnable import AdaRoundQuantizer, freeze_scale, learn_scale
 from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantLinear
-from ptqbench.quant.streaming import unit_layers
+from ptqbench.quant.streaming import params_frozen, run_unit, split_chunks, unit_layers
 from ptqbench.quant.uniform import UniformQuantizer
 
 LEARNABLE = ("act_scale", "weight_scale", "weight_rounding", "dfq", "lowrank")
@@ -215,7 +215,7 @@ def _loss(out: torch.Tensor, target: torch.Tensor, kind: str, per_sample: bool =
 
 
 def _forward_batches(unit: Unit, x: torch.Tensor, bs: int) -> torch.Tensor:
-    return torch.cat([unit.forward(c) for c in torch.split(x, bs)])
+    return torch.cat(run_unit(unit, split_chunks(x, bs)))
 
 
 def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_fp: torch.Tensor,
@@ -295,13 +295,6 @@ def _regroup(st: _UnitState, cfg: ReconConfig) -> list[dict[str, Any]]:
     return groups
 
 
-def _set_trainable(model: nn.Module, on: bool) -> list[tuple[nn.Parameter, bool]]:
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(on)
-    return saved
-
-
 def reconstruct(model: nn.Module, calib: torch.Tensor, cfg: ReconConfig) -> dict[str, Any]:
     """Reconstruct every unit of `model` (already calibrated and quantized) in order on `calib`.
 
@@ -309,38 +302,36 @@ def reconstruct(model: nn.Module, calib: torch.Tensor, cfg: ReconConfig) -> dict
     count and chosen low-rank ranks; seconds per unit and per iteration; extra low-rank parameters.
     """
     dev = calib.device
-    saved = _set_trainable(model, False)  # only the parameters a unit's prepare_unit() enables train
     units = model_units(model)
     x_q = calib
     x_fp = calib
     per_unit, ranks, t0 = [], {}, time.perf_counter()
     try:
-        for i, unit in enumerate(units):
-            bs = min(cfg.batch_size, x_q.shape[0])
-            with torch.no_grad(), quant_disabled(model):
-                target = _forward_batches(unit, x_fp, bs)
-            blockish = unit.name not in ("patch_embed", "head")
-            if cfg.units == "blocks" and not blockish:
+        with params_frozen(model):  # only the parameters a unit's prepare_unit() enables train
+            for i, unit in enumerate(units):
+                bs = min(cfg.batch_size, x_q.shape[0])
+                with torch.no_grad(), quant_disabled(model):
+                    target = _forward_batches(unit, x_fp, bs)
+                blockish = unit.name not in ("patch_embed", "head")
+                if cfg.units == "blocks" and not blockish:
+                    with torch.no_grad():
+                        x_q = _forward_batches(unit, x_q, bs)
+                    x_fp = target
+                    continue
+                t_unit = time.perf_counter()
+                layers = unit_layers(model, unit)
+                with torch.enable_grad():
+                    info = _train_unit(unit, layers, x_q, x_fp, target, cfg, i)
+                info["seconds"] = round(time.perf_counter() - t_unit, 3)
+                ranks.update(info.pop("ranks"))
+                per_unit.append(info)
                 with torch.no_grad():
                     x_q = _forward_batches(unit, x_q, bs)
                 x_fp = target
-                continue
-            t_unit = time.perf_counter()
-            layers = unit_layers(model, unit)
-            with torch.enable_grad():
-                info = _train_unit(unit, layers, x_q, x_fp, target, cfg, i)
-            info["seconds"] = round(time.perf_counter() - t_unit, 3)
-            ranks.update(info.pop("ranks"))
-            per_unit.append(info)
-            with torch.no_grad():
-                x_q = _forward_batches(unit, x_q, bs)
-            x_fp = target
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
     finally:
-        for p, rg in saved:
-            p.requires_grad_(rg)
-        for m in model.modules():
+        for m in model.modules():  # branches added during the run were not there to be restored
             if isinstance(m, LowRankBranch):
                 for p in m.parameters():
                     p.requires_grad_(False)

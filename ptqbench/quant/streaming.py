@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,30 @@ from ptqbench.quant.calibration import switched
 from ptqbench.quant.modules import QuantConv2d, QuantLinear
 
 WeightLayer = (QuantLinear, QuantConv2d)
+
+
+@contextlib.contextmanager
+def hooks_removed_after(handles: list) -> Iterator[None]:
+    """Remove the given hook handles when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def params_frozen(model: nn.Module) -> Iterator[None]:
+    """Every parameter of `model` without requires_grad inside the block (each restored after):
+    gradient passes that want activation gradients only, and training that enables its own."""
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, rg in saved:
+            p.requires_grad_(rg)
 
 
 def split_chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -122,16 +146,12 @@ def collect_grams(
     one pass serves both.
     """
     col = _Collector(cross, dtype)
-    handles = [m.register_forward_pre_hook(col.hook(n)) for n, m in layers.items()]
-    try:
-        outputs = []
+    outputs = []
+    with hooks_removed_after([m.register_forward_pre_hook(col.hook(n)) for n, m in layers.items()]):
         for c in chunks:
             out = unit.forward(c)
             if keep_outputs:
                 outputs.append(out)
-    finally:
-        for h in handles:
-            h.remove()
     return col.stats, outputs
 
 
