@@ -200,3 +200,23 @@ def test_record_says_which_tensors_were_quantized(tiny_imagenet, tmp_path):
     assert recs["true"]["quantized_modules"]["quantizers.residual"] == 24
     assert recs["true"]["run_key"] != recs["false"]["run_key"]
     assert "quant" in recs["true"]["semantic_config"] and "quant" not in recs["false"]["semantic_config"]
+
+
+def test_softmax_table_is_recorded_only_when_its_input_is_quantized():
+    on = build_method({"name": "minmax"}, Bits(8, 8), {"full": True})
+    assert on.plan().softmax_lut_bits == 16 and on.quant.protocol()["lut_bits"] == 16
+    off = build_method({"name": "minmax"}, Bits(8, 8), {"full": True, "roles": ["ln_in", "gelu_in", "residual"]})
+    assert off.plan().softmax_lut_bits is None and off.quant.protocol()["lut_bits"] is None
+
+
+def test_log_grids_pass_the_gradient_straight_through():
+    from ptqbench.quant.log_sqrt2 import log_sqrt2_fake_quant
+
+    x = torch.rand(4, 16, requires_grad=True)
+    for per_octave in (1, 2):
+        y = log_sqrt2_fake_quant(x, torch.tensor(1.0), 4, per_octave)
+        with torch.no_grad():
+            assert torch.equal(y, log_sqrt2_fake_quant(x.detach(), torch.tensor(1.0), 4, per_octave))
+        (y * torch.arange(16.0)).sum().backward()
+        assert torch.equal(x.grad, torch.arange(16.0).expand(4, 16))
+        x.grad = None

@@ -129,7 +129,16 @@ class FullQuantConfig:
         if not self.full:
             return {"full": False}
         return {"full": True, "full_bits": self.bits, "full_roles": list(self.roles), "softmax": self.softmax,
-                "lut_bits": self.lut_bits if self.softmax != "float" else None, "ln_input": self.ln_input}
+                "lut_bits": self.table_bits, "ln_input": self.ln_input}
+
+    @property
+    def table_bits(self) -> Optional[int]:
+        """Fractional bits of the softmax's exp table, None when the exp is exact: with
+        quant.softmax=float, or when the softmax input is not quantized (`softmax_in` not in
+        quant.roles), since the table is indexed by the quantized input."""
+        if self.softmax == "float" or roles.SOFTMAX_IN not in self.roles:
+            return None
+        return self.lut_bits
 
 
 class Method:
@@ -198,8 +207,7 @@ class Method:
             acts[role] = self.full_spec(role) if role in q.roles else None
         if q.softmax == "log2":
             acts[roles.POST_SOFTMAX] = QuantizerSpec(self.bits.a, kind="log2")
-        lut = q.lut_bits if q.softmax != "float" else None
-        return QuantPlan(plan.weight, acts, softmax_lut_bits=lut)
+        return QuantPlan(plan.weight, acts, softmax_lut_bits=q.table_bits)
 
     # -- how -------------------------------------------------------------------------------
     def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:

@@ -16,14 +16,15 @@ from ptqbench.quant.ranges import RangeSearch, pick_by_mse, quantiles, subsample
 
 
 def log_sqrt2_fake_quant(x: torch.Tensor, delta: torch.Tensor, bits: int, per_octave: int = 2) -> torch.Tensor:
-    """Quantize-dequantize with a log-sqrt2 grid below `delta` (no gradient: used at calibration
-    and inference only). One allocation plus in-place ops, as attention maps are the largest
+    """Quantize-dequantize with a log-sqrt2 grid below `delta`. One allocation plus in-place ops, as attention maps are the largest
     activations of a ViT. `per_octave=1` gives the log2 grid (FQ-ViT). Under autograd (block
-    reconstruction) the output is detached: the rounding has no useful gradient, and the
-    in-place chain must stay out of the graph."""
+    reconstruction) the gradient passes straight through the rounding (STE), so the layers before
+    the attention map (q, k, their quantizers, the qkv weights) still get the reconstruction
+    gradient; the in-place chain itself runs without autograd."""
     if torch.is_grad_enabled() and x.requires_grad:
         with torch.no_grad():
-            return log_sqrt2_fake_quant(x, delta, bits, per_octave)
+            y = log_sqrt2_fake_quant(x.detach(), delta, bits, per_octave)
+        return x + (y - x).detach()
     y = torch.div(x, delta)
     y.log2_().mul_(-float(per_octave)).round_()
     out_of_range = y >= 2**bits  # includes x == 0 (code +inf)

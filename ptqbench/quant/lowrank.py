@@ -57,6 +57,8 @@ class LowRankBranch(nn.Module):
         return (self.probs()[:, None] * (torch.arange(r, device=self.A.device)[None, :] < ranks[:, None])).sum(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.searching:  # committed (or a single rank): the mask is all ones
+            return (x @ self.A.T) @ self.B.T
         return ((x @ self.A.T) * self.mask()) @ self.B.T
 
     def expected_params(self) -> torch.Tensor:
