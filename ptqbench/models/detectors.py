@@ -113,13 +113,7 @@ def read_checkpoint(path: Path, unsafe_load: bool) -> dict[str, torch.Tensor]:
                 f"{e}. If this is an mmdet checkpoint you trust, model.unsafe_load=true reads it with a full "
                 "unpickle (its 'meta' holds objects torch's safe loader refuses)"
             ) from e
-    if not path.is_file():
-        raise WeightsError(f"checkpoint {path} does not exist; fix model.checkpoint=PATH")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"{path} does not hold a state dict of tensors")
-    return sd
+    return read_state_dict(path, weights_only=False)
 
 
 def build_detector(name: str, cfg: Any, checkpoint: Optional[str], pretrained: bool, unsafe_load: bool,

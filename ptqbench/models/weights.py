@@ -39,9 +39,10 @@ def local_candidates(entry: ModelEntry, dirs: list[Path]) -> list[Path]:
     return [d / f"{stem}{suf}" for d in dirs for stem in (entry.timm_name, entry.arch) for suf in WEIGHT_SUFFIXES]
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, weights_only: bool = True) -> dict[str, torch.Tensor]:
     """Load a state dict from .safetensors or a torch checkpoint, unwrapping common wrappers
-    ({'model': ...}, {'state_dict': ...}) and DataParallel's 'module.' prefix."""
+    ({'model': ...}, {'state_dict': ...}) and DataParallel's 'module.' prefix. `weights_only=False`
+    is a full unpickle, for torch files the user trusts (mmdet checkpoints' pickled 'meta')."""
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist; fix model.checkpoint=PATH")
     try:
@@ -50,7 +51,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             sd: Any = load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # corrupt or foreign file
         raise WeightsError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     for key in _WRAPPER_KEYS:
