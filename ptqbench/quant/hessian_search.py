@@ -202,20 +202,24 @@ def search_layer(layer: nn.Module, inputs: tuple, target: torch.Tensor, grad: Op
             _search_weight(layer, run, target, grad2, cfg)
 
 
-def _forward_order(unit_fn, unit_module: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], dict[nn.Module, torch.Tensor]]:
-    """Layers of the unit in call order, with their outputs on `x`."""
+def _forward_order(unit_fn, unit_module: nn.Module, x: torch.Tensor
+                   ) -> tuple[list[nn.Module], dict[nn.Module, tuple], dict[nn.Module, torch.Tensor], torch.Tensor]:
+    """One pass of the unit on `x`: its layers in call order, each one's inputs and output, and
+    the unit's output (the next unit's input)."""
     order: list[nn.Module] = []
+    ins: dict[nn.Module, tuple] = {}
     outs: dict[nn.Module, torch.Tensor] = {}
 
-    def hook(mod, _args, out):
+    def hook(mod, args, out):
         if mod not in outs:
             order.append(mod)
+            ins[mod] = tuple(a.detach() for a in args)
             outs[mod] = out.detach()
 
     layers = [m for m in unit_module.modules() if isinstance(m, Layer)]
     with hooks_removed_after([m.register_forward_hook(hook) for m in layers]):
-        unit_fn(x)
-    return order, outs
+        y = unit_fn(x)
+    return order, ins, outs, y
 
 
 def _layer_inputs(unit_fn, layer: nn.Module, x: torch.Tensor) -> tuple:
@@ -243,20 +247,15 @@ def search_model(model: nn.Module, calib: torch.Tensor, cfg: SearchConfig) -> di
     x_q, x_fp = calib, calib
     searched = 0
     for unit in model_units(model):
-        with quant_disabled(model):
-            order, fp_outs = _forward_order(unit.forward, unit.module, x_fp)
+        with quant_disabled(model):  # one FP pass: every layer's FP inputs and output, the next unit's input
+            order, fp_ins, fp_outs, x_next = _forward_order(unit.forward, unit.module, x_fp)
         for layer in order:
-            if cfg.search_inputs == "fp":
-                with quant_disabled(model):
-                    inputs = _layer_inputs(unit.forward, layer, x_fp)
-            else:
-                inputs = _layer_inputs(unit.forward, layer, x_q)
+            inputs = fp_ins[layer] if cfg.search_inputs == "fp" else _layer_inputs(unit.forward, layer, x_q)
             search_layer(layer, inputs, fp_outs[layer], grads.get(layer), cfg)
             searched += 1
             grads.pop(layer, None)
-        del fp_outs
+        del fp_ins, fp_outs
         if cfg.search_inputs != "fp":
             x_q = unit.forward(x_q)
-        with quant_disabled(model):
-            x_fp = unit.forward(x_fp)
+        x_fp = x_next
     return {"searched_layers": searched, "search_metric": cfg.search_metric}
