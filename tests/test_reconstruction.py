@@ -16,6 +16,7 @@ from ptqbench.quant import QuantLinear, RangeSearch, ReparamPair, UniformQuantiz
 from ptqbench.quant.dynamic_focus import DynamicFocusQuantizer, focus_fake_quant
 from ptqbench.quant.learnable import AdaRoundQuantizer
 from ptqbench.quant.lowrank import LowRankBranch
+from ptqbench.quant.modules import QuantMatMul
 from ptqbench.quant.reconstruction import ReconConfig, reconstruct
 from ptqbench.quant.reparam import mad_inliers, mean_scale, mosf_scale
 from ptqbench.quant.tan import TanQuantizer, tan_fake_quant, tan_levels
@@ -81,8 +82,8 @@ def test_reparameterization_is_exact_for_the_mosf_scale_too():
 
 
 # -- DFQ -----------------------------------------------------------------------------------------
-def test_dfq_clamps_outside_its_interval_and_is_uniform_inside():
-    q = DynamicFocusQuantizer(4, "post_softmax")
+def test_dfq_clamp_reading_clamps_outside_its_interval_and_is_uniform_inside():
+    q = DynamicFocusQuantizer(4, "post_softmax", below="clamp", init="mse")
     q.calibrate(torch.rand(1000))
     with torch.no_grad():
         q.b1.fill_(0.1)
@@ -97,6 +98,60 @@ def test_dfq_clamps_outside_its_interval_and_is_uniform_inside():
     b2 = torch.tensor(0.6, requires_grad=True)
     focus_fake_quant(torch.rand(500), b1, b2, 4).pow(2).sum().backward()
     assert b1.grad != 0 and b2.grad != 0  # both bounds are learnable
+
+
+def test_dfq_zero_reading_keeps_zero_and_spreads_the_other_codes_over_the_interval():
+    q = DynamicFocusQuantizer(4, "post_softmax")  # default: below="zero"
+    q.calibrate(torch.rand(1000))
+    with torch.no_grad():
+        q.b1.fill_(0.1)
+        q.b2.fill_(0.6)
+    y = q(torch.tensor([0.0, 0.04, 0.06, 0.1, 0.6, 0.9]))
+    assert torch.allclose(y, torch.tensor([0.0, 0.0, 0.1, 0.1, 0.6, 0.6]))  # nearest of {0, b1}, clamp above
+    levels = q(torch.linspace(0.0, 1.0, 2001)).unique()
+    assert len(levels) == 16 and levels[0] == 0  # 2^b codes: 0 and 15 levels on [b1, b2]
+    assert torch.allclose(levels[1:].diff(), torch.full((14,), 0.5 / 14), atol=1e-5)
+    with torch.no_grad():
+        q.b1.fill_(-0.05)  # a negative b1 (training can push it there) reads as 0: zero stays exact
+    assert q(torch.zeros(3)).abs().max() == 0
+    b1 = torch.tensor(0.1, requires_grad=True)
+    b2 = torch.tensor(0.6, requires_grad=True)
+    focus_fake_quant(torch.rand(500), b1, b2, 4, below="zero").pow(2).sum().backward()
+    assert b1.grad != 0 and b2.grad != 0
+    with pytest.raises(ValueError):
+        DynamicFocusQuantizer(4, "post_softmax", below="floor")
+
+
+def test_dfq_output_init_uses_the_matmul_operand():
+    """QuantMatMul hands V to an uncalibrated DFQ; the interval then minimizes the error of A @ V,
+    which here (V's rows share a large common component, as in ViTs) keeps the large
+    probabilities and zeroes the small ones, unlike the MSE pick on A alone."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 50, 50) * 2.5
+    attn = logits.softmax(-1)
+    v = torch.randn(2, 3, 50, 8) * 0.3 + 3.0
+    errs = {}
+    for init in ("output", "mse"):
+        mm = QuantMatMul(DynamicFocusQuantizer(4, "post_softmax", init=init), None)
+        mm.a_quantizer.auto_calibrate = True
+        mm(attn, v)
+        assert mm.a_quantizer.calibrated and mm.a_quantizer.operand is None  # not kept after the fit
+        mm.a_quantizer.auto_calibrate = False
+        errs[init] = float((mm(attn, v) - attn @ v).pow(2).mean())
+    assert errs["output"] <= errs["mse"]
+    standalone = DynamicFocusQuantizer(4, "post_softmax")  # no operand: the output error is the MSE
+    standalone.calibrate(attn)
+    assert 0 <= float(standalone.b1) < float(standalone.b2) <= float(attn.max()) + 1e-6
+
+
+def test_aiq_config_refuses_bad_dfq_values():
+    from ptqbench.methods.aiq import AIQConfig
+
+    for bad in ({"dfq_below": "floor"}, {"dfq_init": "kl"}, {"dfq_percentiles": [0.3]},
+                {"dfq_lower_percentiles": [1.0]}, {"dfq_max_fractions": [0.0]}, {"dfq_percentiles": []},
+                {"lr_dfq": -1.0}):
+        with pytest.raises(ConfigError):
+            AIQConfig(**bad)
 
 
 # -- learnable pieces ----------------------------------------------------------------------------

@@ -6,8 +6,11 @@ No code is public and the paper's formulas could not be read here; ptqbench's re
 and reasoning in docs/methods/aiq.md):
 
 1. RepQ-ViT's activation side (per-channel post-LN, reparameterized to per-tensor), calibrated in
-   one pass; post-softmax gets DFQ (`dfq`; `dfq: false` = RepQ-ViT's log-sqrt2), initialized at
-   b1 = 0 and b2 = the MSE-best of `dfq_percentiles`.
+   one pass; post-softmax gets DFQ (`dfq`; `dfq: false` = RepQ-ViT's log-sqrt2): 0 plus 2^b - 1
+   uniform levels on [b1, b2] (`dfq_below: zero`), the interval initialized by the error of the
+   attention output A @ V over a grid of candidates (`dfq_init: output`); see
+   ptqbench/quant/dynamic_focus.py for the reading and the first one (`dfq_below: clamp`,
+   `dfq_init: mse`).
 2. Block reconstruction, unit by unit: the weights stay at their calibrated quantized values;
    what learns is a low-rank branch B A on every Linear (`lowrank`), the DFQ bounds, and the LSQ
    activation step sizes (`learn_act_scale`).
@@ -31,13 +34,15 @@ from typing import Any
 
 import torch
 
+from ptqbench.errors import ConfigError
 from ptqbench.methods.base import register_method
 from ptqbench.methods.block_recon import BlockReconConfig, run_reconstruction
 from ptqbench.methods.repq import RepQViT
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import calibrate
-from ptqbench.quant.dynamic_focus import DEFAULT_UPPER_PERCENTILES
+from ptqbench.quant.dynamic_focus import (BELOW_MODES, DEFAULT_LOWER_PERCENTILES, DEFAULT_MAX_FRACTIONS,
+                                          DEFAULT_UPPER_PERCENTILES, INIT_METRICS)
 from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantLinear
 from ptqbench.quant.reparam import reparameterize_all
@@ -51,6 +56,12 @@ class AIQConfig(BlockReconConfig):
     """Attributes (besides the reconstruction and RepQ-ViT knobs):
     dfq: dynamic focusing quantizer on post-softmax (False: log-sqrt2).
     dfq_percentiles: candidate initial upper bounds b2 (percentiles of the calibration data).
+    dfq_max_fractions: further candidate b2, fractions of the data's maximum.
+    dfq_lower_percentiles: candidate initial lower bounds b1 besides 0 (dfq_below="zero" only).
+    dfq_below: "zero" (code 0 is exact zero, the other levels uniform on [b1, b2]) or "clamp"
+        (2^b levels on [b1, b2], values below b1 clamped up to b1).
+    dfq_init: pick the initial interval by the error of the attention output A @ V ("output")
+        or by the MSE on A ("mse").
     lr_dfq: Adam learning rate of b1, b2.
     lowrank: train a low-rank compensation branch on every Linear.
     rank_search: "darts" (relaxed search over `ranks`) or "fixed" (`rank` everywhere).
@@ -65,7 +76,11 @@ class AIQConfig(BlockReconConfig):
     weight_learning: str = "none"
     dfq: bool = True
     dfq_percentiles: tuple[float, ...] = DEFAULT_UPPER_PERCENTILES
-    lr_dfq: float = 1e-3
+    dfq_max_fractions: tuple[float, ...] = DEFAULT_MAX_FRACTIONS
+    dfq_lower_percentiles: tuple[float, ...] = DEFAULT_LOWER_PERCENTILES
+    dfq_below: str = "zero"
+    dfq_init: str = "output"
+    lr_dfq: float = 1e-4
     lowrank: bool = True
     rank_search: str = "darts"
     ranks: tuple[int, ...] = (0, 4, 8, 16, 32)
@@ -82,7 +97,20 @@ class AIQConfig(BlockReconConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
-        object.__setattr__(self, "dfq_percentiles", tuple(float(p) for p in self.dfq_percentiles))
+        for key in ("dfq_percentiles", "dfq_max_fractions", "dfq_lower_percentiles"):
+            object.__setattr__(self, key, tuple(float(p) for p in getattr(self, key)))
+        if self.dfq_below not in BELOW_MODES:
+            raise ConfigError(f"method.dfq_below={self.dfq_below!r}; choose one of {BELOW_MODES}")
+        if self.dfq_init not in INIT_METRICS:
+            raise ConfigError(f"method.dfq_init={self.dfq_init!r}; choose one of {INIT_METRICS}")
+        if not self.dfq_percentiles or any(not 0.5 < p <= 1.0 for p in self.dfq_percentiles):
+            raise ConfigError(f"method.dfq_percentiles={list(self.dfq_percentiles)}: give at least one, each in (0.5, 1]")
+        if any(not 0.0 < p < 1.0 for p in self.dfq_lower_percentiles):
+            raise ConfigError(f"method.dfq_lower_percentiles={list(self.dfq_lower_percentiles)}: each must lie in (0, 1)")
+        if any(not 0.0 < f <= 1.0 for f in self.dfq_max_fractions):
+            raise ConfigError(f"method.dfq_max_fractions={list(self.dfq_max_fractions)}: each must lie in (0, 1]")
+        if self.lr_dfq < 0:
+            raise ConfigError(f"method.lr_dfq={self.lr_dfq}: must be >= 0")
         if self.rank_search not in RANK_SEARCHES:
             raise ValueError(f"rank_search={self.rank_search!r}; choose one of {RANK_SEARCHES}")
         if self.rank < 0 or not self.ranks or min(self.ranks) < 0:
@@ -103,7 +131,11 @@ class AIQViT(RepQViT):
         acts = dict(base.activations)
         if self.config.dfq:
             acts[roles.POST_SOFTMAX] = QuantizerSpec(
-                self.bits.a, kind="dynamic_focus", options=(("upper_percentiles", self.config.dfq_percentiles),))
+                self.bits.a, kind="dynamic_focus",
+                options=(("upper_percentiles", self.config.dfq_percentiles),
+                         ("max_fractions", self.config.dfq_max_fractions),
+                         ("lower_percentiles", self.config.dfq_lower_percentiles),
+                         ("below", self.config.dfq_below), ("init", self.config.dfq_init)))
         return QuantPlan(base.weight, acts)
 
     def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:

@@ -125,6 +125,8 @@ class QuantMatMul(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.a_quantizer is not None:
+            if getattr(self.a_quantizer, "wants_operand", False):
+                self.a_quantizer.operand = b.detach()  # DFQ: initialized on the error of a @ b
             a = self.a_quantizer(a)
         if self.b_quantizer is not None:
             b = self.b_quantizer(b)
