@@ -4,31 +4,18 @@ same batch, same process (the machine is noisy: compare as a ratio, best of N).
     python benchmarks/eval_overhead.py --model deit_tiny --method repq --bits w4a4 --batch 100
 
 Random weights are used unless the model's weights are found locally (speed does not depend on
-them). Not a test: run on request, copy the output into docs/results.md.
+them). Not a test: run on request. Same measurement as `python -m ptqbench.bench --parts eval`
+(FP and quantized forwards alternate; best of N).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
-import time
 
 import torch
 
-from ptqbench.methods import Bits, build_method
-from ptqbench.models import create_model, make_quantizable, model_entry
-
-
-def best_time(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    with torch.no_grad():
-        model(x)  # warm-up (and weight fake-quant cache fill)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return min(times)
+from ptqbench.bench.cells import eval_overhead
 
 
 def main() -> None:
@@ -42,25 +29,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    w, a = (int(v) for v in args.bits[1:].split("a"))
-    entry = model_entry(args.model)
-    try:
-        model, info = create_model(entry, allow_download=False)
-    except Exception:
-        model, info = create_model(entry, pretrained=False)
-    fp = copy.deepcopy(model)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, 224, 224)
-    method = build_method({"name": args.method}, Bits(w, a))
-    qm = make_quantizable(model, method.plan())
-    t0 = time.perf_counter()
-    method.quantize(qm, x[:32])
-    calib_s = time.perf_counter() - t0
-    t_fp = best_time(fp, x, args.repeats)
-    t_q = best_time(qm.model, x, args.repeats)
+    r = eval_overhead(args.model, args.method, args.bits, args.batch, args.repeats, "cpu")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{args.model} ({info['source']}) {args.method} {args.bits} batch {args.batch}: "
-          f"FP {t_fp:.2f} s, quantized {t_q:.2f} s, ratio {t_q / t_fp:.2f} (calibration on 32 images {calib_s:.1f} s)")
+    print(f"{args.model} ({r['weights']}) {args.method} {args.bits} batch {args.batch}: FP {args.batch / r['fp_img_s']:.2f} s, "
+          f"quantized {args.batch / r['q_img_s']:.2f} s, ratio {r['ratio']:.2f} (median {r['ratio_median']:.2f})")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ process's peak RSS during it, and that peak minus the RSS just before it (what t
 needs on top of the model and the calibration images). Weights: the model's local weights if
 found (PTQBENCH_DATA/weights), else random (timing and memory do not depend on them).
 Calibration images: real imagenet-mini train images when the shared data is present, else
-random tensors. Not a test: run on request and keep the output in results/benchmarks/.
+random tensors. Not a test: run on request and keep the output in results/benchmarks/. The whole suite (this
+cost, evaluation overhead, sweep cold/warm) is `python -m ptqbench.bench`.
 """
 
 from __future__ import annotations
@@ -25,41 +26,13 @@ import torch
 
 
 def one(model_name: str, method_name: str, calib_size: int, bits: str, threads: int | None) -> dict:
-    from ptqbench.data import ImageNetFolder, calibration_batch
-    from ptqbench.methods import Bits, build_method
-    from ptqbench.models import create_model, make_quantizable, model_entry
-    from ptqbench.paths import data_root
-    from ptqbench.profiling import PhaseMeter
+    """One cell (ptqbench.bench.cells.cost, the suite's own measurement), in this table's columns."""
+    from ptqbench.bench.cells import cost
 
     if threads:
         torch.set_num_threads(threads)
-    entry = model_entry(model_name)
-    try:
-        model, info = create_model(entry, allow_download=False)
-        weights = "pretrained"
-    except Exception:
-        model, info = create_model(entry, pretrained=False)
-        weights = "random"
-    root = data_root() / "imagenet-mini"
-    if (root / "train").is_dir():
-        from timm.data import create_transform, resolve_data_config
-
-        ds = ImageNetFolder(root, "train", create_transform(**resolve_data_config({}, model=model)))
-        calib, _ = calibration_batch(ds, calib_size, 0)
-        images = "imagenet-mini train"
-    else:
-        calib = torch.randn(calib_size, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-        images = "random"
-    w, a = (int(v) for v in bits[1:].split("a"))
-    method = build_method({"name": method_name}, Bits(w, a))
-    qm = make_quantizable(model, method.plan())
-    with PhaseMeter(interval=0.02) as meter:
-        before = meter.peak_rss_mb
-        method.quantize(qm, calib)
-    return {"model": model_name, "method": method_name, "bits": bits, "calib": calib_size,
-            "seconds": round(meter.seconds, 1), "peak_rss_mb": round(meter.peak_rss_mb),
-            "method_extra_mb": round(meter.peak_rss_mb - before), "weights": weights, "images": images,
-            "threads": torch.get_num_threads()}
+    r = cost(model_name, method_name, bits, calib_size, "cpu", {})
+    return {**r, "seconds": r["quantize_s"], "threads": torch.get_num_threads()}
 
 
 def main() -> None:

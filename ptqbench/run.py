@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ptqbench import __version__
+from ptqbench.cache import ContentCache, cache_from_config, code_version, content_key
 from ptqbench.errors import ConfigError
 from ptqbench.paths import REPO_ROOT
 from ptqbench.records import (
@@ -74,22 +75,20 @@ def sha_of(items: list[str]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
 
-def cached_fp_baseline(evaluate_fp: Callable[[], dict[str, Any]], cache_dir: Path, weights_fp: str,
-                       eval_ids_hash: str, transform: str, required: str) -> dict[str, Any]:
-    """The FP metrics of a model on the evaluation images, computed once per (weights, images,
-    transform) and cached as JSON, so the jobs of a sweep do not each recompute it. A cached file
-    without the `required` metric is recomputed."""
-    key = hashlib.sha256(f"{weights_fp}|{eval_ids_hash}|{transform}".encode()).hexdigest()[:16]
-    path = cache_dir / "fp" / f"{key}.json"
-    cached = read_json(path)
-    if cached and required in cached:
-        cached["cached"] = True
-        return cached
-    res = evaluate_fp()
-    res.update(cache_key=key)
-    write_json_atomic(path, res)
-    res["cached"] = False
-    return res
+def cached_fp_baseline(cache: ContentCache, evaluate_fp: Callable[[], dict[str, Any]], weights_fp: str,
+                       eval_data: str, transform: str, required: str, code: str, fmt: str = "pt") -> dict[str, Any]:
+    """The FP evaluation of a model on the evaluation images, computed once per (weights, images,
+    transform, evaluation code) for the whole results folder (`fmt` "pt" keeps tensors such as the
+    logits, "json" plain metrics). A cached entry without the `required` metric is recomputed."""
+    key = content_key("fp_eval", weights_fp, eval_data, transform, code)
+    hits = cache.stats.hits
+    res = cache.get_or_compute("fp_eval", key, evaluate_fp, fmt=fmt,
+                               describe={"weights": weights_fp, "eval_data": eval_data, "transform": transform[:200]})
+    if required not in res:  # an entry written by other code: replace it
+        log.warning("cached FP evaluation %s lacks %r; recomputing it", key, required)
+        cache.invalidate("fp_eval", key, fmt)
+        res = cache.get_or_compute("fp_eval", key, evaluate_fp, fmt=fmt)
+    return {**res, "cache_key": key, "cached": cache.stats.hits > hits}
 
 
 def run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
@@ -156,7 +155,11 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
     """The work of one classification job."""
     import timm.data
 
-    from ptqbench.data import ImageNetFolder, calibration_batch, eval_subset, make_loader, resolve_root, subset_ids
+    from ptqbench.cache import ActivationStore, fp_activation_store
+    from ptqbench.data import (
+        ImageNetFolder, calibration_batch, calibration_indices, eval_subset, files_signature, make_loader, resolve_root,
+        subset_ids,
+    )
     from ptqbench.methods import Bits, build_method
     from ptqbench.models import create_model, make_quantizable, model_entry, state_fingerprint
     from ptqbench.profiling import PhaseMeter
@@ -189,8 +192,10 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
     loader = make_loader(val, int(cfg.data.batch_size), resolve_workers(cfg.data.workers))
     eval_ids = subset_ids(val)
 
-    fp = cached_fp_baseline(lambda: evaluate(model, loader, device, desc="eval fp"), results_dir / "cache",
-                            weights_info["fingerprint"], sha_of(eval_ids), repr(transform), required="top1")
+    cache = cache_from_config(cfg, results_dir)
+    fp = cached_fp_baseline(cache, lambda: evaluate(model, loader, device, desc="eval fp", keep_logits=True),
+                            weights_info["fingerprint"], f"{root}|{cfg.data.val_split}|{files_signature(val)}",
+                            repr(transform), required="logits", code=code_version("models", "tasks", "data"))
     out: dict[str, Any] = {
         "model": {"name": cfg.model.name, **weights_info, "data_config": {k: str(v) for k, v in data_cfg.items()}},
         "data": {"root": str(root), "eval_images": len(eval_ids), "eval_ids_sha": sha_of(eval_ids)},
@@ -205,12 +210,20 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
                    quantized_modules={}, calibration={"size": 0, "ids": []}, method_stats={})
     else:
         calib_ds = ImageNetFolder(root, cfg.calib.split, transform)
-        calib, calib_ids = calibration_batch(calib_ds, int(cfg.calib.size), int(cfg.calib.seed))
+        size, seed = int(cfg.calib.size), int(cfg.calib.seed)
+        calib_key = content_key("calib", str(root), cfg.calib.split, size, seed, repr(transform), code_version("data"),
+                                files_signature(calib_ds, calibration_indices(calib_ds, size, seed)))
+        hits = cache.stats.hits
+        batch = cache.get_or_compute("calib", calib_key, lambda: dict(zip(("images", "ids"), calibration_batch(calib_ds, size, seed))),
+                                     describe={"root": str(root), "split": cfg.calib.split, "size": size, "seed": seed})
+        calib, calib_ids, calib_cached = batch["images"], list(batch["ids"]), cache.stats.hits > hits
         qm = make_quantizable(model, plan)
-        with PhaseMeter(device) as cal_meter:
+        store = ActivationStore(cache, calib_key) if cache.enabled and cfg.get("cache", {}).get("fp_activations", True) else None
+        with PhaseMeter(device) as cal_meter, fp_activation_store(store):
             stats = method.quantize(qm, calib.to(device))
         with PhaseMeter(device) as eval_meter:
-            q = evaluate(qm.model, loader, device, desc=f"eval {cfg.method.name} {bits.name}")
+            q = evaluate(qm.model, loader, device, desc=f"eval {cfg.method.name} {bits.name}", keep_logits=True)
+        q["agree_fp_top1"] = 100.0 * float((q["logits"].argmax(1) == fp["logits"].argmax(1)).float().mean())
         out.update(
             timings={"calibration_s": round(cal_meter.seconds, 3), "eval_s": round(eval_meter.seconds, 3),
                      "fp_eval_s": round(fp.get("eval_seconds", 0.0), 3)},
@@ -218,13 +231,17 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
             quantized_modules=qm.counts(), quantizers=qm.quantizer_map(),
             protocol={"patch_input_bits": getattr(method.config, "patch_input_bits", None),
                       **method.quant.protocol(), "quantized_roles": qm.quantized_roles()},
-            calibration={"size": len(calib_ids), "seed": int(cfg.calib.seed), "split": cfg.calib.split, "ids": calib_ids},
+            calibration={"size": len(calib_ids), "seed": seed, "split": cfg.calib.split, "ids": calib_ids,
+                         "cache_key": calib_key, "cached": calib_cached},
             method_stats=stats,
         )
     out["metrics"] = {
         "top1": q["top1"], "top5": q["top5"], "fp_top1": fp["top1"], "fp_top5": fp["top5"],
         "drop_top1": fp["top1"] - q["top1"],
     }
+    if "agree_fp_top1" in q:
+        out["metrics"]["agree_fp_top1"] = q["agree_fp_top1"]
+    out["cache"] = {"dir": str(cache.root), "enabled": cache.enabled, **cache.stats.as_dict()}
     return out
 
 

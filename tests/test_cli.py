@@ -43,8 +43,10 @@ def test_sweep_records_every_job_and_relaunch_runs_nothing(tiny_imagenet, tmp_pa
     assert second.returncode == 0, second.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")} == mtimes
     assert "4 jobs, 0 ran, 4 skipped" in second.stderr + second.stdout
-    fp_cache = list((tmp_path / "cache" / "fp").glob("*.json"))
-    assert len(fp_cache) == 1  # one FP baseline for the whole sweep
+    assert len(list((tmp_path / "cache" / "fp_eval").glob("*.pt"))) == 1  # one FP baseline for the whole sweep
+    assert len(list((tmp_path / "cache" / "calib").glob("*.pt"))) == 1  # one calibration batch
+    cached = [(r["fp"]["cached"], r["calibration"]["cached"]) for r in recs]
+    assert sorted(cached) == [(False, False)] + [(True, True)] * 3, cached  # computed once, then hits
 
 
 def test_erq_ablation_is_a_sweep(tiny_imagenet, tmp_path):

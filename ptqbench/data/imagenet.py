@@ -108,13 +108,35 @@ def subset_ids(ds: Dataset) -> list[str]:
     return [ds.image_id(i) for i in range(len(ds))]
 
 
-def calibration_batch(ds: ImageNetFolder, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """A seeded random draw of `size` images (eval transform), stacked, with their ids."""
+def calibration_indices(ds: ImageNetFolder, size: int, seed: int) -> list[int]:
+    """The seeded random draw of `size` sample indices a calibration batch is made of."""
     if size < 1 or size > len(ds):
         raise DataNotFoundError(f"calib.size={size} but {ds.root / ds.split} has {len(ds)} images")
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:size].tolist()
+    return torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:size].tolist()
+
+
+def calibration_batch(ds: ImageNetFolder, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """A seeded random draw of `size` images (eval transform), stacked, with their ids."""
+    idx = calibration_indices(ds, size, seed)
     images = torch.stack([ds[i][0] for i in idx])
     return images, [ds.image_id(i) for i in idx]
+
+
+def files_signature(ds: Dataset, indices: Optional[Sequence[int]] = None) -> str:
+    """Hash of id, label, byte size and mtime of the samples of `ds` (an ImageNetFolder or a
+    Subset of one; `indices` picks samples of an ImageNetFolder): what a cache key needs to notice
+    a replaced or relabelled image without reading it."""
+    import hashlib
+
+    if isinstance(ds, Subset):
+        ds, indices = ds.dataset, ds.indices
+    assert isinstance(ds, ImageNetFolder)
+    h = hashlib.sha256()
+    for i in range(len(ds)) if indices is None else indices:
+        path, label = ds.samples[i]
+        st = os.stat(path)
+        h.update(f"{ds.image_id(i)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def make_loader(ds: Dataset, batch_size: int, workers: int) -> DataLoader:

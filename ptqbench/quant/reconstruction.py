@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ptqbench.cache import current_activation_store, module_state_key
 from ptqbench.models.units import Unit, model_units
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled
@@ -306,12 +307,18 @@ def reconstruct(model: nn.Module, calib: torch.Tensor, cfg: ReconConfig) -> dict
     x_q = calib
     x_fp = calib
     per_unit, ranks, t0 = [], {}, time.perf_counter()
+    store = current_activation_store()  # a sweep's cache of FP targets, when the job set one
+    state_key = module_state_key(model) if store is not None else ""
     try:
         with params_frozen(model):  # only the parameters a unit's prepare_unit() enables train
             for i, unit in enumerate(units):
                 bs = min(cfg.batch_size, x_q.shape[0])
-                with torch.no_grad(), quant_disabled(model):
-                    target = _forward_batches(unit, x_fp, bs)
+
+                def fp_target(unit: Unit = unit, x: torch.Tensor = x_fp, bs: int = bs) -> torch.Tensor:
+                    with torch.no_grad(), quant_disabled(model):
+                        return _forward_batches(unit, x, bs)
+
+                target = fp_target() if store is None else store.unit_output(state_key, i, fp_target).to(dev)
                 blockish = unit.name not in ("patch_embed", "head")
                 if cfg.units == "blocks" and not blockish:
                     with torch.no_grad():

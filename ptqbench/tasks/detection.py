@@ -135,6 +135,7 @@ def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
     from ptqbench.models import make_quantizable, state_fingerprint
     from ptqbench.models.detectors import build_detector, detector_entry, load_config, require_mmdet, set_test_cfg
     from ptqbench.profiling import PhaseMeter
+    from ptqbench.cache import cache_from_config, code_version
     from ptqbench.run import cached_fp_baseline, resolve_workers, sha_of
 
     require_mmdet()
@@ -189,8 +190,11 @@ def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(dir=_mk(work_dir)) as tmp:
             return evaluate(detector, eval_ds_cfg, ann_file, batch_size, workers, Path(tmp))
 
-    fp = cached_fp_baseline(run_eval, results_dir / "cache", weights_info["fingerprint"], sha_of(eval_ids), tag,
-                            required="coco/bbox_mAP")
+    ann = Path(ann_file)
+    ann_sig = f"{ann}|{ann.stat().st_size}|{ann.stat().st_mtime_ns}" if ann.exists() else str(ann)
+    fp = cached_fp_baseline(cache_from_config(cfg, results_dir), run_eval, weights_info["fingerprint"],
+                            f"{ann_sig}|{sha_of(eval_ids)}", tag, required="coco/bbox_mAP",
+                            code=code_version("models", "tasks", "data"), fmt="json")
     out: dict[str, Any] = {
         "model": {"name": cfg.model.name, **weights_info},
         "data": {"root": str(root), "split": val_folder, "scale": list(cfg.data.scale), "eval_images": len(eval_ids),

@@ -1,0 +1,173 @@
+"""`python -m ptqbench.bench [--parts cost,eval,sweep] [--out FILE]`: the benchmark suite.
+
+Prints Markdown tables and writes them, with the machine they ran on, to `--out` (default
+results/benchmarks/bench_<host>_<device>.md). Every cell runs in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptqbench.paths import REPO_ROOT
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads; load average at start {load}; {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def run_cell(kind: str, threads: int | None, **kw: Any) -> dict[str, Any]:
+    """One measurement in a fresh process; a failure is a row saying why, not a dead suite."""
+    cmd = [sys.executable, "-m", "ptqbench.bench", "--cell", json.dumps({"kind": kind, "kw": kw, "threads": threads})]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = (out.stderr.strip() or out.stdout.strip() or "no output").splitlines()
+        return {**kw, "error": lines[-1][:200]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cell_main(spec: dict[str, Any]) -> None:
+    from ptqbench.bench import cells
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    print(json.dumps(getattr(cells, spec["kind"])(**spec["kw"])))
+
+
+def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if "error" in r:
+            lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols[:2]) + f" | failed: {r['error']} |")
+        else:
+            lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def sweep_times(models: str, methods: str, bits: str, eval_limit: int, calib: int, threads: int | None) -> list[dict[str, Any]]:
+    """Wall time of one CLI sweep three times over one fresh results folder: cold (empty cache),
+    warm (resume=false: every job reruns, the FP baselines and calibration batches are cache
+    hits), relaunched (resume=true: every job is skipped by its record)."""
+    results = Path(tempfile.mkdtemp(prefix="ptqbench-bench-"))
+    base = ["-m", f"model={models}", f"method={methods}", f"bits={bits}", f"data.eval_limit={eval_limit}",
+            f"calib.size={calib}", "model.pretrained=false", "logger=none", "report.enabled=false",
+            f"results_dir={results}"] + ([f"threads={threads}"] if threads else [])
+    n_jobs = len(models.split(",")) * len(methods.split(",")) * len(bits.split(","))
+    rows = []
+    try:
+        for phase, extra in (("cold", []), ("warm (cache hits, resume=false)", ["resume=false"]),
+                             ("relaunch (resume=true)", [])):
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "ptqbench", *base, *extra], capture_output=True, text=True,
+                                 cwd=REPO_ROOT, env={**os.environ, "WANDB_SILENT": "true"})
+            secs = time.perf_counter() - t0
+            recs = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+            cached = sum(bool(r.get("fp", {}).get("cached")) for r in recs)
+            rows.append({"phase": phase, "jobs": n_jobs, "wall_s": round(secs, 1), "rc": out.returncode,
+                         "records_ok": sum(r.get("status") == "ok" for r in recs),
+                         "fp_cache_hits_in_records": cached})
+            if out.returncode != 0:
+                rows[-1]["error"] = (out.stderr.strip().splitlines() or ["?"])[-1][:200]
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="cost,eval,sweep")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cost-model", default="deit_tiny")
+    ap.add_argument("--cost-methods", default="minmax,percentile,repq,ptq4vit,tsptq,gptq,erq,dopq,aiq")
+    ap.add_argument("--cost-bits", default="w4a4")
+    ap.add_argument("--cost-calib", type=int, default=32)
+    ap.add_argument("--recon-iters", type=int, default=30, help="iterations per unit for dopq/aiq in the cost part")
+    ap.add_argument("--eval-models", default="deit_tiny,swin_tiny")
+    ap.add_argument("--eval-methods", default="repq,minmax")
+    ap.add_argument("--eval-bits", default="w4a4")
+    ap.add_argument("--eval-batch", type=int, default=32)
+    ap.add_argument("--eval-repeats", type=int, default=7)
+    ap.add_argument("--sweep-models", default="deit_tiny,swin_tiny")
+    ap.add_argument("--sweep-methods", default="minmax,percentile,repq")
+    ap.add_argument("--sweep-bits", default="w4a4,w8a8")
+    ap.add_argument("--sweep-eval-limit", type=int, default=200)
+    ap.add_argument("--sweep-calib", type=int, default=32)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--cell", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.cell:
+        _cell_main(json.loads(args.cell))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = args.parts.split(",")
+    out = [f"# ptqbench benchmark ({args.device})", "", f"Machine: {machine()}", "",
+           f"Command: `python -m ptqbench.bench {' '.join(sys.argv[1:])}`", ""]
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        out.append(text)
+
+    for line in out:
+        print(line)
+    if "cost" in parts:
+        emit(f"## Calibration cost ({args.cost_model}, {args.cost_bits}, {args.cost_calib} images; dopq/aiq with "
+             f"{args.recon_iters} reconstruction iterations per unit, batch 8)\n")
+        rows = []
+        for m in args.cost_methods.split(","):
+            opts = {"iters": args.recon_iters, "batch_size": 8} if m in ("dopq", "aiq") else {}
+            opts.update({"search_rounds": 1} if m == "ptq4vit" else {})
+            rows.append(run_cell("cost", args.threads, model=args.cost_model, method=m, bits=args.cost_bits,
+                                 calib=args.cost_calib, device=args.device, options=opts))
+            print(rows[-1], flush=True)
+        emit(table(rows, ["model", "method", "bits", "calib", "quantize_s", "peak_rss_mb", "method_extra_mb",
+                          "peak_cuda_mb", "weights", "images"]) + "\n")
+    if "eval" in parts:
+        emit(f"## Evaluation throughput, FP vs fake-quantized (batch {args.eval_batch}, best of "
+             f"{args.eval_repeats} alternating forwards)\n")
+        rows = []
+        for model in args.eval_models.split(","):
+            for m in args.eval_methods.split(","):
+                rows.append(run_cell("eval_overhead", args.threads, model=model, method=m, bits=args.eval_bits,
+                                     batch=args.eval_batch, repeats=args.eval_repeats, device=args.device))
+                print(rows[-1], flush=True)
+        emit(table(rows, ["model", "method", "bits", "batch", "fp_img_s", "q_img_s", "ratio", "ratio_median", "weights"]) + "\n")
+    if "sweep" in parts:
+        n = len(args.sweep_models.split(",")) * len(args.sweep_methods.split(",")) * len(args.sweep_bits.split(","))
+        emit(f"## Sweep wall time: {n} jobs (model={args.sweep_models} method={args.sweep_methods} "
+             f"bits={args.sweep_bits}, data.eval_limit={args.sweep_eval_limit}, calib.size={args.sweep_calib}, "
+             "random weights)\n")
+        rows = sweep_times(args.sweep_models, args.sweep_methods, args.sweep_bits, args.sweep_eval_limit,
+                           args.sweep_calib, args.threads)
+        emit(table(rows, ["phase", "jobs", "wall_s", "rc", "records_ok", "fp_cache_hits_in_records"]) + "\n")
+    dest = Path(args.out) if args.out else REPO_ROOT / "results" / "benchmarks" / f"bench_{platform.node()}_{args.device}.md"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("\n".join(out) + "\n")
+    print(f"written to {dest}")
+
+
+if __name__ == "__main__":
+    main()

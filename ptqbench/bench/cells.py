@@ -1,0 +1,91 @@
+"""One measurement each, run in a fresh process by `python -m ptqbench.bench`."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+
+
+def load_model(name: str) -> tuple[torch.nn.Module, str]:
+    """The model's local weights when found, else random ones (speed and memory do not depend on
+    the values)."""
+    from ptqbench.models import create_model, model_entry
+
+    entry = model_entry(name)
+    try:
+        return create_model(entry, allow_download=False)[0], "pretrained"
+    except Exception:
+        return create_model(entry, pretrained=False)[0], "random"
+
+
+def calibration_images(model: torch.nn.Module, size: int) -> tuple[torch.Tensor, str]:
+    """Real imagenet-mini train images when the shared data is present, else random tensors."""
+    from ptqbench.data import ImageNetFolder, calibration_batch
+    from ptqbench.paths import data_root
+
+    root = data_root() / "imagenet-mini"
+    if (root / "train").is_dir():
+        from timm.data import create_transform, resolve_data_config
+
+        ds = ImageNetFolder(root, "train", create_transform(**resolve_data_config({}, model=model)))
+        return calibration_batch(ds, size, 0)[0], "imagenet-mini train"
+    return torch.randn(size, 3, 224, 224, generator=torch.Generator().manual_seed(0)), "random"
+
+
+def _quantized(model: torch.nn.Module, method_name: str, bits: str, calib: torch.Tensor, options: dict[str, Any]):
+    from ptqbench.methods import Bits, build_method
+    from ptqbench.models import make_quantizable
+    from ptqbench.profiling import PhaseMeter
+
+    w, a = (int(v) for v in bits[1:].split("a"))
+    method = build_method({"name": method_name, **options}, Bits(w, a))
+    qm = make_quantizable(model, method.plan())
+    with PhaseMeter(calib.device, interval=0.02) as meter:
+        before = meter.peak_rss_mb
+        method.quantize(qm, calib)
+    return qm, meter, before
+
+
+def cost(model: str, method: str, bits: str, calib: int, device: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Seconds in `method.quantize` (calibration + the method's own work) and peak memory."""
+    net, weights = load_model(model)
+    images, source = calibration_images(net, calib)
+    dev = torch.device(device)
+    _, meter, before = _quantized(net.to(dev), method, bits, images.to(dev), options)
+    return {"model": model, "method": method, "bits": bits, "calib": calib, "quantize_s": round(meter.seconds, 1),
+            "peak_rss_mb": round(meter.peak_rss_mb), "method_extra_mb": round(meter.peak_rss_mb - before),
+            "peak_cuda_mb": meter.peak_cuda_mb and round(meter.peak_cuda_mb), "weights": weights, "images": source}
+
+
+def _forward_seconds(model: torch.nn.Module, x: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    model(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, device: str) -> dict[str, Any]:
+    """Forward time of FP and fake-quantized model on the same batch in one process, measured
+    alternately (FP, quantized, FP, ...) and reported as the best of `repeats`, so a load spike
+    on a shared machine hits both sides rather than biasing the ratio."""
+    net, weights = load_model(model)
+    dev = torch.device(device)
+    fp = copy.deepcopy(net).eval().to(dev)
+    calib, _ = calibration_images(net, 32)
+    qm, _, _ = _quantized(net.to(dev), method, bits, calib.to(dev), {})
+    q = qm.model.eval()
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(dev)
+    _forward_seconds(fp, x), _forward_seconds(q, x)  # warm-up (and the weight fake-quant cache)
+    t_fp, t_q = [], []
+    for _ in range(repeats):
+        t_fp.append(_forward_seconds(fp, x))
+        t_q.append(_forward_seconds(q, x))
+    best_fp, best_q = min(t_fp), min(t_q)
+    return {"model": model, "method": method, "bits": bits, "batch": batch, "weights": weights,
+            "fp_img_s": round(batch / best_fp, 1), "q_img_s": round(batch / best_q, 1),
+            "ratio": round(best_q / best_fp, 2), "ratio_median": round(sorted(t_q)[len(t_q) // 2] / sorted(t_fp)[len(t_fp) // 2], 2)}
