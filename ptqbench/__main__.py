@@ -25,13 +25,29 @@ def _sweep_group() -> tuple[bool, str]:
     return False, "single"
 
 
+def _launcher() -> Optional[dict[str, Any]]:
+    """The launcher config (`hydra.launcher`): joblib and submitit set the threads per job."""
+    from omegaconf import OmegaConf
+
+    try:
+        launcher = HydraConfig.get().launcher
+    except Exception:
+        return None
+    try:
+        return OmegaConf.to_container(launcher, resolve=True)
+    except Exception:  # an interpolation that does not resolve here: the raw values will do
+        return OmegaConf.to_container(launcher, resolve=False)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> Optional[dict[str, Any]]:
     from ptqbench.errors import PTQBenchError
+    from ptqbench.launch import configure_threads
     from ptqbench.run import run_job
 
     multirun, group = _sweep_group()
     try:
+        configure_threads(cfg.get("threads"), _launcher())
         rec = run_job(cfg, group=group)
         return {"run_key": rec["run_key"], "status": rec["status"], "skipped": rec.get("skipped", False),
                 "top1": rec.get("metrics", {}).get("top1")}

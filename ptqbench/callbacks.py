@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,7 +18,8 @@ log = logging.getLogger("ptqbench")
 
 class SweepSummary(Callback):
     """Collects each job's outcome in `<sweep dir>/jobs.jsonl` (works with any launcher that
-    shares the file system); when the sweep ends, builds the table of its jobs (the `report:`
+    shares the file system: on_job_end runs in the job's process, joblib worker or submitit task,
+    and appends under a file lock); when the sweep ends, builds the table of its jobs (the `report:`
     config block: `results/tables/<name>.*` for an experiment, else `<sweep dir>/report/table.*`),
     logs it to a wandb `summary` run when logger=wandb, prints the counts, and exits non-zero if
     any job failed, after every job has run. A report that cannot be built is a warning, never a
@@ -41,15 +43,13 @@ class SweepSummary(Callback):
             ret = None
         ret = ret if isinstance(ret, dict) else {"status": "failed", "error": "no return value"}
         line = {"overrides": list(job_return.overrides or []), **ret}
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        with open(sweep_dir / "jobs.jsonl", "a") as f:
-            f.write(json.dumps(line, default=str) + "\n")
+        append_line(sweep_dir / "jobs.jsonl", json.dumps(line, default=str))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         path = Path(config.hydra.sweep.dir) / "jobs.jsonl"
         if not path.exists():
             return
-        jobs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+        jobs = read_jobs(path)
         ran = [j for j in jobs if j.get("status") == "ok" and not j.get("skipped")]
         skipped = [j for j in jobs if j.get("skipped")]
         failed = [j for j in jobs if j.get("status") != "ok"]
@@ -64,6 +64,36 @@ class SweepSummary(Callback):
             log.error("failed: %s: %s", " ".join(j.get("overrides", [])), j.get("error"))
         if failed:
             raise SystemExit(1)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to `path` from any of the sweep's processes (joblib workers, submitit jobs,
+    possibly on several hosts): under the file's lock, as one O_APPEND write."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line.rstrip("\n") + "\n").encode()
+    with FileLock(str(path) + ".lock"):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_jobs(path: Path) -> list[dict[str, Any]]:
+    """The lines of `jobs.jsonl`; a line that does not parse is logged and skipped."""
+    jobs = []
+    for n, ln in enumerate(path.read_text().splitlines(), 1):
+        if not ln.strip():
+            continue
+        try:
+            jobs.append(json.loads(ln))
+        except ValueError as e:
+            log.warning("%s line %d is not JSON (%s); skipped", path, n, e)
+    return jobs
 
 
 def sweep_report(config: DictConfig, jobs: list[dict[str, Any]]) -> Optional[Path]:

@@ -27,6 +27,7 @@ from ptqbench.paths import REPO_ROOT
 from ptqbench.records import (
     STATUS_FAILED, STATUS_OK, finished, read_json, record_path, run_key, semantic_config, write_json_atomic,
 )
+from ptqbench.records import job_lock
 
 log = logging.getLogger("ptqbench")
 
@@ -92,7 +93,13 @@ def cached_fp_baseline(cache: ContentCache, evaluate_fp: Callable[[], dict[str, 
 
 
 def run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
-    """Run (or skip) the job `cfg` describes and return its record."""
+    """Run (or skip) the job `cfg` describes and return its record. The job's lock is held
+    throughout: a concurrent sweep that reaches the same job waits, then skips it if it finished."""
+    with job_lock(Path(cfg.results_dir).expanduser(), run_key(cfg)):
+        return _run_job(cfg, group)
+
+
+def _run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
     results_dir = Path(cfg.results_dir).expanduser()
     key = run_key(cfg)
     path = record_path(results_dir, key)

@@ -26,13 +26,14 @@ def test_key_ignores_non_semantic_and_tracks_semantic_changes():
         assert run_key(_cfg(**change)) != k, change
 
 
-def test_atomic_write_and_corrupt_record_is_treated_as_missing(tmp_path, capsys):
+def test_atomic_write_and_corrupt_record_is_treated_as_missing(tmp_path, caplog):
     path = record_path(tmp_path, "abc")
     write_json_atomic(path, {"run_key": "abc", "status": "ok"})
     assert finished(tmp_path, "abc")["status"] == "ok"
     assert not list(path.parent.glob("*.tmp"))
     path.write_text('{"run_key": "abc", "sta')  # truncated by a crash elsewhere
     assert read_json(path) is None and finished(tmp_path, "abc") is None
-    assert "ignoring unreadable record" in capsys.readouterr().out
+    assert f"ignoring unreadable record {path}" in caplog.text
+    assert f"moved aside to {path}.corrupt" in caplog.text and not path.exists()
     path.write_text(json.dumps({"run_key": "abc", "status": "failed"}))
     assert finished(tmp_path, "abc") is None  # failed jobs rerun
