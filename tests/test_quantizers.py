@@ -133,3 +133,42 @@ def test_nan_during_calibration_is_a_clear_error():
 def test_uncalibrated_use_is_an_error():
     with pytest.raises(CalibrationError, match="before calibration"):
         UniformQuantizer(4, "t")(torch.ones(3))
+
+
+def _attention_maps() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    a = torch.softmax(torch.randn(2, 3, 50, 50, generator=g) * 4, dim=-1)
+    a[0, 0, 0, :4] = 0.0  # exact zeros, as after masking
+    return a
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_inference_fast_paths_equal_the_reference_formulas_bit_for_bit(bits):
+    """Evaluation runs in-place CPU paths for the post-softmax quantizers (docs/benchmarks.md);
+    they must give exactly the values of the autograd-path / encode-decode formulas, so a
+    speed-up never changes a result."""
+    from ptqbench.quant.dynamic_focus import focus_fake_quant
+    from ptqbench.quant.log_sqrt2 import log_sqrt2_fake_quant
+    from ptqbench.quant.tan import tan_fake_quant
+
+    a = _attention_maps()
+    q = LogSqrt2Quantizer(bits, "post_softmax")
+    q.calibrate(a)
+    with torch.no_grad():
+        assert torch.equal(q(a), q.decode(q.encode(a)))
+        assert torch.equal(log_sqrt2_fake_quant(a, torch.tensor(1.0), bits, per_octave=1),
+                           torch.where(a > 0, torch.exp2(-torch.round(-torch.log2(a))), torch.zeros_like(a))
+                           * (torch.round(-torch.log2(a)) < 2**bits))
+    ref_in = a.clone().requires_grad_(True)  # the out-of-place (autograd) formulas
+    for theta in (1.0, 2.4, 3.06):
+        with torch.no_grad():
+            fast = tan_fake_quant(a, theta, bits)
+        assert torch.equal(fast, tan_fake_quant(ref_in, theta, bits).detach())
+    for b1, b2 in ((0.0, 0.3), (0.004, 0.5), (0.02, 0.021)):
+        x = torch.cat([a.flatten(), torch.tensor([b1 / 2, b1, b2, 1.0])])
+        x = torch.cat([x, torch.nextafter(torch.tensor([b1 / 2]), torch.tensor([-1.0]))])
+        lo, hi = torch.tensor(b1), torch.tensor(b2)
+        with torch.no_grad():
+            fast = focus_fake_quant(x, lo, hi, bits, below="zero")
+        ref = focus_fake_quant(x.clone().requires_grad_(True), lo, hi, bits, below="zero").detach()
+        assert torch.equal(fast, ref), (b1, b2)

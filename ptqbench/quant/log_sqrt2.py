@@ -7,9 +7,11 @@ percentiles of x by MSE. Levels are dense near 0, where most attention probabili
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.ranges import RangeSearch, pick_by_mse, quantiles, subsample
@@ -25,11 +27,15 @@ def log_sqrt2_fake_quant(x: torch.Tensor, delta: torch.Tensor, bits: int, per_oc
         with torch.no_grad():
             y = log_sqrt2_fake_quant(x.detach(), delta, bits, per_octave)
         return x + (y - x).detach()
+    # y holds the negated code -q = round(p log2(x / delta)) (rounding is symmetric, so this is
+    # exactly -round(-p log2(x / delta))). Codes past the range (q >= 2^b, x == 0 included: -q =
+    # -inf) become -inf through `threshold_`, and exp2(-inf) = 0. A bool mask with masked_fill
+    # did the same in ~4x the time (comparisons and masked writes are slow passes on CPU).
     y = torch.div(x, delta)
-    y.log2_().mul_(-float(per_octave)).round_()
-    out_of_range = y >= 2**bits  # includes x == 0 (code +inf)
-    y.clamp_(min=0.0).mul_(-1.0 / per_octave).exp2_().mul_(delta)
-    return y.masked_fill_(out_of_range, 0.0)
+    y.log2_().mul_(float(per_octave)).round_()
+    F.threshold_(y, -float(2**bits), -math.inf)
+    y.clamp_(max=0.0).mul_(1.0 / per_octave).exp2_()
+    return y.mul_(delta)
 
 
 class LogSqrt2Quantizer(Quantizer):

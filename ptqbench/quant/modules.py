@@ -96,7 +96,8 @@ class QuantLinear(nn.Linear, _WeightQuantMixin):
         xq = self._quant_input(x)
         out = F.linear(xq, self.quantized_weight(), self.bias)
         if self.compensation is not None:
-            out = out + self.compensation(xq)
+            comp = self.compensation(xq)
+            out = out + comp if torch.is_grad_enabled() else out.add_(comp)
         return out
 
 

@@ -36,9 +36,19 @@ def tan_levels(bits: int, theta: float) -> torch.Tensor:
 
 
 def tan_fake_quant(x: torch.Tensor, theta: float, bits: int) -> torch.Tensor:
-    """Quantize-dequantize `x` (clamped to [0, 1]) on the TanQ grid; straight-through under autograd."""
+    """Quantize-dequantize `x` (clamped to [0, 1]) on the TanQ grid; straight-through under autograd.
+
+    Without autograd the same operations, in the same order, run in place on one allocation:
+    attention maps are a ViT's largest activations, and each out-of-place step is one more
+    allocation and pass over them (docs/benchmarks.md)."""
     n = 2**bits - 1
     t = math.tan(theta / 2)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        y = x.clamp(0.0, 1.0)
+        y.sub_(0.5).mul_(theta).tan_().div_(t)
+        y.add_(1).mul_(n / 2).round_().clamp_(0, n)
+        y.mul_(2.0 / n).sub_(1).mul_(t).atan_().div_(theta)
+        return y.add_(0.5)
     u = torch.tan(theta * (x.clamp(0.0, 1.0) - 0.5)) / t
     codes = torch.clamp(round_ste((u + 1) * (n / 2)), 0, n)
     uq = codes * (2.0 / n) - 1
