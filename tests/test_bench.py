@@ -15,7 +15,11 @@ def test_bench_eval_part_writes_a_table_with_the_machine(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     text = out.read_text()
     assert "Machine:" in text and "cores" in text and "torch" in text
-    row = [ln for ln in text.splitlines() if ln.startswith("| deit_tiny | minmax")]
+    lines = text.splitlines()
+    row = [ln for ln in lines if ln.startswith("| deit_tiny | minmax")]
     assert len(row) == 1 and "failed" not in row[0], text
-    ratio = float(row[0].split("|")[7])
-    assert 0.5 < ratio < 20  # a measured number, not a placeholder
+    header = [c.strip() for c in lines[lines.index(row[0]) - 2].split("|")]
+    cells = dict(zip(header, (c.strip() for c in row[0].split("|"))))
+    for col in ("ratio", "fq_ratio"):
+        assert 0.5 < float(cells[col]) < 20, cells  # measured numbers, not placeholders
+    assert float(cells["fp_img_s"]) > 0 and float(cells["unfused_img_s"]) > 0, cells

@@ -34,7 +34,8 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, "
+    return (f"{platform.node()}: {cpu} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, {gpu}; "
+            f"torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads; load average at start {load}; {time.strftime('%Y-%m-%d %H:%M')}")
 
 
@@ -64,6 +65,14 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
         else:
             lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
     return "\n".join(lines)
+
+
+def method_options(method: str, recon_iters: int) -> dict[str, Any]:
+    """The bench's bounded settings: dopq/aiq with `recon_iters` reconstruction steps per unit at
+    batch 8 (the papers' 1000 steps x 1024 images are a GPU job), ptq4vit with one search round."""
+    if method in ("dopq", "aiq"):
+        return {"iters": recon_iters, "batch_size": 8}
+    return {"search_rounds": 1} if method == "ptq4vit" else {}
 
 
 def sweep_times(models: str, methods: str, bits: str, eval_limit: int, calib: int, threads: int | None) -> list[dict[str, Any]]:
@@ -104,9 +113,9 @@ def main() -> None:
     ap.add_argument("--cost-methods", default="minmax,percentile,repq,ptq4vit,tsptq,gptq,erq,dopq,aiq")
     ap.add_argument("--cost-bits", default="w4a4")
     ap.add_argument("--cost-calib", type=int, default=32)
-    ap.add_argument("--recon-iters", type=int, default=30, help="iterations per unit for dopq/aiq in the cost part")
+    ap.add_argument("--recon-iters", type=int, default=30, help="iterations per unit for dopq/aiq (cost and eval parts)")
     ap.add_argument("--eval-models", default="deit_tiny,swin_tiny")
-    ap.add_argument("--eval-methods", default="repq,minmax")
+    ap.add_argument("--eval-methods", default="repq,minmax,dopq,aiq")
     ap.add_argument("--eval-bits", default="w4a4")
     ap.add_argument("--eval-batch", type=int, default=32)
     ap.add_argument("--eval-repeats", type=int, default=7)
@@ -138,8 +147,7 @@ def main() -> None:
              f"{args.recon_iters} reconstruction iterations per unit, batch 8)\n")
         rows = []
         for m in args.cost_methods.split(","):
-            opts = {"iters": args.recon_iters, "batch_size": 8} if m in ("dopq", "aiq") else {}
-            opts.update({"search_rounds": 1} if m == "ptq4vit" else {})
+            opts = method_options(m, args.recon_iters)
             rows.append(run_cell("cost", args.threads, model=args.cost_model, method=m, bits=args.cost_bits,
                                  calib=args.cost_calib, device=args.device, options=opts))
             print(rows[-1], flush=True)
@@ -152,9 +160,11 @@ def main() -> None:
         for model in args.eval_models.split(","):
             for m in args.eval_methods.split(","):
                 rows.append(run_cell("eval_overhead", args.threads, model=model, method=m, bits=args.eval_bits,
-                                     batch=args.eval_batch, repeats=args.eval_repeats, device=args.device))
+                                     batch=args.eval_batch, repeats=args.eval_repeats, device=args.device,
+                                     options=method_options(m, args.recon_iters)))
                 print(rows[-1], flush=True)
-        emit(table(rows, ["model", "method", "bits", "batch", "fp_img_s", "q_img_s", "ratio", "ratio_median", "weights"]) + "\n")
+        emit(table(rows, ["model", "method", "bits", "batch", "fp_img_s", "unfused_img_s", "q_img_s", "ratio",
+                          "ratio_median", "fq_ratio", "weights"]) + "\n")
     if "sweep" in parts:
         n = len(args.sweep_models.split(",")) * len(args.sweep_methods.split(",")) * len(args.sweep_bits.split(","))
         emit(f"## Sweep wall time: {n} jobs (model={args.sweep_models} method={args.sweep_methods} "

@@ -68,24 +68,42 @@ def _forward_seconds(model: torch.nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 @torch.no_grad()
-def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, device: str) -> dict[str, Any]:
-    """Forward time of FP and fake-quantized model on the same batch in one process, measured
-    alternately (FP, quantized, FP, ...) and reported as the best of `repeats`, so a load spike
-    on a shared machine hits both sides rather than biasing the ratio."""
+def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, device: str,
+                  options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Forward time of the FP model, the fake-quantized model, and the fake-quantized model with
+    its quantizers switched off ("unfused": the same graph, whose attention cannot use timm's
+    fused kernel because q @ k^T, the softmax and attn @ v must each be quantized) on the same
+    batch in one process, measured in turn (FP, quantized, unfused, FP, ...) and reported as the
+    best of `repeats`, so a load spike on a shared machine hits every side rather than biasing a
+    ratio. `ratio` = quantized / FP; `fq_ratio` = quantized / unfused, the cost of the fake
+    quantization alone."""
+    from ptqbench.quant.calibration import quant_disabled
+
     net, weights = load_model(model)
     dev = torch.device(device)
     fp = copy.deepcopy(net).eval().to(dev)
     calib, _ = calibration_images(net, 32)
-    qm, _, _ = _quantized(net.to(dev), method, bits, calib.to(dev), {})
+    qm, _, _ = _quantized(net.to(dev), method, bits, calib.to(dev), options or {})
     q = qm.model.eval()
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(dev)
-    _forward_seconds(fp, x), _forward_seconds(q, x)  # warm-up (and the weight fake-quant cache)
-    t_fp, t_q = [], []
+
+    def unfused() -> float:
+        with quant_disabled(q):
+            return _forward_seconds(q, x)
+
+    _forward_seconds(fp, x), _forward_seconds(q, x), unfused()  # warm-up (and the weight fake-quant cache)
+    t_fp, t_q, t_u = [], [], []
     for _ in range(repeats):
         t_fp.append(_forward_seconds(fp, x))
         t_q.append(_forward_seconds(q, x))
-    best_fp, best_q = min(t_fp), min(t_q)
+        t_u.append(unfused())
+    best_fp, best_q, best_u = min(t_fp), min(t_q), min(t_u)
     return {"model": model, "method": method, "bits": bits, "batch": batch, "weights": weights,
-            "fp_img_s": round(batch / best_fp, 1), "q_img_s": round(batch / best_q, 1),
-            "ratio": round(best_q / best_fp, 2), "ratio_median": round(sorted(t_q)[len(t_q) // 2] / sorted(t_fp)[len(t_fp) // 2], 2)}
+            "fp_img_s": round(batch / best_fp, 1), "unfused_img_s": round(batch / best_u, 1),
+            "q_img_s": round(batch / best_q, 1), "ratio": round(best_q / best_fp, 2),
+            "ratio_median": round(_median(t_q) / _median(t_fp), 2), "fq_ratio": round(best_q / best_u, 2)}
