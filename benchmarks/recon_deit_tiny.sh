@@ -26,5 +26,8 @@ run method=aiq bits=w4a4 method.lowrank=false $RECON
 run method=aiq bits=w4a4 method.dfq=false $RECON      # low-rank on log-sqrt2
 run method=aiq bits=w4a4 method.curriculum=false $RECON
 run method=aiq bits=w4a4 method.rank_search=fixed $RECON
+run method=aiq bits=w4a4 method.lr_dfq=0 $RECON      # DFQ bounds from the initialization only
+run method=aiq bits=w4a4 method.dfq_below=clamp method.dfq_init=mse method.lr_dfq=1e-3 \
+    "method.dfq_percentiles=[0.99,0.999,0.9999,1.0]" "method.dfq_max_fractions=[]" $RECON   # first DFQ reading
 run method=dopq bits=w4a4 method.tanq=false $RECON
 run method=dopq bits=w4a4 method.mosf=false $RECON

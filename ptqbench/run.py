@@ -116,6 +116,8 @@ def _run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": resolved, "semantic_config": semantic_config(cfg),
         "versions": versions(), "git_commit": git_commit(), "host": platform.node(),
+        # the same job lands ~1 point apart on CPUs with other vector units (docs/results.md)
+        "cpu": {"machine": platform.machine(), "capability": torch.backends.cpu.get_cpu_capability()},
         "argv": sys.argv,
     }
     from ptqbench.tracking import make_tracker

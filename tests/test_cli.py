@@ -6,6 +6,7 @@ pipeline, not accuracy (the shared-data end-to-end test does that).
 
 from pathlib import Path
 
+import torch
 from conftest import run_cli
 
 from ptqbench.records import load_records
@@ -37,6 +38,7 @@ def test_sweep_records_every_job_and_relaunch_runs_nothing(tiny_imagenet, tmp_pa
     for key in ("config", "metrics", "fp", "timings", "memory", "versions", "calibration", "quantizers", "run_key"):
         assert key in r, key
     assert len(r["calibration"]["ids"]) == 4 and r["fp"]["images"] == 8
+    assert r["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()  # results depend on it (docs/results.md)
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")}
 
     second = run_cli(*args)
@@ -57,6 +59,18 @@ def test_erq_ablation_is_a_sweep(tiny_imagenet, tmp_path):
     assert set(recs) == {True, False} and all(r["status"] == "ok" for r in recs.values())
     assert recs[True]["method_stats"]["refine_flips"] > 0 == recs[False]["method_stats"]["refine_flips"]
     assert recs[True]["run_key"] != recs[False]["run_key"]
+
+
+def test_an_option_shared_by_several_swept_methods_is_set_with_double_plus(tiny_imagenet, tmp_path):
+    """Hydra composes a multirun's base config with the default method before it expands the
+    sweep, so `method.KEY=` fails there when the default method lacks KEY; `++method.KEY=` works
+    (docs/sweeps.md). A swept method without that option fails its own job with a ConfigError."""
+    out = run_cli("-m", "method=minmax,percentile", "++method.act_percentiles=[0.999]", "bits=w8a8",
+                  *_tiny_job_args(tiny_imagenet, tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    recs = load_records(tmp_path)
+    assert sorted(r["config"]["method"]["name"] for r in recs) == ["minmax", "percentile"]
+    assert all(r["status"] == "ok" and r["config"]["method"]["act_percentiles"] == [0.999] for r in recs)
 
 
 def test_failing_job_is_recorded_and_sweep_continues(tiny_imagenet, tmp_path):

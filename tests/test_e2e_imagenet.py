@@ -7,6 +7,13 @@ A broken reparameterization, log-sqrt2 quantizer or range search lands far outsi
 ERQ measured 74.31 (W4A4) / 65.92 (W3A4) against the released ERQ code's 74.23 / 66.23; RepQ-ViT
 W3A4 38.54 and GPTQ 52.38 / 71.62 (docs/results.md). With RepQ-ViT's weight clipping grid instead
 of ERQ's, ERQ W3A4 measured 59.85, far below its lower bound.
+
+The same code, data and seed land about a point apart on different CPUs: float summation order
+in MKL/ATen kernels differs by instruction set, and a low-bit range search or rounding flips on
+such differences. Measured (docs/results.md, "Across machines"): RepQ-ViT W4A4 68.77 / 70.08 /
+69.69, ERQ W4A4 73.23 / 73.31 / 74.54, ERQ W3A4 65.92 / 65.08 / 64.54 (first machine; an AVX-512
+machine; the same machine restricted to AVX2). The bands cover that spread and still exclude a
+broken method by a wide margin.
 """
 
 from pathlib import Path
@@ -68,8 +75,8 @@ def test_repq_w4a4_within_a_point_and_a_half_of_the_released_code(results, share
 def test_erq_w4a4_matches_the_released_code_and_beats_repq(results, shared_data):
     rec = _cached(results, shared_data, "method=erq", "bits=w4a4")
     m = rec["metrics"]
-    assert 73.2 <= m["top1"] <= 75.3, m  # released ERQ code: 74.23
-    assert m["top1"] > _cached(results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 3
+    assert 72.5 <= m["top1"] <= 75.5, m  # released ERQ code: 74.23
+    assert m["top1"] > _cached(results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 2.5
     st = rec["method_stats"]
     assert st["aqer_layers"] == 49 and st["wqer_layers"] == 50 and st["dual_uniform_layers"] == 24
     assert rec["protocol"]["patch_input_bits"] is None
@@ -77,7 +84,7 @@ def test_erq_w4a4_matches_the_released_code_and_beats_repq(results, shared_data)
 
 def test_erq_w3a4_matches_the_released_code_and_beats_repq(results, shared_data):
     m = _cached(results, shared_data, "method=erq", "bits=w3a4")["metrics"]
-    assert 65.2 <= m["top1"] <= 67.3, m  # released ERQ code: 66.23
+    assert 64.0 <= m["top1"] <= 67.5, m  # released ERQ code: 66.23
     repq = _cached(results, shared_data, "method=repq", "bits=w3a4")["metrics"]
     assert m["top1"] > repq["top1"] + 10, (m, repq)
 
@@ -106,8 +113,10 @@ def test_repq_w4a4_mean_over_calibration_draws_matches_the_released_code(results
 
 
 # DopQ-ViT / AIQViT at the CPU reconstruction setting of benchmarks/recon_deit_tiny.sh (the papers'
-# is 1024 images x 1000 iterations; docs/results.md). Measured: dopq W4A4 72.77, aiq W4A4 72.85 (74.00 with dfq=false),
-# repq W4A4 68.77 (all seed 0, 32 calibration images).
+# is 1024 images x 1000 iterations; docs/results.md). Measured (seed 0, 32 calibration images) on
+# two machines: dopq W4A4 72.77 / 71.15, aiq W4A4 72.85 / 73.46 (74.00 / 74.62 with dfq=false),
+# repq W4A4 68.77 / 70.08. DopQ-ViT's margin over RepQ-ViT at 30 steps per unit is within the
+# cross-machine spread (+4.0 / +1.1), so its test asks only that it stays ahead.
 RECON_CPU = ("method.iters=30", "method.batch_size=8", "method.lr_rounding=1e-2", "method.lr_act_scale=4e-4",
              "method.progress=false")
 
@@ -117,8 +126,8 @@ def test_dopq_w4a4_beats_repq(results, shared_data):
     """`pytest -m slow` (about 10 min on the 2-core CPU)."""
     rec = _cached(results, shared_data, "method=dopq", "bits=w4a4", *RECON_CPU)
     m = rec["metrics"]
-    assert 71.3 <= m["top1"] <= 74.5, m
-    assert m["top1"] > _cached(results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 2.5, m
+    assert 70.3 <= m["top1"] <= 74.5, m
+    assert m["top1"] > _cached(results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 0.5, m
     st = rec["method_stats"]
     assert st["recon_units"] == 14 and st["recon_loss_end"] < st["recon_loss_start"]
 
@@ -126,8 +135,8 @@ def test_dopq_w4a4_beats_repq(results, shared_data):
 @pytest.mark.slow
 def test_aiq_w4a4_beats_repq(results, shared_data):
     """`pytest -m slow`. AIQViT with the current DFQ reading (dfq_below=zero, dfq_init=output,
-    lr_dfq=1e-4) measured 72.85 against RepQ-ViT's 68.77 at this CPU setting (docs/results.md;
-    the first DFQ reading was 58.46)."""
+    lr_dfq=1e-4) measured 72.85 / 73.46 against RepQ-ViT's 68.77 / 70.08 at this CPU setting
+    (docs/results.md; the first DFQ reading was 58.46 / 55.23)."""
     rec = _cached(results, shared_data, "method=aiq", "bits=w4a4", *RECON_CPU)
     assert 71.3 <= rec["metrics"]["top1"] <= 74.4, rec["metrics"]
     assert rec["metrics"]["top1"] > _cached(results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 2, rec["metrics"]
@@ -137,7 +146,7 @@ def test_aiq_w4a4_beats_repq(results, shared_data):
 @pytest.mark.slow
 def test_aiq_lowrank_with_log_sqrt2_w4a4_beats_repq(results, shared_data):
     """`pytest -m slow`. AIQViT's low-rank reconstruction on log-sqrt2 post-softmax (dfq=false)
-    measured 74.00 against RepQ-ViT's 68.77 (docs/results.md)."""
+    measured 74.00 / 74.62 against RepQ-ViT's 68.77 / 70.08 (docs/results.md)."""
     m = _cached(results, shared_data, "method=aiq", "bits=w4a4", "method.dfq=false", *RECON_CPU)["metrics"]
     assert 72.5 <= m["top1"] <= 75.5, m
     assert m["top1"] > _cached(results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 3, m
