@@ -78,3 +78,21 @@ def test_quantization_is_active_w8_close_w3_far():
             outs[bits.name] = torch.nn.functional.cosine_similarity(qm.model(x).flatten(), fp.flatten(), dim=0)
     assert outs["w8a8"] > 0.99
     assert outs["w3a3"] < outs["w8a8"] - 0.05
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "repq", "erq", "gptq", "ptq4vit", "tsptq", "dopq", "aiq"])
+def test_quantizers_are_built_on_the_models_device(method):
+    """The quantizers are created after the model was moved (run.py moves it first): they must follow
+    it, or a CUDA job dies on its first calibrated forward. The meta device stands in for CUDA here."""
+    model = _model("deit_tiny_patch16_224").to("meta")
+    qm = make_quantizable(model, build_method({"name": method}, Bits(4, 4)).plan())
+    tensors = dict(qm.model.named_parameters()) | dict(qm.model.named_buffers())
+    assert any(".input_quantizer." in n or "_quantizer." in n for n in tensors)
+    assert {n: str(t.device) for n, t in tensors.items() if t.device.type != "meta"} == {}
+
+
+def test_a_model_spread_over_two_devices_is_refused():
+    model = _model("deit_tiny_patch16_224")
+    model.head.to("meta")
+    with pytest.raises(Exception, match="one device"):
+        make_quantizable(model, build_method({"name": "repq"}, Bits(4, 4)).plan())

@@ -22,6 +22,7 @@ from typing import Any, Optional
 from timm.layers import Mlp
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, WindowAttention
 from timm.models.vision_transformer import Attention, Block
+import torch
 from torch import nn
 
 from ptqbench.errors import ConfigError
@@ -162,6 +163,15 @@ def _patch_full(model: nn.Module, plan: QuantPlan) -> None:
             attach_norm_input(m, _build(plan, roles.LN_IN))
 
 
+def _model_device(model: nn.Module) -> Optional[torch.device]:
+    """The one device the model's parameters live on (None for a model without parameters)."""
+    devices = {p.device for p in model.parameters()}
+    if len(devices) > 1:
+        raise ConfigError(f"the model's parameters are spread over {sorted(map(str, devices))}; "
+                          "move the whole model to one device before quantizing it")
+    return next(iter(devices), None)
+
+
 def make_quantizable(model: nn.Module, plan: QuantPlan, scope: Optional[str] = None) -> QuantizedModel:
     """Patch `model` in place for `plan` and return it wrapped with its structure.
 
@@ -175,6 +185,7 @@ def make_quantizable(model: nn.Module, plan: QuantPlan, scope: Optional[str] = N
     """
     mmdet = _mmdet_swin(model)
     linear_types, conv_types = _plain_types(mmdet)
+    device = _model_device(model)
     if scope:
         try:
             target = model.get_submodule(scope)
@@ -206,5 +217,7 @@ def make_quantizable(model: nn.Module, plan: QuantPlan, scope: Optional[str] = N
             _set_child(model, full, QuantConv2d(m, _build(plan, role), _weight_quantizer(plan)))
     for qname, q in quantizers(model).items():
         q.qname = qname
+        if device is not None:
+            q.to(device)  # built on the CPU; a model already on CUDA needs its quantizers there too
     pairs = [ReparamPair(prefix + p.name, p.norm, p.linear) for p in _reparam_pairs(target)]
     return QuantizedModel(model, plan, pairs, linear_roles)

@@ -186,18 +186,18 @@ class OutlierTwoScaleQuantizer(Quantizer):
         best, best_err = None, None
         for ratio in self.ratios:
             fit = self._fit_ratio(x2, rng, ratio)
-            err = float((self._apply(sample, *fit) - sample).pow(2).mean())
+            err = float((self._fake_two_scale(sample, *fit) - sample).pow(2).mean())
             if best_err is None or err < best_err:
                 best, best_err, self.ratio = fit, err, ratio
         self.outlier_mask, self.scale, self.zero_point, self.outlier_scale, self.outlier_zero_point = best
 
-    def _apply(self, x, mask, s, z, so, zo) -> torch.Tensor:
+    def _fake_two_scale(self, x, mask, s, z, so, zo) -> torch.Tensor:
         sc = torch.where(mask, so, s)
         zc = torch.where(mask, zo, z)
         return fake_quant(x, sc, zc, self.qmin, self.qmax)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply(x, self.outlier_mask, self.scale, self.zero_point, self.outlier_scale, self.outlier_zero_point)
+        return self._fake_two_scale(x, self.outlier_mask, self.scale, self.zero_point, self.outlier_scale, self.outlier_zero_point)
 
     @property
     def shift(self) -> int:
