@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 
+from ptqbench.errors import ConfigError
 from ptqbench.methods import Bits, build_method
 from ptqbench.models import make_quantizable
 from ptqbench.models.attention import QuantAttention, QuantWindowAttention
@@ -94,5 +95,5 @@ def test_quantizers_are_built_on_the_models_device(method):
 def test_a_model_spread_over_two_devices_is_refused():
     model = _model("deit_tiny_patch16_224")
     model.head.to("meta")
-    with pytest.raises(Exception, match="one device"):
+    with pytest.raises(ConfigError, match="one device"):
         make_quantizable(model, build_method({"name": "repq"}, Bits(4, 4)).plan())

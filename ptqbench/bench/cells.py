@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from typing import Any
 
@@ -68,10 +69,6 @@ def _forward_seconds(model: torch.nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 @torch.no_grad()
 def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, device: str,
                   options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -106,4 +103,4 @@ def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, 
     return {"model": model, "method": method, "bits": bits, "batch": batch, "weights": weights,
             "fp_img_s": round(batch / best_fp, 1), "unfused_img_s": round(batch / best_u, 1),
             "q_img_s": round(batch / best_q, 1), "ratio": round(best_q / best_fp, 2),
-            "ratio_median": round(_median(t_q) / _median(t_fp), 2), "fq_ratio": round(best_q / best_u, 2)}
+            "ratio_median": round(statistics.median_high(t_q) / statistics.median_high(t_fp), 2), "fq_ratio": round(best_q / best_u, 2)}
