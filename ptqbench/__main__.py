@@ -41,26 +41,35 @@ def _launcher() -> Optional[dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> Optional[dict[str, Any]]:
-    from ptqbench.errors import PTQBenchError
+    """One job. Errors a user can act on (ptqbench.errors.user_message: a refused config, missing
+    data, bad weights, an unwritable results folder) are one message and exit status 2 (a sweep
+    records them and goes on); other exceptions keep their traceback. Ctrl-C stops the job, keeps
+    any finished result (records.save_record) and exits with 130."""
+    from ptqbench.errors import describe, user_message
     from ptqbench.launch import configure_threads
     from ptqbench.run import run_job
+    from ptqbench.validate import validate_config
 
     multirun, group = _sweep_group()
     try:
+        validate_config(cfg)  # before the thread setup reads `threads`
         configure_threads(cfg.get("threads"), _launcher())
         rec = run_job(cfg, group=group)
         return {"run_key": rec["run_key"], "status": rec["status"], "skipped": rec.get("skipped", False),
                 "top1": rec.get("metrics", {}).get("top1")}
-    except PTQBenchError as e:
-        log.error("%s", e)
-        if not multirun:
-            sys.exit(2)
-        return {"status": "failed", "error": str(e), "run_key": _key(cfg)}
+    except KeyboardInterrupt as e:
+        log.error("%s", describe(e))
+        raise SystemExit(130) from None
     except Exception as e:
-        if not multirun:
-            raise
-        log.exception("job failed (recorded; the sweep continues)")
-        return {"status": "failed", "error": f"{type(e).__name__}: {e}", "run_key": _key(cfg)}
+        if user_message(e) is None:  # a bug: its traceback matters
+            if not multirun:
+                raise
+            log.exception("job failed (recorded; the sweep continues)")
+        else:
+            log.error("%s", describe(e))
+            if not multirun:
+                sys.exit(2)
+        return {"status": "failed", "error": describe(e), "run_key": _key(cfg)}
 
 
 def _key(cfg: DictConfig) -> Optional[str]:

@@ -8,7 +8,8 @@ seed, and the source code that produced it), so changing any input is a miss, ne
 
 Safety under concurrent jobs (joblib, SLURM arrays, two sweeps on one folder):
 - one file lock per entry: the first job computes, the others wait for it and then read;
-- writes go to a temp file, are fsynced and renamed into place (readers never see half a file);
+- writes go to a temp file, are fsynced and renamed into place (readers never see half a file),
+  with the umask's permissions, through the records' write path (`ptqbench.fileio`);
 - every entry has a sidecar `.json` with the payload's sha256: a truncated or corrupted entry is
   reported, deleted and recomputed;
 - the folder is bounded (`cache.max_gb`): after a write, least recently used entries are evicted
@@ -27,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from filelock import FileLock, Timeout
+
+from ptqbench.errors import storage_error
+from ptqbench.fileio import write_atomic
 
 log = logging.getLogger("ptqbench")
 
@@ -69,20 +72,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -120,7 +109,10 @@ class ContentCache:
         if not self.enabled:
             return compute()
         data, meta, lock = self._paths(kind, key, fmt)
-        data.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(data.parent, e, "create the cache folder") from e
         try:
             with FileLock(str(lock), timeout=self.lock_timeout):
                 hit = self._read(data, meta, fmt)
@@ -170,12 +162,12 @@ class ContentCache:
 
     def _write(self, data: Path, meta: Path, fmt: str, value: Any, key: str, describe: Optional[dict[str, Any]]) -> None:
         if fmt == "json":
-            _atomic_write(data, lambda f: f.write(json.dumps(value, sort_keys=True, default=str).encode()))
+            write_atomic(data, lambda f: f.write(json.dumps(value, sort_keys=True, default=str).encode()))
         else:
-            _atomic_write(data, lambda f: torch.save(value, f))
+            write_atomic(data, lambda f: torch.save(value, f))
         info = {"key": key, "sha256": _sha256_file(data), "bytes": data.stat().st_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "inputs": describe or {}}
-        _atomic_write(meta, lambda f: f.write(json.dumps(info, indent=1, default=str).encode()))
+        write_atomic(meta, lambda f: f.write(json.dumps(info, indent=1, default=str).encode()))
 
     def entries(self) -> list[tuple[float, int, Path, Path, Path]]:
         """(last used, bytes, data, meta, lock) of every complete entry."""
@@ -228,6 +220,10 @@ def cache_from_config(cfg: Any, results_dir: Path) -> ContentCache:
     max_gb = c.get("max_gb", 20)
     if not isinstance(max_gb, (int, float)) or max_gb <= 0:
         raise ConfigError(f"cache.max_gb={max_gb!r}; use a positive number of GiB (or cache.enabled=false)")
+    if enabled:  # a read-only or full cache.dir fails here, before the work it would cache
+        from ptqbench.fileio import check_writable
+
+        check_writable(root)
     return ContentCache(root, int(float(max_gb) * 2**30), enabled)
 
 

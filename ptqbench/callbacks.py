@@ -26,9 +26,16 @@ class SweepSummary(Callback):
     failed sweep."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        path = Path(config.hydra.sweep.dir) / "jobs.jsonl"
+        sweep_dir = Path(config.hydra.sweep.dir)
+        path = sweep_dir / "jobs.jsonl"
         if path.exists():
             path.unlink()
+        try:
+            from ptqbench.tracking import write_sweep_group
+
+            write_sweep_group(sweep_dir, stable_group(config))
+        except Exception as e:  # the jobs fall back to the sweep folder's name as their group
+            log.warning("wandb group of this sweep not written: %s: %s", type(e).__name__, e)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         try:
@@ -66,6 +73,21 @@ class SweepSummary(Callback):
             raise SystemExit(1)
 
 
+def stable_group(config: DictConfig) -> str:
+    """The wandb group of a sweep (ptqbench.tracking.group_for): `logger.group`, the experiment's
+    table name, or a hash of the sweep's command-line grid; the same on every relaunch."""
+    from ptqbench.tracking import group_for, sweep_group
+
+    params = config.hydra.sweeper.get("params") if "params" in config.hydra.sweeper else None
+    grid = sweep_group(list(config.hydra.overrides.task), OmegaConf.to_container(params) if params else None)
+    return group_for(_logger_and_report(config), grid)
+
+
+def _logger_and_report(config: DictConfig) -> dict[str, Any]:
+    """The two config blocks a group name is read from."""
+    return {k: OmegaConf.to_container(config[k], resolve=True) for k in ("logger", "report") if config.get(k) is not None}
+
+
 def append_line(path: Path, line: str) -> None:
     """Append one line to `path` from any of the sweep's processes (joblib workers, submitit jobs,
     possibly on several hosts): under the file's lock, as one O_APPEND write."""
@@ -96,6 +118,17 @@ def read_jobs(path: Path) -> list[dict[str, Any]]:
     return jobs
 
 
+def _group_of(config: DictConfig, sweep_dir: Path) -> str:
+    """The group of the sweep's jobs (ptqbench.tracking.job_group): the one on_multirun_start
+    wrote, else what the jobs fell back to."""
+    from ptqbench.tracking import GROUP_FILE, group_for
+
+    path = sweep_dir / GROUP_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    return group_for(_logger_and_report(config), sweep_dir.name)
+
+
 def sweep_report(config: DictConfig, jobs: list[dict[str, Any]]) -> Optional[Path]:
     """Build the table of the sweep's jobs (ran, skipped or failed) and log it to wandb; returns
     the output prefix, None when disabled or when no job left a record."""
@@ -104,7 +137,8 @@ def sweep_report(config: DictConfig, jobs: list[dict[str, Any]]) -> Optional[Pat
     from ptqbench.report.markdown import table_markdown
     from ptqbench.report.reference import reference_root
     from ptqbench.report.spec import ReportSpec
-    from ptqbench.tracking import log_sweep_report
+    from ptqbench.analyze.plots import plot_layer_sqnr
+    from ptqbench.tracking import log_sweep_report, numeric_table, runs_frame, sqnr_frame
 
     spec = ReportSpec.from_mapping(OmegaConf.to_container(config.get("report") or {}, resolve=True))
     if not spec.enabled:
@@ -118,17 +152,32 @@ def sweep_report(config: DictConfig, jobs: list[dict[str, Any]]) -> Optional[Pat
     prefix = results_dir / "tables" / spec.name if spec.name else sweep_dir / "report" / "table"
     ref = reference_root()
     report = report_from_records(records, spec, prefix, ref if ref.is_dir() else None)
-    log.info("table of this sweep (%s.md, .tex, .csv; notes and paper comparison in the .md):\n%s",
-             prefix, table_markdown(report.table))
+    notes = "".join(f"\n- {getattr(n, 'text', n)}" for n in report.table.notes)  # the full text on the console
+    log.info("table of this sweep (%s.md, .tex, .csv; paper comparison in the .md):\n%s%s",
+             prefix, table_markdown(report.table), f"\nNotes:{notes}" if notes else "")
+    sqnr_plot = None
+    try:
+        sqnr_plot = plot_layer_sqnr(records, Path(f"{prefix}_layer_sqnr"))
+    except Exception as e:  # a figure must not cost the table
+        log.warning("per-layer SQNR figure not drawn: %s: %s", type(e).__name__, e)
     try:
         logger_cfg = OmegaConf.to_container(config.logger, resolve=True)
-        tables = {"table": report.table.to_frame(), "cells": report.table.cells_frame()}
+        cells = report.table.cells_frame()
+        tables = {"table": numeric_table(cells), "cells": cells.drop(columns=["shown"], errors="ignore"),
+                  "runs": runs_frame(records)}
+        sqnr = sqnr_frame(records)
+        if not sqnr.empty:
+            tables["layer_sqnr"] = sqnr
         if report.comparison is not None:
             tables["vs_paper"] = report.comparison
         images = {p.stem[len(prefix.name) + 1:] or p.stem: str(p) for p in report.plots}
-        run_dir = log_sweep_report(logger_cfg, sweep_dir.name, tables, images, {"report": dataclasses.asdict(spec)})
+        if sqnr_plot:
+            images["layer_sqnr_plot"] = str(sqnr_plot[0])
+        group = _group_of(config, sweep_dir)
+        run_dir = log_sweep_report(logger_cfg, group, tables, images,
+                                   {"report": dataclasses.asdict(spec), "sweep_dir": str(sweep_dir)})
         if run_dir:
-            log.info("sweep table logged to the wandb run `summary` of group %s (%s)", sweep_dir.name, run_dir)
+            log.info("sweep table logged to the wandb run `summary` of group %s (%s)", group, run_dir)
     except Exception as e:
         log.warning("sweep table not logged to wandb: %s: %s", type(e).__name__, e)
     return prefix

@@ -6,12 +6,19 @@ Threads: jobs that share a machine must share its cores. With `threads=null` a j
 - otherwise torch's default.
 `threads=N` always wins. The count goes to torch and to OMP_NUM_THREADS/MKL_NUM_THREADS (for
 anything the job starts); the record's `threads` is what torch then uses.
+
+Worker processes: a joblib (loky) worker sets multiprocessing's default start method to "loky",
+whose Popen only starts loky's own Process class; a DataLoader started there with the default
+context dies with "'Process' object has no attribute 'env'". `worker_context` gives the data
+loaders a standard start method in every launcher.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+from multiprocessing.context import BaseContext
 from typing import Any, Mapping, Optional
 
 log = logging.getLogger("ptqbench")
@@ -75,6 +82,16 @@ def job_threads(threads: Any, launcher: Optional[Mapping[str, Any]],
         if per_task:
             return int(per_task), "hydra.launcher.cpus_per_task"
     return None, "torch default"
+
+
+def worker_context() -> BaseContext:
+    """The multiprocessing context for DataLoader workers: this process's start method when it is
+    one of the standard ones (fork, spawn, forkserver), else the platform's default (first of
+    `get_all_start_methods`). Inside a joblib worker the default is "loky", which cannot start the
+    plain Process a DataLoader creates."""
+    standard = multiprocessing.get_all_start_methods()
+    method = multiprocessing.get_start_method(allow_none=True)
+    return multiprocessing.get_context(method if method in standard else standard[0])
 
 
 def configure_threads(threads: Any, launcher: Optional[Mapping[str, Any]]) -> int:

@@ -5,10 +5,15 @@ calibration size/seed/split, evaluation data, task, seed, record schema, and the
 mode's group `quant` when `quant.full` is true; with it off the group is left out, so the keys of
 earlier records stay valid) and nothing that does
 not (loggers, loader workers, batch size, output folders). Files are written atomically
-(temp file + os.replace) so a killed job never leaves a half-written record; a record that is
-still unreadable (a truncated copy, a full disk) is moved aside to `<key>.json.corrupt` when its
-job looks for it, so the job reruns. `job_lock` is held while a job runs, so two sweeps over one
-results folder never run the same job at once (the OS releases it when its process dies).
+(`ptqbench.fileio`: temp file + os.replace, the umask's permissions) so a killed job never leaves
+a half-written record; a record that is still unreadable (a truncated copy, a full disk) is moved
+aside to `<key>.json.corrupt` when its job looks for it, so the job reruns. `job_lock` is held
+while a job runs, so two sweeps over one results folder never run the same job at once (the OS
+releases it when its process dies).
+
+A finished result is never replaced by a failure (`save_record`): a rerun that fails or is
+interrupted leaves the `ok` record as it was and adds the attempt to its `attempts` list; a
+successful rerun (`resume=false`) replaces it and keeps the previous result's metrics there.
 """
 
 from __future__ import annotations
@@ -19,12 +24,17 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
+
+from ptqbench.errors import storage_error
+from ptqbench.fileio import write_json_atomic
+
+__all__ = ["SCHEMA_VERSION", "STATUS_FAILED", "STATUS_OK", "finished", "job_lock", "load_records", "read_json",
+           "record_path", "run_key", "save_record", "semantic_config", "write_json_atomic"]
 
 log = logging.getLogger("ptqbench")
 
@@ -58,22 +68,6 @@ def run_key(cfg: DictConfig | Mapping[str, Any]) -> str:
     """Stable 16-hex-digit id of a job."""
     blob = json.dumps(semantic_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_json(path: Path, quarantine: bool = False) -> Optional[dict[str, Any]]:
@@ -123,6 +117,41 @@ def finished(results_dir: Path, key: str, quarantine: bool = True) -> Optional[d
     return rec if rec and rec.get("status") == STATUS_OK and rec.get("run_key") == key else None
 
 
+MAX_ATTEMPTS = 20  # attempts kept per record, newest last (a job relaunched forever stays small)
+_ATTEMPT_FIELDS = ("started_at", "finished_at", "error", "traceback", "git_commit", "host", "group", "argv")
+
+
+def _attempt(record: Mapping[str, Any], status: str) -> dict[str, Any]:
+    return {"status": status, **{k: record[k] for k in _ATTEMPT_FIELDS if k in record}}
+
+
+def save_record(path: Path, record: dict[str, Any], interrupted: bool = False) -> dict[str, Any]:
+    """Write the outcome `record` of a job (status ok or failed) to `path`, keeping what is there;
+    call it under the job's lock. Returns what was written.
+
+    - failed (`interrupted`: Ctrl-C) over an `ok` record: the ok record stays, the attempt is
+      appended to its `attempts`;
+    - failed over nothing or a failed record: the failed record, with every failed attempt so far;
+    - ok: the new record; an `ok` record it replaces (`resume=false`) is kept there as a
+      `superseded` attempt with its metrics, so no finished result disappears without a trace.
+    """
+    previous = read_json(path, quarantine=True)
+    if previous is not None and previous.get("run_key") != record.get("run_key"):
+        previous = None  # not this job's record (cannot happen with content keys; never merge it)
+    attempts = list((previous or {}).get("attempts") or [])
+    previous_ok = previous is not None and previous.get("status") == STATUS_OK
+    if record.get("status") == STATUS_OK:
+        if previous_ok:
+            attempts.append({**_attempt(previous, "superseded"), "metrics": previous.get("metrics")})
+        out = {**record, "attempts": attempts[-MAX_ATTEMPTS:]} if attempts else record
+    else:
+        attempts.append(_attempt(record, "interrupted" if interrupted else STATUS_FAILED))
+        base = previous if previous_ok else record
+        out = {**base, "attempts": attempts[-MAX_ATTEMPTS:]}
+    write_json_atomic(path, out)
+    return out
+
+
 def load_records(results_dir: Path) -> list[dict[str, Any]]:
     """Every readable record under `<results_dir>/runs`."""
     runs = Path(results_dir) / "runs"
@@ -140,13 +169,16 @@ def job_lock(results_dir: Path, key: str) -> Iterator[None]:
     to finish. The OS drops the lock when its holder dies, so a killed sweep never blocks a
     relaunch; the empty lock files left behind are harmless."""
     path = lock_path(results_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("job %s is running in another process (lock %s held); waiting for it", key, path)
-        lock.acquire()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("job %s is running in another process (lock %s held); waiting for it", key, path)
+            lock.acquire()
+    except OSError as e:
+        raise storage_error(path, e, "create the job lock") from e
     try:
         yield
     finally:

@@ -1,7 +1,9 @@
 """One job: resolve the config, skip it if already done, quantize, evaluate, record, log.
 
-Whatever happens, the job leaves a record: `ok` with metrics, or `failed` with the error and
-traceback (a relaunch reruns failed jobs and skips finished ones).
+Before any work the whole config is validated and the results folder checked (a refused job
+leaves no record). Once the job runs, whatever happens it leaves a record: `ok` with metrics, or
+`failed` with the error and traceback (a relaunch reruns failed jobs and skips finished ones);
+a failed or interrupted rerun never replaces an `ok` record (`records.save_record`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptqbench import __version__
 from ptqbench.cache import ContentCache, cache_from_config, code_version, content_key
-from ptqbench.errors import ConfigError
+from ptqbench.errors import ConfigError, add_note, describe
+from ptqbench.fileio import check_writable
 from ptqbench.paths import REPO_ROOT
-from ptqbench.records import (
-    STATUS_FAILED, STATUS_OK, finished, read_json, record_path, run_key, semantic_config, write_json_atomic,
-)
+from ptqbench.records import STATUS_FAILED, STATUS_OK, finished, record_path, run_key, save_record, semantic_config
 from ptqbench.records import job_lock
 
 log = logging.getLogger("ptqbench")
@@ -68,8 +69,18 @@ def versions() -> dict[str, str]:
     import numpy
     import timm
 
-    return {"ptqbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "timm": timm.__version__, "hydra": hydra.__version__, "numpy": numpy.__version__}
+    out = {"ptqbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "timm": timm.__version__, "hydra": hydra.__version__, "numpy": numpy.__version__}
+    # the detection extra, when installed; read from the package metadata so a classification job
+    # never imports mmdet/mmcv
+    from importlib import metadata
+
+    for dist in ("mmdet", "mmcv", "mmengine", "pycocotools"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def sha_of(items: list[str]) -> str:
@@ -93,9 +104,16 @@ def cached_fp_baseline(cache: ContentCache, evaluate_fp: Callable[[], dict[str, 
 
 
 def run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
-    """Run (or skip) the job `cfg` describes and return its record. The job's lock is held
-    throughout: a concurrent sweep that reaches the same job waits, then skips it if it finished."""
-    with job_lock(Path(cfg.results_dir).expanduser(), run_key(cfg)):
+    """Run (or skip) the job `cfg` describes and return its record. First the whole config is
+    validated and the results folder checked (ConfigError / StorageError: nothing run, nothing
+    recorded). The job's lock is held throughout: a concurrent sweep that reaches the same job
+    waits, then skips it if it finished."""
+    from ptqbench.validate import validate_config
+
+    validate_config(cfg)
+    results_dir = Path(cfg.results_dir).expanduser()
+    check_writable(results_dir / "runs")
+    with job_lock(results_dir, run_key(cfg)):
         return _run_job(cfg, group)
 
 
@@ -127,22 +145,33 @@ def _run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
     try:
         full = f"-full{cfg.quant.bits}" if cfg.get("quant") is not None and cfg.quant.get("full") else ""
         name = f"{cfg.model.name}-{cfg.method.name}-w{cfg.bits.w}a{cfg.bits.a}{full}-c{cfg.calib.size}s{cfg.calib.seed}"
+        log.info("job %s (%s) started; record: %s", key, name, path)
         tracker = make_tracker(resolved.get("logger") or {}, group=group, name=name, config=resolved)
+        record["wandb"] = tracker.info()
         record.update(_execute(cfg, results_dir, record))
         record["status"] = STATUS_OK
         failed = False
-        tracker.log_summary({**record["metrics"], **{f"time/{k}": v for k, v in record["timings"].items()}})
+        tracker.log_record(record)
         return record
     except BaseException as e:
+        failed = True  # also when the tracker fails after the work succeeded
         record["status"] = STATUS_FAILED
-        record["error"] = f"{type(e).__name__}: {e}"
+        record["error"] = describe(e, notes=False)
         record["traceback"] = traceback.format_exc()
+        record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        saved = save_record(path, record, interrupted=isinstance(e, KeyboardInterrupt))  # first: the record matters most
+        if saved.get("status") == STATUS_OK:
+            top1 = (saved.get("metrics") or {}).get("top1")
+            add_note(e, f"{path} keeps its finished result of {saved.get('finished_at')}"
+                        + (f" (top-1 {top1:.2f})" if isinstance(top1, (int, float)) else "")
+                        + f"; this attempt is listed under its `attempts` ({len(saved['attempts'])} so far)")
         if tracker is not None:
             tracker.log_summary({"status": STATUS_FAILED})
         raise
     finally:
-        record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        write_json_atomic(path, record)
+        if not failed:
+            record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            record.update(save_record(path, record))
         if tracker is not None:
             tracker.finish(failed)
         if not failed:
@@ -172,15 +201,11 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
     from ptqbench.methods import Bits, build_method
     from ptqbench.models import create_model, make_quantizable, model_entry, state_fingerprint
     from ptqbench.profiling import PhaseMeter
+    from ptqbench.quant.sqnr import layer_sqnr_for_job
     from ptqbench.tasks.classification import evaluate
 
-    from ptqbench.models.detectors import DETECTORS
-
-    if cfg.model.name in DETECTORS:
-        raise ConfigError(f"model={cfg.model.name} is a detector: run it with task=detection")
-    if cfg.calib.split == cfg.data.val_split:
-        raise ConfigError(f"calib.split={cfg.calib.split!r} is the evaluation split: calibrate on training images")
-    bits = Bits(int(cfg.bits.w), int(cfg.bits.a))
+    # the config is valid here (validate_config): bits are ints, the split is not the eval split
+    bits = Bits(cfg.bits.w, cfg.bits.a)
     quant_cfg = cfg.get("quant")
     method = build_method(OmegaConf.to_container(cfg.method, resolve=True), bits,
                           OmegaConf.to_container(quant_cfg, resolve=True) if quant_cfg is not None else None)
@@ -190,14 +215,21 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
     torch.manual_seed(int(cfg.seed))
 
     entry = model_entry(cfg.model.name, cfg.model.get("arch"), cfg.model.get("tag"))
-    root = resolve_root(cfg.data.root)  # fail on missing data before loading weights
+    # fail on missing data or too few calibration images before loading weights (transforms come
+    # with the model)
+    root = resolve_root(cfg.data.root)
+    val_ds = ImageNetFolder(root, cfg.data.val_split)
+    calib_ds = ImageNetFolder(root, cfg.calib.split) if method.plan() is not None else None
+    if calib_ds is not None:
+        calibration_indices(calib_ds, int(cfg.calib.size), int(cfg.calib.seed))
     model, weights_info = create_model(entry, cfg.model.get("checkpoint"), cfg.model.get("weights_dir"),
                                        bool(cfg.model.get("pretrained", True)), bool(cfg.model.get("allow_download", True)))
     model.to(device)
     weights_info["fingerprint"] = state_fingerprint(model)
     data_cfg = timm.data.resolve_data_config({}, model=model)
     transform = timm.data.create_transform(**data_cfg)
-    val = eval_subset(ImageNetFolder(root, cfg.data.val_split, transform), cfg.data.eval_limit)
+    val_ds.transform = transform
+    val = eval_subset(val_ds, cfg.data.eval_limit)
     loader = make_loader(val, int(cfg.data.batch_size), resolve_workers(cfg.data.workers))
     eval_ids = subset_ids(val)
 
@@ -218,7 +250,7 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
         out.update(timings={"calibration_s": 0.0, "eval_s": fp.get("eval_seconds", 0.0)}, memory={},
                    quantized_modules={}, calibration={"size": 0, "ids": []}, method_stats={})
     else:
-        calib_ds = ImageNetFolder(root, cfg.calib.split, transform)
+        calib_ds.transform = transform
         size, seed = int(cfg.calib.size), int(cfg.calib.seed)
         calib_key = content_key("calib", str(root), cfg.calib.split, size, seed, repr(transform), code_version("data"),
                                 files_signature(calib_ds, calibration_indices(calib_ds, size, seed)))
@@ -244,6 +276,8 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
                          "cache_key": calib_key, "cached": calib_cached},
             method_stats=stats,
         )
+        out["layer_sqnr"] = layer_sqnr_for_job(cfg, qm, calib, device, weights_info["fingerprint"],
+                                               int((cfg.get("logger") or {}).get("sqnr_images", 16)))
     out["metrics"] = {
         "top1": q["top1"], "top5": q["top5"], "fp_top1": fp["top1"], "fp_top5": fp["top5"],
         "drop_top1": fp["top1"] - q["top1"],

@@ -24,8 +24,11 @@ if [ -z "$wheel" ]; then
     python -m venv "$build_env"
     "$build_env/bin/pip" install -q -c constraints.txt "torch===$torch_version" wheel ninja packaging \
         numpy addict pyyaml yapf opencv-python-headless
-    # after torch on purpose: torch's metadata asks for a newer setuptools; the build only needs pkg_resources
-    "$build_env/bin/pip" install -q "setuptools<70"
+    # mmcv's setup.py imports pkg_resources; the build was measured with setuptools 69.5 (<70). torch's
+    # metadata asks for setuptools>=77.0.3, so pip would end this step with a resolver "ERROR: ... torch
+    # requires setuptools>=77.0.3" that is no failure: this venv only builds the wheel and is deleted.
+    # --no-warn-conflicts leaves that message out.
+    "$build_env/bin/pip" install -q --no-warn-conflicts "setuptools<70"
     tmp=$(mktemp -d "$cache/$tag.tmp.XXXXXX")   # private: two concurrent builds do not mix files
     MMCV_WITH_OPS=1 FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
         "$build_env/bin/pip" wheel --no-build-isolation --no-deps -w "$tmp" "mmcv==$MMCV_VERSION"
@@ -35,5 +38,13 @@ if [ -z "$wheel" ]; then
     echo "mmcv build took $(( $(date +%s) - start )) s; wheel cached in $cache/$tag"
     wheel=$(ls "$cache"/$tag/mmcv-$MMCV_VERSION-*.whl | head -n1)
 fi
+# OpenCV without its GUI libraries (the GUI opencv-python needs libGL, absent on most servers).
+# mmcv's wheel built above asks for no OpenCV (its build venv had the headless one), but mmengine's
+# PyPI wheel requires opencv-python. Its sdist does not (it ships without the requirement files, and
+# adds opencv-python only when no cv2 is importable), so mmengine is built from the sdist after
+# opencv-python-headless, and its runtime dependencies (those its wheel lists) are installed here.
+pip install -c constraints.txt opencv-python-headless addict matplotlib numpy pyyaml rich termcolor yapf \
+    "setuptools<81" wheel
+pip install -c constraints.txt --no-deps --no-build-isolation --no-binary mmengine mmengine
 pip install -c constraints.txt "$wheel" -e ".[det]"
 python -c "import mmcv, mmdet, mmengine; from mmcv.ops import RoIAlign, nms; print('mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmengine', mmengine.__version__)"

@@ -12,9 +12,10 @@ from conftest import run_cli
 from ptqbench.records import load_records
 
 
-def _tiny_job_args(tiny_imagenet: Path, results: Path) -> list[str]:
+def _tiny_job_args(tiny_imagenet: Path, results: Path, workers: bool = False) -> list[str]:
+    """A tiny job's overrides; `workers=True` keeps the default data.workers=auto (loader processes)."""
     return [f"data.root={tiny_imagenet}", f"results_dir={results}", "model.pretrained=false",
-            "calib.size=4", "data.batch_size=4", "data.workers=0", "logger=none"]
+            "calib.size=4", "data.batch_size=4", *([] if workers else ["data.workers=0"]), "logger=none"]
 
 
 def test_help_lists_groups_and_choices():
@@ -74,16 +75,49 @@ def test_an_option_shared_by_several_swept_methods_is_set_with_double_plus(tiny_
 
 
 def test_failing_job_is_recorded_and_sweep_continues(tiny_imagenet, tmp_path):
-    out = run_cli("-m", "method=minmax", "bits.w=99,8", "bits.a=8", *_tiny_job_args(tiny_imagenet, tmp_path))
-    assert out.returncode == 1  # the sweep reports its failure after running every job
-    recs = {r["config"]["bits"]["w"]: r for r in load_records(tmp_path)}
-    assert recs[8]["status"] == "ok"
-    assert recs[99]["status"] == "failed"
-    assert "bits.w=99" in recs[99]["error"] and "Traceback" in recs[99]["traceback"]
-    assert "1 failed" in out.stderr + out.stdout
-    # relaunch: the finished job is skipped, the failed one is tried again
-    again = run_cli("-m", "method=minmax", "bits.w=99,8", "bits.a=8", *_tiny_job_args(tiny_imagenet, tmp_path))
-    assert "2 jobs, 0 ran, 1 skipped (already finished), 1 failed" in again.stderr + again.stdout
+    """A job that fails while it works (here: more calibration images than the split has) is
+    recorded as failed; a job whose config is refused (bits.w=99) runs nothing and records
+    nothing; the sweep runs every job and fails at its end, naming both."""
+    tiny = [a for a in _tiny_job_args(tiny_imagenet, tmp_path) if not a.startswith("calib.size")]
+    args = ["-m", "method=minmax", "bits.w=99,8", "bits.a=8", "calib.size=99,4", *tiny]
+    out = run_cli(*args)
+    text = out.stderr + out.stdout
+    assert out.returncode == 1, text[-3000:]  # the sweep reports its failure after running every job
+    recs = {(r["config"]["bits"]["w"], r["config"]["calib"]["size"]): r for r in load_records(tmp_path)}
+    assert set(recs) == {(8, 99), (8, 4)}  # the two bits.w=99 jobs were refused: no record
+    assert recs[8, 4]["status"] == "ok"
+    assert recs[8, 99]["status"] == "failed" and "Traceback" in recs[8, 99]["traceback"]
+    assert recs[8, 99]["error"].startswith("DataNotFoundError: calib.size=99 but ")
+    assert "4 jobs, 1 ran, 0 skipped (already finished), 3 failed" in text
+    assert "ConfigError: bits.w=99: must be an integer in 2..16 (bits=w4a4, or bits.w=4 bits.a=4). Nothing was run" in text
+    # relaunch: the finished job is skipped, the failed ones are tried again
+    again = run_cli(*args)
+    assert "4 jobs, 0 ran, 1 skipped (already finished), 3 failed" in again.stderr + again.stdout
+
+
+def test_bad_value_is_one_line_and_exit_status_2(tmp_path):
+    """A refused config is one message naming the key, the value and the valid range: no
+    traceback (bits.w=abc was a ValueError traceback), no record, exit status 2."""
+    out = run_cli("bits.w=abc", "+calib.sizee=64", f"results_dir={tmp_path}", "logger=none")
+    text = out.stderr + out.stdout
+    assert out.returncode == 2, text[-3000:]
+    assert "2 problems in the config; nothing was run or recorded" in text
+    assert "bits.w=abc: must be an integer in 2..16" in text
+    assert "calib.sizee=64: unknown key; calib has the keys seed, size, split (did you mean calib.size?)" in text
+    assert "Traceback" not in text and not (tmp_path / "runs").exists()
+
+
+def test_unwritable_results_folder_is_one_line(tmp_path):
+    """A results folder that cannot be written (here a path through a file; read-only and full
+    disks take the same path) is one line naming it and the fix, before Hydra writes its logs."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = run_cli(f"results_dir={blocker}/results", "logger=none")
+    text = out.stderr + out.stdout
+    assert out.returncode == 2, text[-3000:]
+    assert (f"ptqbench: StorageError: cannot write to {blocker}/results: Not a directory (errno 20). "
+            "Fix: a part of that path is a file, not a folder; pass results_dir=DIR to a folder") in text
+    assert "Traceback" not in text and "OSError" not in text
 
 
 def test_missing_data_fails_with_path_and_fix(tmp_path):

@@ -3,11 +3,13 @@ CocoMetric through mmengine's Runner.
 
 No detection checkpoint exists offline, so these run a randomly initialised Mask R-CNN Swin-T at a
 reduced input scale: they check the pipeline (patching, calibration, evaluation, records), the
-metric (ground truth scores 1.0), and that quantization acts; not accuracy.
+metric (ground truth scores 1.0), and that quantization acts; not accuracy. Building a detector
+costs seconds on a CPU, so tests that only need an FP one copy the module's (`fp_detector`).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -23,6 +25,8 @@ HAS_MMDET = all(importlib.util.find_spec(m) is not None for m in ("mmdet", "mmcv
 needs_mmdet = pytest.mark.skipif(not HAS_MMDET, reason="mmdet/mmcv not installed: run `bash scripts/install_det.sh`")
 SCALE = (256, 160)  # test Resize (long, short): a few hundred tokens per image, seconds per forward
 TINY = ["model.pretrained=false", "task.score_thr=0", "task.max_per_img=20", f"data.scale=[{SCALE[0]},{SCALE[1]}]"]
+# in-process jobs that only check the pipeline: smaller still, no data-loader processes
+TINY_FAST = ["model.pretrained=false", "task.score_thr=0", "task.max_per_img=5", "data.scale=[192,128]", "data.workers=0"]
 
 # Mask R-CNN Swin-T, counted from the architecture: backbone Linears 12 blocks x (qkv, proj, fc1,
 # fc2) + 3 PatchMerging reductions = 51; RoI box head 2 shared fcs + fc_cls + fc_reg = 4. Conv2d:
@@ -55,6 +59,27 @@ def _random_detector(cfg=None):
     return build_detector("mask_rcnn_swin_t", cfg or _mm_cfg(), None, pretrained=False, unsafe_load=False, seed=0)[0]
 
 
+@pytest.fixture(scope="module")
+def fp_detector():
+    """One random Mask R-CNN Swin-T (score_thr 0, 20 per image) for the module; tests that patch
+    or quantize take a deep copy."""
+    if not HAS_MMDET:
+        pytest.skip("mmdet/mmcv not installed: run `bash scripts/install_det.sh`")
+    return _random_detector()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
 def test_missing_mmdet_names_the_install_script(monkeypatch):
     from ptqbench.models import detectors
 
@@ -65,7 +90,7 @@ def test_missing_mmdet_names_the_install_script(monkeypatch):
 
 
 @needs_mmdet
-def test_adapter_patches_every_conv_and_linear_of_the_detector():
+def test_adapter_patches_every_conv_and_linear_of_the_detector(fp_detector):
     from ptqbench.methods import Bits, build_method
     from ptqbench.models import make_quantizable
     from ptqbench.models.mmdet_swin import QuantWindowMSA
@@ -73,11 +98,14 @@ def test_adapter_patches_every_conv_and_linear_of_the_detector():
     from ptqbench.tasks.detection import SCOPES, DetectorForward
 
     plan = build_method({"name": "repq"}, Bits(4, 4)).plan()
-    qm = make_quantizable(DetectorForward(_random_detector()), plan, scope=SCOPES["all"])
+    qm = make_quantizable(DetectorForward(copy.deepcopy(fp_detector)), plan, scope=SCOPES["all"])
     counts = qm.counts()
     assert {k: counts[k] for k in EXPECTED_ALL} == EXPECTED_ALL
     assert len(qm.reparam_pairs) == REPARAM_PAIRS
     assert sum(isinstance(m, QuantWindowMSA) for m in qm.model.modules()) == 12
+    # norm1 -> qkv pairs sit behind ShiftWindowMSA's padding; norm2 -> fc1 and PatchMerging do not
+    padded = {p.name for p in qm.reparam_pairs if p.pad_site is not None}
+    assert len(padded) == 12 and all(n.endswith(".norm1") for n in padded)
     assert counts["quantizers.post_softmax"] == 12 and counts["quantizers.patch_in"] == 1
     lr = qm.linear_roles
     blk = "detector.backbone.stages.0.blocks.0"
@@ -86,7 +114,7 @@ def test_adapter_patches_every_conv_and_linear_of_the_detector():
     assert lr["detector.backbone.stages.0.downsample.reduction"] == roles.POST_LN
     assert lr["detector.roi_head.bbox_head.fc_cls"] == roles.OTHER_IN
 
-    qb = make_quantizable(DetectorForward(_random_detector()), plan, scope=SCOPES["backbone"])
+    qb = make_quantizable(DetectorForward(copy.deepcopy(fp_detector)), plan, scope=SCOPES["backbone"])
     cb = qb.counts()
     assert {k: cb[k] for k in EXPECTED_BACKBONE} == EXPECTED_BACKBONE
     assert len(qb.reparam_pairs) == REPARAM_PAIRS
@@ -94,12 +122,12 @@ def test_adapter_patches_every_conv_and_linear_of_the_detector():
 
 
 @needs_mmdet
-def test_checkpoint_loads_strictly_and_a_mismatch_names_the_keys(tmp_path):
+def test_checkpoint_loads_strictly_and_a_mismatch_names_the_keys(tmp_path, fp_detector):
     from ptqbench.errors import WeightsError
     from ptqbench.models import state_fingerprint
     from ptqbench.models.detectors import build_detector
 
-    src = _random_detector()
+    src = fp_detector
     sd = src.state_dict()
     torch.save({"state_dict": sd, "meta": {"epoch": 36}}, tmp_path / "ok.pth")
     model, info = build_detector("mask_rcnn_swin_t", _mm_cfg(), str(tmp_path / "ok.pth"), True, False, seed=1)
@@ -153,7 +181,7 @@ def test_ground_truth_through_the_metric_scores_one(coco_tiny):
 
 @needs_mmdet
 @pytest.mark.data
-def test_w8a8_is_close_to_fp_and_w4a4_is_not(coco_tiny):
+def test_w8a8_is_close_to_fp_and_w4a4_is_not(coco_tiny, fp_detector):
     """Relative error of the FPN features of two val images: small at W8A8, several times larger at
     W4A4 (min-max, every Conv2d and Linear quantized, 4 calibration images from train2017).
 
@@ -179,10 +207,10 @@ def test_w8a8_is_close_to_fp_and_w4a4_is_not(coco_tiny):
             data = det.data_preprocessor(batch, False)
             return [f.clone() for f in det.extract_feat(data["inputs"])]
 
-    fp = features(_random_detector(cfg))
+    fp = features(fp_detector)
     err = {}
     for bits in (Bits(8, 8), Bits(4, 4)):
-        det = _random_detector(cfg)
+        det = copy.deepcopy(fp_detector)
         method = build_method({"name": "minmax"}, bits)
         qm = make_quantizable(DetectorForward(det), method.plan())
         stats = method.quantize(qm, calib)
@@ -234,3 +262,98 @@ def test_bad_detection_configs_fail_with_the_fix(tmp_path):
     r = run_cli("model=mask_rcnn_swin_t", "logger=none", f"results_dir={tmp_path}")
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "run it with task=detection" in out, out[-2000:]
+
+
+@needs_mmdet
+def test_missing_checkpoint_is_reported_before_the_detector_is_built(tmp_path, monkeypatch, coco_tiny):
+    """A wrong model.checkpoint (or none found in the weights folders) stops the job before the
+    detector is built, and does not suggest model.unsafe_load (which cannot help)."""
+    from ptqbench.errors import WeightsError
+    from ptqbench.models import detectors
+    from ptqbench.tasks.detection import execute
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the detector was built before the checkpoint was checked")
+
+    monkeypatch.setattr(detectors, "build_detector", no_build)
+    monkeypatch.setenv("PTQBENCH_WEIGHTS", str(tmp_path))
+    base = ["task=detection", "model=mask_rcnn_swin_t", f"data.coco_root={coco_tiny}", "logger=none",
+            f"results_dir={tmp_path}", f"model.weights_dir={tmp_path}"]
+    with pytest.raises(WeightsError, match="no such file") as e:
+        execute(_compose([*base, f"model.checkpoint={tmp_path / 'missing.pth'}"]), tmp_path)
+    assert "unsafe_load" not in str(e.value)
+    with pytest.raises(WeightsError, match="needs a checkpoint") as e:
+        execute(_compose(base), tmp_path)
+    assert "unsafe_load" not in str(e.value)
+
+
+@needs_mmdet
+@pytest.mark.data
+def test_sweep_jobs_in_one_process_each_build_a_detector(coco_tiny, tmp_path, capfd):
+    """Three jobs of a sweep in one process (as the basic launcher runs them), each building a
+    detector after the previous job's evaluation Runner is gone: all succeed, without mmengine's
+    per-parameter "Initialized by" log, and the records name the detection libraries' versions."""
+    from importlib import metadata
+
+    from ptqbench.run import run_job
+
+    common = ["task=detection", "model=mask_rcnn_swin_t", "bits=w8a8", f"data.coco_root={coco_tiny}",
+              "data.eval_limit=1", "calib.size=1", "logger=none", f"results_dir={tmp_path}", *TINY_FAST]
+    recs = [run_job(_compose([*common, f"method={m}"])) for m in ("fp", "minmax", "repq")]
+    assert [r["status"] for r in recs] == ["ok"] * 3
+    assert all(r["metrics"]["fp_coco/bbox_mAP"] == recs[0]["metrics"]["fp_coco/bbox_mAP"] for r in recs)
+    # the FP evaluation ran in the first job; the others read it from the cache and say so
+    assert [r["timings"]["fp_eval_timed_in"] for r in recs] == ["this_job", "cache", "cache"]
+    for dist in ("mmdet", "mmcv", "mmengine", "pycocotools"):
+        assert recs[0]["versions"][dist] == metadata.version(dist)
+    out = capfd.readouterr()
+    assert "Initialized by" not in out.out + out.err
+
+
+@needs_mmdet
+@pytest.mark.data
+def test_cascade_mask_rcnn_job_end_to_end(coco_tiny, tmp_path):
+    """Cascade Mask R-CNN (BatchNorm in its bbox heads: a 0-dim num_batches_tracked buffer in the
+    weights fingerprint) quantized and evaluated."""
+    from ptqbench.run import run_job
+
+    rec = run_job(_compose(["task=detection", "model=cascade_mask_rcnn_swin_t", "method=minmax", "bits=w8a8",
+                            f"data.coco_root={coco_tiny}", "data.eval_limit=1", "calib.size=1", "logger=none",
+                            f"results_dir={tmp_path}", *TINY_FAST]))
+    assert rec["status"] == "ok"
+    assert 0.0 <= rec["metrics"]["coco/bbox_mAP"] <= 1.0 and 0.0 <= rec["metrics"]["coco/segm_mAP"] <= 1.0
+    assert rec["quantized_modules"]["QuantConv2d"] > EXPECTED_ALL["QuantConv2d"]  # the 3 stages' 4 shared convs
+
+
+@needs_mmdet
+@pytest.mark.data
+@pytest.mark.parametrize("options", [{"name": "repq"}, {"name": "dopq", "reconstruct": False}],
+                         ids=["repq", "dopq_no_recon"])
+def test_reparameterized_detector_with_quantizers_off_is_the_fp_detector(coco_tiny, fp_detector, options):
+    """The reparameterizing methods that run on detectors (repq; dopq without reconstruction; erq,
+    gptq, aiq refuse): after quantization, with every quantizer off, the FPN levels and the RPN
+    outputs equal the FP detector's at an input whose Swin feature maps are padded to the window
+    (160 x 256: 40 x 64 tokens -> 42 x 70, ...) and at one that pads nothing (224 x 448)."""
+    from ptqbench.data.coco import calibration_batch, test_pipeline
+    from ptqbench.methods import Bits, build_method
+    from ptqbench.models import make_quantizable
+    from ptqbench.quant.calibration import quant_disabled
+    from ptqbench.tasks.detection import DetectorForward
+
+    det = copy.deepcopy(fp_detector)
+    method = build_method(options, Bits(8, 8))
+    qm = make_quantizable(DetectorForward(det), method.plan())
+    calib, _ = calibration_batch(coco_tiny, "train2017", test_pipeline(_mm_cfg(), SCALE, annotations=False), 1, 0)
+    method.quantize(qm, calib)
+
+    def outputs(d, x):
+        feats = d.extract_feat(x)
+        cls, reg = d.rpn_head(feats)
+        return [*feats, *cls, *reg]
+
+    torch.manual_seed(0)
+    for h, w in ((160, 256), (224, 448)):
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad(), quant_disabled(det):
+            err = max(_rel(a, b) for a, b in zip(outputs(det, x), outputs(fp_detector, x)))
+        assert err < 1e-4, (options, (h, w), err)

@@ -102,22 +102,26 @@ def test_collect_keeps_finished_runs_and_counts_failed():
 
 def test_pivot_bold_second_best_and_mean_std_are_exact():
     col = collect_records(imagenet_records())
-    table = build_table(col.runs, ReportSpec(), col.failed)
+    table = build_table(col.runs, ReportSpec(bold="value"), col.failed)
     assert table_markdown(table) == EXPECTED_MD
     cell = next(c for (r, k), c in table.cells.items() if r.method == "repq" and r.w == 4 and k.model == "deit_small")
     assert (cell.mean, cell.std, cell.n) == (71.0, statistics.stdev([70.0, 71.0, 72.0]), 3) and cell.std == 1.0
-    assert table.notes[-1] == ("1 run(s) did not finish and are not in the table: "
-                               "DeiT-S RepQ-ViT 8/8: ConfigError: unknown method.")
+    # the failed 8/8 run has no row here: it goes to the side file, not the notes
+    assert table.failed[["method", "w_bits", "in_table"]].values.tolist() == [["repq", 8, False]]
+    assert not any(n.kind == "failed" for n in table.notes)
+    explicit = build_table(col.runs, ReportSpec(bold="value", bits=["w4a4", "w8a8"], notes="full"), col.failed)
+    assert explicit.note_texts()[-2] == ("1 run(s) of this table did not finish and are not in it: "
+                                         "DeiT-S RepQ-ViT 8/8: ConfigError: unknown method.")
     # the CSV is the same table as plain text; the W/A is repeated on every line
     assert table.to_frame().iloc[3].tolist() == ["4/4", "RepQ-ViT", "--", "71.00 ± 1.00 (n=3)"]
 
 
 def test_second_best_can_be_turned_off_and_single_value_is_not_marked():
     col = collect_records(imagenet_records())
-    table = build_table(col.runs, ReportSpec(second_best=False, models=["deit_small"], methods=["repq"]))
+    table = build_table(col.runs, ReportSpec(second_best=False, models=["deit_small"], methods=["repq"], bold="value"))
     assert table_markdown(table).splitlines()[2:] == [
         "| 4/4 | RepQ-ViT | 71.00 ± 1.00 (n=3) |", "| 6/6 | RepQ-ViT | 78.12 |"]
-    table = build_table(col.runs, ReportSpec(second_best=False, models=["deit_small"], bits=["w4a4"]))
+    table = build_table(col.runs, ReportSpec(second_best=False, models=["deit_small"], bits=["w4a4"], bold="value"))
     assert "<ins>" not in table_markdown(table)
 
 
@@ -147,22 +151,22 @@ W/A & Method & ViT-S & DeiT-S \\
 \midrule
 4/4 & Min-Max & \textbf{1.50} & \underline{60.00} \\
  & Percentile & \underline{0.25} & \underline{60.00} \\
- & RepQ-ViT & -- & \textbf{71.00}{\scriptsize$\pm$1.00\,(3)} \\
+ & RepQ-ViT~\cite{li2023repq} & -- & \textbf{71.00}{\scriptsize$\pm$1.00\,(3)} \\
 \midrule
 6/6 & Min-Max & -- & \underline{75.00} \\
  & Percentile & -- & \textbf{78.12} \\
- & RepQ-ViT & -- & \textbf{78.12} \\
+ & RepQ-ViT~\cite{li2023repq} & -- & \textbf{78.12} \\
 \bottomrule
 \end{tabular}
 \par\smallskip
-{\footnotesize\raggedright Evaluated on 1,300 ImageNet validation images; the papers use all 50,000, so absolute numbers are not comparable with theirs: compare drops from FP. Repeated runs (seeds, calibration draws): mean $\pm$ sample standard deviation over n runs, n in parentheses. -- : no finished run.\par}
+{\footnotesize\raggedright Evaluated on 1,300 of the 50,000 ImageNet validation images the papers use (compare drops from FP); mean $\pm$ std over n runs, n in parentheses; --: no result.\par}
 \end{table}
 """
 
 
 def test_latex_is_exact():
     col = collect_records(imagenet_records())
-    table = build_table(col.runs, ReportSpec(caption="Top-1 of my_method at 100% & more", name="golden"))
+    table = build_table(col.runs, ReportSpec(caption="Top-1 of my_method at 100% & more", name="golden", bold="value"))
     assert render_latex(table) == EXPECTED_TEX
 
 
@@ -211,7 +215,7 @@ def test_coco_table_box_and_mask_ap_per_detector(tmp_path):
             "\n" r"\cmidrule(lr){3-4} \cmidrule(lr){5-6}" "\n"
             r"W/A & Method & AP$^{\mathrm{box}}$ & AP$^{\mathrm{mask}}$ & AP$^{\mathrm{box}}$ "
             r"& AP$^{\mathrm{mask}}$ \\") in tex
-    assert "Evaluated on 5,000 COCO val2017 images." in table.notes[0]
+    assert "Evaluated on 5,000 COCO val2017 images." in table.note_texts()[0]
     _compile(tex, tmp_path)
 
 
@@ -268,7 +272,7 @@ def test_fp_mismatch_is_flagged_and_drops_compared(tmp_path):
     cmp = compare(table, tmp_path / "ref", fp_threshold=0.01).set_index(["bits", "method"])
     assert cmp["fp_differs"].all()
     assert table_markdown(table).splitlines()[2] == "| 32/32 | Full Prec. | 79.85† |"
-    assert table.notes[-1].startswith("† Our FP differs from the published FP by more than 0.01 points "
+    assert table.note_texts()[-1].startswith("† Our FP differs from the published FP by more than 0.01 points "
                                       "(DeiT-S: 79.85 here, 79.80 in Other (2025) Table 1)")
     w4 = cmp.loc[("4/4", "repq")]
     # RepQ-ViT W4A4 from its own paper, whose FP is 79.85: paper drop 10.82; ours 79.85 - 71.00 = 8.85
@@ -281,7 +285,8 @@ def test_fp_mismatch_is_flagged_and_drops_compared(tmp_path):
 def test_real_records_table(tmp_path):
     """Trimmed records of real DeiT-Tiny runs (1300 shared val images): the committed table."""
     col = collect(FIXTURES)
-    table = build_table(col.runs, ReportSpec(models=["deit_tiny"], methods=["fp", "minmax", "percentile", "repq"]))
+    table = build_table(col.runs, ReportSpec(models=["deit_tiny"], methods=["fp", "minmax", "percentile", "repq"],
+                                             bold="value"))
     assert table_markdown(table) == """\
 | W/A | Method | DeiT-T |
 |:--|:--|--:|
@@ -303,7 +308,7 @@ def test_real_records_table(tmp_path):
 
 def test_mixed_settings_are_refused_until_one_is_picked():
     recs = [top1("deit_small", "repq", 4, 4, 70.0, FP_S), top1("deit_small", "repq", 4, 4, 50.0, 75.0, eval_limit=200)]
-    with pytest.raises(ReportError, match=r"data\.eval_limit: 200, null.*--where data\.eval_limit=VALUE"):
+    with pytest.raises(ReportError, match=r"data\.eval_limit: 200, null.*--where data\.eval_limit=200 "):
         build_table(collect_records(recs).runs, ReportSpec())
     col = collect_records(recs, where={"data.eval_limit": [None]})
     assert table_markdown(build_table(col.runs, ReportSpec())).splitlines()[-1] == "| 4/4 | RepQ-ViT | 70.00 |"
@@ -319,7 +324,7 @@ def test_method_options_that_differ_become_separate_rows():
 def test_several_calibration_sizes_get_a_column_and_a_plot(tmp_path):
     recs = [top1("deit_small", "repq", 4, 4, v, FP_S, calib_size=n) for n, v in ((32, 70.0), (128, 71.0), (8, 60.0))]
     col = collect_records(recs)
-    report = build_report(col, ReportSpec(methods=["repq"]), None)
+    report = build_report(col, ReportSpec(methods=["repq"], bold="value"), None)
     assert table_markdown(report.table) == """\
 | W/A | Method | Calib | DeiT-S |
 |:--|:--|:--|--:|
@@ -328,7 +333,9 @@ def test_several_calibration_sizes_get_a_column_and_a_plot(tmp_path):
 |  | RepQ-ViT | 128 | **71.00** |"""
     files = write_report(report, tmp_path / "t")
     names = sorted(p.name for p in files)
-    assert names == ["t.csv", "t.md", "t.tex", "t_bits.pdf", "t_bits.png", "t_calib.pdf", "t_calib.png", "t_cells.csv"]
+    # no FP row, so no drop from FP to plot; the shipped reference has RepQ-ViT DeiT-S W4A4
+    assert names == ["t.csv", "t.md", "t.tex", "t_bits.pdf", "t_bits.png", "t_calib.pdf", "t_calib.png", "t_cells.csv",
+                     "t_runs.csv", "t_vs_paper.csv"]
     assert all(p.stat().st_size > 0 for p in files)
     only32 = build_table(col.runs, ReportSpec(calib_size=32))
     assert not only32.show_calib and table_markdown(only32).splitlines()[-1] == "| 4/4 | RepQ-ViT | 70.00 |"
@@ -341,11 +348,12 @@ def test_report_cli_on_records(tmp_path, capsys):
         (tmp_path / "res" / "runs" / f"{r['run_key']}.json").write_text(json.dumps(r))
     out = tmp_path / "tables" / "t"
     assert report_main(["--results-dir", str(tmp_path / "res"), "--out", str(out), "--reference", str(tmp_path / "ref"),
-                        "--no-plots", "--models", "vit_small,deit_small"]) == 0
+                        "--no-plots", "--models", "vit_small,deit_small", "--bold", "value"]) == 0
     printed = capsys.readouterr().out
     assert EXPECTED_MD in printed and "### Compared with the published numbers" in printed
     assert (out.parent / "t_vs_paper.csv").is_file() and (out.parent / "t.tex").is_file()
-    assert (out.parent / "t.md").read_text() in printed
+    md = (out.parent / "t.md").read_text()
+    assert md.startswith("<!-- ptqbench ") and md.split("\n", 1)[1] in printed
     assert report_main(["--results-dir", str(tmp_path / "res"), "--metric", "box_ap"]) == 2
     assert "belong to another task" in capsys.readouterr().err
 
@@ -375,7 +383,7 @@ def test_experiment_table_before_any_of_its_runs(tmp_path, capsys):
     """The detection experiment over classification records: the paper's layout, every cell `--`."""
     assert report_main(["--results-dir", str(FIXTURES), "--experiment", "repq_detection", "--out", str(tmp_path / "t"),
                         "--no-plots", "--no-compare"]) == 0
-    lines = (tmp_path / "t.md").read_text().splitlines()
+    lines = (tmp_path / "t.md").read_text().splitlines()[2:]  # after the provenance comment
     assert lines[0] == "Table: COCO box AP and mask AP (%) of RepQ-ViT, as in the RepQ-ViT detection table."
     assert lines[4:7] == [f"| {wa} | {m} |" + " -- |" * 8 for wa, m in
                           (("32/32", "Full Prec."), ("4/4", "RepQ-ViT"), ("6/6", "RepQ-ViT"))]

@@ -52,3 +52,33 @@ def test_unknown_model_lists_choices():
 
     with pytest.raises(ConfigError, match="unknown model 'vit_huge'.*deit_tiny"):
         model_entry("vit_huge")
+
+
+def test_text_file_as_checkpoint_says_what_it_is(tmp_path):
+    """A Git LFS pointer saved as .pth said `KeyError: 101`."""
+    path = tmp_path / "deit_tiny.pth"
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 22884434\n")
+    with pytest.raises(WeightsError, match=rf"{path} is a text file \(text starting 'version https://git-lfs.github.com/spec/v1'\), "
+                                           r"not saved weights: a Git LFS pointer or a web page .*Fix: model.checkpoint=PATH"):
+        create_model(model_entry("deit_tiny"), checkpoint=str(path))
+
+
+def test_directory_or_empty_file_as_checkpoint(tmp_path):
+    """A directory was reported as "does not exist"."""
+    (tmp_path / "deit_tiny.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsError, match=rf"{tmp_path} is a directory, not a weights file \(it holds deit_tiny.safetensors: "
+                                           rf"give one of them, e.g. {tmp_path}/deit_tiny.safetensors\)"):
+        create_model(model_entry("deit_tiny"), checkpoint=str(tmp_path))
+    with pytest.raises(WeightsError, match=r"deit_tiny.safetensors is empty \(0 bytes; an interrupted download or copy\?\)"):
+        create_model(model_entry("deit_tiny"), checkpoint=str(tmp_path / "deit_tiny.safetensors"))
+    with pytest.raises(WeightsError, match=r"nope.pth does not exist"):
+        create_model(model_entry("deit_tiny"), checkpoint=str(tmp_path / "nope.pth"))
+
+
+def test_truncated_checkpoint_says_damaged(tmp_path):
+    src = tmp_path / "full.pth"
+    torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False).state_dict(), src)
+    path = tmp_path / "cut.pth"
+    path.write_bytes(src.read_bytes()[:4096])
+    with pytest.raises(WeightsError, match=rf"{path} looks like a torch zip file but does not load \(truncated or damaged\? replace it\)"):
+        create_model(model_entry("deit_tiny"), checkpoint=str(path))

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ptqbench.errors import DataNotFoundError
+from ptqbench.errors import CorruptDataError, DataNotFoundError
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 NUM_CLASSES = 1000
@@ -80,9 +80,22 @@ class ImageNetFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, label = self.samples[i]
+        return (self.transform(load_image(path)) if self.transform else load_image(path)), label
+
+
+def load_image(path: str) -> Image.Image:
+    """The RGB image at `path`. A file PIL cannot decode (empty, truncated, not an image) raises a
+    CorruptDataError naming it: in a 50k-image folder the path is what the user needs."""
+    try:
         with Image.open(path) as im:
-            img = im.convert("RGB")
-        return (self.transform(img) if self.transform else img), label
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        size = os.path.getsize(path) if os.path.exists(path) else None
+        what = "is empty (0 bytes)" if size == 0 else f"cannot be decoded ({type(e).__name__}: {e})"
+        raise CorruptDataError(
+            f"image {path} {what}. Fix: replace it with an intact copy, or delete it (the split then has one "
+            "image fewer, which changes the evaluation set), then rerun"
+        ) from e
 
 
 def resolve_root(root: Optional[str]) -> Path:
@@ -111,7 +124,8 @@ def subset_ids(ds: Dataset) -> list[str]:
 def calibration_indices(ds: ImageNetFolder, size: int, seed: int) -> list[int]:
     """The seeded random draw of `size` sample indices a calibration batch is made of."""
     if size < 1 or size > len(ds):
-        raise DataNotFoundError(f"calib.size={size} but {ds.root / ds.split} has {len(ds)} images")
+        raise DataNotFoundError(f"calib.size={size} but {ds.root / ds.split} has {len(ds)} images; "
+                                f"use calib.size=1..{len(ds)}, or a calibration split with more images")
     return torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:size].tolist()
 
 
@@ -140,5 +154,10 @@ def files_signature(ds: Dataset, indices: Optional[Sequence[int]] = None) -> str
 
 
 def make_loader(ds: Dataset, batch_size: int, workers: int) -> DataLoader:
+    """Batches of `ds` in order; `workers` processes started with a standard start method
+    (`ptqbench.launch.worker_context`), so the loader also works inside joblib's workers."""
+    from ptqbench.launch import worker_context
+
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      multiprocessing_context=worker_context() if workers > 0 else None,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())

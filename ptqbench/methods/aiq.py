@@ -142,7 +142,8 @@ class AIQViT(RepQViT):
         c = self.config
         stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib)}
         if c.reparam:
-            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, c.round_zero_point))
+            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, c.round_zero_point,
+                                                                    exact_padding=c.exact_padding))
             stats["recalibrated_quantizers"] = calibrate(qm.model, calib, desc="recalibrate")
         learn = (("dfq",) if c.dfq else ()) + (("lowrank",) if c.lowrank else ())
         ranks = c.ranks if c.rank_search == "darts" else (c.rank,)

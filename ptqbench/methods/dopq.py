@@ -94,7 +94,8 @@ class DopQViT(RepQViT):
                                for p in qm.reparam_pairs)
                 stats["mosf_outlier_channels"] = outliers
             shared = mosf_scale(c.mosf_k, c.mosf_deviation) if c.mosf else mean_scale
-            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, c.round_zero_point, shared))
+            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, c.round_zero_point, shared,
+                                                                    exact_padding=c.exact_padding))
             stats["recalibrated_quantizers"] = calibrate(qm.model, calib, desc="recalibrate")
         if c.reconstruct:
             stats.update(run_reconstruction(qm.model, calib, c.engine_config(self.bits)))

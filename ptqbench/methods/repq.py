@@ -11,6 +11,12 @@ Recipe (as the released code runs it):
 Choice (config knob `round_zero_point`): z~ is rounded to an integer by default, which makes the
 per-tensor quantization exactly equal the per-channel one it replaces; the released code keeps
 z~ fractional (`round_zero_point: false` reproduces it).
+
+Choice (config knob `exact_padding`): where Swin zero-pads the norm1 output to whole windows
+(mmdet detectors at most input sizes, timm Swin at a resolution that is not a multiple of the
+window), the padded tokens stay the image of 0 after the fold, so the reparameterization is exact
+at every input size; `exact_padding: false` reproduces the released detection code, which pads
+with zeros after the fold (ptqbench.quant.reparam, "Window padding").
 """
 
 from __future__ import annotations
@@ -34,11 +40,14 @@ class RepQConfig(ProtocolConfig):
     reparam: per-channel post-LN calibration + scale reparameterization (False: plain per-tensor).
     log_sqrt2: log-sqrt2 quantizer for post-softmax (False: uniform).
     round_zero_point: integer z~ (exact) vs the released code's fractional z~.
+    exact_padding: Swin's window padding stays the image of 0 after the fold (exact) vs the
+        released code's zeros.
     """
 
     reparam: bool = True
     log_sqrt2: bool = True
     round_zero_point: bool = True
+    exact_padding: bool = True
 
 
 @register_method("repq")
@@ -59,7 +68,8 @@ class RepQViT(Method):
     def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
         stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib)}
         if self.config.reparam:
-            reparam = reparameterize_all(qm.reparam_pairs, round_zero_point=self.config.round_zero_point)
+            reparam = reparameterize_all(qm.reparam_pairs, round_zero_point=self.config.round_zero_point,
+                                         exact_padding=self.config.exact_padding)
             stats["reparameterized_pairs"] = len(reparam)
             stats["recalibrated_quantizers"] = calibrate(qm.model, calib, desc="recalibrate")
         return stats
@@ -72,5 +82,6 @@ def calibrate_activations(qm: QuantizedModel, calib: torch.Tensor, config: RepQC
     with switched((q for q in quantizers(qm.model).values() if q.role == roles.WEIGHT), False):
         stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib, desc="calibrate activations")}
         if config.reparam:
-            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, round_zero_point=config.round_zero_point))
+            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, round_zero_point=config.round_zero_point,
+                                                                    exact_padding=config.exact_padding))
     return stats

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ptqbench.errors import ConfigError
-from ptqbench.models.attention import QuantAttention, QuantWindowAttention
+from ptqbench.models.attention import QuantAttention, QuantWindowAttention, padded_window_attention
 from ptqbench.models.blocks import QuantBlock, QuantSwinBlock, attach_norm_input
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import quantizers
@@ -134,7 +134,7 @@ def _reparam_pairs(model: nn.Module) -> list[ReparamPair]:
         for norm_attr, lin in cands:
             norm = getattr(m, norm_attr)
             if isinstance(norm, nn.LayerNorm) and isinstance(lin, QuantLinear):
-                pairs.append(ReparamPair(f"{prefix}{norm_attr}", norm, lin))
+                pairs.append(ReparamPair(f"{prefix}{norm_attr}", norm, lin, padded_window_attention(m, lin)))
     return pairs
 
 
@@ -219,5 +219,5 @@ def make_quantizable(model: nn.Module, plan: QuantPlan, scope: Optional[str] = N
         q.qname = qname
         if device is not None:
             q.to(device)  # built on the CPU; a model already on CUDA needs its quantizers there too
-    pairs = [ReparamPair(prefix + p.name, p.norm, p.linear) for p in _reparam_pairs(target)]
+    pairs = [ReparamPair(prefix + p.name, p.norm, p.linear, p.pad_site) for p in _reparam_pairs(target)]
     return QuantizedModel(model, plan, pairs, linear_roles)

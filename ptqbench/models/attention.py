@@ -12,6 +12,10 @@ elements than scaling the N x N attention map.
 
 In the fully quantized mode `adopt()` also takes a `QuantSoftmax` (quantized input, table-driven
 exp) that replaces the float softmax.
+
+Swin's window attention receives windows that the block zero-padded to a multiple of the window.
+`input_shift` (None until a reparameterization sets it) is added to every token of those windows
+before qkv, so the reparameterization's shift applies after the padding (ptqbench.quant.reparam).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch import nn
 from timm.models.swin_transformer import WindowAttention
 from timm.models.vision_transformer import Attention
 
@@ -79,6 +84,7 @@ class QuantWindowAttention(WindowAttention):
 
     matmul_qk: QuantMatMul
     matmul_av: QuantMatMul
+    input_shift: Optional[torch.Tensor]
 
     @classmethod
     def adopt(cls, module: WindowAttention, matmul_qk: QuantMatMul, matmul_av: QuantMatMul,
@@ -88,12 +94,15 @@ class QuantWindowAttention(WindowAttention):
         module.fused_attn = False
         module.matmul_qk = matmul_qk
         module.matmul_av = matmul_av
+        module.register_buffer("input_shift", None)
         if softmax is not None:
             module.softmax = softmax  # called as self.softmax(attn), like timm's nn.Softmax(dim=-1)
         return module  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B_, N, _ = x.shape
+        if self.input_shift is not None:
+            x = x + self.input_shift
         qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1))
@@ -106,3 +115,13 @@ class QuantWindowAttention(WindowAttention):
         x = self.matmul_av(attn, v)
         x = x.transpose(1, 2).reshape(B_, N, -1)
         return self.proj_drop(self.proj(x))
+
+
+def padded_window_attention(block: nn.Module, linear: nn.Module) -> Optional[nn.Module]:
+    """The window attention inside `block` whose qkv is `linear` (a module with `input_shift`, timm's
+    or mmdet's): its input windows are zero-padded after the norm, so a reparameterization of the
+    norm -> `linear` pair must apply its shift there. None for any other Linear."""
+    for m in block.modules():
+        if hasattr(m, "input_shift") and getattr(m, "qkv", None) is linear:
+            return m
+    return None

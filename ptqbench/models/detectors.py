@@ -8,15 +8,19 @@ gets its weights from `model.checkpoint` or is randomly initialised (`model.pret
 
 Checkpoints load strictly. Both key layouts are accepted: mmdet's (the mmdet model zoo) and the
 Swin release's original backbone names (`backbone.layers.0.blocks.0.attn.qkv`, converted with
-mmdet's own `swin_converter`).
+mmdet's own `swin_converter`). Which file to load is settled (`resolve_checkpoint`) before the
+detector is built, so a missing file costs no build.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -99,58 +103,97 @@ def convert_swin_release(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {**rest, **swin_converter(backbone)}
 
 
-def read_checkpoint(path: Path, unsafe_load: bool) -> dict[str, torch.Tensor]:
-    """A detector state dict from an mmdet checkpoint ({'state_dict': ..., 'meta': ...}).
+def resolve_checkpoint(name: str, checkpoint: Optional[str], pretrained: bool,
+                       weights_dir: Optional[str] = None) -> Optional[Path]:
+    """The weights file of detector `name`, or None for random weights (`pretrained=False`).
 
-    mmdet checkpoints carry a pickled 'meta' that torch's safe loader may refuse; `unsafe_load`
-    (model.unsafe_load=true) allows a full unpickle for files the user trusts.
+    `checkpoint` if given (it must exist), else `<name>.pth` (or another weights suffix) in the
+    local weights folders (model.weights_dir, $PTQBENCH_WEIGHTS, $PTQBENCH_DATA/weights), so a sweep
+    over detectors finds each one's file. Called before the detector is built.
     """
-    if not unsafe_load:
-        try:
-            return read_state_dict(path)
-        except WeightsError as e:
-            raise WeightsError(
-                f"{e}. If this is an mmdet checkpoint you trust, model.unsafe_load=true reads it with a full "
-                "unpickle (its 'meta' holds objects torch's safe loader refuses)"
-            ) from e
-    return read_state_dict(path, weights_only=False)
-
-
-def build_detector(name: str, cfg: Any, checkpoint: Optional[str], pretrained: bool, unsafe_load: bool,
-                   seed: int, weights_dir: Optional[str] = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The mmdet detector in eval mode with its weights, and a description for the run record.
-
-    Weights: `checkpoint` if given, else `<name>.pth` (or another weights suffix) in the local
-    weights folders (model.weights_dir, $PTQBENCH_WEIGHTS, $PTQBENCH_DATA/weights), so a sweep over
-    detectors finds each one's file; `pretrained=False` gives random weights.
-    """
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-
-    register_all_modules(init_default_scope=True)
-    torch.manual_seed(seed)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    info: dict[str, Any] = {"mmdet_config": DETECTORS[name].config}
-    tried: list[Path] = []
-    if pretrained and not checkpoint:
-        tried = [d / f"{name}{suf}" for d in weight_search_dirs(weights_dir) for suf in WEIGHT_SUFFIXES]
-        checkpoint = next((str(p) for p in tried if p.is_file()), None)
-    if pretrained and checkpoint:
+    if not pretrained:
+        return None
+    if checkpoint:
         path = Path(checkpoint).expanduser()
-        sd = read_checkpoint(path, unsafe_load)
-        if _is_original_swin(sd):
-            sd = convert_swin_release(sd)
-            info["converted"] = "swin_release_backbone_keys"
-        load_strict(model, sd, str(path), name)
-        info.update(source="checkpoint", path=str(path.resolve()))
-    elif pretrained:
+        if not path.is_file():
+            raise WeightsError(f"model.checkpoint={checkpoint}: no such file; give the path of the {name} "
+                               "checkpoint (mmdet model zoo or the Swin detection release)")
+        return path
+    tried = [d / f"{name}{suf}" for d in weight_search_dirs(weights_dir) for suf in WEIGHT_SUFFIXES]
+    found = next((p for p in tried if p.is_file()), None)
+    if found is None:
         folders = sorted({str(p.parent) for p in tried})
         raise WeightsError(
             f"model={name} needs a checkpoint: model.checkpoint=/path/to/{name}.pth (mmdet model zoo or the "
             f"Swin detection release), or {name}.pth in one of {folders} (model.weights_dir=DIR or "
             "$PTQBENCH_WEIGHTS=DIR); model.pretrained=false runs it with random weights (pipeline checks)"
         )
+    return found
+
+
+def read_checkpoint(path: Path, unsafe_load: bool) -> dict[str, torch.Tensor]:
+    """A detector state dict from an mmdet checkpoint ({'state_dict': ..., 'meta': ...}).
+
+    mmdet checkpoints carry a pickled 'meta' that torch's safe loader may refuse; `unsafe_load`
+    (model.unsafe_load=true) allows a full unpickle for files the user trusts. The error names that
+    option only when the safe loader is what refused the file.
+    """
+    if not unsafe_load:
+        try:
+            return read_state_dict(path)
+        except WeightsError as e:
+            if isinstance(e.__cause__, pickle.UnpicklingError):
+                raise WeightsError(
+                    f"{e}. If this is an mmdet checkpoint you trust, model.unsafe_load=true reads it with a full "
+                    "unpickle (its 'meta' holds objects torch's safe loader refuses)"
+                ) from e
+            raise
+    return read_state_dict(path, weights_only=False)
+
+
+@contextlib.contextmanager
+def quiet_mmengine(level: int = logging.WARNING) -> Iterator[None]:
+    """mmengine's current logger at `level` inside the block.
+
+    `init_weights()` logs one "Initialized by ..." entry per parameter (hundreds per detector) to
+    mmengine's current logger, or writes them into that logger's log file when it has one; a job
+    has no use for either. Its own logging (ptqbench's logger) is untouched.
+    """
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+def build_detector(name: str, cfg: Any, checkpoint: Optional[str], pretrained: bool, unsafe_load: bool,
+                   seed: int, weights_dir: Optional[str] = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The mmdet detector in eval mode with its weights, and a description for the run record.
+
+    Weights as `resolve_checkpoint` finds them (checked before the build); `pretrained=False` gives
+    random weights.
+    """
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    path = resolve_checkpoint(name, checkpoint, pretrained, weights_dir)
+    register_all_modules(init_default_scope=True)
+    torch.manual_seed(seed)
+    with quiet_mmengine():
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+    info: dict[str, Any] = {"mmdet_config": DETECTORS[name].config}
+    if path is not None:
+        sd = read_checkpoint(path, unsafe_load)
+        if _is_original_swin(sd):
+            sd = convert_swin_release(sd)
+            info["converted"] = "swin_release_backbone_keys"
+        load_strict(model, sd, str(path), name)
+        info.update(source="checkpoint", path=str(path.resolve()))
     else:
         info["source"] = "random_init"
     model.eval()

@@ -8,6 +8,10 @@ after GELU) and `PatchMerging` (nn.Unfold, norm, reduction). This module gives t
 three things it reads from timm models: a quantizable attention (QuantWindowMSA), the role of each
 Linear's input, and the LayerNorm -> Linear pairs for reparameterization.
 
+`ShiftWindowMSA` zero-pads the norm1 output to a multiple of the window before `WindowMSA`, and
+the padded tokens take part in attention; QuantWindowMSA's `input_shift` lets a reparameterization
+apply its shift after that padding (ptqbench.quant.reparam, "Window padding").
+
 Imported only when the model holds mmdet modules, so ptqbench without the det extra never imports
 mmdet or mmcv.
 """
@@ -38,11 +42,13 @@ class QuantWindowMSA(WindowMSA):
     """mmdet's `WindowMSA` with quantizable matmuls; parameters and state-dict names stay mmdet's.
 
     As in the timm adapter, q is scaled before its quantizer, and the relative position bias and
-    the shift mask are added to the dequantized q @ k^T before the softmax.
+    the shift mask are added to the dequantized q @ k^T before the softmax. `input_shift` (None
+    until a reparameterization sets it) is added to every token of the padded windows before qkv.
     """
 
     matmul_qk: QuantMatMul
     matmul_av: QuantMatMul
+    input_shift: Optional[torch.Tensor]
 
     @classmethod
     def adopt(cls, module: WindowMSA, matmul_qk: QuantMatMul, matmul_av: QuantMatMul) -> "QuantWindowMSA":
@@ -57,6 +63,7 @@ class QuantWindowMSA(WindowMSA):
         module.__class__ = cls
         module.matmul_qk = matmul_qk
         module.matmul_av = matmul_av
+        module.register_buffer("input_shift", None)
         return module  # type: ignore[return-value]
 
     def _rel_pos_bias(self) -> torch.Tensor:
@@ -66,6 +73,8 @@ class QuantWindowMSA(WindowMSA):
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, N, C = x.shape
+        if self.input_shift is not None:
+            x = x + self.input_shift
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1)) + self._rel_pos_bias()

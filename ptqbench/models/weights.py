@@ -39,12 +39,51 @@ def local_candidates(entry: ModelEntry, dirs: list[Path]) -> list[Path]:
     return [d / f"{stem}{suf}" for d in dirs for stem in (entry.timm_name, entry.arch) for suf in WEIGHT_SUFFIXES]
 
 
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """Why `path` cannot be a weights file (missing, a folder, empty), None when it may be one.
+    Cheap (a stat, a folder listing), so the config check runs it before any work."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        which = (f"it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}: give one of them, "
+                 f"e.g. {path / inside[0]}") if inside else f"it holds no {'/'.join(WEIGHT_SUFFIXES)} file"
+        return f"{path} is a directory, not a weights file ({which})"
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_file():
+        return f"{path} is not a regular file"
+    if path.stat().st_size == 0:
+        return f"{path} is empty (0 bytes; an interrupted download or copy?): replace it"
+    return None
+
+
+def _file_kind(path: Path) -> str:
+    """What the first bytes of `path` say it is: 'torch zip', 'torch pickle', 'safetensors', 'text'
+    (with its start) or 'unknown binary'."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        return "torch zip"
+    if head[:1] == b"\x80":
+        return "torch pickle"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 << 20:
+        return "safetensors"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown binary"
+    if all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return f"text starting {text.splitlines()[0][:60]!r}" if text.strip() else "text"
+    return "unknown binary"
+
+
 def read_state_dict(path: Path, weights_only: bool = True) -> dict[str, torch.Tensor]:
     """Load a state dict from .safetensors or a torch checkpoint, unwrapping common wrappers
     ({'model': ...}, {'state_dict': ...}) and DataParallel's 'module.' prefix. `weights_only=False`
     is a full unpickle, for torch files the user trusts (mmdet checkpoints' pickled 'meta')."""
-    if not path.is_file():
-        raise WeightsError(f"checkpoint {path} does not exist; fix model.checkpoint=PATH")
+    fix = "Fix: model.checkpoint=PATH of the .safetensors or .pth weights file"
+    problem = checkpoint_problem(path)
+    if problem:
+        raise WeightsError(f"cannot load checkpoint: {problem}. {fix}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -52,8 +91,17 @@ def read_state_dict(path: Path, weights_only: bool = True) -> dict[str, torch.Te
             sd: Any = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as e:  # corrupt or foreign file
-        raise WeightsError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # corrupt or foreign file: say what the file is, not only the loader's error
+        kind = _file_kind(path)
+        said = f"; the loader said {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        if kind.startswith("text"):  # here the loader's complaint (`KeyError: 101`) would only mislead
+            what = (f"{path} is a text file ({kind}), not saved weights: a Git LFS pointer or a web page saved "
+                    "in place of the download? Fetch the real file")
+        elif kind == "unknown binary":
+            what = f"{path} is neither a torch checkpoint nor a safetensors file"
+        else:
+            what = f"{path} looks like a {kind} file but does not load (truncated or damaged? replace it){said}"
+        raise WeightsError(f"cannot load checkpoint: {what}. {fix}") from e
     for key in _WRAPPER_KEYS:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -91,11 +139,15 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str, arch
 
 
 def state_fingerprint(model: nn.Module) -> str:
-    """sha256 over the model's parameters and buffers: identifies the exact FP network for caching."""
+    """sha256 over the model's parameters and buffers: identifies the exact FP network for caching.
+
+    Tensors are flattened before their bytes are read: a 0-dim buffer (BatchNorm's
+    `num_batches_tracked`) cannot be viewed as bytes directly; flattening keeps every other
+    tensor's bytes, so existing fingerprints do not change."""
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
 
 

@@ -7,7 +7,7 @@ from typing import Iterable, Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ptqbench.progress import progress
 
 from ptqbench.quant.base import Quantizer
 
@@ -55,7 +55,7 @@ def calibrate(model: nn.Module, images: torch.Tensor, desc: str = "calibrate") -
     pending = [q for q in quantizers(model).values() if q.enabled and not q.calibrated]
     if not pending:
         return 0
-    bar = tqdm(total=len(pending), desc=desc, unit="quantizer", leave=False)
+    bar = progress(total=len(pending), desc=desc, unit="quantizer")
     hooks = []
 
     def tick(*_: object) -> None:  # a forward hook must return None, or it replaces the output

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ptqbench.progress import progress as progress_bar
 
 from ptqbench.cache import current_activation_store, module_state_key
 from ptqbench.models.units import Unit, model_units
@@ -238,7 +238,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters, eta_min=0.0)
     search_iters = int(cfg.search_frac * cfg.iters) if any(b.searching for _, b in st.branches.values()) else 0
     warm = int(cfg.warmup * cfg.iters)
-    bar = tqdm(range(cfg.iters), desc=f"reconstruct {unit.name}", leave=False, disable=not cfg.progress)
+    bar = progress_bar(range(cfg.iters), desc=f"reconstruct {unit.name}", disable=not cfg.progress)
     arch = [b.arch for _, b in st.branches.values() if b.arch is not None]
     for p in arch:  # B starts at 0, so the loss says nothing about ranks yet: let the branches learn first
         p.requires_grad_(False)

@@ -5,12 +5,24 @@ into one per-tensor quantizer (s~, z~) by folding r = s / s~ and b = s~ (z~ - z)
 LayerNorm affine (gamma /= r, beta = beta / r - b) and into the next Linear (W[:, c] *= r_c,
 bias += W_new @ b). The float function is unchanged; with an integer z~ the per-tensor
 quantization of the new activation equals the per-channel quantization of the old one exactly.
+
+Window padding. Swin (timm's block and mmdet's ShiftWindowMSA) zero-pads the norm1 output to a
+multiple of the window before qkv, and the padded tokens take part in attention. After the fold
+the norm emits x / r - b, so a padded 0 no longer stands for the original 0 (whose image is -b):
+the padded keys and values change, and so does every real token sharing a window with them.
+With `exact_padding` (the default) a pair whose Linear sits behind such padding (`pad_site`, the
+window attention) keeps only 1 / r in the LayerNorm and adds -b to the attention's input after
+the padding: real tokens get x / r - b as before, padded ones -b, the image of 0, which is what a
+deployment gets by padding each channel with its zero point. `exact_padding=False` reproduces
+the released RepQ-ViT detection code, which pads with zeros after the fold
+(detection/tools/test.py, main(), "scale reparameterization"; the Swin release's
+SwinTransformerBlock.forward pads after norm1).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -25,11 +37,16 @@ SharedScaleFn = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class ReparamPair:
-    """A LayerNorm whose output feeds exactly one quantized Linear (and nothing else quantized)."""
+    """A LayerNorm whose output feeds exactly one quantized Linear (and nothing else quantized).
+
+    `pad_site`: the window attention between them that zero-pads the norm's output to whole
+    windows (Swin's norm1 -> qkv), else None. It has an `input_shift` attribute (None or a
+    per-channel tensor added to its input after the padding)."""
 
     name: str
     norm: nn.LayerNorm
     linear: QuantLinear
+    pad_site: Optional[nn.Module] = None
 
 
 def mean_scale(scales: torch.Tensor) -> torch.Tensor:
@@ -72,6 +89,7 @@ def reparameterize(
     pair: ReparamPair,
     round_zero_point: bool = True,
     shared_scale: SharedScaleFn = mean_scale,
+    exact_padding: bool = True,
 ) -> dict[str, float]:
     """Fold the per-channel input quantizer of `pair.linear` into `pair.norm` and the Linear.
 
@@ -81,6 +99,9 @@ def reparameterize(
         round_zero_point: round z~ = mean(z) to an integer (exact equivalence with per-channel
             quantization). False reproduces the released RepQ-ViT code's fractional z~.
         shared_scale: picks s~ from the per-channel scales.
+        exact_padding: for a pair with a `pad_site`, apply the shift -b after the window padding
+            (padded tokens = the image of 0; exact at every input size). False: fold -b into the
+            LayerNorm as the released code does (padded tokens = 0 after the fold).
 
     Returns:
         a few numbers for the record: s~, z~, and the spread of r.
@@ -101,7 +122,13 @@ def reparameterize(
     b = s_t * (z_t - z)
     dtype = norm.weight.dtype
     norm.weight.copy_((norm.weight.double() / r).to(dtype))
-    norm.bias.copy_((norm.bias.double() / r - b).to(dtype))
+    if pair.pad_site is not None and exact_padding:
+        if getattr(pair.pad_site, "input_shift", None) is not None:
+            raise ValueError(f"{pair.name}: its window attention already holds a shift (reparameterized twice?)")
+        norm.bias.copy_((norm.bias.double() / r).to(dtype))
+        pair.pad_site.input_shift = (-b).to(dtype)
+    else:
+        norm.bias.copy_((norm.bias.double() / r - b).to(dtype))
     w_new = lin.weight.double() * r[None, :]
     lin.weight.copy_(w_new.to(lin.weight.dtype))
     shift = (w_new @ b).to(lin.weight.dtype)
@@ -116,9 +143,10 @@ def reparameterize(
 
 
 def reparameterize_all(
-    pairs: list[ReparamPair], round_zero_point: bool = True, shared_scale: SharedScaleFn = mean_scale
+    pairs: list[ReparamPair], round_zero_point: bool = True, shared_scale: SharedScaleFn = mean_scale,
+    exact_padding: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Reparameterize every pair; returns per-pair statistics keyed by name."""
-    return {p.name: reparameterize(p, round_zero_point, shared_scale) for p in pairs}
+    return {p.name: reparameterize(p, round_zero_point, shared_scale, exact_padding) for p in pairs}
 
 

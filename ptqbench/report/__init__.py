@@ -1,8 +1,9 @@
 """Paper-style tables, LaTeX, plots and the paper comparison, built from run records.
 
-records (results/runs/*.json) -> collect (tidy DataFrame) -> tables (pivot, aggregate, mark)
--> markdown / latex / plots, with reference (published numbers) alongside; `build` ties them
-together for the CLI (`python -m ptqbench.report`) and the sweep-end callback.
+records (results/runs/*.json) -> collect (tidy DataFrame) -> tables (pivot, aggregate, mark:
+significance decides the bold) -> markdown / latex / plots, with reference (the published numbers
+shipped in reference_data/) alongside and provenance (comment lines, the tidy runs CSV); `build`
+ties them together for the CLI (`python -m ptqbench.report`) and the sweep-end callback.
 """
 
 from ptqbench.report.build import Report, build_report, report_from_records, write_report

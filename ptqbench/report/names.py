@@ -9,7 +9,7 @@ issues add later show up under their short name until they get an entry here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 # Classification models in the papers' column order, then the detectors of the COCO tables.
 MODELS: dict[str, str] = {
@@ -35,18 +35,59 @@ REFERENCE_MODELS: dict[str, str] = {
     "cascade_mask_rcnn_swin_s": "cascade_mask_rcnn_swin_small",
 }
 
-# Row order within a bit-width group: baselines first, then by publication.
+# Row order within a bit-width group: baselines first, then by publication. Methods we only know
+# from the papers (the published rows, `--with-published`) are here too, for their display names.
 METHODS: dict[str, str] = {
     "fp": "Full Prec.",
     "minmax": "Min-Max",
     "percentile": "Percentile",
+    "adaround": "AdaRound",
+    "brecq": "BRECQ",
+    "qdrop": "QDrop",
+    "fq_vit": "FQ-ViT",
     "ptq4vit": "PTQ4ViT",
+    "apq_vit": "APQ-ViT",
+    "pd_quant": "PD-Quant",
     "repq": "RepQ-ViT",
     "gptq": "GPTQ",
+    "ias_vit": "I&S-ViT",
+    "erq_icml": "ERQ (ICML)",
     "erq": "ERQ",
+    "oas_vit": "OAS-ViT",
+    "oasq": "OASQ",
+    "igq_vit": "IGQ-ViT",
+    "adalog": "AdaLog",
+    "mptq_vit": "MPTQ-ViT",
     "dopq": "DopQ-ViT",
     "aiq": "AIQViT",
+    "aphq_vit": "APHQ-ViT",
     "tsptq": "TSPTQ-ViT",
+}
+
+# BibTeX keys the LaTeX table cites after a method's name (`RepQ-ViT~\cite{li2023repq}`): the
+# authorYEARword keys Google Scholar exports. Override per method with `cite: {repq: mykey}` /
+# `--cite repq=mykey`; an empty key drops the citation. Baselines have none.
+CITATIONS: dict[str, str] = {
+    "adaround": "nagel2020adaround",
+    "brecq": "li2021brecq",
+    "qdrop": "wei2022qdrop",
+    "fq_vit": "lin2022fqvit",
+    "ptq4vit": "yuan2022ptq4vit",
+    "apq_vit": "ding2022apqvit",
+    "pd_quant": "liu2023pdquant",
+    "repq": "li2023repq",
+    "gptq": "frantar2023gptq",
+    "ias_vit": "zhong2023isvit",
+    "erq_icml": "zhong2024erq",
+    "erq": "zhong2025erq",
+    "oas_vit": "ma2024oasvit",
+    "igq_vit": "moon2024igqvit",
+    "adalog": "wu2024adalog",
+    "mptq_vit": "tai2024mptq",
+    "dopq": "yang2024dopq",
+    "aiq": "jiang2025aiqvit",
+    "aphq_vit": "wu2025aphqvit",
+    "tsptq": "tai2023tsptq",
 }
 
 # A reference row comes from a method's own paper when its `source` starts with this name.
@@ -108,6 +149,33 @@ def model_label(name: str) -> str:
 
 def method_label(name: str) -> str:
     return METHODS.get(name, name)
+
+
+# One look per method in every plot: colour (Okabe-Ito, colour-blind safe), marker and line style,
+# so a method is recognisable across figures and in grayscale (markers and dashes differ even where
+# two colours print as the same gray). Methods without an entry get one from FALLBACK_STYLES.
+STYLES: dict[str, tuple[str, str, Any]] = {
+    "minmax": ("#999999", "v", ":"),
+    "percentile": ("#56B4E9", "^", "-."),
+    "ptq4vit": ("#009E73", "D", (0, (6, 1.5))),
+    "repq": ("#0072B2", "o", "-"),
+    "gptq": ("#E69F00", "s", "--"),
+    "erq": ("#D55E00", "P", (0, (5, 1.5, 1, 1.5))),
+    "dopq": ("#CC79A7", "X", (0, (1, 1))),
+    "aiq": ("#000000", "*", (0, (6, 2, 1, 2, 1, 2))),
+    "tsptq": ("#F0E442", "h", (0, (3, 3))),
+}
+FALLBACK_STYLES: tuple[tuple[str, str, Any], ...] = (
+    ("#7f3b08", "<", "-"), ("#2d004b", ">", "--"), ("#543005", "p", "-."), ("#003c30", "d", ":"),
+    ("#8c510a", "8", "-"), ("#40004b", "H", "--"),
+)
+
+
+def method_style(name: str) -> tuple[str, str, Any]:
+    """(colour, marker, line style) of a method, the same in every plot and every run of the report."""
+    if name in STYLES:
+        return STYLES[name]
+    return FALLBACK_STYLES[sum(name.encode()) % len(FALLBACK_STYLES)]
 
 
 def bits_label(w: int, a: int) -> str:

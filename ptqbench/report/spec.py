@@ -14,6 +14,18 @@ from ptqbench.report.names import METRICS
 _BITS = re.compile(r"^w(\d+)a(\d+)$")
 
 
+# Allowed values of the layout options (the first is the default).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "latex_float": ("table", "table*"),        # table*: spans both columns of a two-column page
+    "fit": ("none", "resize", "small"),        # resize: \resizebox to the width; small: \small, tighter \tabcolsep
+    "std": ("inline", "none", "separate"),     # separate: the std on its own line under the means
+    "notes": ("short", "none", "full"),        # short: one paper-style sentence under the table
+    "index_order": ("bits-method", "method-bits"),  # first columns: "W/A | Method" or "Method | W/A"
+    "bold": ("significant", "value", "none"),  # significant: bold only a best the paired bootstrap separates
+}
+MIN_BITS, MAX_BITS = 2, 16  # the bit-widths a run accepts
+
+
 @dataclass
 class ReportSpec:
     """Rows, columns, metric and layout of one table. `None` selections mean "whatever the runs
@@ -31,11 +43,23 @@ class ReportSpec:
     where: dict[str, list[Any]] = field(default_factory=dict)  # config key -> accepted values
     decimals: Optional[int] = None        # None: the metric's (2 for top-1, 1 for AP)
     second_best: bool = True              # underline the second-best value
-    caption: Optional[str] = None
+    caption: Optional[str] = None         # plain text (escaped in LaTeX)
+    latex_caption: Optional[str] = None   # raw LaTeX for the .tex caption (\cite{...} kept as written)
     label: Optional[str] = None
     compare: bool = True                  # side by side with the published numbers when available
     reference_source: Optional[str] = None  # prefer published rows whose source starts with this
+    reference_dirs: list[str] = field(default_factory=list)  # more published-number CSV folders
     fp_threshold: float = 0.1             # |our FP - paper FP| above this flags the model
+    with_published: Optional[list[str]] = None  # published rows of these methods in the table, marked
+    cite: dict[str, str] = field(default_factory=dict)  # method -> BibTeX key (overrides names.CITATIONS)
+    latex_float: str = "table"
+    fit: str = "none"
+    std: str = "inline"
+    notes: str = "short"
+    index_order: str = "bits-method"
+    bold: str = "significant"
+    alpha: float = 0.05                   # significance level of the paired bootstrap
+    bootstrap: int = 2000                 # bootstrap resamples
     plots: bool = True
 
     def __post_init__(self) -> None:
@@ -43,10 +67,16 @@ class ReportSpec:
             if m not in METRICS:
                 raise ConfigError(f"unknown metric {m!r}; choose from {', '.join(METRICS)}")
         for b in self.bits or []:
-            if not _BITS.match(b):
-                raise ConfigError(f"bits {b!r}: write W and A bits as w4a4")
+            parse_bits(b)
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"report option {key}={getattr(self, key)!r}; choose one of {', '.join(allowed)}")
         if self.fp_threshold < 0:
             raise ConfigError(f"fp_threshold={self.fp_threshold}: must be >= 0")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"alpha={self.alpha}: a significance level is between 0 and 1, e.g. 0.05")
+        if self.bootstrap < 100:
+            raise ConfigError(f"bootstrap={self.bootstrap}: use at least 100 resamples (default 2000)")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "ReportSpec":
@@ -56,9 +86,15 @@ class ReportSpec:
         if unknown:
             raise ConfigError(f"unknown report option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         vals = dict(values)
-        for key in ("metrics", "models", "methods", "bits"):
+        for key in ("metrics", "models", "methods", "bits", "with_published", "reference_dirs"):
             if isinstance(vals.get(key), str):
-                vals[key] = [s for s in vals[key].split(",") if s]
+                vals[key] = [s.strip() for s in vals[key].split(",") if s.strip()]
+        if vals.get("reference_dirs") is None:
+            vals.pop("reference_dirs", None)
+        cite = vals.get("cite")
+        if isinstance(cite, str):
+            cite = dict(_pair(item, "cite") for item in cite.split(",") if item.strip())
+        vals["cite"] = {str(k): "" if v is None else str(v) for k, v in (cite or {}).items()}
         where = vals.get("where") or {}
         vals["where"] = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in where.items()}
         return cls(**{k: v for k, v in vals.items()})
@@ -69,8 +105,19 @@ class ReportSpec:
 
 
 def parse_bits(name: str) -> tuple[int, int]:
-    """`w4a4` -> (4, 4)."""
+    """`w4a4` -> (4, 4); bit-widths a run cannot have (w99a99) are refused by name."""
     m = _BITS.match(name)
     if not m:
         raise ConfigError(f"bits {name!r}: write W and A bits as w4a4")
-    return int(m.group(1)), int(m.group(2))
+    w, a = int(m.group(1)), int(m.group(2))
+    if not (MIN_BITS <= w <= MAX_BITS and MIN_BITS <= a <= MAX_BITS):
+        raise ConfigError(f"bits {name!r}: W and A bits are between {MIN_BITS} and {MAX_BITS} (a run accepts no "
+                          f"other), e.g. w4a4")
+    return w, a
+
+
+def _pair(item: str, option: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{option} {item!r}: write METHOD=KEY[,METHOD=KEY...], e.g. repq=li2023repq")
+    return key.strip(), value.strip()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from ptqbench.progress import progress
 
 
 @torch.no_grad()
@@ -22,7 +22,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: s
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     start = time.perf_counter()
     model_s = 0.0
-    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for images, labels in progress(loader, desc=desc, unit="batch"):
         images, labels = images.to(device, non_blocking=True), labels.to(device)
         t0 = time.perf_counter()
         logits = model(images)

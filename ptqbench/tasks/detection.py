@@ -10,11 +10,12 @@ the report reads.
 What is quantized (`task.quantize`): `all` is RepQ-ViT's protocol (every Conv2d and Linear of the
 detector: backbone, FPN, RPN, RoI box and mask heads; the mask head's ConvTranspose2d stays FP,
 as in RepQ-ViT's code, which quantizes nn.Conv2d and nn.Linear only); `backbone` patches the Swin
-backbone only. Block-wise methods (ERQ, GPTQ) refuse: see `refuse_blockwise`.
+backbone only. Methods that work block by block refuse: see `refuse_blockwise`.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 import uuid
@@ -70,17 +71,32 @@ def evaluator_cfg(ann_file: Path) -> dict[str, Any]:
 
 
 def refuse_blockwise(method: Any) -> None:
-    """ERQ and GPTQ walk `model_units(model)`: they stream the calibration set block by block, each
-    block fed a tensor from the previous one. A detector has no such chain (the Swin backbone passes
+    """Methods that walk `model_units(model)` (ERQ, GPTQ, AIQViT; DopQ-ViT with reconstruction,
+    PTQ4ViT with its Hessian search) stream the calibration set block by block, each block fed a
+    tensor from the previous one. A detector has no such chain (the Swin backbone passes
     (tokens, hw_shape) pairs and feeds four FPN levels; the RoI heads depend on proposals), and
     ptqbench has no unit list for it, so these methods stop here instead of running half a method."""
     if getattr(method, "blockwise", False):
         raise ConfigError(
-            f"method={method.name} cannot run on task=detection: it quantizes block by block over model_units(), "
-            "and ptqbench has no block list for mmdet detectors (the Swin backbone passes (tokens, hw_shape) "
-            "pairs into four FPN levels; the RoI heads depend on the proposals). Use method=fp, minmax, "
-            "percentile or repq on detectors"
+            f"method={method.name} cannot run on task=detection with these options: it works block by block over "
+            "model_units(), and ptqbench has no block list for mmdet detectors (the Swin backbone passes "
+            "(tokens, hw_shape) pairs into four FPN levels; the RoI heads depend on the proposals). "
+            "On detectors use method=fp, minmax, percentile, repq or tsptq, dopq with method.reconstruct=false, "
+            "or ptq4vit with method.search_rounds=0"
         )
+
+
+def _release_log_files(logger: logging.Logger) -> None:
+    """Close and detach the log-file handlers a Runner gave its logger.
+
+    The Runner's logger stays mmengine's *current* logger after the Runner is gone, and its file
+    lives in the job's temporary folder, which is deleted after the evaluation: the next detector
+    build in the same process (the next job of a sweep) would write into that file (mmengine's
+    `init_weights` does) and fail."""
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+            handler.close()
 
 
 @torch.no_grad()
@@ -100,7 +116,10 @@ def evaluate(detector: nn.Module, dataset_cfg: dict[str, Any], ann_file: Path, b
         log_level="WARNING",
     )
     t0 = time.perf_counter()
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    finally:
+        _release_log_files(runner.logger)
     seconds = time.perf_counter() - t0
     missing = [k for k in ("coco/bbox_mAP", "coco/segm_mAP") if k not in metrics]
     if missing:
@@ -121,8 +140,8 @@ def check_calibrated(model: nn.Module) -> None:
     if missing:
         raise CalibrationError(
             f"{len(missing)} quantizers saw no calibration data (first: {missing[:3]}): the calibration images "
-            "gave no detections, so the mask head never ran. Raise calib.size, or check the checkpoint "
-            "(random weights need task.score_thr=0)"
+            "gave no detections, so the mask head never ran. Raise calib.size, lower task.score_thr, or check "
+            "the checkpoint"
         )
 
 
@@ -133,7 +152,9 @@ def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
     )
     from ptqbench.methods import Bits, build_method
     from ptqbench.models import make_quantizable, state_fingerprint
-    from ptqbench.models.detectors import build_detector, detector_entry, load_config, require_mmdet, set_test_cfg
+    from ptqbench.models.detectors import (
+        build_detector, detector_entry, load_config, require_mmdet, resolve_checkpoint, set_test_cfg,
+    )
     from ptqbench.profiling import PhaseMeter
     from ptqbench.cache import cache_from_config, code_version
     from ptqbench.run import cached_fp_baseline, resolve_workers, sha_of
@@ -164,6 +185,9 @@ def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.threads))
 
     root = resolve_coco_root(cfg.data.coco_root)  # fail on missing data before building the model
+    # and on a missing checkpoint (build_detector resolves it again, as cheaply)
+    resolve_checkpoint(cfg.model.name, cfg.model.get("checkpoint"), bool(cfg.model.get("pretrained", True)),
+                       cfg.model.get("weights_dir"))
     val_folder, calib_folder = splits[cfg.data.val_split], splits[cfg.calib.split]
     ann_file, _ = split_paths(root, val_folder)
     mm_cfg = load_config(entry)
@@ -190,11 +214,19 @@ def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(dir=_mk(work_dir)) as tmp:
             return evaluate(detector, eval_ds_cfg, ann_file, batch_size, workers, Path(tmp))
 
+    fp_runs: list[bool] = []
+
+    def run_fp_eval() -> dict[str, Any]:
+        fp_runs.append(True)
+        return run_eval()
+
     ann = Path(ann_file)
     ann_sig = f"{ann}|{ann.stat().st_size}|{ann.stat().st_mtime_ns}" if ann.exists() else str(ann)
-    fp = cached_fp_baseline(cache_from_config(cfg, results_dir), run_eval, weights_info["fingerprint"],
+    fp = cached_fp_baseline(cache_from_config(cfg, results_dir), run_fp_eval, weights_info["fingerprint"],
                             f"{ann_sig}|{sha_of(eval_ids)}", tag, required="coco/bbox_mAP",
                             code=code_version("models", "tasks", "data"), fmt="json")
+    # a cached FP time was measured by an earlier job, under whatever load the machine had then
+    fp_timing = "this_job" if fp_runs else "cache"
     out: dict[str, Any] = {
         "model": {"name": cfg.model.name, **weights_info},
         "data": {"root": str(root), "split": val_folder, "scale": list(cfg.data.scale), "eval_images": len(eval_ids),
@@ -207,7 +239,7 @@ def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
     if plan is None:  # method=fp: the quantized metrics are the FP baseline itself
         q = fp
         out.update(timings={"calibration_s": 0.0, "eval_s": fp["eval_seconds"],
-                            "eval_s_per_image": fp["seconds_per_image"]},
+                            "eval_s_per_image": fp["seconds_per_image"], "fp_eval_timed_in": fp_timing},
                    memory={}, quantized_modules={}, calibration={"size": 0, "ids": []}, method_stats={})
     else:
         calib_pipeline = test_pipeline(mm_cfg, cfg.data.scale, annotations=False)
@@ -221,7 +253,7 @@ def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
         out.update(
             timings={"calibration_s": round(cal_meter.seconds, 3), "eval_s": round(eval_meter.seconds, 3),
                      "eval_s_per_image": q["seconds_per_image"], "fp_eval_s": fp["eval_seconds"],
-                     "fp_eval_s_per_image": fp["seconds_per_image"]},
+                     "fp_eval_s_per_image": fp["seconds_per_image"], "fp_eval_timed_in": fp_timing},
             memory={"calibration": cal_meter.as_dict(), "evaluation": eval_meter.as_dict()},
             quantized_modules=qm.counts(), quantizers=qm.quantizer_map(),
             protocol={"quantize": scope_name, "patch_input_bits": getattr(method.config, "patch_input_bits", None)},
@@ -244,6 +276,11 @@ def _mk(p: Path) -> str:
 def summary_line(rec: dict[str, Any]) -> Optional[str]:
     """One log line for a finished detection job."""
     m, t = rec["metrics"], rec["timings"]
+    fp_time = ""
+    if "fp_eval_s_per_image" in t:  # a quantized job: the FP time is only comparable if timed in this job
+        where = {"this_job": ", timed in this job", "cache": ", cached from an earlier job"}.get(t.get("fp_eval_timed_in"), "")
+        fp_time = f"; FP {t['fp_eval_s_per_image']:.2f} s/image{where}"
     return (f"FP box AP {100 * m['fp_coco/bbox_mAP']:.1f} mask AP {100 * m['fp_coco/segm_mAP']:.1f} | "
             f"quantized box AP {100 * m['coco/bbox_mAP']:.1f} mask AP {100 * m['coco/segm_mAP']:.1f} | "
-            f"calibration {t['calibration_s']:.1f} s, evaluation {t['eval_s']:.1f} s ({t['eval_s_per_image']:.2f} s/image)")
+            f"calibration {t['calibration_s']:.1f} s, evaluation {t['eval_s']:.1f} s "
+            f"({t['eval_s_per_image']:.2f} s/image{fp_time})")

@@ -1,0 +1,29 @@
+"""`python -m ptqbench.analyze model=... method=... bits=... [analyze.granularity=role]`: where a
+method loses its accuracy (see ptqbench.analyze.app). Uses the main config (conf/config.yaml)
+plus the `analyze` block of conf/analyze.yaml."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("ptqbench")
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    from ptqbench.analyze.app import run_analysis
+    from ptqbench.errors import PTQBenchError
+
+    try:
+        run_analysis(cfg)
+    except PTQBenchError as e:
+        log.error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

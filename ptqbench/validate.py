@@ -1,0 +1,405 @@
+"""Everything checked before a job does any work: one pass over the whole composed config, and
+the results folder.
+
+Keys: a config group's valid keys are those of the YAML file in conf/ it was composed from (the
+option whose `name` it carries; the union of the group's files for groups without names), the
+method's are its Config dataclass's fields, `quant`'s FullQuantConfig's, `report`'s ReportSpec's.
+So `+calib.sizee=64`, `+model.chekpoint=/x` or `+foo=1` are refused instead of silently creating
+a new run key.
+
+Values: RULES gives the type and range of every run-level value; other keys must have the type of
+their YAML default, method and quant options the type of their dataclass field and pass the
+dataclass's own checks. Cross-key checks (task vs model vs data, calibration split, checkpoint
+path, CUDA for device=cuda) come last. Every problem is reported in one ConfigError, each naming
+the key, the value and what is valid, before a model, an image or a record is touched. (The
+results folder is checked by `ptqbench.preflight` before Hydra writes there, and by `run_job`.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import re
+import typing
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from ptqbench.errors import ConfigError
+from ptqbench.methods.base import MAX_BITS, MIN_BITS
+from ptqbench.paths import REPO_ROOT
+
+CONF_DIR = REPO_ROOT / "conf"
+GROUPS = ("model", "method", "bits", "calib", "quant", "data", "task", "logger")
+OPTIONAL_GROUPS = {"quant", "logger"}  # null is allowed: the code falls back to their defaults
+FREE_FORM = {"data.splits"}  # mappings whose keys the user chooses
+TOP_LEVEL_SKIP = {"hydra"}  # present when composed with return_hydra_config
+
+Check = Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int(lo: Optional[int] = None, hi: Optional[int] = None) -> Check:
+    return lambda v: _is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi)
+
+
+def _number(lo: Optional[float] = None, hi: Optional[float] = None, positive: bool = False) -> Check:
+    return lambda v: _is_number(v) and (lo is None or v >= lo) and (hi is None or v <= hi) and (not positive or v > 0)
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _or_null(check: Check) -> Check:
+    return lambda v: v is None or check(v)
+
+
+def _one_of(*choices: Any) -> Check:
+    return lambda v: v in choices
+
+
+_BITS = (_int(MIN_BITS, MAX_BITS), f"an integer in {MIN_BITS}..{MAX_BITS} (bits=w4a4, or bits.w=4 bits.a=4)")
+# key -> (check, what is valid). Keys not listed get the type of their YAML default.
+RULES: dict[str, tuple[Check, str]] = {
+    "seed": (_int(0), "an integer >= 0"),
+    "device": (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+               "auto, cpu, cuda or cuda:N"),
+    "threads": (_or_null(_int(1)), "null (the launcher decides) or an integer >= 1"),
+    "results_dir": (_text, "a folder path"),
+    "resume": (_bool, "true or false"),
+    "cache.enabled": (_bool, "true or false"),
+    "cache.dir": (_or_null(_text), "null (<results_dir>/cache) or a folder path"),
+    "cache.max_gb": (_number(positive=True), "a number of GiB > 0 (or cache.enabled=false)"),
+    "cache.fp_activations": (_bool, "true or false"),
+    "bits.w": _BITS,
+    "bits.a": _BITS,
+    "calib.size": (_int(1), "an integer >= 1 (calibration images)"),
+    "calib.seed": (_int(0), "an integer >= 0"),
+    "calib.split": (_text, "the name of a training split, e.g. train"),
+    "data.root": (_or_null(_text), "null ($PTQBENCH_DATA/imagenet-mini) or an ImageNet folder"),
+    "data.coco_root": (_or_null(_text), "null ($PTQBENCH_DATA/coco-tiny) or a COCO folder"),
+    "data.val_split": (_text, "the name of the evaluation split, e.g. val"),
+    "data.eval_limit": (_or_null(_int(1)), "null (every image) or an integer >= 1"),
+    "data.batch_size": (_int(1), "an integer >= 1"),
+    "data.workers": (lambda v: v in (None, "auto") or _int(0)(v), "auto or an integer >= 0"),
+    "data.scale": (lambda v: isinstance(v, list) and len(v) == 2 and all(_int(1)(x) for x in v),
+                   "[long, short] side limits, two integers >= 1"),
+    "model.checkpoint": (_or_null(_text), "null or the path of a weights file"),
+    "model.weights_dir": (_or_null(_text), "null or a folder"),
+    "model.arch": (_or_null(_text), "a timm architecture name"),
+    "model.tag": (_or_null(_text), "a timm pretrained tag"),
+    "task.score_thr": (_or_null(_number(0, 1)), "null or a number in [0, 1]"),
+    "task.max_per_img": (_or_null(_int(1)), "null or an integer >= 1"),
+    "logger.mode": (_one_of("offline", "online", "disabled"), "offline, online or disabled"),
+}
+
+
+# --- the schema, read from conf/ ----------------------------------------------------------------
+
+
+def _load_yaml(path: Path, group: Optional[str]) -> dict[str, Any]:
+    """A config file's content for `group` (the `group:` block of a `# @package _global_` file)."""
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    head = path.read_text().splitlines()[:5]
+    if group is not None and any("@package _global_" in ln for ln in head):
+        raw = raw.get(group) or {}
+    raw.pop("defaults", None)
+    return raw
+
+
+@functools.lru_cache(maxsize=None)
+def group_options(group: str) -> dict[str, dict[str, Any]]:
+    """Option name -> the keys and defaults it defines, for one config group in conf/."""
+    return {f.stem: _load_yaml(f, group) for f in sorted((CONF_DIR / group).glob("*.yaml"))}
+
+
+@functools.lru_cache(maxsize=None)
+def top_level_defaults() -> dict[str, Any]:
+    raw = _load_yaml(CONF_DIR / "config.yaml", None)
+    raw.pop("hydra", None)
+    return raw
+
+
+def _group_schema(group: str, value: Mapping[str, Any]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """The keys (with defaults) that `value`, the composed group, may have, and a problem when its
+    `name` matches no option (the schema is then the union of the options)."""
+    options = group_options(group)
+    union: dict[str, Any] = {}
+    for opt in options.values():
+        for k, v in opt.items():
+            union.setdefault(k, v)
+    named = {opt.get("name"): opt for opt in options.values() if "name" in opt}
+    if not named:
+        return union, None
+    name = value.get("name")
+    if name in named:
+        return named[name], None
+    return union, f"{group}.name={_show(name)}: not one of {', '.join(sorted(map(str, named)))} ({group}=NAME)"
+
+
+# --- value checks -------------------------------------------------------------------------------
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return v if v and re.fullmatch(r"[\w./:~+-]+", v) else repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_show(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_show(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def _inferred(default: Any) -> Optional[tuple[Check, str]]:
+    """The rule a YAML default implies: its type (null defaults allow anything)."""
+    if isinstance(default, bool):
+        return _bool, "true or false"
+    if _is_int(default):
+        return _is_int, "an integer"
+    if isinstance(default, float):
+        return _is_number, "a number"
+    if isinstance(default, str):
+        return (lambda v: isinstance(v, str)), "a string"
+    if isinstance(default, list):
+        return (lambda v: isinstance(v, list)), "a list, e.g. [a,b]"
+    return None
+
+
+def _annotation_rule(tp: Any) -> Optional[tuple[Check, str]]:
+    """The rule of a dataclass field's type (bool, int, float, str, Optional[...], tuple[X, ...])."""
+    if tp is bool:
+        return _bool, "true or false"
+    if tp is int:
+        return _is_int, "an integer"
+    if tp is float:
+        return _is_number, "a number"
+    if tp is str:
+        return (lambda v: isinstance(v, str)), "a string"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        rule = _annotation_rule(inner[0]) if len(inner) == 1 else None
+        if rule is not None:
+            return _or_null(rule[0]), f"null or {rule[1]}"
+        return None
+    if origin is tuple and args:
+        rule = _annotation_rule(args[0])
+        if rule is not None:
+            check = rule[0]
+            return (lambda v: isinstance(v, (list, tuple)) and all(check(x) for x in v)), f"a list of {rule[1].removeprefix('a ').removeprefix('an ')}s"
+    return None
+
+
+def _check_mapping(value: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, where: str,
+                   problems: list[str], rules: Optional[Mapping[str, tuple[Check, str]]] = None) -> None:
+    """Unknown keys of `value` (schema: key -> default) and the value of every known key."""
+    rules = RULES if rules is None else rules
+    for key, v in value.items():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            hint = difflib.get_close_matches(str(key), list(schema), n=1)
+            problems.append(f"{path}={_show(v)}: unknown key; {where} {', '.join(sorted(schema))}"
+                            + (f" (did you mean {prefix}{hint[0]}?)" if hint else ""))
+            continue
+        default = schema[key]
+        if path in FREE_FORM:
+            continue
+        if isinstance(default, dict) and path not in rules:
+            if not isinstance(v, dict):
+                problems.append(f"{path}={_show(v)}: must be a mapping with keys {', '.join(sorted(default))}")
+            else:
+                _check_mapping(v, default, f"{path}.", f"{path} has the keys", problems, rules)
+            continue
+        rule = rules.get(path) or _inferred(default)
+        if rule is not None and not rule[0](v):
+            problems.append(f"{path}={_show(v)}: must be {rule[1]}")
+
+
+def _check_dataclass_options(value: Mapping[str, Any], cls: type, prefix: str, owner: str, problems: list[str]) -> bool:
+    """Unknown keys and field types of a method's or quant's options; True when all are valid."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: hints.get(f.name) for f in dataclasses.fields(cls)}
+    rules = {f"{prefix}{k}": r for k, tp in fields.items() if (r := _annotation_rule(tp)) is not None}
+    rules.setdefault(f"{prefix}name", (_text, "a name"))
+    before = len(problems)
+    _check_mapping(value, {**{k: None for k in fields}, "name": None}, prefix, f"{owner} has the options", problems, rules)
+    return len(problems) == before
+
+
+# --- the pass -----------------------------------------------------------------------------------
+
+
+def config_problems(cfg: Union[DictConfig, Mapping[str, Any]]) -> list[str]:
+    """Every problem of the composed config `cfg` (empty when it may run). Touches no data, weights
+    or results: the checkpoint path is only stat'ed, CUDA only queried."""
+    if isinstance(cfg, DictConfig) and any(k in cfg for k in TOP_LEVEL_SKIP):
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in TOP_LEVEL_SKIP])
+    try:
+        c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    except Exception as e:  # an interpolation that does not resolve (${oc.env:...}, a missing key)
+        return [f"the config does not resolve: {type(e).__name__}: {e}"]
+    c = {k: v for k, v in c.items() if k not in TOP_LEVEL_SKIP}
+    problems: list[str] = []
+
+    top = top_level_defaults()
+    top_schema = {k: v for k, v in top.items() if k != "report"}
+    top_schema.update({g: {} for g in GROUPS})
+    if "report" in top:
+        top_schema["report"] = {}
+    scalars = {k: v for k, v in c.items() if k not in GROUPS and k != "report"}
+    _check_mapping(scalars, {k: v for k, v in top_schema.items() if k not in GROUPS and k != "report"} | {
+        k: None for k in (*GROUPS, "report")}, "", "the top-level keys are", problems)
+
+    for group in GROUPS:
+        value = c.get(group)
+        if value is None:
+            if group not in OPTIONAL_GROUPS:
+                problems.append(f"{group} is missing: choose one with {group}=OPTION ({', '.join(group_options(group))})")
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{group}={_show(value)}: must be a config group; choose one with {group}=OPTION "
+                            f"({', '.join(group_options(group))})")
+            continue
+        if group in ("method", "quant"):
+            continue  # their options are dataclass fields, checked below
+        schema, problem = _group_schema(group, value)
+        if problem and group != "model":  # model.name: checked against the model zoo below
+            problems.append(problem)
+        _check_mapping(value, schema, f"{group}.", f"{group} has the keys", problems)
+
+    _check_methods(c, problems)
+    _check_report(c, problems)
+    if not problems:  # cross-key checks assume each value is well-formed
+        _check_combination(c, problems)
+    return problems
+
+
+def _check_methods(c: Mapping[str, Any], problems: list[str]) -> None:
+    from ptqbench.methods import METHODS, Bits, FullQuantConfig, build_method
+
+    quant = c.get("quant")
+    quant_ok = quant is None or (isinstance(quant, dict) and _check_dataclass_options(quant, FullQuantConfig, "quant.", "quant", problems))
+    if quant_ok and isinstance(quant, dict):
+        try:
+            FullQuantConfig.from_mapping(quant)
+        except ConfigError as e:
+            problems.append(str(e))
+            quant_ok = False
+    method = c.get("method")
+    if not isinstance(method, dict):
+        return
+    name = method.get("name")
+    if name not in METHODS:
+        problems.append(f"method.name={_show(name)}: not a method; choose one of {', '.join(sorted(METHODS))} (method=NAME)")
+        return
+    if not _check_dataclass_options(method, METHODS[name].Config, "method.", f"method {name!r}", problems) or not quant_ok:
+        return
+    bits = c.get("bits") or {}
+    w, a = bits.get("w"), bits.get("a")
+    valid_bits = _BITS[0]
+    try:  # the dataclass's own range checks; placeholder bits when the bits are wrong (reported above)
+        build_method(method, Bits(w if valid_bits(w) else 8, a if valid_bits(a) else 8), quant)
+    except ConfigError as e:
+        problems.append(str(e))
+
+
+def _check_report(c: Mapping[str, Any], problems: list[str]) -> None:
+    report = c.get("report")
+    if report is None:
+        return
+    if not isinstance(report, dict):
+        problems.append(f"report={_show(report)}: must be a mapping (the `report:` block)")
+        return
+    from ptqbench.report.spec import ReportSpec
+
+    try:
+        ReportSpec.from_mapping(report)
+    except ConfigError as e:
+        problems.append(str(e))
+    except (TypeError, ValueError) as e:
+        problems.append(f"report: {e}")
+
+
+def _check_combination(c: Mapping[str, Any], problems: list[str]) -> None:
+    from ptqbench.models.detectors import DETECTORS
+    from ptqbench.models.zoo import MODELS
+
+    model, data, task, calib = c["model"], c["data"], c["task"], c["calib"]
+    name, task_name = model.get("name"), task.get("name")
+    if name not in MODELS and name not in DETECTORS and not (model.get("arch") and model.get("tag")):
+        problems.append(f"model.name={_show(name)}: unknown model; choose one of {', '.join(sorted([*MODELS, *DETECTORS]))} "
+                        "(model=NAME), or give model.arch and model.tag for another timm ViT/DeiT/Swin")
+    elif task_name == "classification" and name in DETECTORS:
+        problems.append(f"model={name} is a detector: run it with task=detection")
+    elif task_name == "detection" and name not in DETECTORS:
+        problems.append(f"model={name} is not a detector; task=detection takes one of {', '.join(sorted(DETECTORS))}")
+    expected_data = {"classification": "imagenet", "detection": "coco"}.get(task_name)
+    if expected_data and data.get("name") != expected_data:
+        problems.append(f"data={data.get('name')}: task={task_name} evaluates on data={expected_data}; drop the data override")
+    splits = data.get("splits")
+    if isinstance(splits, dict):
+        for key, val in (("calib.split", calib.get("split")), ("data.val_split", data.get("val_split"))):
+            if val not in splits:
+                problems.append(f"{key}={_show(val)}: not one of the data splits {', '.join(sorted(splits))} (data.splits)")
+    if calib.get("split") == data.get("val_split"):
+        problems.append(f"calib.split={_show(calib.get('split'))}: that is the evaluation split (data.val_split); "
+                        "calibrate on training images (calib.split=train)")
+    if task_name == "detection":
+        _check_detection(c, problems)
+    checkpoint = model.get("checkpoint")
+    if checkpoint and model.get("pretrained", True):
+        from ptqbench.models.weights import checkpoint_problem
+
+        problem = checkpoint_problem(Path(checkpoint).expanduser())
+        if problem:
+            problems.append(f"model.checkpoint={_show(checkpoint)}: {problem}")
+    from ptqbench.run import resolve_device
+
+    try:
+        resolve_device(str(c["device"]))
+    except ConfigError as e:
+        problems.append(str(e))
+
+
+def _check_detection(c: Mapping[str, Any], problems: list[str]) -> None:
+    from ptqbench.methods import METHODS
+    from ptqbench.tasks.detection import SCOPES
+
+    scope = c["task"].get("quantize")
+    if scope is not None and scope not in SCOPES:
+        problems.append(f"task.quantize={_show(scope)}: choose one of {', '.join(sorted(SCOPES))}")
+    method = METHODS[c["method"]["name"]]
+    if method.blockwise:
+        problems.append(f"method={method.name}: quantizes block by block and ptqbench has no block list for "
+                        "mmdet detectors; use method=fp, minmax, percentile or repq with task=detection")
+    if (c.get("quant") or {}).get("full"):
+        problems.append("quant.full=true: the fully quantized roles exist for timm classifiers only; "
+                        "use quant.full=false with task=detection")
+
+
+def validate_config(cfg: Union[DictConfig, Mapping[str, Any]]) -> None:
+    """Raise one ConfigError listing every problem of `cfg`; nothing has been run or recorded."""
+    problems = config_problems(cfg)
+    if len(problems) == 1:
+        raise ConfigError(f"{problems[0]}. Nothing was run or recorded.")
+    if problems:
+        raise ConfigError(f"{len(problems)} problems in the config; nothing was run or recorded:\n  "
+                          + "\n  ".join(problems))
