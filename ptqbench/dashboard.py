@@ -37,7 +37,7 @@ def _workspaces() -> Any:
     try:
         import wandb_workspaces.reports.v2 as wr
     except ImportError as e:
-        raise ConfigError("the dashboard needs the optional wandb-workspaces package: "
+        raise ConfigError(f"the dashboard needs the optional wandb-workspaces package ({e}): "
                           "pip install -c constraints.txt -e \".[dashboard]\"") from e
     return wr
 

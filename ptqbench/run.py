@@ -27,6 +27,7 @@ from ptqbench.cache import ContentCache, cache_from_config, code_version, conten
 from ptqbench.errors import ConfigError, add_note, describe
 from ptqbench.fileio import check_writable
 from ptqbench.paths import REPO_ROOT
+from ptqbench.per_image import PER_IMAGE_KEY, per_image_field
 from ptqbench.records import STATUS_FAILED, STATUS_OK, finished, record_path, run_key, save_record, semantic_config
 from ptqbench.records import job_lock
 
@@ -284,6 +285,8 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
     }
     if "agree_fp_top1" in q:
         out["metrics"]["agree_fp_top1"] = q["agree_fp_top1"]
+    hits_src = q if "logits" in q else fp  # method=fp: the FP evaluation is the result
+    out[PER_IMAGE_KEY] = per_image_field(hits_src["logits"], hits_src["labels"], out["data"]["eval_ids_sha"])
     out["cache"] = {"dir": str(cache.root), "enabled": cache.enabled, **cache.stats.as_dict()}
     return out
 

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import functools
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
@@ -194,7 +195,7 @@ def _annotation_rule(tp: Any) -> Optional[tuple[Check, str]]:
     if tp is str:
         return (lambda v: isinstance(v, str)), "a string"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Union and type(None) in args:
+    if origin in (Union, types.UnionType) and type(None) in args:  # Optional[X], X | None
         inner = [a for a in args if a is not type(None)]
         rule = _annotation_rule(inner[0]) if len(inner) == 1 else None
         if rule is not None:
@@ -247,26 +248,25 @@ def _check_dataclass_options(value: Mapping[str, Any], cls: type, prefix: str, o
 # --- the pass -----------------------------------------------------------------------------------
 
 
-def config_problems(cfg: Union[DictConfig, Mapping[str, Any]]) -> list[str]:
-    """Every problem of the composed config `cfg` (empty when it may run). Touches no data, weights
-    or results: the checkpoint path is only stat'ed, CUDA only queried."""
-    if isinstance(cfg, DictConfig) and any(k in cfg for k in TOP_LEVEL_SKIP):
-        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in TOP_LEVEL_SKIP])
+def config_problems(cfg: Union[DictConfig, Mapping[str, Any]], own: tuple[str, ...] = ()) -> list[str]:
+    """Every problem of the composed config `cfg` (empty when it may run). `own`: top-level blocks
+    the calling entry point checks itself (e.g. `analyze`). Touches no data, weights or results:
+    the checkpoint path is only stat'ed, CUDA only queried."""
+    skip = {*TOP_LEVEL_SKIP, *own}
+    if isinstance(cfg, DictConfig) and any(k in cfg for k in skip):
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in skip])
     try:
         c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     except Exception as e:  # an interpolation that does not resolve (${oc.env:...}, a missing key)
         return [f"the config does not resolve: {type(e).__name__}: {e}"]
-    c = {k: v for k, v in c.items() if k not in TOP_LEVEL_SKIP}
+    c = {k: v for k, v in c.items() if k not in skip}
     problems: list[str] = []
 
-    top = top_level_defaults()
-    top_schema = {k: v for k, v in top.items() if k != "report"}
-    top_schema.update({g: {} for g in GROUPS})
-    if "report" in top:
-        top_schema["report"] = {}
-    scalars = {k: v for k, v in c.items() if k not in GROUPS and k != "report"}
-    _check_mapping(scalars, {k: v for k, v in top_schema.items() if k not in GROUPS and k != "report"} | {
-        k: None for k in (*GROUPS, "report")}, "", "the top-level keys are", problems)
+    # top level: config.yaml's own keys (cache checked key by key), the groups and `report`, whose
+    # blocks are checked below
+    blocks = (*GROUPS, "report")
+    schema = {**{k: v for k, v in top_level_defaults().items() if k not in blocks}, **{k: None for k in blocks}}
+    _check_mapping({k: v for k, v in c.items() if k not in blocks}, schema, "", "the top-level keys are", problems)
 
     for group in GROUPS:
         value = c.get(group)
@@ -285,14 +285,16 @@ def config_problems(cfg: Union[DictConfig, Mapping[str, Any]]) -> list[str]:
             problems.append(problem)
         _check_mapping(value, schema, f"{group}.", f"{group} has the keys", problems)
 
-    _check_methods(c, problems)
+    method = _check_methods(c, problems)
     _check_report(c, problems)
     if not problems:  # cross-key checks assume each value is well-formed
-        _check_combination(c, problems)
+        _check_combination(c, method, problems)
     return problems
 
 
-def _check_methods(c: Mapping[str, Any], problems: list[str]) -> None:
+def _check_methods(c: Mapping[str, Any], problems: list[str]) -> Any:
+    """Check the method's and quant's options; returns the method built from them (None when
+    they are not valid)."""
     from ptqbench.methods import METHODS, Bits, FullQuantConfig, build_method
 
     quant = c.get("quant")
@@ -305,20 +307,21 @@ def _check_methods(c: Mapping[str, Any], problems: list[str]) -> None:
             quant_ok = False
     method = c.get("method")
     if not isinstance(method, dict):
-        return
+        return None
     name = method.get("name")
     if name not in METHODS:
         problems.append(f"method.name={_show(name)}: not a method; choose one of {', '.join(sorted(METHODS))} (method=NAME)")
-        return
+        return None
     if not _check_dataclass_options(method, METHODS[name].Config, "method.", f"method {name!r}", problems) or not quant_ok:
-        return
+        return None
     bits = c.get("bits") or {}
     w, a = bits.get("w"), bits.get("a")
     valid_bits = _BITS[0]
     try:  # the dataclass's own range checks; placeholder bits when the bits are wrong (reported above)
-        build_method(method, Bits(w if valid_bits(w) else 8, a if valid_bits(a) else 8), quant)
+        return build_method(method, Bits(w if valid_bits(w) else 8, a if valid_bits(a) else 8), quant)
     except ConfigError as e:
         problems.append(str(e))
+        return None
 
 
 def _check_report(c: Mapping[str, Any], problems: list[str]) -> None:
@@ -338,7 +341,7 @@ def _check_report(c: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(f"report: {e}")
 
 
-def _check_combination(c: Mapping[str, Any], problems: list[str]) -> None:
+def _check_combination(c: Mapping[str, Any], method: Any, problems: list[str]) -> None:
     from ptqbench.models.detectors import DETECTORS
     from ptqbench.models.zoo import MODELS
 
@@ -363,7 +366,7 @@ def _check_combination(c: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(f"calib.split={_show(calib.get('split'))}: that is the evaluation split (data.val_split); "
                         "calibrate on training images (calib.split=train)")
     if task_name == "detection":
-        _check_detection(c, problems)
+        _check_detection(c, method, problems)
     checkpoint = model.get("checkpoint")
     if checkpoint and model.get("pretrained", True):
         from ptqbench.models.weights import checkpoint_problem
@@ -379,25 +382,25 @@ def _check_combination(c: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(str(e))
 
 
-def _check_detection(c: Mapping[str, Any], problems: list[str]) -> None:
-    from ptqbench.methods import METHODS
-    from ptqbench.tasks.detection import SCOPES
+def _check_detection(c: Mapping[str, Any], method: Any, problems: list[str]) -> None:
+    from ptqbench.tasks.detection import SCOPES, refuse_blockwise
 
     scope = c["task"].get("quantize")
     if scope is not None and scope not in SCOPES:
         problems.append(f"task.quantize={_show(scope)}: choose one of {', '.join(sorted(SCOPES))}")
-    method = METHODS[c["method"]["name"]]
-    if method.blockwise:
-        problems.append(f"method={method.name}: quantizes block by block and ptqbench has no block list for "
-                        "mmdet detectors; use method=fp, minmax, percentile or repq with task=detection")
+    try:  # the detection task's own refusal (ERQ, GPTQ: no block list for detectors), here before any work
+        refuse_blockwise(method)
+    except ConfigError as e:
+        problems.append(str(e))
     if (c.get("quant") or {}).get("full"):
         problems.append("quant.full=true: the fully quantized roles exist for timm classifiers only; "
                         "use quant.full=false with task=detection")
 
 
-def validate_config(cfg: Union[DictConfig, Mapping[str, Any]]) -> None:
-    """Raise one ConfigError listing every problem of `cfg`; nothing has been run or recorded."""
-    problems = config_problems(cfg)
+def validate_config(cfg: Union[DictConfig, Mapping[str, Any]], own: tuple[str, ...] = ()) -> None:
+    """Raise one ConfigError listing every problem of `cfg` (`own`: see `config_problems`);
+    nothing has been run or recorded."""
+    problems = config_problems(cfg, own)
     if len(problems) == 1:
         raise ConfigError(f"{problems[0]}. Nothing was run or recorded.")
     if problems:

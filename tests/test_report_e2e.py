@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, run_cli
 from test_report import write_reference
 
+from ptqbench.per_image import hits_of
 from ptqbench.records import load_records
 from ptqbench.report.latex import standalone
 from ptqbench.report.tables import fmt
@@ -35,6 +36,10 @@ def test_sweep_report_wandb_summary_and_cli(tiny_imagenet, tmp_path):
     top1 = [r["metrics"]["top1"] for r in recs]
     fp = {r["metrics"]["fp_top1"] for r in recs}
     assert len(recs) == 2 and len(fp) == 1
+    for r in recs:  # per-image hits for the paired bootstrap, consistent with the run's own top-1
+        tag, hits = hits_of(r, "top1")
+        assert tag == r["data"]["eval_ids_sha"] and hits.size == r["data"]["eval_images"]
+        assert 100.0 * hits.mean() == pytest.approx(r["metrics"]["top1"])
     md = (res / "tables" / "e2e.md").read_text()
     assert f"| 32/32 | Full Prec. | {fmt(fp.pop(), 2)}† |" in md  # † the paper FP differs (shipped reference)
     mean, std = fmt(statistics.fmean(top1), 2), fmt(statistics.stdev(top1), 2)

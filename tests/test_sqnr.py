@@ -104,3 +104,17 @@ def test_a_reference_model_measures_against_the_original_weights():
     assert measure_layer_sqnr(qm.model, x).layers[0].sqnr_db > expected + 5  # partly blind to the weight change
     rec = layer_sqnr_record(qm.model, x, torch.device("cpu"), 5, reference=twin)
     assert rec["reference"] == "fp_model" and rec["output_sqnr_db"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_fully_quantized_layers_layernorm_input_quantizer_counts_as_its_own():
+    """A LayerNorm's input quantizer runs in a forward pre-hook: its local SQNR reruns the norm on
+    the input from before that hook. Inside a block the block quantizes the input itself (null)."""
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=10).eval()
+    meth = build_method({"name": "minmax"}, Bits(6, 6), {"full": True, "bits": 6})
+    qm = make_quantizable(model, meth.plan())
+    meth.quantize(qm, IMAGES)
+    rows = {ly.layer: ly for ly in measure_layer_sqnr(qm.model, IMAGES).layers}
+    assert rows["norm"].role == "ln_in" and rows["norm"].local_sqnr_db is not None and rows["norm"].local_sqnr_db > 10
+    assert rows["blocks.0.norm1"].local_sqnr_db is None and rows["blocks.0"].kind == "QuantBlock"
+    assert rows["blocks.0.attn.softmax_op"].role == "softmax_in" and rows["blocks.0.mlp.act"].role == "gelu_in"

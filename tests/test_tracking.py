@@ -119,8 +119,8 @@ def test_bad_logger_settings_are_refused_before_work(tmp_path, logger, match):
 
 def _sweep_args(tiny_imagenet, results) -> list[str]:
     return ["-m", "method=minmax", "bits=w8a8", f"data.root={tiny_imagenet}", f"results_dir={results}",
-            "model.pretrained=false", "calib.size=2", "data.eval_limit=8", "data.batch_size=4", "data.workers=0",
-            "logger=wandb", "logger.sqnr_images=2"]
+            "model.pretrained=false", "model.arch=test_vit", "model.tag=r160_in1k",  # timm's 6-block test ViT
+            "calib.size=2", "data.eval_limit=8", "data.batch_size=4", "data.workers=0", "logger=wandb", "logger.sqnr_images=2"]
 
 
 def test_piped_sweep_log_has_no_carriage_return(tiny_imagenet, tmp_path):
@@ -132,7 +132,8 @@ def test_piped_sweep_log_has_no_carriage_return(tiny_imagenet, tmp_path):
     assert "eval minmax w8a8: 100% (2/2 batch)" in log and "calibrate: 100% (" in log
     assert "table of this sweep" in log and "Notes:" in log  # the table and its notes end the log
     rec = load_records(tmp_path)[0]
-    assert rec["layer_sqnr"]["images"] == 2 and len(rec["layer_sqnr"]["layers"]) > 10
+    assert rec["layer_sqnr"]["images"] == 2 and len(rec["layer_sqnr"]["layers"]) == 38  # patch embedding, 6 x 6, head
+    assert rec["layer_sqnr"]["reference"] == "fp_model"
     job = read_offline_run(rec["wandb"]["dir"])
     assert job.id == rec["wandb"]["id"] and job.group == rec["wandb"]["group"] and job.group.startswith("sweep-")
     summary = read_offline_run(next((tmp_path / "wandb").glob("offline-run-*summary*")))

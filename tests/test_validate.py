@@ -60,7 +60,7 @@ BAD = [
     (["quant.bits=99"], "quant.bits=99; use an integer in 2..16"),
     (["+quant.fulll=true"], "quant.fulll=true: unknown key; quant has the options "),
     (["model=mask_rcnn_swin_t"], "model=mask_rcnn_swin_t is a detector: run it with task=detection"),
-    (["task=detection", "method=erq"], "method=erq: quantizes block by block"),
+    (["task=detection", "method=erq"], "method=erq cannot run on task=detection"),
     (["data=coco"], "data=coco: task=classification evaluates on data=imagenet"),
 ]
 

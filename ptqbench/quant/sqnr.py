@@ -126,6 +126,13 @@ def measure_layer_sqnr(model: nn.Module, images: torch.Tensor, chunk: int = 8,
     state = {"phase": "fp", "busy": False}
     seen: set[str] = set()  # layers compared in this chunk's quantized pass
     fp_out: dict[str, torch.Tensor] = {}
+    raw_in: dict[str, tuple[tuple, dict]] = {}  # a layer's inputs before its own pre-hooks (a LayerNorm's input quantizer)
+
+    def keep_input(name: str):
+        def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            if not state["busy"] and state["phase"] == "quant" and name not in raw_in:
+                raw_in[name] = (args, kwargs)
+        return pre_hook
 
     def make_hook(name: str, module: nn.Module, qs: list[Quantizer]):
         def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -149,8 +156,9 @@ def measure_layer_sqnr(model: nn.Module, images: torch.Tensor, chunk: int = 8,
             s.noise += _sq(y.float() - ref.float())
             state["busy"] = True
             try:
+                a, kw = raw_in.get(name, (args, kwargs))
                 with switched(qs, False):
-                    own = _first_tensor(mod(*args, **kwargs))
+                    own = _first_tensor(mod(*a, **kw))
             finally:
                 state["busy"] = False
             if own is not None and own.shape == y.shape:
@@ -166,6 +174,7 @@ def measure_layer_sqnr(model: nn.Module, images: torch.Tensor, chunk: int = 8,
         return hook
 
     handles = [m.register_forward_hook(make_hook(n, m, qs), with_kwargs=True) for n, (m, qs) in layers.items()]
+    handles += [m.register_forward_pre_hook(keep_input(n), prepend=True, with_kwargs=True) for n, (m, _) in layers.items()]
     if reference is not None:
         ref_modules = dict(reference.named_modules())
         handles += [ref_modules[n].register_forward_hook(capture(n)) for n in layers if n in ref_modules]
@@ -181,6 +190,7 @@ def measure_layer_sqnr(model: nn.Module, images: torch.Tensor, chunk: int = 8,
             with quant_disabled(fp_model):
                 ref = _first_tensor(fp_model(x))
             seen.clear()
+            raw_in.clear()
             state.update(phase="quant")
             y = _first_tensor(model(x))
             if ref is not None and y is not None:
@@ -190,6 +200,7 @@ def measure_layer_sqnr(model: nn.Module, images: torch.Tensor, chunk: int = 8,
         for h in handles:
             h.remove()
         fp_out.clear()
+        raw_in.clear()
         model.train(was_training)
     result, skipped = [], []
     for name in sorted(layers, key=lambda n: order.get(n, len(order))):
