@@ -1,8 +1,10 @@
-"""Where shared data lives: `$PTQBENCH_DATA`, else `../shared/data` beside the repository."""
+"""Where things live: the shared data (`$PTQBENCH_DATA`, else `../shared/data` beside the
+repository) and the ptqbench checkout itself (its root and commit)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +13,20 @@ from ptqbench.errors import DataNotFoundError
 DATA_ENV = "PTQBENCH_DATA"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
+
+
+def git_commit(repo: Path = REPO_ROOT) -> Optional[str]:
+    """HEAD of the checkout (with '+dirty' for local changes to tracked files), None outside git:
+    the code a record or a table came from."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def data_root() -> Path:

@@ -13,11 +13,10 @@ import hashlib
 import logging
 import os
 import platform
-import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,7 +25,7 @@ from ptqbench import __version__
 from ptqbench.cache import ContentCache, cache_from_config, code_version, content_key
 from ptqbench.errors import ConfigError, add_note, describe
 from ptqbench.fileio import check_writable
-from ptqbench.paths import REPO_ROOT
+from ptqbench.paths import git_commit
 from ptqbench.per_image import PER_IMAGE_KEY, per_image_field
 from ptqbench.records import STATUS_FAILED, STATUS_OK, finished, record_path, run_key, save_record, semantic_config
 from ptqbench.records import job_lock
@@ -50,19 +49,6 @@ def resolve_workers(workers: Any) -> int:
     if not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"data.workers={workers!r}; use auto or an integer >= 0")
     return workers
-
-
-def git_commit() -> Optional[str]:
-    """HEAD of the ptqbench checkout (with '+dirty' for local changes), None outside git."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return None
 
 
 def versions() -> dict[str, str]:
@@ -190,6 +176,23 @@ def _execute(cfg: DictConfig, results_dir: Path, record: dict[str, Any]) -> dict
     return _execute_classification(cfg, results_dir)
 
 
+def setup_job(cfg: DictConfig) -> tuple[Any, Any, torch.device, Any]:
+    """What every classification job (and the analysis app) starts from: its bits, the built
+    method, the device, the model entry; torch threads and seed set from the config."""
+    from ptqbench.methods import Bits, build_method
+    from ptqbench.models import model_entry
+
+    bits = Bits(int(cfg.bits.w), int(cfg.bits.a))
+    quant_cfg = cfg.get("quant")
+    method = build_method(OmegaConf.to_container(cfg.method, resolve=True), bits,
+                          OmegaConf.to_container(quant_cfg, resolve=True) if quant_cfg is not None else None)
+    device = resolve_device(str(cfg.device))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    torch.manual_seed(int(cfg.seed))
+    return bits, method, device, model_entry(cfg.model.name, cfg.model.get("arch"), cfg.model.get("tag"))
+
+
 def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
     """The work of one classification job."""
     import timm.data
@@ -199,23 +202,13 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
         ImageNetFolder, calibration_batch, calibration_indices, eval_subset, files_signature, make_loader, resolve_root,
         subset_ids,
     )
-    from ptqbench.methods import Bits, build_method
-    from ptqbench.models import create_model, make_quantizable, model_entry, state_fingerprint
+    from ptqbench.models import create_model, make_quantizable, state_fingerprint
     from ptqbench.profiling import PhaseMeter
     from ptqbench.quant.sqnr import layer_sqnr_for_job
     from ptqbench.tasks.classification import evaluate
 
     # the config is valid here (validate_config): bits are ints, the split is not the eval split
-    bits = Bits(cfg.bits.w, cfg.bits.a)
-    quant_cfg = cfg.get("quant")
-    method = build_method(OmegaConf.to_container(cfg.method, resolve=True), bits,
-                          OmegaConf.to_container(quant_cfg, resolve=True) if quant_cfg is not None else None)
-    device = resolve_device(str(cfg.device))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    torch.manual_seed(int(cfg.seed))
-
-    entry = model_entry(cfg.model.name, cfg.model.get("arch"), cfg.model.get("tag"))
+    bits, method, device, entry = setup_job(cfg)
     # fail on missing data or too few calibration images before loading weights (transforms come
     # with the model)
     root = resolve_root(cfg.data.root)

@@ -66,25 +66,16 @@ def run_analysis(cfg: DictConfig) -> Analysis:
     import timm.data
 
     from ptqbench.data import ImageNetFolder, calibration_batch, eval_subset, make_loader, resolve_root
-    from ptqbench.methods import Bits, build_method
-    from ptqbench.models import create_model, make_quantizable, model_entry, state_fingerprint
+    from ptqbench.models import create_model, make_quantizable, state_fingerprint
     from ptqbench.models.detectors import DETECTORS
     from ptqbench.quant.sqnr import layer_sqnr_for_job
-    from ptqbench.run import resolve_device, resolve_workers
+    from ptqbench.run import resolve_workers, setup_job
 
     start = time.perf_counter()
     a = check_config(cfg)
     if cfg.model.name in DETECTORS:
         raise ConfigError(f"model={cfg.model.name} is a detector; the analysis runs on classification models")
-    bits = Bits(int(cfg.bits.w), int(cfg.bits.a))
-    quant_cfg = cfg.get("quant")
-    method = build_method(OmegaConf.to_container(cfg.method, resolve=True), bits,
-                          OmegaConf.to_container(quant_cfg, resolve=True) if quant_cfg is not None else None)
-    device = resolve_device(str(cfg.device))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    torch.manual_seed(int(cfg.seed))
-    entry = model_entry(cfg.model.name, cfg.model.get("arch"), cfg.model.get("tag"))
+    bits, method, device, entry = setup_job(cfg)
     root = resolve_root(cfg.data.root)
     model, _ = create_model(entry, cfg.model.get("checkpoint"), cfg.model.get("weights_dir"),
                             bool(cfg.model.get("pretrained", True)), bool(cfg.model.get("allow_download", True)))

@@ -144,7 +144,7 @@ def _current(q: Quantizer) -> Any:
 
 def _apply(q: Quantizer, params: Any) -> None:
     if isinstance(q, TwinUniformQuantizer):
-        q.apply(params)
+        q.apply_params(params)
     else:
         q.set_params(params[0][0], params[1][0], None)
 

@@ -85,7 +85,9 @@ class TwinUniformQuantizer(Quantizer):
             tops = [hi[0] for _, hi in candidate_ranges(x2d, self.search)] + [top]
         return [{"neg_scale": neg, "pos_scale": torch.clamp(t, min=1e-8) / (self.levels - 1)} for t in tops]
 
-    def apply(self, params: dict[str, torch.Tensor]) -> None:
+    def apply_params(self, params: dict[str, torch.Tensor]) -> None:
+        """Install searched parameters (not named `apply`: that would shadow nn.Module.apply, which
+        e.g. mmengine's BaseModel.to calls on every submodule)."""
         for k, v in params.items():
             setattr(self, k, v.detach().clone().float().to(self.split.device).reshape(()))
         self.calibrated = True
@@ -102,7 +104,7 @@ class TwinUniformQuantizer(Quantizer):
         cands = self.candidates(x)
         x2d = subsample(x.float().reshape(1, -1), self.search.max_samples)
         errs = [float((self._fake(x2d, c) - x2d).pow(2).mean()) for c in cands]
-        self.apply(cands[min(range(len(cands)), key=errs.__getitem__)])  # ties keep the first
+        self.apply_params(cands[min(range(len(cands)), key=errs.__getitem__)])  # ties keep the first
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return self._fake(x, {"split": self.split, "neg_scale": self.neg_scale, "pos_scale": self.pos_scale})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,22 +19,9 @@ from typing import Any, Optional, Sequence
 import pandas as pd
 
 from ptqbench import __version__
-from ptqbench.paths import REPO_ROOT
+from ptqbench.paths import git_commit
 from ptqbench.report.collect import COST_COLUMNS, PROVENANCE_COLUMNS, flatten
 from ptqbench.report.names import METRICS
-
-
-def git_commit(repo: Path = REPO_ROOT) -> Optional[str]:
-    """HEAD of the checkout (with '+dirty' for local changes to tracked files), None outside git."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return None
 
 
 def current_command(argv: Sequence[str] | None = None) -> str:
