@@ -26,21 +26,12 @@ from ptqbench.cache import ContentCache, cache_from_config, code_version, conten
 from ptqbench.errors import ConfigError, add_note, describe
 from ptqbench.fileio import check_writable
 from ptqbench.paths import git_commit
+from ptqbench.validate import resolve_device
 from ptqbench.per_image import PER_IMAGE_KEY, per_image_field
 from ptqbench.records import STATUS_FAILED, STATUS_OK, finished, record_path, run_key, save_record, semantic_config
 from ptqbench.records import job_lock
 
 log = logging.getLogger("ptqbench")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise ConfigError(f"device={name!r}; choose auto, cpu or cuda[:N]")
-    return torch.device(name)
 
 
 def resolve_workers(workers: Any) -> int:

@@ -26,6 +26,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ptqbench.errors import ConfigError
@@ -39,6 +40,17 @@ FREE_FORM = {"data.splits"}  # mappings whose keys the user chooses
 TOP_LEVEL_SKIP = {"hydra"}  # present when composed with return_hydra_config
 
 Check = Callable[[Any], bool]
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device `device=` names; a ConfigError when it is unknown or CUDA is missing."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise ConfigError(f"device={name!r}; choose auto, cpu or cuda[:N]")
+    return torch.device(name)
 
 
 def _is_int(v: Any) -> bool:
@@ -374,7 +386,6 @@ def _check_combination(c: Mapping[str, Any], method: Any, problems: list[str]) -
         problem = checkpoint_problem(Path(checkpoint).expanduser())
         if problem:
             problems.append(f"model.checkpoint={_show(checkpoint)}: {problem}")
-    from ptqbench.run import resolve_device
 
     try:
         resolve_device(str(c["device"]))
