@@ -22,8 +22,8 @@ import torch
 from ptqbench.methods import Bits, build_method
 from ptqbench.models import make_quantizable
 from ptqbench.models.units import model_units
-from ptqbench.quant.reconstruction import ReconConfig, prepare_unit
-from ptqbench.quant.streaming import unit_layers
+from ptqbench.algorithms.reconstruction import ReconConfig, prepare_unit
+from ptqbench.algorithms.streaming import unit_layers
 
 ARCH = {"deit_small": "deit_small_patch16_224", "deit_tiny": "deit_tiny_patch16_224", "vit_base": "vit_base_patch16_224"}
 LEARN = {"dopq": ("act_scale", "weight_rounding"), "aiq": ("act_scale", "dfq", "lowrank")}

@@ -195,7 +195,7 @@ def _execute_classification(cfg: DictConfig, results_dir: Path) -> dict[str, Any
     )
     from ptqbench.models import create_model, make_quantizable, state_fingerprint
     from ptqbench.profiling import PhaseMeter
-    from ptqbench.quant.sqnr import layer_sqnr_for_job
+    from ptqbench.analyze.sqnr import layer_sqnr_for_job
     from ptqbench.tasks.classification import evaluate
 
     # the config is valid here (validate_config): bits are ints, the split is not the eval split

@@ -12,7 +12,7 @@ import torch
 from ptqbench.cache import ActivationStore, ContentCache, content_key, fp_activation_store, module_state_key
 from ptqbench.methods import Bits, build_method
 from ptqbench.models.adapter import make_quantizable
-from ptqbench.quant.reconstruction import ReconConfig, reconstruct
+from ptqbench.algorithms.reconstruction import ReconConfig, reconstruct
 
 
 class Counter:

@@ -7,7 +7,7 @@ pipeline, not accuracy (the shared-data end-to-end test does that).
 from pathlib import Path
 
 import torch
-from conftest import run_cli
+from tests.conftest import run_cli
 
 from ptqbench.records import load_records
 

@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 import wandb
-from conftest import run_cli
+from tests.conftest import run_cli
 
 from ptqbench.errors import ConfigError
 from ptqbench.records import load_records

@@ -116,7 +116,7 @@ def test_every_shipped_option_and_experiment_validates():
 
 
 def test_validation_does_not_change_run_keys():
-    """The run key of a valid config is computed exactly as before (tests/fixtures/runs hold old
+    """The run key of a valid config is computed exactly as before (tests/report/fixtures/runs hold old
     records): validation reads the config, never rewrites it."""
     cfg = _compose("method=minmax", "bits=w8a8")
     before = run_key(cfg)

@@ -68,7 +68,7 @@ def run_analysis(cfg: DictConfig) -> Analysis:
     from ptqbench.data import ImageNetFolder, calibration_batch, eval_subset, make_loader, resolve_root
     from ptqbench.models import create_model, make_quantizable, state_fingerprint
     from ptqbench.models.detectors import DETECTORS
-    from ptqbench.quant.sqnr import layer_sqnr_for_job
+    from ptqbench.analyze.sqnr import layer_sqnr_for_job
     from ptqbench.run import resolve_workers, setup_job
 
     start = time.perf_counter()

@@ -20,7 +20,7 @@ from ptqbench.errors import ConfigError
 from ptqbench.progress import progress
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quantizers
-from ptqbench.quant.sqnr import quantized_layers, sqnr_db
+from ptqbench.analyze.sqnr import quantized_layers, sqnr_db
 
 GRANULARITIES = ("layer", "role")
 MODES = ("only", "all_but")

@@ -45,7 +45,7 @@ from ptqbench.quant.dynamic_focus import (BELOW_MODES, DEFAULT_LOWER_PERCENTILES
                                           DEFAULT_UPPER_PERCENTILES, INIT_METRICS)
 from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantLinear
-from ptqbench.quant.reparam import reparameterize_all
+from ptqbench.algorithms.reparam import reparameterize_all
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 
 RANK_SEARCHES = ("darts", "fixed")

@@ -1,6 +1,6 @@
 """Knobs and glue shared by methods that finish with block reconstruction (DopQ-ViT, AIQViT).
 
-The engine itself is `ptqbench.quant.reconstruction`; this module maps a method's YAML knobs onto
+The engine itself is `ptqbench.algorithms.reconstruction`; this module maps a method's YAML knobs onto
 its `ReconConfig`, with the papers' iteration defaults (I&S-ViT's protocol, which DopQ-ViT and
 AIQViT follow: 1000 iterations per block at W3A3/W4A4, 200 at W6A6, batch 64, 1024 images).
 """
@@ -14,7 +14,7 @@ import torch
 
 from ptqbench.methods.base import Bits
 from ptqbench.methods.repq import RepQConfig
-from ptqbench.quant.reconstruction import LOSSES, ReconConfig, reconstruct
+from ptqbench.algorithms.reconstruction import LOSSES, ReconConfig, reconstruct
 
 WEIGHT_LEARNING = ("rounding", "scale", "none")
 LOW_BIT_ITERS, HIGH_BIT_ITERS = 1000, 200

@@ -33,7 +33,7 @@ from ptqbench.methods.repq import RepQViT
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import calibrate
-from ptqbench.quant.reparam import DEVIATIONS, mad_inliers, mean_scale, mosf_scale, reparameterize_all
+from ptqbench.algorithms.reparam import DEVIATIONS, mad_inliers, mean_scale, mosf_scale, reparameterize_all
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 from ptqbench.quant.tan import DEFAULT_THETAS
 

@@ -47,10 +47,10 @@ from ptqbench.models.units import model_units
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.dual_uniform import DualUniformQuantizer
-from ptqbench.quant.error_reduction import ridge_correction, wqer
+from ptqbench.algorithms.error_reduction import ridge_correction, wqer
 from ptqbench.quant.modules import QuantConv2d, QuantLinear
 from ptqbench.quant.ranges import RangeSearch
-from ptqbench.quant.streaming import GramStats, collect_grams, split_chunks, unit_layers
+from ptqbench.algorithms.streaming import GramStats, collect_grams, split_chunks, unit_layers
 
 
 # The released ERQ quantizer's per-row weight clipping grid (its activations keep RepQ-ViT's).

@@ -28,8 +28,8 @@ from ptqbench.methods.base import register_method
 from ptqbench.methods.repq import RepQConfig, RepQViT, calibrate_activations
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.models.units import model_units
-from ptqbench.quant.error_reduction import gptq
-from ptqbench.quant.streaming import collect_grams, run_unit, split_chunks, unit_layers, weights_fp
+from ptqbench.algorithms.error_reduction import gptq
+from ptqbench.algorithms.streaming import collect_grams, run_unit, split_chunks, unit_layers, weights_fp
 
 
 @dataclass(frozen=True)

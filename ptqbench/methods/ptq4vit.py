@@ -1,6 +1,6 @@
 """PTQ4ViT (Yuan et al., ECCV 2022): twin uniform quantization + Hessian-guided scale search.
 
-Recipe (ptqbench/quant/twin_uniform.py, ptqbench/quant/hessian_search.py):
+Recipe (ptqbench/quant/twin_uniform.py, ptqbench/algorithms/hessian_search.py):
 1. Post-softmax: twin uniform (R1 = [0, split) with the step split/(L-1), R2 = [split, 1] with
    1/(L-1), split = 2^-m); post-GELU: twin uniform (one step for the negative values, one for the
    positive ones). Every other tensor: uniform, per output channel for weights, per tensor for
@@ -28,7 +28,7 @@ from ptqbench.methods.base import Method, ProtocolConfig, register_method
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import calibrate
-from ptqbench.quant.hessian_search import SearchConfig, search_model
+from ptqbench.algorithms.hessian_search import SearchConfig, search_model
 from ptqbench.quant.ranges import RangeSearch
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 

@@ -16,7 +16,7 @@ Choice (config knob `exact_padding`): where Swin zero-pads the norm1 output to w
 (mmdet detectors at most input sizes, timm Swin at a resolution that is not a multiple of the
 window), the padded tokens stay the image of 0 after the fold, so the reparameterization is exact
 at every input size; `exact_padding: false` reproduces the released detection code, which pads
-with zeros after the fold (ptqbench.quant.reparam, "Window padding").
+with zeros after the fold (ptqbench.algorithms.reparam, "Window padding").
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ptqbench.methods.base import Method, ProtocolConfig, register_method
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import calibrate, quantizers, switched
-from ptqbench.quant.reparam import reparameterize_all
+from ptqbench.algorithms.reparam import reparameterize_all
 from ptqbench.quant.spec import QuantPlan
 
 

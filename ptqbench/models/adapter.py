@@ -32,7 +32,7 @@ from ptqbench.quant import roles
 from ptqbench.quant.calibration import quantizers
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
 from ptqbench.quant.nonlinear import QuantAct, QuantSoftmax
-from ptqbench.quant.reparam import ReparamPair
+from ptqbench.models.structure import ReparamPair
 from ptqbench.quant.spec import QuantPlan
 
 

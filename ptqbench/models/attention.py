@@ -15,7 +15,7 @@ exp) that replaces the float softmax.
 
 Swin's window attention receives windows that the block zero-padded to a multiple of the window.
 `input_shift` (None until a reparameterization sets it) is added to every token of those windows
-before qkv, so the reparameterization's shift applies after the padding (ptqbench.quant.reparam).
+before qkv, so the reparameterization's shift applies after the padding (ptqbench.algorithms.reparam).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Linear's input, and the LayerNorm -> Linear pairs for reparameterization.
 
 `ShiftWindowMSA` zero-pads the norm1 output to a multiple of the window before `WindowMSA`, and
 the padded tokens take part in attention; QuantWindowMSA's `input_shift` lets a reparameterization
-apply its shift after that padding (ptqbench.quant.reparam, "Window padding").
+apply its shift after that padding (ptqbench.algorithms.reparam, "Window padding").
 
 Imported only when the model holds mmdet modules, so ptqbench without the det extra never imports
 mmdet or mmcv.

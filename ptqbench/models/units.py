@@ -8,8 +8,6 @@ current unit's input and output in memory instead of every layer's activations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from timm.models.swin_transformer import SwinTransformer
@@ -17,21 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ptqbench.errors import ConfigError
-
-
-@dataclass
-class Unit:
-    """One step of the forward pass.
-
-    Attributes:
-        name: dotted name of the unit's main module ("blocks.3", "layers.1.downsample", "head").
-        forward: maps the previous unit's output to this unit's output.
-        module: the module(s) whose parameters the unit uses (hooks and layer lookup go here).
-    """
-
-    name: str
-    forward: Callable[[torch.Tensor], torch.Tensor]
-    module: nn.Module
+from ptqbench.models.structure import Unit
 
 
 def _vit_units(m: VisionTransformer) -> list[Unit]:

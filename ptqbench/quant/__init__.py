@@ -1,17 +1,17 @@
-"""The one quantization core: quantizers, quantized modules, calibration, reparameterization."""
+"""The one quantization core: quantizers, quantized modules, calibration. Model-level algorithms live in
+ptqbench.algorithms, which builds on this package (never the other way)."""
 
 from ptqbench.quant.base import Quantizer, round_ste
 from ptqbench.quant.calibration import calibrate, quant_disabled, quantizers, set_quant_enabled
 from ptqbench.quant.log_sqrt2 import LogSqrt2Quantizer
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
 from ptqbench.quant.ranges import RangeSearch
-from ptqbench.quant.reparam import ReparamPair, reparameterize, reparameterize_all
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 from ptqbench.quant.uniform import UniformQuantizer, fake_quant, params_from_range, qrange
 
 __all__ = [
     "Quantizer", "round_ste", "calibrate", "quant_disabled", "quantizers", "set_quant_enabled",
-    "LogSqrt2Quantizer", "QuantConv2d", "QuantLinear", "QuantMatMul", "RangeSearch", "ReparamPair",
-    "reparameterize", "reparameterize_all", "QuantizerSpec", "QuantPlan", "UniformQuantizer",
+    "LogSqrt2Quantizer", "QuantConv2d", "QuantLinear", "QuantMatMul", "RangeSearch",
+    "QuantizerSpec", "QuantPlan", "UniformQuantizer",
     "fake_quant", "params_from_range", "qrange",
 ]

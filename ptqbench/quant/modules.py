@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptqbench.quant.base import Quantizer
-from ptqbench.quant.error_reduction import Grid
+from ptqbench.quant.grid import Grid
 
 
 class _WeightQuantMixin:

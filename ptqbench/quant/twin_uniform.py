@@ -11,7 +11,7 @@ released PTQ4ViT code:
   (L-1 levels above 0).
 
 `_fit` picks m (softmax, m in 0..m_max) or the positive range (GELU, top in {max, search
-percentiles}) by MSE; PTQ4ViT's Hessian-guided search (ptqbench.quant.hessian_search) then
+percentiles}) by MSE; PTQ4ViT's Hessian-guided search (ptqbench.algorithms.hessian_search) then
 overrides them through `candidates()` / `apply()`.
 """
 

@@ -2,7 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from ptqbench.quant import QuantLinear, RangeSearch, ReparamPair, UniformQuantizer, reparameterize
+from ptqbench.algorithms.reparam import reparameterize
+from ptqbench.models.structure import ReparamPair
+from ptqbench.quant import QuantLinear, RangeSearch, UniformQuantizer
 
 
 def _pair(bias: bool = True, seed: int = 0):

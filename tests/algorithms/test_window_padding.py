@@ -19,7 +19,7 @@ from timm.models.swin_transformer import SwinTransformer
 from ptqbench.methods import Bits, build_method
 from ptqbench.models import make_quantizable
 from ptqbench.quant.calibration import quant_disabled
-from ptqbench.quant.reparam import reparameterize_all
+from ptqbench.algorithms.reparam import reparameterize_all
 
 PADDED, UNPADDED = 72, 56
 TOL = 1e-5  # relative error of float rounding; the released padding gives ~1e-1 (see the last test)

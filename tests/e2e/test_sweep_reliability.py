@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
-from test_cli import _tiny_job_args
+from tests.conftest import REPO, run_cli
+from tests.test_cli import _tiny_job_args
 
 from ptqbench.launch import job_threads, joblib_workers
 from ptqbench.records import finished, job_lock, load_records, read_json, record_path, run_key, write_json_atomic

@@ -1,7 +1,7 @@
 """Golden tests of the report: from a small set of run records, the pivot, the bold/underlined
 cells, mean ± std, the LaTeX (compiled when pdflatex exists), the COCO table, and the rows the
 paper comparison picks. Every expected string below follows from the numbers in the records
-built here (or, for the real-records test, from tests/fixtures/runs: trimmed records of real
+built here (or, for the real-records test, from tests/report/fixtures/runs: trimmed records of real
 DeiT-Tiny runs on the shared data)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ptqbench.report.markdown import table_markdown
 from ptqbench.report.reference import compare, pick
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def record(model: str, method: str, w: int, a: int, metrics: dict[str, Any], *, calib_seed: int = 0,

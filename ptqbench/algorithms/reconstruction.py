@@ -34,14 +34,15 @@ from torch import nn
 from ptqbench.progress import progress as progress_bar
 
 from ptqbench.cache import current_activation_store, module_state_key
-from ptqbench.models.units import Unit, model_units
+from ptqbench.models.structure import Unit
+from ptqbench.models.units import model_units
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.dynamic_focus import DynamicFocusQuantizer
 from ptqbench.quant.learnable import AdaRoundQuantizer, freeze_scale, learn_scale
 from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantLinear
-from ptqbench.quant.streaming import params_frozen, run_unit, split_chunks, unit_layers
+from ptqbench.algorithms.streaming import params_frozen, run_unit, split_chunks, unit_layers
 from ptqbench.quant.uniform import UniformQuantizer
 
 LEARNABLE = ("act_scale", "weight_scale", "weight_rounding", "dfq", "lowrank")

@@ -10,7 +10,8 @@ from ptqbench.errors import ConfigError
 from ptqbench.methods import Bits, build_method
 from ptqbench.models import make_quantizable
 from ptqbench.models.attention import QuantAttention, QuantWindowAttention
-from ptqbench.quant import calibrate, quant_disabled, reparameterize_all
+from ptqbench.algorithms.reparam import reparameterize_all
+from ptqbench.quant import calibrate, quant_disabled
 
 ARCHS = {
     "deit_tiny_patch16_224": (49, 24, 0),

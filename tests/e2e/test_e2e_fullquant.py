@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from ptqbench.run import run_job
 
 pytestmark = pytest.mark.data
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 _RUNS: dict[tuple[str, ...], dict] = {}
 
 

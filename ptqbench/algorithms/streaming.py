@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptqbench.models.units import Unit
+from ptqbench.models.structure import Unit
 from ptqbench.quant.calibration import switched
 from ptqbench.quant.modules import QuantConv2d, QuantLinear
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from tests.conftest import run_cli
 
 from ptqbench.errors import ConfigError
 from ptqbench.paths import data_root, data_root_origin
@@ -75,7 +75,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         return compose("config", overrides=overrides)
 

@@ -38,7 +38,7 @@ from ptqbench.models.units import model_units
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
-from ptqbench.quant.streaming import hooks_removed_after, params_frozen, split_chunks
+from ptqbench.algorithms.streaming import hooks_removed_after, params_frozen, split_chunks
 from ptqbench.quant.twin_uniform import TwinUniformQuantizer
 from ptqbench.quant.uniform import UniformQuantizer, params_from_range
 

@@ -1,4 +1,4 @@
-"""Per-layer SQNR of a quantized model against FP (ptqbench.quant.sqnr)."""
+"""Per-layer SQNR of a quantized model against FP (ptqbench.analyze.sqnr)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from ptqbench.methods import Bits, build_method
 from ptqbench.models import make_quantizable
 from ptqbench.quant.calibration import quantizers
-from ptqbench.quant.sqnr import layer_sqnr_record, measure_layer_sqnr, quantized_layers
+from ptqbench.analyze.sqnr import layer_sqnr_record, measure_layer_sqnr, quantized_layers
 
 IMAGES = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cli
-from test_report import write_reference
+from tests.conftest import REPO, run_cli
+from tests.report.test_report import write_reference
 
 from ptqbench.per_image import hits_of
 from ptqbench.records import load_records

@@ -2,7 +2,7 @@
 per-image results, with known answers), provenance and the tidy runs CSV, the shipped published
 numbers, the plots' fixed styles, and clear errors for bad selections (issue 19, item 5).
 
-Golden files: tests/fixtures/latex/<option>.tex. After a deliberate change to the rendering,
+Golden files: tests/report/fixtures/latex/<option>.tex. After a deliberate change to the rendering,
 rewrite them with `PTQBENCH_UPDATE_GOLDEN=1 pytest tests/test_report_paper.py -k golden` and
 read the diff."""
 
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from report_synthetic import erq_records, synthetic_record
+from tests.report.report_synthetic import erq_records, synthetic_record
 
 from ptqbench.per_image import decode_hits, encode_hits, per_image_field
 from ptqbench.report import ReportError, ReportSpec, build_table, collect_records
@@ -225,7 +225,7 @@ def test_seven_model_erq_table_fits_the_page(tmp_path, documentclass, options, f
     """The ERQ experiment's layout over seven models (synthetic records: the shared data has
     DeiT-T weights only) compiles with no overfull box in one column and, spanning, in two."""
     block = json.loads(json.dumps(__import__("yaml").safe_load(
-        (Path(__file__).resolve().parents[1] / "conf" / "experiment" / "erq_table.yaml").read_text())["report"]))
+        (Path(__file__).resolve().parents[2] / "conf" / "experiment" / "erq_table.yaml").read_text())["report"]))
     spec = ReportSpec.from_mapping({**block, "latex_float": float_env})
     col = collect_records(erq_records())
     table = build_table(col.runs, spec, col.failed)

@@ -21,32 +21,17 @@ SwinTransformerBlock.forward pads after norm1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ptqbench.quant.modules import QuantLinear
+from ptqbench.models.structure import ReparamPair
 from ptqbench.quant.uniform import UniformQuantizer
 
 # How the shared scale is chosen from the per-channel scales. RepQ-ViT uses the mean; DopQ-ViT's
 # MOSF plugs in a robust choice here.
 SharedScaleFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class ReparamPair:
-    """A LayerNorm whose output feeds exactly one quantized Linear (and nothing else quantized).
-
-    `pad_site`: the window attention between them that zero-pads the norm's output to whole
-    windows (Swin's norm1 -> qkv), else None. It has an `input_shift` attribute (None or a
-    per-channel tensor added to its input after the padding)."""
-
-    name: str
-    norm: nn.LayerNorm
-    linear: QuantLinear
-    pad_site: Optional[nn.Module] = None
 
 
 def mean_scale(scales: torch.Tensor) -> torch.Tensor:

@@ -7,12 +7,13 @@ from torch import nn
 
 from ptqbench.models.units import model_units
 from ptqbench.quant.dual_uniform import DualUniformQuantizer, outlier_columns
-from ptqbench.quant.error_reduction import Grid, gptq, proxy_matrix, refine_rounding, ridge_correction, wqer
+from ptqbench.quant.grid import Grid
+from ptqbench.algorithms.error_reduction import gptq, proxy_matrix, refine_rounding, ridge_correction, wqer
 from ptqbench.quant.modules import QuantLinear
 from ptqbench.quant.ranges import RangeSearch
-from ptqbench.quant.streaming import collect_grams, split_chunks
+from ptqbench.algorithms.streaming import collect_grams, split_chunks
 from ptqbench.quant.uniform import UniformQuantizer
-from ptqbench.models.units import Unit
+from ptqbench.models.structure import Unit
 
 
 def _data(n=400, cin=24, cout=16, seed=0):

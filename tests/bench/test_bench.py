@@ -4,7 +4,7 @@ on request: `python -m ptqbench.bench`)."""
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.conftest import REPO
 
 
 def test_bench_eval_part_writes_a_table_with_the_machine(tmp_path):

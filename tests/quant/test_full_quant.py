@@ -14,7 +14,7 @@ from ptqbench.methods import METHODS, Bits, build_method
 from ptqbench.models import make_quantizable
 from ptqbench.models.blocks import QuantBlock, QuantSwinBlock
 from ptqbench.quant import calibrate, quant_disabled, quantizers
-from ptqbench.quant.hessian_search import SearchConfig, _score, output_grads, search_layer
+from ptqbench.algorithms.hessian_search import SearchConfig, _score, output_grads, search_layer
 from ptqbench.quant.modules import QuantLinear
 from ptqbench.quant.nonlinear import QuantSoftmax
 from ptqbench.records import run_key
@@ -186,7 +186,7 @@ def test_record_says_which_tensors_were_quantized(tiny_imagenet, tmp_path):
 
     from ptqbench.run import run_job
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     common = [f"data.root={tiny_imagenet}", f"results_dir={tmp_path}", "model.pretrained=false", "calib.size=2",
               "data.batch_size=8", "data.workers=0", "logger=none", "method=minmax", "bits=w8a8"]
     recs = {}

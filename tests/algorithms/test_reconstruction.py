@@ -12,13 +12,15 @@ from torch import nn
 from ptqbench.errors import ConfigError
 from ptqbench.methods import Bits, build_method
 from ptqbench.models.adapter import make_quantizable
-from ptqbench.quant import QuantLinear, RangeSearch, ReparamPair, UniformQuantizer, reparameterize
+from ptqbench.algorithms.reparam import reparameterize
+from ptqbench.models.structure import ReparamPair
+from ptqbench.quant import QuantLinear, RangeSearch, UniformQuantizer
 from ptqbench.quant.dynamic_focus import DynamicFocusQuantizer, focus_fake_quant
 from ptqbench.quant.learnable import AdaRoundQuantizer
 from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantMatMul
-from ptqbench.quant.reconstruction import ReconConfig, reconstruct
-from ptqbench.quant.reparam import mad_inliers, mean_scale, mosf_scale
+from ptqbench.algorithms.reconstruction import ReconConfig, reconstruct
+from ptqbench.algorithms.reparam import mad_inliers, mean_scale, mosf_scale
 from ptqbench.quant.tan import TanQuantizer, tan_fake_quant, tan_levels
 
 
@@ -263,7 +265,7 @@ def test_aiq_job_end_to_end_records_its_reconstruction(tiny_imagenet, tmp_path):
 
     from ptqbench.run import run_job
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("config", overrides=[
             f"data.root={tiny_imagenet}", f"results_dir={tmp_path}", "model.pretrained=false", "calib.size=4",

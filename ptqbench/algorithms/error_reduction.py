@@ -2,7 +2,7 @@
 
 Everything here works on a layer's weight as a matrix W [Cout, fan_in] (a conv weight flattened
 as `weight.reshape(Cout, -1)`), its bias, and the Gram statistics of its calibration inputs
-(`ptqbench.quant.streaming.GramStats`). Solves run in float64; quantized weights are produced in
+(`ptqbench.algorithms.streaming.GramStats`). Solves run in float64; quantized weights are produced in
 the quantizer's own float32 arithmetic, so they lie exactly on its grid.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from ptqbench.quant.grid import Grid
 
 
 def _eye_like(a: torch.Tensor) -> torch.Tensor:
@@ -36,24 +38,6 @@ def ridge_correction(G: torch.Tensor, C: torch.Tensor, w_aug: torch.Tensor, lam:
     G64, C64, w64 = G.double(), C.double(), w_aug.double()
     beta = solve_psd(G64 + lam * _eye_like(G64), (C64 - G64) @ w64.T)
     return w64 + beta.T
-
-
-@dataclass
-class Grid:
-    """Per-element scale and zero point of a weight matrix and the integer code range."""
-
-    scale: torch.Tensor
-    zero_point: torch.Tensor
-    qmin: int
-    qmax: int
-
-    def dequant(self, codes: torch.Tensor, cols: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        return (codes - self.zero_point[:, cols]) * self.scale[:, cols]
-
-    def codes(self, w: torch.Tensor, mode: str, cols: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        """Integer codes of `w` (the columns `cols` of the weight) by round, floor or ceil."""
-        op = {"round": torch.round, "floor": torch.floor, "ceil": torch.ceil}[mode]
-        return torch.clamp(op(w.float() / self.scale[:, cols]) + self.zero_point[:, cols], self.qmin, self.qmax)
 
 
 def refine_rounding(

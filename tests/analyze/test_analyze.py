@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO
+from tests.conftest import REPO
 from hydra import compose, initialize_config_dir
 from timm.models.vision_transformer import VisionTransformer
 
@@ -17,7 +17,7 @@ from ptqbench.errors import ConfigError
 from ptqbench.methods import Bits, build_method
 from ptqbench.models import make_quantizable
 from ptqbench.quant.calibration import quant_disabled, quantizers
-from ptqbench.quant.sqnr import measure_layer_sqnr
+from ptqbench.analyze.sqnr import measure_layer_sqnr
 
 GEN = torch.Generator().manual_seed(0)
 IMAGES = torch.randn(16, 3, 32, 32, generator=GEN)
