@@ -15,7 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from ptqbench.config_store import register_configs
+
 log = logging.getLogger("ptqbench")
+register_configs()  # the schemas conf/ builds on, before Hydra composes
 
 
 def _sweep_group() -> tuple[bool, str]:
@@ -46,17 +49,15 @@ def main(cfg: DictConfig) -> Optional[dict[str, Any]]:
     records them and goes on); other exceptions keep their traceback. Ctrl-C stops the job, keeps
     any finished result (records.save_record) and exits with 130."""
     from ptqbench.errors import describe, user_message
-    from ptqbench.launch import configure_threads
     from ptqbench.run import run_job
-    from ptqbench.validate import validate_config
+    from ptqbench.tasks import get_task
 
     multirun, group = _sweep_group()
     try:
-        validate_config(cfg)  # before the thread setup reads `threads`
-        configure_threads(cfg.get("threads"), _launcher())
-        rec = run_job(cfg, group=group)
+        rec = run_job(cfg, group=group, launcher=_launcher())
+        headline = get_task(str(cfg.task.name)).headline
         return {"run_key": rec["run_key"], "status": rec["status"], "skipped": rec.get("skipped", False),
-                "top1": rec.get("metrics", {}).get("top1")}
+                "headline": headline, headline: rec.get("metrics", {}).get(headline)}
     except KeyboardInterrupt as e:
         log.error("%s", describe(e))
         raise SystemExit(130) from None

@@ -22,57 +22,22 @@ sidecars, `<key>.lock` lock files.
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import functools
-import hashlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from filelock import FileLock, Timeout
 
 from ptqbench.errors import storage_error
 from ptqbench.fileio import write_atomic
+from ptqbench.hashing import code_version, content_key, file_sha256, tensors_key
 
 log = logging.getLogger("ptqbench")
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-@functools.lru_cache(maxsize=None)
-def code_version(*subpackages: str) -> str:
-    """Hash of the ptqbench sources under `subpackages` (all of ptqbench when empty) plus the
-    torch/timm versions: a cached result is reused only by the code that produced it."""
-    import timm
-
-    h = hashlib.sha256(f"torch={torch.__version__}|timm={timm.__version__}".encode())
-    roots = [PACKAGE_DIR / s for s in subpackages] if subpackages else [PACKAGE_DIR]
-    for root in roots:
-        files = [root] if root.suffix == ".py" else sorted(root.rglob("*.py"))
-        for f in files:
-            h.update(str(f.relative_to(PACKAGE_DIR)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def content_key(*parts: Any) -> str:
-    """16-hex-digit key of the JSON-serializable `parts`."""
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 @dataclass
 class CacheStats:
@@ -141,7 +106,7 @@ class ContentCache:
             return None
         try:
             info = json.loads(meta.read_text())
-            if _sha256_file(data) != info["sha256"]:
+            if file_sha256(data) != info["sha256"]:
                 raise ValueError("sha256 mismatch")
             if fmt == "json":
                 value = json.loads(data.read_text())
@@ -165,7 +130,7 @@ class ContentCache:
             write_atomic(data, lambda f: f.write(json.dumps(value, sort_keys=True, default=str).encode()))
         else:
             write_atomic(data, lambda f: torch.save(value, f))
-        info = {"key": key, "sha256": _sha256_file(data), "bytes": data.stat().st_size,
+        info = {"key": key, "sha256": file_sha256(data), "bytes": data.stat().st_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "inputs": describe or {}}
         write_atomic(meta, lambda f: f.write(json.dumps(info, indent=1, default=str).encode()))
 
@@ -235,14 +200,8 @@ def module_state_key(model: torch.nn.Module) -> str:
     from ptqbench.quant.base import Quantizer
 
     skip = {f"{n}." for n, m in model.named_modules() if isinstance(m, Quantizer)}
-    h = hashlib.sha256()
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if any(name.startswith(s) for s in skip):
-            continue
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return tensors_key((name, t) for name, t in [*model.named_parameters(), *model.named_buffers()]
+                       if not any(name.startswith(s) for s in skip))
 
 
 @dataclass
@@ -262,19 +221,8 @@ class ActivationStore:
                                         describe={"calib_key": self.calib_key, "model_state": state_key, "unit": index})
         return out["output"]
 
-_ACTIVATIONS: contextvars.ContextVar[Optional[ActivationStore]] = contextvars.ContextVar("ptqbench_fp_activations",
-                                                                                          default=None)
-
-
-@contextlib.contextmanager
-def fp_activation_store(store: Optional[ActivationStore]) -> Iterator[None]:
-    """Make `store` the FP-activation cache of the code run inside (None: no caching)."""
-    token = _ACTIVATIONS.set(store)
-    try:
-        yield
-    finally:
-        _ACTIVATIONS.reset(token)
-
-
-def current_activation_store() -> Optional[ActivationStore]:
-    return _ACTIVATIONS.get()
+    def unit_outputs(self, model: torch.nn.Module) -> Callable[[int, Callable[[], torch.Tensor]], torch.Tensor]:
+        """`(index, compute) -> FP output of unit index` for `model` in its current FP state (the state
+        key is taken now, before an algorithm starts changing the model)."""
+        state_key = module_state_key(model)
+        return lambda index, compute: self.unit_output(state_key, index, compute)

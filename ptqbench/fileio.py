@@ -1,5 +1,5 @@
 """The one write path for files other jobs and people read: run records, cache entries and their
-sidecars.
+sidecars, benchmark tables.
 
 - Atomic: a temp file in the same folder, fsynced, renamed over the target, so a reader (another
   job, the report, a colleague) sees the old file or the complete new one, never half of it.
@@ -53,6 +53,11 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         if isinstance(e, OSError):
             raise storage_error(path, e) from e
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`text` as UTF-8, atomically (tables and reports a reader may open while they are rewritten)."""
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

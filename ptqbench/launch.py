@@ -105,3 +105,14 @@ def configure_threads(threads: Any, launcher: Optional[Mapping[str, Any]]) -> in
             os.environ[var] = str(n)
         log.info("torch threads: %d (%s)", n, why)
     return torch.get_num_threads()
+
+
+def resolve_workers(workers: Any) -> int:
+    """DataLoader worker processes for `data.workers` (auto: one per CPU, at most 8)."""
+    if workers in (None, "auto"):
+        return min(8, os.cpu_count() or 1)
+    if not isinstance(workers, int) or workers < 0:
+        from ptqbench.errors import ConfigError
+
+        raise ConfigError(f"data.workers={workers!r}; use auto or an integer >= 0")
+    return workers

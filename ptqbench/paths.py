@@ -13,6 +13,24 @@ from ptqbench.errors import DataNotFoundError
 DATA_ENV = "PTQBENCH_DATA"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
+# The paper-table experiments: one config per table in experiments/experiment/, stored as the
+# `experiment` config group by ptqbench.config_store.
+EXPERIMENTS_DIR = REPO_ROOT / "experiments"
+EXPERIMENT_CONFIGS = EXPERIMENTS_DIR / "experiment"
+EXPERIMENTS_RESOLVER = "ptqbench.experiments"
+
+
+def experiment_names() -> list[str]:
+    """The experiments `+experiment=NAME` accepts."""
+    return sorted(p.stem for p in EXPERIMENT_CONFIGS.glob("*.yaml"))
+
+
+def register_config_resolvers() -> None:
+    """`${ptqbench.experiments:}`: the experiment names, for the --help footer."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(EXPERIMENTS_RESOLVER):
+        OmegaConf.register_new_resolver(EXPERIMENTS_RESOLVER, lambda: ", ".join(experiment_names()))
 
 
 def git_commit(repo: Path = REPO_ROOT) -> Optional[str]:

@@ -22,6 +22,7 @@ class PhaseMeter:
         self.device = device or torch.device("cpu")
         self.interval = interval
         self.seconds = 0.0
+        self.start_rss_mb = 0.0  # on entry: peak - start is what the block itself added
         self.peak_rss_mb = 0.0
         self.peak_cuda_mb: Optional[float] = None
         self._stop = threading.Event()
@@ -34,7 +35,7 @@ class PhaseMeter:
     def __enter__(self) -> "PhaseMeter":
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.peak_rss_mb = self._proc.memory_info().rss / 2**20
+        self.start_rss_mb = self.peak_rss_mb = self._proc.memory_info().rss / 2**20
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         self._t0 = time.perf_counter()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -28,10 +27,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from filelock import FileLock, Timeout
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ptqbench.errors import storage_error
 from ptqbench.fileio import write_json_atomic
+from ptqbench.hashing import json_key
 
 __all__ = ["SCHEMA_VERSION", "STATUS_FAILED", "STATUS_OK", "finished", "job_lock", "load_records", "read_json",
            "record_path", "run_key", "save_record", "semantic_config", "write_json_atomic"]
@@ -51,8 +51,13 @@ _NON_SEMANTIC = {
 
 
 def semantic_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config that identifies a result."""
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    """The part of the effective config (`cfg` resolved, every block's missing keys filled from its
+    schema dataclass: ptqbench.config) that identifies a result, so a new or changed dataclass
+    default gives a new key. Records written before the effective config was hashed keep their own
+    `semantic_config` and stay readable; a rerun of their job recomputes under the new key."""
+    from ptqbench.config import effective_config
+
+    c = effective_config(cfg)
     out: dict[str, Any] = {"schema": SCHEMA_VERSION, "seed": c.get("seed")}
     for group in ("model", "method", "bits", "calib", "data", "task"):
         val = c.get(group) or {}
@@ -66,8 +71,7 @@ def semantic_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 def run_key(cfg: DictConfig | Mapping[str, Any]) -> str:
     """Stable 16-hex-digit id of a job."""
-    blob = json.dumps(semantic_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_key(semantic_config(cfg))
 
 
 def read_json(path: Path, quarantine: bool = False) -> Optional[dict[str, Any]]:
@@ -153,9 +157,11 @@ def save_record(path: Path, record: dict[str, Any], interrupted: bool = False) -
 
 
 def load_records(results_dir: Path) -> list[dict[str, Any]]:
-    """Every readable record under `<results_dir>/runs`."""
+    """Every readable record under `<results_dir>/runs`, in the current schema (`RunRecord.from_dict`)."""
+    from ptqbench.record import RunRecord
+
     runs = Path(results_dir) / "runs"
-    return [r for p in sorted(runs.glob("*.json")) if (r := read_json(p)) is not None]
+    return [RunRecord.from_dict(r).to_dict() for p in sorted(runs.glob("*.json")) if (r := read_json(p)) is not None]
 
 
 def lock_path(results_dir: Path, key: str) -> Path:

@@ -13,13 +13,13 @@ Offline runs land in `<logger.dir>/wandb/offline-run-*`; upload them with `wandb
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Protocol
 
 from ptqbench.errors import ConfigError
+from ptqbench.hashing import short_hash
 
 WANDB_MODES = ("offline", "online", "disabled")
 GROUP_FILE = "wandb_group"
@@ -53,16 +53,12 @@ class NullTracker:
         pass
 
 
-def _short_hash(*parts: Any, n: int = 10) -> str:
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:n]
-
-
 def sweep_group(overrides: Iterable[str], sweeper_params: Optional[Mapping[str, Any]] = None) -> str:
     """`sweep-<hash>` of a sweep's grid: its command-line overrides (sorted, without the keys
     that do not change the runs, `_NOT_GRID`) and the sweeper's `params` (experiments)."""
     kept = sorted(o for o in overrides if not o.lstrip("+~").split("=", 1)[0].startswith(_NOT_GRID))
     params = sorted((str(k), str(v)) for k, v in (sweeper_params or {}).items())
-    return f"sweep-{_short_hash(kept, params)}"
+    return f"sweep-{short_hash(kept, params)}"
 
 
 def group_for(config: Mapping[str, Any], fallback: str) -> str:
@@ -206,7 +202,7 @@ def make_tracker(logger_cfg: Mapping[str, Any], group: str, name: str, config: M
     from ptqbench.records import run_key
 
     key = run_key(config)
-    return _wandb_tracker(logger_cfg, group, name, config, run_id=f"{key}-{_short_hash(group, n=8)}",
+    return _wandb_tracker(logger_cfg, group, name, config, run_id=f"{key}-{short_hash(group, n=8)}",
                           job_type="job", tags=job_tags(config))
 
 
@@ -241,7 +237,7 @@ def _wandb_tracker(logger_cfg: Mapping[str, Any], group: str, name: str, config:
 
 def summary_run_id(project: str, group: str) -> str:
     """The one `summary` run of a group: the same id on every relaunch."""
-    return f"summary-{_short_hash(project, group, n=16)}"
+    return f"summary-{short_hash(project, group, n=16)}"
 
 
 def log_sweep_report(logger_cfg: Mapping[str, Any], group: str, tables: Mapping[str, Any],

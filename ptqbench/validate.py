@@ -1,25 +1,24 @@
 """Everything checked before a job does any work: one pass over the whole composed config, and
 the results folder.
 
-Keys: a config group's valid keys are those of the YAML file in conf/ it was composed from (the
-option whose `name` it carries; the union of the group's files for groups without names), the
-method's are its Config dataclass's fields, `quant`'s FullQuantConfig's, `report`'s ReportSpec's.
-So `+calib.sizee=64`, `+model.chekpoint=/x` or `+foo=1` are refused instead of silently creating
-a new run key.
+Keys: every config block's valid keys are the fields of its schema dataclass (ptqbench.config:
+RunConfig at the top level, one schema per group option, the method's Config, FullQuantConfig,
+ReportSpec), so `+calib.sizee=64`, `+model.chekpoint=/x`, `+method.foo=1` or `+foo=1` are refused
+with the list of valid keys instead of silently creating a new run key.
 
 Values: RULES gives the type and range of every run-level value; other keys must have the type of
-their YAML default, method and quant options the type of their dataclass field and pass the
-dataclass's own checks. Cross-key checks (task vs model vs data, calibration split, checkpoint
-path, CUDA for device=cuda) come last. Every problem is reported in one ConfigError, each naming
-the key, the value and what is valid, before a model, an image or a record is touched. (The
-results folder is checked by `ptqbench.preflight` before Hydra writes there, and by `run_job`.)
+their dataclass field, and method and quant options pass the dataclass's own checks. Cross-key
+checks (task vs model vs data, calibration split, checkpoint path, CUDA for device=cuda) come
+last. Every problem is reported in one ConfigError, each naming the key, the value and what is
+valid, before a model, an image or a record is touched; a valid config gives its typed
+`JobSettings`. (The results folder is checked by `ptqbench.preflight` before Hydra writes there,
+and by `run_job`.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import re
 import types
 import typing
@@ -29,13 +28,13 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ptqbench.config import CONF_DIR, RUN_SCHEMAS, JobSettings, RunConfig, job_settings, schema_for
+from ptqbench.config_store import register_configs
 from ptqbench.errors import ConfigError
 from ptqbench.methods.base import MAX_BITS, MIN_BITS
-from ptqbench.paths import REPO_ROOT
 
-CONF_DIR = REPO_ROOT / "conf"
 GROUPS = ("model", "method", "bits", "calib", "quant", "data", "task", "logger")
-OPTIONAL_GROUPS = {"quant", "logger"}  # null is allowed: the code falls back to their defaults
+OPTIONAL_GROUPS = {"quant", "logger", "cache"}  # null is allowed: their defaults apply
 FREE_FORM = {"data.splits"}  # mappings whose keys the user chooses
 TOP_LEVEL_SKIP = {"hydra"}  # present when composed with return_hydra_config
 
@@ -121,47 +120,27 @@ RULES: dict[str, tuple[Check, str]] = {
 }
 
 
-# --- the schema, read from conf/ ----------------------------------------------------------------
+# --- the schema -----------------------------------------------------------------------------
 
 
-def _load_yaml(path: Path, group: Optional[str]) -> dict[str, Any]:
-    """A config file's content for `group` (the `group:` block of a `# @package _global_` file)."""
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
-    head = path.read_text().splitlines()[:5]
-    if group is not None and any("@package _global_" in ln for ln in head):
-        raw = raw.get(group) or {}
-    raw.pop("defaults", None)
-    return raw
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files in conf/ and the schemas registered in
+    Hydra's ConfigStore (a method without a YAML file)."""
+    from hydra.core.config_store import ConfigStore
+
+    register_configs()
+    names = {f.stem for f in (CONF_DIR / group).glob("*.yaml")}
+    stored = ConfigStore.instance().repo.get(group, {})
+    names |= {k.removesuffix(".yaml") for k in stored if isinstance(k, str) and k.endswith(".yaml")}
+    return sorted(names)
 
 
-@functools.lru_cache(maxsize=None)
-def group_options(group: str) -> dict[str, dict[str, Any]]:
-    """Option name -> the keys and defaults it defines, for one config group in conf/."""
-    return {f.stem: _load_yaml(f, group) for f in sorted((CONF_DIR / group).glob("*.yaml"))}
+def _kinds(group: str) -> list[str]:
+    if group == "method":
+        from ptqbench.methods import METHODS
 
-
-@functools.lru_cache(maxsize=None)
-def top_level_defaults() -> dict[str, Any]:
-    raw = _load_yaml(CONF_DIR / "config.yaml", None)
-    raw.pop("hydra", None)
-    return raw
-
-
-def _group_schema(group: str, value: Mapping[str, Any]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
-    """The keys (with defaults) that `value`, the composed group, may have, and a problem when its
-    `name` matches no option (the schema is then the union of the options)."""
-    options = group_options(group)
-    union: dict[str, Any] = {}
-    for opt in options.values():
-        for k, v in opt.items():
-            union.setdefault(k, v)
-    named = {opt.get("name"): opt for opt in options.values() if "name" in opt}
-    if not named:
-        return union, None
-    name = value.get("name")
-    if name in named:
-        return named[name], None
-    return union, f"{group}.name={_show(name)}: not one of {', '.join(sorted(map(str, named)))} ({group}=NAME)"
+        return sorted(METHODS)
+    return sorted(k for k in RUN_SCHEMAS.get(group, {}) if k)
 
 
 # --- value checks -------------------------------------------------------------------------------
@@ -179,21 +158,6 @@ def _show(v: Any) -> str:
     if isinstance(v, dict):
         return "{" + ",".join(f"{k}:{_show(x)}" for k, x in v.items()) + "}"
     return str(v)
-
-
-def _inferred(default: Any) -> Optional[tuple[Check, str]]:
-    """The rule a YAML default implies: its type (null defaults allow anything)."""
-    if isinstance(default, bool):
-        return _bool, "true or false"
-    if _is_int(default):
-        return _is_int, "an integer"
-    if isinstance(default, float):
-        return _is_number, "a number"
-    if isinstance(default, str):
-        return (lambda v: isinstance(v, str)), "a string"
-    if isinstance(default, list):
-        return (lambda v: isinstance(v, list)), "a list, e.g. [a,b]"
-    return None
 
 
 def _annotation_rule(tp: Any) -> Optional[tuple[Check, str]]:
@@ -221,39 +185,44 @@ def _annotation_rule(tp: Any) -> Optional[tuple[Check, str]]:
     return None
 
 
-def _check_mapping(value: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, where: str,
-                   problems: list[str], rules: Optional[Mapping[str, tuple[Check, str]]] = None) -> None:
-    """Unknown keys of `value` (schema: key -> default) and the value of every known key."""
-    rules = RULES if rules is None else rules
+def _field_rules(cls: type) -> dict[str, Optional[tuple[Check, str]]]:
+    """Field -> the rule its type annotation implies (None: any value)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _annotation_rule(hints.get(f.name)) for f in dataclasses.fields(cls)}
+
+
+def _check_mapping(value: Mapping[str, Any], fields: Mapping[str, Optional[tuple[Check, str]]], prefix: str,
+                   where: str, problems: list[str]) -> None:
+    """Unknown keys of `value` and the value of every known key (RULES first, then `fields`'s
+    rule for it)."""
     for key, v in value.items():
         path = f"{prefix}{key}"
-        if key not in schema:
-            hint = difflib.get_close_matches(str(key), list(schema), n=1)
-            problems.append(f"{path}={_show(v)}: unknown key; {where} {', '.join(sorted(schema))}"
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), list(fields), n=1)
+            problems.append(f"{path}={_show(v)}: unknown key; {where} {', '.join(sorted(fields))}"
                             + (f" (did you mean {prefix}{hint[0]}?)" if hint else ""))
             continue
-        default = schema[key]
         if path in FREE_FORM:
             continue
-        if isinstance(default, dict) and path not in rules:
-            if not isinstance(v, dict):
-                problems.append(f"{path}={_show(v)}: must be a mapping with keys {', '.join(sorted(default))}")
-            else:
-                _check_mapping(v, default, f"{path}.", f"{path} has the keys", problems, rules)
-            continue
-        rule = rules.get(path) or _inferred(default)
+        rule = RULES.get(path) or fields[key]
         if rule is not None and not rule[0](v):
             problems.append(f"{path}={_show(v)}: must be {rule[1]}")
 
 
-def _check_dataclass_options(value: Mapping[str, Any], cls: type, prefix: str, owner: str, problems: list[str]) -> bool:
-    """Unknown keys and field types of a method's or quant's options; True when all are valid."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: hints.get(f.name) for f in dataclasses.fields(cls)}
-    rules = {f"{prefix}{k}": r for k, tp in fields.items() if (r := _annotation_rule(tp)) is not None}
-    rules.setdefault(f"{prefix}name", (_text, "a name"))
+def _check_dataclass_options(value: Mapping[str, Any], cls: type, prefix: str, where: str, problems: list[str],
+                             named: bool = False) -> bool:
+    """Unknown keys, missing required keys and field types of a config block whose schema is the
+    dataclass `cls` (`named`: the block also carries a `name`, as a method's does); True when all
+    are valid."""
+    fields = _field_rules(cls)
+    if named:
+        fields["name"] = (_text, "a name")
     before = len(problems)
-    _check_mapping(value, {**{k: None for k in fields}, "name": None}, prefix, f"{owner} has the options", problems, rules)
+    _check_mapping(value, fields, prefix, where, problems)
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in value:
+            problems.append(f"{prefix}{f.name} is missing; {where} {', '.join(sorted(fields))}")
     return len(problems) == before
 
 
@@ -274,13 +243,12 @@ def config_problems(cfg: Union[DictConfig, Mapping[str, Any]], own: tuple[str, .
     c = {k: v for k, v in c.items() if k not in skip}
     problems: list[str] = []
 
-    # top level: config.yaml's own keys (cache checked key by key), the groups and `report`, whose
-    # blocks are checked below
-    blocks = (*GROUPS, "report")
-    schema = {**{k: v for k, v in top_level_defaults().items() if k not in blocks}, **{k: None for k in blocks}}
-    _check_mapping({k: v for k, v in c.items() if k not in blocks}, schema, "", "the top-level keys are", problems)
+    # top level: RunConfig's keys and the blocks, checked one by one below
+    blocks = (*GROUPS, "cache", "report")
+    top = {**_field_rules(RunConfig), **{k: None for k in blocks}}
+    _check_mapping({k: v for k, v in c.items() if k not in blocks}, top, "", "the top-level keys are", problems)
 
-    for group in GROUPS:
+    for group in (*GROUPS, "cache"):
         value = c.get(group)
         if value is None:
             if group not in OPTIONAL_GROUPS:
@@ -291,11 +259,12 @@ def config_problems(cfg: Union[DictConfig, Mapping[str, Any]], own: tuple[str, .
                             f"({', '.join(group_options(group))})")
             continue
         if group in ("method", "quant"):
-            continue  # their options are dataclass fields, checked below
-        schema, problem = _group_schema(group, value)
-        if problem and group != "model":  # model.name: checked against the model zoo below
-            problems.append(problem)
-        _check_mapping(value, schema, f"{group}.", f"{group} has the keys", problems)
+            continue  # they are also built, checked below
+        cls = schema_for(group, value)
+        if cls is None:
+            problems.append(f"{group}.name={_show(value.get('name'))}: not one of {', '.join(_kinds(group))} ({group}=NAME)")
+            continue
+        _check_dataclass_options(value, cls, f"{group}.", f"{group} has the keys", problems)
 
     method = _check_methods(c, problems)
     _check_report(c, problems)
@@ -310,7 +279,8 @@ def _check_methods(c: Mapping[str, Any], problems: list[str]) -> Any:
     from ptqbench.methods import METHODS, Bits, FullQuantConfig, build_method
 
     quant = c.get("quant")
-    quant_ok = quant is None or (isinstance(quant, dict) and _check_dataclass_options(quant, FullQuantConfig, "quant.", "quant", problems))
+    quant_ok = quant is None or (isinstance(quant, dict)
+                                 and _check_dataclass_options(quant, FullQuantConfig, "quant.", "quant has the options", problems))
     if quant_ok and isinstance(quant, dict):
         try:
             FullQuantConfig.from_mapping(quant)
@@ -324,7 +294,8 @@ def _check_methods(c: Mapping[str, Any], problems: list[str]) -> Any:
     if name not in METHODS:
         problems.append(f"method.name={_show(name)}: not a method; choose one of {', '.join(sorted(METHODS))} (method=NAME)")
         return None
-    if not _check_dataclass_options(method, METHODS[name].Config, "method.", f"method {name!r}", problems) or not quant_ok:
+    where = f"method {name!r} has the options"
+    if not _check_dataclass_options(method, METHODS[name].Config, "method.", where, problems, named=True) or not quant_ok:
         return None
     bits = c.get("bits") or {}
     w, a = bits.get("w"), bits.get("a")
@@ -408,12 +379,16 @@ def _check_detection(c: Mapping[str, Any], method: Any, problems: list[str]) -> 
                         "use quant.full=false with task=detection")
 
 
-def validate_config(cfg: Union[DictConfig, Mapping[str, Any]], own: tuple[str, ...] = ()) -> None:
-    """Raise one ConfigError listing every problem of `cfg` (`own`: see `config_problems`);
-    nothing has been run or recorded."""
+def validate_config(cfg: Union[DictConfig, Mapping[str, Any]], own: tuple[str, ...] = ()) -> JobSettings:
+    """The typed settings of `cfg`; one ConfigError listing every problem when it is not valid
+    (`own`: see `config_problems`), before anything has been run or recorded."""
     problems = config_problems(cfg, own)
     if len(problems) == 1:
         raise ConfigError(f"{problems[0]}. Nothing was run or recorded.")
     if problems:
         raise ConfigError(f"{len(problems)} problems in the config; nothing was run or recorded:\n  "
                           + "\n  ".join(problems))
+    skip = {*TOP_LEVEL_SKIP, *own}
+    if isinstance(cfg, DictConfig):
+        return job_settings(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in skip]))
+    return job_settings({k: v for k, v in cfg.items() if k not in skip})

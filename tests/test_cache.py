@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import make_tiny_vit
 
-from ptqbench.cache import ActivationStore, ContentCache, content_key, fp_activation_store, module_state_key
+from ptqbench.cache import ActivationStore, ContentCache, module_state_key
+from ptqbench.hashing import content_key
 from ptqbench.methods import Bits, build_method
 from ptqbench.models.adapter import make_quantizable
 from ptqbench.algorithms.reconstruction import ReconConfig, reconstruct
@@ -104,23 +106,15 @@ def test_concurrent_jobs_compute_an_entry_once(tmp_path):
     assert marker.read_text().count("computed") == 1
 
 
-def _tiny_vit():
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10).eval()
-
-
 def _reconstructed(store):
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     meth = build_method({"name": "dopq", "reconstruct": False}, Bits(4, 4))
-    qm = make_quantizable(_tiny_vit(), meth.plan())
+    qm = make_quantizable(make_tiny_vit(), meth.plan())
     meth.quantize(qm, images)
     cfg = ReconConfig(iters=5, batch_size=4, learn=("act_scale", "weight_rounding"), progress=False)
-    with fp_activation_store(store):
-        reconstruct(qm.model, images, cfg)
-        with torch.no_grad():
-            return qm.model(images), module_state_key(qm.model)
+    reconstruct(qm.model, qm.units, images, cfg, fp_targets=store)
+    with torch.no_grad():
+        return qm.model(images), module_state_key(qm.model)
 
 
 def test_reconstruction_targets_from_the_cache_give_the_same_model(tmp_path):

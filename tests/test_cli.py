@@ -1,27 +1,32 @@
-"""The real CLI, as a user runs it: help, a 2x2 sweep, resume, a failing job, clear errors.
+"""The real CLI, as a user runs it: help, a 2x2 sweep, resume, a failing job, clear errors (each a
+subprocess, because the process is what they check: exit status, Hydra's multirun, one-line errors).
 
-Jobs here use random DeiT-Tiny weights and a synthetic 8-image ImageNet tree, so they check the
+Jobs here use a random timm test ViT (model=deit_tiny with model.arch=test_vit) and a synthetic 8-image ImageNet tree, so they check the
 pipeline, not accuracy (the shared-data end-to-end test does that).
 """
 
 from pathlib import Path
 
 import torch
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 
+from ptqbench.methods import METHODS
 from ptqbench.records import load_records
 
 
 def _tiny_job_args(tiny_imagenet: Path, results: Path, workers: bool = False) -> list[str]:
     """A tiny job's overrides; `workers=True` keeps the default data.workers=auto (loader processes)."""
     return [f"data.root={tiny_imagenet}", f"results_dir={results}", "model.pretrained=false",
+            "model.arch=test_vit", "model.tag=r160_in1k",  # timm's 6-block test ViT at 160 px: seconds per job
             "calib.size=4", "data.batch_size=4", *([] if workers else ["data.workers=0"]), "logger=none"]
 
 
 def test_help_lists_groups_and_choices():
     out = run_cli("--help")
     assert out.returncode == 0, out.stderr
-    for line in ("method: aiq, dopq, erq, fp, gptq, minmax, percentile, ptq4vit, repq, tsptq", "quant: default", "bits: w3a3, w3a4, w4a4, w4a8, w5a5, w6a6, w8a8",
+    method_line = next((ln.strip() for ln in out.stdout.splitlines() if ln.strip().startswith("method: ")), "")
+    assert set(method_line.removeprefix("method: ").split(", ")) == set(METHODS), method_line  # every registered method
+    for line in ("quant: default", "bits: w3a3, w3a4, w4a4, w4a8, w5a5, w6a6, w8a8",
                  "model: cascade_mask_rcnn_swin_s, cascade_mask_rcnn_swin_t, deit_base, deit_small, deit_tiny, mask_rcnn_swin_s",
                  "logger: none, wandb", "calib: default", "data: coco, imagenet", "task: classification, detection"):
         assert line in out.stdout, line
@@ -52,14 +57,19 @@ def test_sweep_records_every_job_and_relaunch_runs_nothing(tiny_imagenet, tmp_pa
     assert sorted(cached) == [(False, False)] + [(True, True)] * 3, cached  # computed once, then hits
 
 
-def test_erq_ablation_is_a_sweep(tiny_imagenet, tmp_path):
-    out = run_cli("-m", "method=erq", "method.rounding_refinement=true,false", "bits=w3a4",
-                  *_tiny_job_args(tiny_imagenet, tmp_path))
-    assert out.returncode == 0, out.stderr[-3000:]
-    recs = {r["config"]["method"]["rounding_refinement"]: r for r in load_records(tmp_path)}
-    assert set(recs) == {True, False} and all(r["status"] == "ok" for r in recs.values())
+def test_erq_ablation_runs_both_settings_under_two_keys(tiny_imagenet, tmp_path):
+    """In process: the ablation is one option of one method (a sweep over a method option is
+    test_an_option_shared_by_several_swept_methods_is_set_with_double_plus)."""
+    from ptqbench.run import run_job
+
+    recs = {flag: run_job(compose_config("method=erq", f"method.rounding_refinement={str(flag).lower()}", "bits=w3a4",
+                                         *_tiny_job_args(tiny_imagenet, tmp_path)))
+            for flag in (True, False)}
+    assert {r["config"]["method"]["rounding_refinement"] for r in recs.values()} == {True, False}
+    assert all(r["status"] == "ok" for r in recs.values())
     assert recs[True]["method_stats"]["refine_flips"] > 0 == recs[False]["method_stats"]["refine_flips"]
     assert recs[True]["run_key"] != recs[False]["run_key"]
+    assert len(load_records(tmp_path)) == 2
 
 
 def test_an_option_shared_by_several_swept_methods_is_set_with_double_plus(tiny_imagenet, tmp_path):

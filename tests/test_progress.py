@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import torch
+from tests.conftest import make_tiny_vit
 from torch.utils.data import DataLoader, TensorDataset
 
 from ptqbench.errors import ConfigError
@@ -75,8 +76,6 @@ def test_bad_settings_name_the_variable_and_the_fix(monkeypatch, var, value, hin
 
 def test_evaluate_and_calibrate_write_no_carriage_return_to_a_pipe(monkeypatch):
     """The package's loops (evaluation, calibration) through a non-TTY stream, as under SLURM."""
-    from timm.models.vision_transformer import VisionTransformer
-
     from ptqbench.methods import Bits, build_method
     from ptqbench.models import make_quantizable
     from ptqbench.tasks.classification import evaluate
@@ -91,8 +90,7 @@ def test_evaluate_and_calibrate_write_no_carriage_return_to_a_pipe(monkeypatch):
     old_level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        torch.manual_seed(0)
-        model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=10).eval()
+        model = make_tiny_vit(depth=1)
         meth = build_method({"name": "minmax"}, Bits(8, 8))
         qm = make_quantizable(model, meth.plan())
         meth.quantize(qm, torch.randn(4, 3, 32, 32))

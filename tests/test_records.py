@@ -146,3 +146,34 @@ def test_write_errors_name_the_path_and_the_fix(tmp_path, monkeypatch):
         write_json_atomic(target, {"run_key": "abc"})
     monkeypatch.undo()
     assert not list(target.parent.glob(".*.tmp"))  # no temp file left behind
+
+
+# --- RunRecord: the one writer's schema and the one reader of every schema ------------------------
+
+
+def test_run_record_round_trips_every_key_and_adds_the_schema_version():
+    from ptqbench.record import RECORD_SCHEMA, RunRecord
+
+    on_disk = {**_ok(), "schema_version": RECORD_SCHEMA, "group": "g", "config": {"quant": {"full": True, "bits": 8}},
+               "timings": {"eval_s": 1.5}, "wandb": {"id": "x"}, "attempts": [{"status": "failed"}]}
+    rec = RunRecord.from_dict(on_disk)
+    assert rec.metrics == {"top1": 71.5} and rec.results["timings"] == {"eval_s": 1.5} and rec.group == "g"
+    assert rec.to_dict() == on_disk
+
+
+def test_run_record_reads_a_record_from_before_the_schema_and_the_quant_group(tmp_path):
+    """A version-1 record (no `schema_version`, no `quant` in its config) reads as the current
+    schema with the fully quantized mode off; the file itself is left as it was."""
+    from ptqbench.record import RECORD_SCHEMA, RunRecord
+    from ptqbench.records import load_records
+
+    old = {**_ok(), "config": {"model": {"name": "deit_tiny"}}}
+    path = record_path(tmp_path, "abc")
+    write_json_atomic(path, old)
+    rec = RunRecord.from_dict(read_json(path))
+    assert rec.schema_version == RECORD_SCHEMA and rec.config["quant"] == {"full": False}
+    assert rec.config["model"] == {"name": "deit_tiny"} and rec.finished_at == "t1"
+    (loaded,) = load_records(tmp_path)
+    assert loaded == {**old, "schema_version": RECORD_SCHEMA, "config": {**old["config"], "quant": {"full": False}},
+                      "wandb": None}
+    assert read_json(path) == old

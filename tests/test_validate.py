@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from ptqbench.config_store import register_configs
 from ptqbench.errors import ConfigError
 from ptqbench.records import run_key
 from ptqbench.validate import config_problems, group_options, validate_config
@@ -18,6 +19,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 @pytest.fixture(scope="module", autouse=True)
 def _hydra():
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         yield
 
@@ -100,11 +102,13 @@ def test_cuda_without_cuda_is_refused():
 
 
 def _every_shipped_config() -> list[list[str]]:
+    from ptqbench.config import model_kind
+
     sets = [[f"method={m}"] for m in group_options("method")] + [[f"bits={b}"] for b in group_options("bits")]
-    for m, opt in group_options("model").items():
-        sets.append([f"model={m}"] if "arch" in opt else ["task=detection", f"model={m}"])
+    for m in group_options("model"):
+        sets.append([f"model={m}"] if model_kind(m) == "timm" else ["task=detection", f"model={m}"])
     sets += [[f"logger={lg}"] for lg in group_options("logger")]
-    sets += [[f"+experiment={p.stem}"] for p in sorted((CONF / "experiment").glob("*.yaml"))]
+    sets += [[f"+experiment={p.stem}"] for p in sorted((CONF.parent / "experiments" / "experiment").glob("*.yaml"))]
     sets += [["quant.full=true"], ["method=tsptq", "quant.full=true", "quant.ln_input=ptf"],
              ["method=percentile", "++method.act_percentiles=[0.999]"]]
     return sets

@@ -9,7 +9,7 @@ What runs here (`search_model`):
 1. Gradients: one FP forward/backward over the calibration batch (in chunks), loss = cross
    entropy against the FP model's own top-1 prediction (no labels needed); the gradient of every
    QuantLinear / QuantConv2d / QuantMatMul output is kept (DeiT-T, 32 images: about 0.8 GB).
-2. Units (embedding, each block, head; ptqbench.models.units) in forward order. Per unit, the FP
+2. Units (embedding, each block, head; the caller passes them) in forward order. Per unit, the FP
    stream gives each layer's FP output O; per layer, in forward order, its input is read from the
    *quantized* stream (upstream layers already searched and quantized) with `search_inputs=quantized`,
    or from the FP stream (`search_inputs=fp`, the default, as the released code calibrates).
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptqbench.models.units import model_units
+from ptqbench.models.structure import Unit
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
@@ -238,15 +238,18 @@ def _layer_inputs(unit_fn, layer: nn.Module, x: torch.Tensor) -> tuple:
 
 
 @torch.no_grad()
-def search_model(model: nn.Module, calib: torch.Tensor, cfg: SearchConfig) -> dict[str, Any]:
-    """Hessian-guided (or mse / cosine) search of every layer's quantizers, unit by unit.
+def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: SearchConfig) -> dict[str, Any]:
+    """Hessian-guided (or mse / cosine) search of every layer's quantizers, unit by unit over
+    `units` (the model's units in forward order).
 
     All quantizers must be calibrated already (their ranges are the starting point and stay for
     the kinds the search does not handle). Returns counts for the record."""
+    if not units:
+        raise ValueError("search_model needs the model's units in forward order (QuantizedModel.units); got none")
     grads = output_grads(model, calib, cfg.chunk_size) if cfg.search_metric == "hessian" else {}
     x_q, x_fp = calib, calib
     searched = 0
-    for unit in model_units(model):
+    for unit in units:
         with quant_disabled(model):  # one FP pass: every layer's FP inputs and output, the next unit's input
             order, fp_ins, fp_outs, x_next = _forward_order(unit.forward, unit.module, x_fp)
         for layer in order:

@@ -1,8 +1,8 @@
 """Block-wise reconstruction: the shared engine of DopQ-ViT and AIQViT (and BRECQ/QDrop/I&S-ViT-style
 baselines).
 
-For each unit of the model in forward order (`ptqbench.models.units`: patch embedding, every
-transformer block, Swin's PatchMerging, head), a few quantization parameters of that unit are
+For each unit in forward order (the caller passes them: patch embedding, every transformer block,
+Swin's PatchMerging, head), a few quantization parameters of that unit are
 trained with Adam so that the quantized unit's output matches the FP unit's output on the
 calibration set:
 
@@ -13,10 +13,15 @@ already-reconstructed quantized units (`fp_input_prob=0`), the FP input (`1`), o
 random mix of the two (QDrop's drop, `0 < p < 1`). After training the unit's parameters are
 frozen and its quantized outputs feed the next unit. Everything else in the model stays fixed.
 
-What learns (`learn`): "act_scale" (LSQ step size of every per-tensor uniform activation
-quantizer in the unit), "weight_scale" (per-channel weight step sizes), "weight_rounding"
-(AdaRound; exclusive with weight_scale), "dfq" (the bounds of dynamic focusing quantizers),
-"lowrank" (AIQViT's B A branches on every Linear, optionally with a relaxed rank search).
+What learns (`learn`): "act_scale" (the "scale" group of every activation quantizer in
+the unit: LSQ step sizes of the uniform ones), "weight_scale" (the weight quantizers' "scale"
+group), "weight_rounding" (AdaRound; exclusive with weight_scale), "dfq" (the "interval" group of
+activation quantizers: the bounds of dynamic focusing quantizers), "lowrank" (AIQViT's B A branches
+on every Linear, optionally with a relaxed rank search). What a quantizer trains in a group is its
+own (`Quantizer.start_training`), so a new quantizer kind needs no change here.
+
+FP targets (the FP units' outputs) are computed on the fly, or looked up in `fp_targets` (a sweep's
+cache, `ptqbench.cache.ActivationStore`) when the caller passes one.
 
 Deterministic under `seed`: batches come from a CPU torch.Generator seeded per unit, low-rank
 initializations from another. Device-agnostic: data live on the model's device.
@@ -27,19 +32,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torch import nn
 from ptqbench.progress import progress as progress_bar
 
-from ptqbench.cache import current_activation_store, module_state_key
 from ptqbench.models.structure import Unit
-from ptqbench.models.units import model_units
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled
-from ptqbench.quant.dynamic_focus import DynamicFocusQuantizer
-from ptqbench.quant.learnable import AdaRoundQuantizer, freeze_scale, learn_scale
+from ptqbench.quant.learnable import AdaRoundQuantizer
 from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantLinear
 from ptqbench.algorithms.streaming import params_frozen, run_unit, split_chunks, unit_layers
@@ -47,6 +49,18 @@ from ptqbench.quant.uniform import UniformQuantizer
 
 LEARNABLE = ("act_scale", "weight_scale", "weight_rounding", "dfq", "lowrank")
 LOSSES = ("mse", "l1")
+# learn kind -> (which quantizers, their trainable group, the ReconConfig field of its learning rate)
+QUANTIZER_LEARNING = {
+    "act_scale": ("activations", "scale", "lr_act_scale"),
+    "dfq": ("activations", "interval", "lr_dfq"),
+    "weight_scale": ("weights", "scale", "lr_weight_scale"),
+}
+
+
+class FPTargets(Protocol):
+    """A store of FP unit outputs (`ptqbench.cache.ActivationStore`)."""
+
+    def unit_outputs(self, model: nn.Module) -> Callable[[int, Callable[[], torch.Tensor]], torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -127,8 +141,7 @@ class _UnitState:
     """What one unit trains, and how to freeze it afterwards."""
 
     groups: list[dict[str, Any]] = field(default_factory=list)
-    scales: list[UniformQuantizer] = field(default_factory=list)
-    dfqs: list[DynamicFocusQuantizer] = field(default_factory=list)
+    training: list[Quantizer] = field(default_factory=list)
     rounders: dict[str, tuple[nn.Module, AdaRoundQuantizer]] = field(default_factory=dict)
     branches: dict[str, tuple[QuantLinear, LowRankBranch]] = field(default_factory=dict)
 
@@ -142,26 +155,25 @@ def prepare_unit(unit: Unit, layers: dict[str, nn.Module], cfg: ReconConfig, gen
     branches) and return it with its Adam parameter groups; `finish_unit` freezes it again."""
     st = _UnitState()
     learn = set(cfg.learn)
-    if "act_scale" in learn:
-        qs = [q for q in _activation_quantizers(unit) if isinstance(q, UniformQuantizer) and q.calibrated]
-        params = [p for q in qs for p in learn_scale(q)]
-        st.scales += qs
+    quantizers = {
+        "activations": [q for q in _activation_quantizers(unit) if q.calibrated],
+        "weights": [m.weight_quantizer for m in layers.values() if m.weight_quantizer is not None
+                    and m.weight_quantizer.enabled and m.weight_quantizer.calibrated],
+    }
+    for kind in ("act_scale", "dfq", "weight_scale"):
+        if kind not in learn:
+            continue
+        which, group, lr = QUANTIZER_LEARNING[kind]
+        params = []
+        for q in quantizers[which]:
+            got = q.start_training(group)
+            if got:
+                st.training.append(q)
+                params += got
         if params:
-            st.groups.append({"params": params, "lr": cfg.lr_act_scale, "name": "act_scale"})
-    if "dfq" in learn:
-        st.dfqs = [q for q in _activation_quantizers(unit) if isinstance(q, DynamicFocusQuantizer) and q.calibrated]
-        params = [p for q in st.dfqs for p in (q.b1, q.b2)]
-        for p in params:
-            p.requires_grad_(True)
-        if params:
-            st.groups.append({"params": params, "lr": cfg.lr_dfq, "name": "dfq"})
+            st.groups.append({"params": params, "lr": getattr(cfg, lr), "name": kind})
     weighted = {n: m for n, m in layers.items() if isinstance(m.weight_quantizer, UniformQuantizer)
                 and m.weight_quantizer.enabled and m.weight_quantizer.calibrated}
-    if "weight_scale" in learn:
-        params = [p for m in weighted.values() for p in learn_scale(m.weight_quantizer)]
-        st.scales += [m.weight_quantizer for m in weighted.values()]
-        if params:
-            st.groups.append({"params": params, "lr": cfg.lr_weight_scale, "name": "weight_scale"})
     if "weight_rounding" in learn:
         for n, m in weighted.items():
             rq = AdaRoundQuantizer(m.weight_quantizer, m.weight)
@@ -189,12 +201,8 @@ def prepare_unit(unit: Unit, layers: dict[str, nn.Module], cfg: ReconConfig, gen
 def finish_unit(st: _UnitState) -> dict[str, int]:
     """Freeze what the unit learned: scales back to buffers, hard rounding written into the weight,
     DFQ bounds fixed, zero-rank branches removed."""
-    for q in st.scales:
-        freeze_scale(q)
-    for q in st.dfqs:
-        q.b1.requires_grad_(False)
-        q.b2.requires_grad_(False)
-        q.version += 1
+    for q in st.training:
+        q.stop_training()
     for layer, base in st.rounders.values():
         w = layer.weight_quantizer.hard_weight()
         layer.weight_quantizer = base
@@ -297,19 +305,21 @@ def _regroup(st: _UnitState, cfg: ReconConfig) -> list[dict[str, Any]]:
     return groups
 
 
-def reconstruct(model: nn.Module, calib: torch.Tensor, cfg: ReconConfig) -> dict[str, Any]:
-    """Reconstruct every unit of `model` (already calibrated and quantized) in order on `calib`.
+def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: ReconConfig,
+                fp_targets: Optional[FPTargets] = None) -> dict[str, Any]:
+    """Reconstruct `units` of `model` (already calibrated and quantized; its units in forward order)
+    in order on `calib`; FP targets come from `fp_targets` when given, else are computed.
 
     Returns statistics for the run record: per unit the loss before and after, trained parameter
     count and chosen low-rank ranks; seconds per unit and per iteration; extra low-rank parameters.
     """
+    if not units:
+        raise ValueError("reconstruct needs the model's units in forward order (QuantizedModel.units); got none")
     dev = calib.device
-    units = model_units(model)
     x_q = calib
     x_fp = calib
     per_unit, ranks, t0 = [], {}, time.perf_counter()
-    store = current_activation_store()  # a sweep's cache of FP targets, when the job set one
-    state_key = module_state_key(model) if store is not None else ""
+    lookup = fp_targets.unit_outputs(model) if fp_targets is not None else None  # keyed on the FP state now
     try:
         with params_frozen(model):  # only the parameters a unit's prepare_unit() enables train
             for i, unit in enumerate(units):
@@ -319,7 +329,7 @@ def reconstruct(model: nn.Module, calib: torch.Tensor, cfg: ReconConfig) -> dict
                     with torch.no_grad(), quant_disabled(model):
                         return _forward_batches(unit, x, bs)
 
-                target = fp_target() if store is None else store.unit_output(state_key, i, fp_target).to(dev)
+                target = fp_target() if lookup is None else lookup(i, fp_target).to(dev)
                 blockish = unit.name not in ("patch_embed", "head")
                 if cfg.units == "blocks" and not blockish:
                     with torch.no_grad():

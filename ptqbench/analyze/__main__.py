@@ -10,7 +10,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from ptqbench.config_store import register_configs
+
 log = logging.getLogger("ptqbench")
+register_configs()  # the schemas conf/ builds on, before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="analyze")

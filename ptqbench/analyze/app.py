@@ -69,13 +69,20 @@ def run_analysis(cfg: DictConfig) -> Analysis:
     from ptqbench.models import create_model, make_quantizable, state_fingerprint
     from ptqbench.models.detectors import DETECTORS
     from ptqbench.analyze.sqnr import layer_sqnr_for_job
-    from ptqbench.run import resolve_workers, setup_job
+    from ptqbench.launch import configure_threads, resolve_workers
+    from ptqbench.models import model_entry
+    from ptqbench.pipeline import job_method
+    from ptqbench.validate import resolve_device
 
     start = time.perf_counter()
     a = check_config(cfg)
     if cfg.model.name in DETECTORS:
         raise ConfigError(f"model={cfg.model.name} is a detector; the analysis runs on classification models")
-    bits, method, device, entry = setup_job(cfg)
+    bits, method = job_method(cfg)
+    device = resolve_device(str(cfg.device))
+    configure_threads(cfg.get("threads"), None)
+    torch.manual_seed(int(cfg.seed))
+    entry = model_entry(cfg.model.name, cfg.model.get("arch"), cfg.model.get("tag"))
     root = resolve_root(cfg.data.root)
     model, _ = create_model(entry, cfg.model.get("checkpoint"), cfg.model.get("weights_dir"),
                             bool(cfg.model.get("pretrained", True)), bool(cfg.model.get("allow_download", True)))

@@ -1,7 +1,13 @@
-"""`python -m ptqbench.bench [--parts cost,eval,sweep] [--out FILE]`: the benchmark suite.
+"""`python -m ptqbench.bench [--parts cost,eval,sweep,recon] [--out FILE]`: the benchmark suite.
 
 Prints Markdown tables and writes them, with the machine they ran on, to `--out` (default
-results/benchmarks/bench_<host>_<device>.md). Every cell runs in a fresh process.
+results/benchmarks/bench_<host>_<device>.md). Every cell runs in a fresh process, so memory peaks
+do not leak between cells. The parts (docs/benchmarks.md):
+
+    python -m ptqbench.bench                                          # cost, eval, sweep
+    python -m ptqbench.bench --parts cost --cost-models deit_tiny,vit_base --cost-calib 32,128
+    python -m ptqbench.bench --parts eval --eval-models deit_tiny --eval-methods repq --eval-batch 100
+    python -m ptqbench.bench --parts recon --recon-models deit_small --recon-batch 8,32
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ptqbench.fileio import write_text_atomic
 from ptqbench.paths import REPO_ROOT
 
 
@@ -49,12 +56,28 @@ def run_cell(kind: str, threads: int | None, **kw: Any) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+PARTS = ("cost", "eval", "sweep", "recon")
+
+
 def _cell_main(spec: dict[str, Any]) -> None:
     from ptqbench.bench import cells
+    from ptqbench.bench.recon_step import recon_step
 
+    kinds = {"cost": cells.cost, "eval_overhead": cells.eval_overhead, "recon_step": recon_step}
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    print(json.dumps(getattr(cells, spec["kind"])(**spec["kw"])))
+    print(json.dumps(kinds[spec["kind"]](**spec["kw"])))
+
+
+def _csv(text: str) -> list[str]:
+    return [v for v in text.split(",") if v]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated integers, e.g. 32,128") from None
 
 
 def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
@@ -106,13 +129,13 @@ def sweep_times(models: str, methods: str, bits: str, eval_limit: int, calib: in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="cost,eval,sweep")
+    ap.add_argument("--parts", default="cost,eval,sweep", help=f"comma-separated, of {','.join(PARTS)}")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--cost-model", default="deit_tiny")
+    ap.add_argument("--cost-models", "--cost-model", dest="cost_models", default="deit_tiny")
     ap.add_argument("--cost-methods", default="minmax,percentile,repq,ptq4vit,tsptq,gptq,erq,dopq,aiq")
     ap.add_argument("--cost-bits", default="w4a4")
-    ap.add_argument("--cost-calib", type=int, default=32)
+    ap.add_argument("--cost-calib", type=_ints, default=[32], help="calibration sizes, e.g. 32,128")
     ap.add_argument("--recon-iters", type=int, default=30, help="iterations per unit for dopq/aiq (cost and eval parts)")
     ap.add_argument("--eval-models", default="deit_tiny,swin_tiny")
     ap.add_argument("--eval-methods", default="repq,minmax,dopq,aiq")
@@ -124,6 +147,11 @@ def main() -> None:
     ap.add_argument("--sweep-bits", default="w4a4,w8a8")
     ap.add_argument("--sweep-eval-limit", type=int, default=200)
     ap.add_argument("--sweep-calib", type=int, default=32)
+    ap.add_argument("--recon-models", default="deit_small,vit_base")
+    ap.add_argument("--recon-methods", default="dopq,aiq")
+    ap.add_argument("--recon-batch", type=_ints, default=[8, 32], help="batch sizes, e.g. 8,32")
+    ap.add_argument("--recon-steps", type=int, default=5, help="timed reconstruction steps per cell")
+    ap.add_argument("--recon-warmup", type=int, default=1, help="untimed steps before them")
     ap.add_argument("--out", default=None)
     ap.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -132,7 +160,10 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    parts = args.parts.split(",")
+    parts = _csv(args.parts)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        ap.error(f"--parts {args.parts!r}: unknown {', '.join(unknown) or 'empty list'}; choose from {','.join(PARTS)}")
     out = [f"# ptqbench benchmark ({args.device})", "", f"Machine: {machine()}", "",
            f"Command: `python -m ptqbench.bench {' '.join(sys.argv[1:])}`", ""]
 
@@ -143,14 +174,15 @@ def main() -> None:
     for line in out:
         print(line)
     if "cost" in parts:
-        emit(f"## Calibration cost ({args.cost_model}, {args.cost_bits}, {args.cost_calib} images; dopq/aiq with "
-             f"{args.recon_iters} reconstruction iterations per unit, batch 8)\n")
+        emit(f"## Calibration cost ({args.cost_models}, {args.cost_bits}, {','.join(map(str, args.cost_calib))} images; "
+             f"dopq/aiq with {args.recon_iters} reconstruction iterations per unit, batch 8)\n")
         rows = []
-        for m in args.cost_methods.split(","):
-            opts = method_options(m, args.recon_iters)
-            rows.append(run_cell("cost", args.threads, model=args.cost_model, method=m, bits=args.cost_bits,
-                                 calib=args.cost_calib, device=args.device, options=opts))
-            print(rows[-1], flush=True)
+        for model in _csv(args.cost_models):
+            for calib in args.cost_calib:
+                for m in _csv(args.cost_methods):
+                    rows.append(run_cell("cost", args.threads, model=model, method=m, bits=args.cost_bits,
+                                         calib=calib, device=args.device, options=method_options(m, args.recon_iters)))
+                    print(rows[-1], flush=True)
         emit(table(rows, ["model", "method", "bits", "calib", "quantize_s", "peak_rss_mb", "method_extra_mb",
                           "peak_cuda_mb", "weights", "images"]) + "\n")
     if "eval" in parts:
@@ -173,9 +205,19 @@ def main() -> None:
         rows = sweep_times(args.sweep_models, args.sweep_methods, args.sweep_bits, args.sweep_eval_limit,
                            args.sweep_calib, args.threads)
         emit(table(rows, ["phase", "jobs", "wall_s", "rc", "records_ok", "fp_cache_hits_in_records"]) + "\n")
+    if "recon" in parts:
+        emit(f"## Reconstruction step time: seconds per block per iteration (forward + backward + Adam), "
+             f"mean of {args.recon_steps} steps after {args.recon_warmup} untimed, random weights and images\n")
+        rows = []
+        for model in _csv(args.recon_models):
+            for m in _csv(args.recon_methods):
+                for b in args.recon_batch:
+                    rows.append(run_cell("recon_step", args.threads, model=model, method=m, batch=b,
+                                         iters=args.recon_steps, warmup=args.recon_warmup, device=args.device))
+                    print(rows[-1], flush=True)
+        emit(table(rows, ["model", "method", "batch", "iters", "s_per_block_iter"]) + "\n")
     dest = Path(args.out) if args.out else REPO_ROOT / "results" / "benchmarks" / f"bench_{platform.node()}_{args.device}.md"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text("\n".join(out) + "\n")
+    write_text_atomic(dest, "\n".join(out) + "\n")
     print(f"written to {dest}")
 
 

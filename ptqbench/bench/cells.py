@@ -37,17 +37,14 @@ def calibration_images(model: torch.nn.Module, size: int) -> tuple[torch.Tensor,
 
 
 def _quantized(model: torch.nn.Module, method_name: str, bits: str, calib: torch.Tensor, options: dict[str, Any]):
+    """The job pipeline's quantization step (`ptqbench.pipeline.quantize`) on `model`."""
     from ptqbench.methods import Bits, build_method
-    from ptqbench.models import make_quantizable
-    from ptqbench.profiling import PhaseMeter
+    from ptqbench.pipeline import quantize
 
     w, a = (int(v) for v in bits[1:].split("a"))
     method = build_method({"name": method_name, **options}, Bits(w, a))
-    qm = make_quantizable(model, method.plan())
-    with PhaseMeter(calib.device, interval=0.02) as meter:
-        before = meter.peak_rss_mb
-        method.quantize(qm, calib)
-    return qm, meter, before
+    qm, _, meter = quantize(method, model, calib, calib.device, interval=0.02)
+    return qm, meter, meter.start_rss_mb
 
 
 def cost(model: str, method: str, bits: str, calib: int, device: str, options: dict[str, Any]) -> dict[str, Any]:

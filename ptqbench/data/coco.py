@@ -14,8 +14,7 @@ import copy
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
-
+from ptqbench.data.sampling import seeded_subset
 from ptqbench.errors import DataNotFoundError
 from ptqbench.paths import resolve_dataset_root
 
@@ -71,8 +70,7 @@ def seeded_indices(n: int, size: Optional[int], seed: int) -> Optional[list[int]
         return None
     if size < 1:
         raise ValueError(f"subset size must be >= 1, got {size}")
-    g = torch.Generator().manual_seed(seed)
-    return sorted(torch.randperm(n, generator=g)[:size].tolist())
+    return seeded_subset(n, size, seed)
 
 
 def build_dataset(cfg: dict[str, Any]) -> Any:

@@ -16,10 +16,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ptqbench.data.sampling import seeded_subset
 from ptqbench.errors import CorruptDataError, DataNotFoundError
+from ptqbench.hashing import sha256_hex
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 NUM_CLASSES = 1000
+EVAL_SUBSET_SEED = 0  # one subset for every run, whatever its seed: methods compare on identical images
 
 
 def load_synsets(root: Path) -> list[str]:
@@ -111,8 +114,7 @@ def eval_subset(ds: ImageNetFolder, limit: Optional[int]) -> Dataset:
     quick runs still compare methods on identical images)."""
     if not limit or limit >= len(ds):
         return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[: int(limit)].sort().values
-    return Subset(ds, idx.tolist())
+    return Subset(ds, seeded_subset(len(ds), int(limit), EVAL_SUBSET_SEED))
 
 
 def subset_ids(ds: Dataset) -> list[str]:
@@ -126,7 +128,7 @@ def calibration_indices(ds: ImageNetFolder, size: int, seed: int) -> list[int]:
     if size < 1 or size > len(ds):
         raise DataNotFoundError(f"calib.size={size} but {ds.root / ds.split} has {len(ds)} images; "
                                 f"use calib.size=1..{len(ds)}, or a calibration split with more images")
-    return torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:size].tolist()
+    return seeded_subset(len(ds), size, seed, sort=False)
 
 
 def calibration_batch(ds: ImageNetFolder, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -140,17 +142,15 @@ def files_signature(ds: Dataset, indices: Optional[Sequence[int]] = None) -> str
     """Hash of id, label, byte size and mtime of the samples of `ds` (an ImageNetFolder or a
     Subset of one; `indices` picks samples of an ImageNetFolder): what a cache key needs to notice
     a replaced or relabelled image without reading it."""
-    import hashlib
-
     if isinstance(ds, Subset):
         ds, indices = ds.dataset, ds.indices
     assert isinstance(ds, ImageNetFolder)
-    h = hashlib.sha256()
+    lines = []
     for i in range(len(ds)) if indices is None else indices:
         path, label = ds.samples[i]
         st = os.stat(path)
-        h.update(f"{ds.image_id(i)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+        lines.append(f"{ds.image_id(i)}|{label}|{st.st_size}|{st.st_mtime_ns}\n")
+    return sha256_hex("".join(lines), 16)
 
 
 def make_loader(ds: Dataset, batch_size: int, workers: int) -> DataLoader:

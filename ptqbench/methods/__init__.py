@@ -1,6 +1,13 @@
-"""The registry of PTQ methods. Importing this package registers every built-in method."""
+"""The registry of PTQ methods. Importing this package imports every module in it, and each
+method module registers itself (`@register_method`), so adding a method is adding one file."""
 
-from ptqbench.methods import aiq, dopq, erq, fp, gptq, ptq4vit, repq, tsptq, uniform_baselines  # noqa: F401  (registration)
-from ptqbench.methods.base import METHODS, Bits, FullQuantConfig, Method, ProtocolConfig, build_method, register_method
+import importlib
+import pkgutil
 
-__all__ = ["METHODS", "Bits", "FullQuantConfig", "Method", "ProtocolConfig", "build_method", "register_method"]
+from ptqbench.methods.base import METHODS, Bits, FullQuantConfig, Method, MethodInfo, ProtocolConfig, build_method, register_method
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["METHODS", "Bits", "FullQuantConfig", "Method", "MethodInfo", "ProtocolConfig", "build_method",
+           "register_method"]

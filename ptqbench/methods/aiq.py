@@ -30,22 +30,20 @@ and reasoning in docs/methods/aiq.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from ptqbench.errors import ConfigError
-from ptqbench.methods.base import register_method
-from ptqbench.methods.block_recon import BlockReconConfig, run_reconstruction
-from ptqbench.methods.repq import RepQViT
+from ptqbench.methods.base import Method, Step, register_method
+from ptqbench.methods.configs import BlockReconConfig, reparam_activations
+from ptqbench.methods.steps import RECALIBRATE, Calibrate, MeanScale, Reconstruct, Reparameterize, optional
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
-from ptqbench.quant.calibration import calibrate
 from ptqbench.quant.dynamic_focus import (BELOW_MODES, DEFAULT_LOWER_PERCENTILES, DEFAULT_MAX_FRACTIONS,
                                           DEFAULT_UPPER_PERCENTILES, INIT_METRICS)
 from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantLinear
-from ptqbench.algorithms.reparam import reparameterize_all
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 
 RANK_SEARCHES = ("darts", "fixed")
@@ -117,8 +115,8 @@ class AIQConfig(BlockReconConfig):
             raise ValueError(f"ranks must be >= 0, got rank={self.rank}, ranks={list(self.ranks)}")
 
 
-@register_method("aiq")
-class AIQViT(RepQViT):
+@register_method("aiq", display="AIQViT", cite="jiang2025aiqvit", paper="AIQViT")
+class AIQViT(Method):
     """AIQViT; see the module docstring for the reading implemented and the choices."""
 
     Config = AIQConfig
@@ -127,35 +125,45 @@ class AIQViT(RepQViT):
     blockwise = True  # the low-rank branches and DFQ bounds are trained block by block
 
     def protocol_plan(self) -> QuantPlan:
-        base = super().protocol_plan()
-        acts = dict(base.activations)
-        if self.config.dfq:
+        c = self.config
+        acts = reparam_activations(self, c)
+        if c.dfq:
             acts[roles.POST_SOFTMAX] = QuantizerSpec(
                 self.bits.a, kind="dynamic_focus",
-                options=(("upper_percentiles", self.config.dfq_percentiles),
-                         ("max_fractions", self.config.dfq_max_fractions),
-                         ("lower_percentiles", self.config.dfq_lower_percentiles),
-                         ("below", self.config.dfq_below), ("init", self.config.dfq_init)))
-        return QuantPlan(base.weight, acts)
+                options=(("upper_percentiles", c.dfq_percentiles),
+                         ("max_fractions", c.dfq_max_fractions),
+                         ("lower_percentiles", c.dfq_lower_percentiles),
+                         ("below", c.dfq_below), ("init", c.dfq_init)))
+        return QuantPlan(self.weight_spec(), acts)
 
-    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+    def steps(self) -> Sequence[Step]:
         c = self.config
-        stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib)}
-        if c.reparam:
-            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, c.round_zero_point,
-                                                                    exact_padding=c.exact_padding))
-            stats["recalibrated_quantizers"] = calibrate(qm.model, calib, desc="recalibrate")
         learn = (("dfq",) if c.dfq else ()) + (("lowrank",) if c.lowrank else ())
         ranks = c.ranks if c.rank_search == "darts" else (c.rank,)
-        cfg = c.engine_config(self.bits, learn, lr_dfq=c.lr_dfq, lowrank_ranks=ranks, rank_cost=c.rank_cost,
-                              search_frac=c.search_frac, lr_lowrank=c.lr_lowrank, lr_arch=c.lr_arch,
-                              curriculum=c.curriculum, curriculum_start=c.curriculum_start,
-                              curriculum_end=c.curriculum_end)
-        stats.update(run_reconstruction(qm.model, calib, cfg))
-        if c.lowrank and c.lowrank_merge:
+        recon = c.engine_config(self.bits, learn, lr_dfq=c.lr_dfq, lowrank_ranks=ranks, rank_cost=c.rank_cost,
+                                search_frac=c.search_frac, lr_lowrank=c.lr_lowrank, lr_arch=c.lr_arch,
+                                curriculum=c.curriculum, curriculum_start=c.curriculum_start,
+                                curriculum_end=c.curriculum_end)
+        return (Calibrate(),
+                *optional(c.reparam, Reparameterize(MeanScale(), c.round_zero_point, c.exact_padding), RECALIBRATE),
+                Reconstruct(recon),
+                PlaceLowRank(merge=c.lowrank and c.lowrank_merge, merged=c.lowrank_merge))
+
+
+@dataclass(frozen=True)
+class PlaceLowRank:
+    """Where the trained low-rank branches end up: folded into the weights (`merge`) or left as FP
+    side branches; the record says which (`merged`: lowrank_merge was asked for)."""
+
+    merge: bool
+    merged: bool
+
+    def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        if self.merge:
             stats["lowrank_merged_layers"] = merge_lowrank(qm.model)
             stats["lowrank_extra_params"] = 0
-        stats["lowrank_placement"] = "merged" if c.lowrank_merge else "fp_side_branch"
+        stats["lowrank_placement"] = "merged" if self.merged else "fp_side_branch"
         return stats
 
 

@@ -1,14 +1,18 @@
 """Method registry and the common PTQ protocol every method starts from.
 
-Adding a method = one Python file here (a `Method` subclass with a `Config` dataclass, decorated
-with `@register_method("name")`) + one YAML file in conf/method/ listing its knobs.
+Adding a method = one Python file in this package: a `Method` subclass with a `Config` dataclass,
+a `protocol_plan()` (which quantizer each role gets) and `steps()` (what runs on the calibration
+images, built from ptqbench.methods.steps), decorated with `@register_method("name", display=...,
+cite=..., paper=...)`. The package imports every module in it, so the file registers itself; a
+YAML file in conf/method/ is optional and only overrides defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import torch
 
@@ -19,6 +23,37 @@ from ptqbench.quant.ranges import RANGE_METHODS, RangeSearch
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 
 METHODS: dict[str, type["Method"]] = {}
+
+# One step of a method: transforms/calibrates the quantized model in place on the calibration
+# images and returns the statistics it adds to the record's `method_stats`.
+Step = Callable[[QuantizedModel, torch.Tensor], dict[str, Any]]
+
+_CITE_KEY = re.compile(r"^[a-z][a-z0-9_]*[0-9]{4}[a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the report prints about a method, kept with the method itself.
+
+    Attributes:
+        display: the name in table rows and plot legends ("RepQ-ViT").
+        cite: BibTeX key the LaTeX table cites after the name (authorYEARword); "" for baselines
+            that have no paper.
+        paper: how the reference CSVs name the method's own paper in their `source` column, so a
+            published row from that paper is preferred; None when the method has no paper of its own.
+    """
+
+    display: str
+    cite: str = ""
+    paper: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.display, str) or not self.display.strip():
+            raise ValueError(f"MethodInfo.display must be a non-empty name, got {self.display!r}")
+        if self.cite and not _CITE_KEY.match(self.cite):
+            raise ValueError(f"MethodInfo.cite={self.cite!r} is not an authorYEARword BibTeX key (or '' for none)")
+        if self.paper is not None and not self.paper.strip():
+            raise ValueError("MethodInfo.paper must be a non-empty source name or None")
 
 MIN_BITS, MAX_BITS = 2, 16
 
@@ -142,14 +177,15 @@ class FullQuantConfig:
 
 
 class Method:
-    """A PTQ recipe over the quantization core.
+    """A PTQ recipe over the quantization core: a plan and a sequence of steps.
 
     Subclasses set `Config` (a frozen dataclass deriving from ProtocolConfig), and override
-    `protocol_plan()` (which quantizer each role gets) and/or `quantize()` (calibration and any weight or
-    model transformation).
+    `protocol_plan()` (which quantizer each role gets) and `steps()` (what `quantize()` runs, in
+    order). Behaviour is shared through steps and plan helpers, not by subclassing another method.
     """
 
     name: ClassVar[str] = ""
+    info: ClassVar[MethodInfo]
     Config: ClassVar[type] = ProtocolConfig
     # True for methods that stream calibration data unit by unit through models.units.model_units
     # (ERQ, GPTQ); tasks whose models have no unit list (detection) refuse them up front.
@@ -180,9 +216,13 @@ class Method:
         return self.with_full(self.protocol_plan())
 
     def protocol_plan(self) -> QuantPlan:
+        """Which quantizer each role gets (before the fully quantized mode). Methods override this
+        to change `common_plan()` per role."""
+        return self.common_plan()
+
+    def common_plan(self) -> QuantPlan:
         """The common protocol: per-channel weights, per-tensor activations everywhere a Linear or
-        attention matmul reads, 8-bit (configurable) patch-embedding input. Methods override this
-        to choose their quantizers per role."""
+        attention matmul reads, 8-bit (configurable) patch-embedding input."""
         acts: dict[str, Optional[QuantizerSpec]] = {r: self.act_spec() for r in roles.ACTIVATION_ROLES}
         pib = self.config.patch_input_bits
         acts[roles.PATCH_IN] = self.act_spec(bits=pib) if pib else None
@@ -210,18 +250,33 @@ class Method:
         return QuantPlan(plan.weight, acts, softmax_lut_bits=q.table_bits)
 
     # -- how -------------------------------------------------------------------------------
+    def steps(self) -> Sequence[Step]:
+        """What `quantize()` runs, in order (ptqbench.methods.steps)."""
+        raise NotImplementedError(f"method {self.name!r} declares no steps()")
+
     def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        """Calibrate/transform `qm` in place on the calibration images; returns stats for the record."""
-        raise NotImplementedError
+        """Run `steps()` on `qm` in place with the calibration images; returns their statistics
+        for the record, in step order."""
+        stats: dict[str, Any] = {}
+        for step in self.steps():
+            stats.update(step(qm, calib))
+        return stats
 
 
-def register_method(name: str):
-    """Class decorator: make a Method available as `method=<name>`."""
+def register_method(name: str, *, display: str, cite: str = "", paper: Optional[str] = None):
+    """Class decorator: make a Method available as `method=<name>`, with what the report prints
+    about it (MethodInfo: display name, BibTeX key, the source name of its own paper)."""
+    info = MethodInfo(display, cite, paper)
 
     def deco(cls: type[Method]) -> type[Method]:
         if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
+            raise ValueError(f"method {name!r} registered twice ({METHODS[name].__module__} and {cls.__module__})")
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register_method({name!r}) decorates a Method subclass, got {cls!r}")
+        if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, ProtocolConfig)):
+            raise TypeError(f"method {name!r}: Config must be a dataclass deriving from ProtocolConfig")
         cls.name = name
+        cls.info = info
         METHODS[name] = cls
         return cls
 

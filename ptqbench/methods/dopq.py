@@ -23,17 +23,13 @@ reading (sources and reasoning in docs/methods/dopq.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Sequence
 
-import torch
-
-from ptqbench.methods.block_recon import BlockReconConfig, run_reconstruction
-from ptqbench.methods.base import register_method
-from ptqbench.methods.repq import RepQViT
-from ptqbench.models.adapter import QuantizedModel
+from ptqbench.algorithms.reparam import DEVIATIONS
+from ptqbench.methods.base import Method, Step, register_method
+from ptqbench.methods.configs import BlockReconConfig, reparam_activations
+from ptqbench.methods.steps import MOSF, RECALIBRATE, Calibrate, MeanScale, Reconstruct, Reparameterize, optional
 from ptqbench.quant import roles
-from ptqbench.quant.calibration import calibrate
-from ptqbench.algorithms.reparam import DEVIATIONS, mad_inliers, mean_scale, mosf_scale, reparameterize_all
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 from ptqbench.quant.tan import DEFAULT_THETAS
 
@@ -65,8 +61,8 @@ class DopQConfig(BlockReconConfig):
             raise ValueError(f"mosf_k must be > 0, got {self.mosf_k}")
 
 
-@register_method("dopq")
-class DopQViT(RepQViT):
+@register_method("dopq", display="DopQ-ViT", cite="yang2024dopq", paper="DopQ-ViT")
+class DopQViT(Method):
     """DopQ-ViT; see the module docstring for the reading implemented and the choices."""
 
     Config = DopQConfig
@@ -79,24 +75,15 @@ class DopQViT(RepQViT):
         return bool(self.config.reconstruct)
 
     def protocol_plan(self) -> QuantPlan:
-        base = super().protocol_plan()
-        acts = dict(base.activations)
-        if self.config.tanq:
-            acts[roles.POST_SOFTMAX] = QuantizerSpec(self.bits.a, kind="tan", options=(("thetas", self.config.tan_thetas),))
-        return QuantPlan(base.weight, acts)
-
-    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
         c = self.config
-        stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib)}
-        if c.reparam:
-            if c.mosf:
-                outliers = sum(int((~mad_inliers(p.linear.input_quantizer.scale.reshape(-1), c.mosf_k, c.mosf_deviation)).sum())
-                               for p in qm.reparam_pairs)
-                stats["mosf_outlier_channels"] = outliers
-            shared = mosf_scale(c.mosf_k, c.mosf_deviation) if c.mosf else mean_scale
-            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, c.round_zero_point, shared,
-                                                                    exact_padding=c.exact_padding))
-            stats["recalibrated_quantizers"] = calibrate(qm.model, calib, desc="recalibrate")
-        if c.reconstruct:
-            stats.update(run_reconstruction(qm.model, calib, c.engine_config(self.bits)))
-        return stats
+        acts = reparam_activations(self, c)
+        if c.tanq:
+            acts[roles.POST_SOFTMAX] = QuantizerSpec(self.bits.a, kind="tan", options=(("thetas", c.tan_thetas),))
+        return QuantPlan(self.weight_spec(), acts)
+
+    def steps(self) -> Sequence[Step]:
+        c = self.config
+        rule = MOSF(c.mosf_k, c.mosf_deviation) if c.mosf else MeanScale()
+        return (Calibrate(),
+                *optional(c.reparam, Reparameterize(rule, c.round_zero_point, c.exact_padding), RECALIBRATE),
+                *optional(c.reconstruct, Reconstruct(c.engine_config(self.bits))))

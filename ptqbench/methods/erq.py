@@ -33,24 +33,15 @@ Choices where the released code is silent or inconsistent (all knobs except the 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional, Sequence
 
-import torch
-from torch import nn
-
-from ptqbench.methods.base import register_method
-from ptqbench.methods.repq import RepQConfig, RepQViT, calibrate_activations
-from ptqbench.models.adapter import QuantizedModel
-from ptqbench.models.units import model_units
-from ptqbench.quant import roles
-from ptqbench.quant.calibration import quant_disabled
-from ptqbench.quant.dual_uniform import DualUniformQuantizer
-from ptqbench.algorithms.error_reduction import ridge_correction, wqer
-from ptqbench.quant.modules import QuantConv2d, QuantLinear
+from ptqbench.methods.base import Method, Step, register_method
+from ptqbench.methods.configs import ReparamConfig, reparam_activations
+from ptqbench.methods.steps import (Calibrate, ErrorReduction, InstallDualUniform, MeanScale, Reparameterize, Timed,
+                                    WeightsFP, optional)
 from ptqbench.quant.ranges import RangeSearch
-from ptqbench.algorithms.streaming import GramStats, collect_grams, split_chunks, unit_layers
+from ptqbench.quant.spec import QuantPlan
 
 
 # The released ERQ quantizer's per-row weight clipping grid (its activations keep RepQ-ViT's).
@@ -58,7 +49,7 @@ ERQ_WEIGHT_PERCENTILES = (0.97, 0.98, 0.99, 0.995, 0.9995, 0.9997, 0.9999, 0.999
 
 
 @dataclass(frozen=True)
-class ERQConfig(RepQConfig):
+class ERQConfig(ReparamConfig):
     """Attributes (besides RepQ-ViT's reparam / log_sqrt2 / round_zero_point):
     aqer: activation-quantization error reduction (ridge update of W, b).
     wqer: weight-quantization error reduction (iterative quantize + compensate).
@@ -99,68 +90,24 @@ class ERQConfig(RepQConfig):
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
-def block_input_linears(model: nn.Module) -> list[QuantLinear]:
-    """qkv and fc1 of every transformer block (the layers ERQ gives dual uniform weights)."""
-    out = []
-    for m in model.modules():
-        if hasattr(m, "attn") and hasattr(m, "mlp"):
-            out += [lin for lin in (getattr(m.attn, "qkv", None), getattr(m.mlp, "fc1", None)) if isinstance(lin, QuantLinear)]
-    return out
-
-
-@register_method("erq")
-class ERQ(RepQViT):
+@register_method("erq", display="ERQ", cite="zhong2025erq", paper="ERQ")
+class ERQ(Method):
     """ERQ; see the module docstring for the recipe and the choices made."""
 
     Config = ERQConfig
     blockwise = True
 
-    def _install_dual_uniform(self, qm: QuantizedModel) -> int:
-        c = self.config
-        search = RangeSearch(c.weight_search, c.weight_percentiles)
-        layers = [lin for lin in block_input_linears(qm.model) if lin.weight_quantizer is not None]
-        for lin in layers:
-            dq = DualUniformQuantizer(self.bits.w, roles.WEIGHT, c.dual_divisor, c.dual_percentile, search)
-            dq.qname = lin.weight_quantizer.qname
-            lin.weight_quantizer = dq.to(lin.weight.device)
-        return len(layers)
+    def protocol_plan(self) -> QuantPlan:
+        return QuantPlan(self.weight_spec(), reparam_activations(self, self.config))
 
-    def _reduce_layer(self, layer: nn.Module, role: str, st: GramStats, counters: dict[str, int]) -> None:
+    def steps(self) -> Sequence[Step]:
         c = self.config
-        is_conv = isinstance(layer, QuantConv2d)
-        w_aug = torch.cat([layer.weight_matrix(), layer.bias_vector()[:, None]], dim=1)
-        if c.aqer and not is_conv:
-            lam = c.head_lambda if role == roles.HEAD_IN else 0.1 * c.coe
-            w_aug = ridge_correction(st.G, st.C, w_aug, lam)
-            layer.set_weight_matrix(w_aug[:, :-1], w_aug[:, -1])
-            counters["aqer_layers"] += 1
-        wq = layer.weight_quantizer
-        if wq is None:
-            return
-        wq.calibrate(layer.weight.detach())
-        if c.wqer:
-            lam = 0.1 * c.coe * (c.conv_lambda_factor if is_conv else 1.0)
-            refine = c.rounding_refinement and not is_conv
-            w_aug, s = wqer(w_aug, st.G, st.rows, layer.weight_grid(), lam, refine, c.refine_steps)
-            layer.set_weight_matrix(w_aug[:, :-1], w_aug[:, -1])
-            counters["wqer_layers"] += 1
-            counters["wqer_rounds"] += s.rounds
-            counters["refine_flips"] += s.flips
-
-    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        c = self.config
-        t0 = time.perf_counter()
-        stats = calibrate_activations(qm, calib, c)
-        stats["dual_uniform_layers"] = self._install_dual_uniform(qm) if c.dual_uniform else 0
-        counters = {"aqer_layers": 0, "wqer_layers": 0, "wqer_rounds": 0, "refine_flips": 0}
-        chunks = split_chunks(calib, c.chunk_size)
-        names_roles = qm.linear_roles
-        for unit in model_units(qm.model):
-            layers = unit_layers(qm.model, unit)
-            with quant_disabled(qm.model):  # every layer is fed its own FP input
-                grams, chunks = collect_grams(unit, chunks, layers, cross=c.aqer)
-            for name, layer in layers.items():
-                self._reduce_layer(layer, names_roles.get(name, roles.OTHER_IN), grams.pop(name), counters)
-        stats.update(counters)
-        stats["error_reduction_s"] = round(time.perf_counter() - t0, 3)
-        return stats
+        activation_side = WeightsFP((
+            Calibrate(desc="calibrate activations"),
+            *optional(c.reparam, Reparameterize(MeanScale(), c.round_zero_point, c.exact_padding)),
+        ))
+        dual = InstallDualUniform(self.bits.w, c.dual_divisor, c.dual_percentile,
+                                  RangeSearch(c.weight_search, c.weight_percentiles), enabled=c.dual_uniform)
+        reduce = ErrorReduction(c.aqer, c.wqer, c.rounding_refinement, c.refine_steps, c.coe, c.head_lambda,
+                                c.conv_lambda_factor, c.chunk_size)
+        return (Timed("error_reduction_s", (activation_side, dual, reduce)),)

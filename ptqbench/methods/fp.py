@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional, Sequence
 
-import torch
-
-from ptqbench.methods.base import Method, register_method
-from ptqbench.models.adapter import QuantizedModel
+from ptqbench.methods.base import Method, Step, register_method
 from ptqbench.quant.spec import QuantPlan
 
 
-@register_method("fp")
+@register_method("fp", display="Full Prec.")
 class FloatingPoint(Method):
     """No quantization: the run's metrics are the FP baseline of the same model and images."""
 
@@ -20,5 +17,5 @@ class FloatingPoint(Method):
     def plan(self) -> Optional[QuantPlan]:
         return None
 
-    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        return {}
+    def steps(self) -> Sequence[Step]:
+        return ()

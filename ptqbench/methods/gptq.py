@@ -18,22 +18,17 @@ GPTQ. The patch-embedding input stays FP, as in ERQ's code (`patch_input_bits`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional, Sequence
 
-import torch
-
-from ptqbench.methods.base import register_method
-from ptqbench.methods.repq import RepQConfig, RepQViT, calibrate_activations
-from ptqbench.models.adapter import QuantizedModel
-from ptqbench.models.units import model_units
-from ptqbench.algorithms.error_reduction import gptq
-from ptqbench.algorithms.streaming import collect_grams, run_unit, split_chunks, unit_layers, weights_fp
+from ptqbench.methods.base import Method, Step, register_method
+from ptqbench.methods.configs import ReparamConfig, reparam_activations
+from ptqbench.methods.steps import Calibrate, GPTQSolve, MeanScale, Reparameterize, Timed, WeightsFP, optional
+from ptqbench.quant.spec import QuantPlan
 
 
 @dataclass(frozen=True)
-class GPTQConfig(RepQConfig):
+class GPTQConfig(ReparamConfig):
     """Attributes (besides RepQ-ViT's activation knobs):
     blocksize: columns per lazy-update block (reference: 128).
     percdamp: damping as a fraction of mean(diag H) (reference: 0.01).
@@ -56,34 +51,20 @@ class GPTQConfig(RepQConfig):
             raise ValueError(f"percdamp must be >= 0, got {self.percdamp}")
 
 
-@register_method("gptq")
-class GPTQ(RepQViT):
+@register_method("gptq", display="GPTQ", cite="frantar2023gptq")
+class GPTQ(Method):
     """GPTQ weights on RepQ-ViT activations; see the module docstring."""
 
     Config = GPTQConfig
     blockwise = True
 
-    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+    def protocol_plan(self) -> QuantPlan:
+        return QuantPlan(self.weight_spec(), reparam_activations(self, self.config))
+
+    def steps(self) -> Sequence[Step]:
         c = self.config
-        t0 = time.perf_counter()
-        stats = calibrate_activations(qm, calib, c)
-        chunks = split_chunks(calib, c.chunk_size)
-        layers_done, loss = 0, 0.0
-        for unit in model_units(qm.model):
-            layers = unit_layers(qm.model, unit)
-            with weights_fp(layers):  # inputs from quantized earlier units, this unit's weights FP
-                grams, _ = collect_grams(unit, chunks, layers, keep_outputs=False)
-            for name, layer in layers.items():
-                wq = layer.weight_quantizer
-                if wq is None:
-                    continue
-                wq.calibrate(layer.weight.detach())
-                q, layer_loss = gptq(layer.weight_matrix(), grams.pop(name).second_moment(), layer.weight_grid(),
-                                     c.blocksize, c.percdamp, c.act_order)
-                layer.set_weight_matrix(q)
-                layers_done += 1
-                loss += layer_loss
-            chunks = run_unit(unit, chunks)  # quantized outputs feed the next unit
-        stats.update(gptq_layers=layers_done, gptq_loss=round(loss, 6),
-                     error_reduction_s=round(time.perf_counter() - t0, 3))
-        return stats
+        activation_side = WeightsFP((
+            Calibrate(desc="calibrate activations"),
+            *optional(c.reparam, Reparameterize(MeanScale(), c.round_zero_point, c.exact_padding)),
+        ))
+        return (Timed("error_reduction_s", (activation_side, GPTQSolve(c.blocksize, c.percdamp, c.act_order, c.chunk_size))),)

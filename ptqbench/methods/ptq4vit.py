@@ -20,15 +20,12 @@ instead of 100 so the search finishes in minutes on CPU (knobs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Sequence
 
-import torch
-
-from ptqbench.methods.base import Method, ProtocolConfig, register_method
-from ptqbench.models.adapter import QuantizedModel
+from ptqbench.algorithms.hessian_search import SearchConfig
+from ptqbench.methods.base import Method, ProtocolConfig, Step, register_method
+from ptqbench.methods.steps import Calibrate, HessianSearch, optional
 from ptqbench.quant import roles
-from ptqbench.quant.calibration import calibrate
-from ptqbench.algorithms.hessian_search import SearchConfig, search_model
 from ptqbench.quant.ranges import RangeSearch
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 
@@ -53,7 +50,7 @@ class PTQ4ViTConfig(ProtocolConfig, SearchConfig):
         SearchConfig.__post_init__(self)
 
 
-@register_method("ptq4vit")
+@register_method("ptq4vit", display="PTQ4ViT", cite="yuan2022ptq4vit", paper="PTQ4ViT")
 class PTQ4ViT(Method):
     """PTQ4ViT; see the module docstring."""
 
@@ -70,7 +67,7 @@ class PTQ4ViT(Method):
                              search=RangeSearch(c.weight_search, c.weight_percentiles))
 
     def protocol_plan(self) -> QuantPlan:
-        base = super().protocol_plan()
+        base = self.common_plan()
         acts = {r: (None if s is None else QuantizerSpec(s.bits, symmetric=self.config.symmetric, search=s.search))
                 for r, s in base.activations.items()}
         if self.config.twin:
@@ -78,9 +75,5 @@ class PTQ4ViT(Method):
             acts[roles.POST_GELU] = self.act_spec(kind="twin_gelu")
         return QuantPlan(base.weight, acts)
 
-    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        c = self.config
-        stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib)}
-        if c.search_rounds > 0:
-            stats.update(search_model(qm.model, calib, c))
-        return stats
+    def steps(self) -> Sequence[Step]:
+        return (Calibrate(), *optional(self.config.search_rounds > 0, HessianSearch(self.config)))

@@ -22,66 +22,29 @@ with zeros after the fold (ptqbench.algorithms.reparam, "Window padding").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Sequence
 
-import torch
-
-from ptqbench.methods.base import Method, ProtocolConfig, register_method
-from ptqbench.models.adapter import QuantizedModel
-from ptqbench.quant import roles
-from ptqbench.quant.calibration import calibrate, quantizers, switched
-from ptqbench.algorithms.reparam import reparameterize_all
+from ptqbench.methods.base import Method, Step, register_method
+from ptqbench.methods.configs import ReparamConfig, reparam_activations
+from ptqbench.methods.steps import RECALIBRATE, Calibrate, MeanScale, Reparameterize, optional
 from ptqbench.quant.spec import QuantPlan
 
 
 @dataclass(frozen=True)
-class RepQConfig(ProtocolConfig):
-    """Attributes:
-    reparam: per-channel post-LN calibration + scale reparameterization (False: plain per-tensor).
-    log_sqrt2: log-sqrt2 quantizer for post-softmax (False: uniform).
-    round_zero_point: integer z~ (exact) vs the released code's fractional z~.
-    exact_padding: Swin's window padding stays the image of 0 after the fold (exact) vs the
-        released code's zeros.
-    """
-
-    reparam: bool = True
-    log_sqrt2: bool = True
-    round_zero_point: bool = True
-    exact_padding: bool = True
+class RepQConfig(ReparamConfig):
+    """RepQ-ViT's knobs are the reparameterized activation side's (configs.ReparamConfig)."""
 
 
-@register_method("repq")
+@register_method("repq", display="RepQ-ViT", cite="li2023repq", paper="RepQ-ViT")
 class RepQViT(Method):
     """RepQ-ViT; see the module docstring for the recipe and the choices made."""
 
     Config = RepQConfig
 
     def protocol_plan(self) -> QuantPlan:
-        base = super().protocol_plan()
-        acts = dict(base.activations)
-        if self.config.reparam:
-            acts[roles.POST_LN] = self.act_spec(per_channel=True)
-        if self.config.log_sqrt2:
-            acts[roles.POST_SOFTMAX] = self.act_spec(kind="log_sqrt2")
-        return QuantPlan(base.weight, acts)
+        return QuantPlan(self.weight_spec(), reparam_activations(self, self.config))
 
-    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib)}
-        if self.config.reparam:
-            reparam = reparameterize_all(qm.reparam_pairs, round_zero_point=self.config.round_zero_point,
-                                         exact_padding=self.config.exact_padding)
-            stats["reparameterized_pairs"] = len(reparam)
-            stats["recalibrated_quantizers"] = calibrate(qm.model, calib, desc="recalibrate")
-        return stats
-
-
-def calibrate_activations(qm: QuantizedModel, calib: torch.Tensor, config: RepQConfig) -> dict[str, Any]:
-    """RepQ-ViT's activation side with weights left in FP, for methods that choose the weights
-    themselves afterwards (ERQ, GPTQ): one calibration pass with weight quantizers off, then the
-    scale reparameterization. Weight quantizers stay uncalibrated; the caller fits them."""
-    with switched((q for q in quantizers(qm.model).values() if q.role == roles.WEIGHT), False):
-        stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib, desc="calibrate activations")}
-        if config.reparam:
-            stats["reparameterized_pairs"] = len(reparameterize_all(qm.reparam_pairs, round_zero_point=config.round_zero_point,
-                                                                    exact_padding=config.exact_padding))
-    return stats
+    def steps(self) -> Sequence[Step]:
+        c = self.config
+        return (Calibrate(),
+                *optional(c.reparam, Reparameterize(MeanScale(), c.round_zero_point, c.exact_padding), RECALIBRATE))

@@ -19,14 +19,14 @@ what was chosen and why):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from ptqbench.methods.base import Method, ProtocolConfig, register_method
+from ptqbench.methods.base import Method, ProtocolConfig, Step, register_method
+from ptqbench.methods.steps import Calibrate
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
-from ptqbench.quant.calibration import calibrate
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 
 
@@ -51,7 +51,7 @@ class TSPTQConfig(ProtocolConfig):
         object.__setattr__(self, "outlier_ratios", tuple(float(r) for r in self.outlier_ratios))
 
 
-@register_method("tsptq")
+@register_method("tsptq", display="TSPTQ-ViT", cite="tai2023tsptq", paper="TSPTQ-ViT")
 class TSPTQViT(Method):
     """TSPTQ-ViT; see the module docstring."""
 
@@ -62,7 +62,7 @@ class TSPTQViT(Method):
         return self.act_spec(bits=bits, kind="o2sf", options=(("ratios", c.outlier_ratios), ("k_max", c.k_max)))
 
     def protocol_plan(self) -> QuantPlan:
-        base = super().protocol_plan()
+        base = self.common_plan()
         acts = dict(base.activations)
         if self.config.v2sf:
             for role in (roles.POST_SOFTMAX, roles.POST_GELU):
@@ -76,8 +76,11 @@ class TSPTQViT(Method):
             return self._o2sf(self.quant.bits)
         return super().full_spec(role)
 
-    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        stats: dict[str, Any] = {"calibrated_quantizers": calibrate(qm.model, calib)}
-        o2sf = [q.describe() for q in qm.model.modules() if getattr(q, "kind", None) == "o2sf"]
-        stats["o2sf_outlier_channels"] = sum(d.get("outlier_channels", 0) for d in o2sf)
-        return stats
+    def steps(self) -> Sequence[Step]:
+        return (Calibrate(), count_o2sf_outliers)
+
+
+def count_o2sf_outliers(qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+    """How many channels the calibrated O-2SF quantizers put on the coarse scale (for the record)."""
+    o2sf = [q.describe() for q in qm.model.modules() if getattr(q, "kind", None) == "o2sf"]
+    return {"o2sf_outlier_channels": sum(d.get("outlier_channels", 0) for d in o2sf)}

@@ -7,13 +7,10 @@ uniform quantizers everywhere, including post-softmax) and calibrate in one prog
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Sequence
 
-import torch
-
-from ptqbench.methods.base import Method, ProtocolConfig, register_method
-from ptqbench.models.adapter import QuantizedModel
-from ptqbench.quant.calibration import calibrate
+from ptqbench.methods.base import Method, ProtocolConfig, Step, register_method
+from ptqbench.methods.steps import Calibrate
 
 
 @dataclass(frozen=True)
@@ -33,20 +30,21 @@ class PercentileConfig(ProtocolConfig):
     act_percentiles: tuple[float, ...] = (0.9999,)
 
 
-class _CalibrateOnly(Method):
-    def quantize(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        return {"calibrated_quantizers": calibrate(qm.model, calib)}
-
-
-@register_method("minmax")
-class MinMax(_CalibrateOnly):
+@register_method("minmax", display="Min-Max")
+class MinMax(Method):
     """Min-max uniform PTQ."""
 
     Config = MinMaxConfig
 
+    def steps(self) -> Sequence[Step]:
+        return (Calibrate(),)
 
-@register_method("percentile")
-class Percentile(_CalibrateOnly):
+
+@register_method("percentile", display="Percentile")
+class Percentile(Method):
     """Percentile-clipped uniform PTQ."""
 
     Config = PercentileConfig
+
+    def steps(self) -> Sequence[Step]:
+        return (Calibrate(),)

@@ -12,6 +12,9 @@ from torch import nn
 from ptqbench.quant.modules import QuantLinear
 
 
+EMBED, BLOCK, DOWNSAMPLE, HEAD, OTHER = "embed", "block", "downsample", "head", "other"
+
+
 @dataclass
 class Unit:
     """One step of the forward pass.
@@ -20,11 +23,14 @@ class Unit:
         name: dotted name of the unit's main module ("blocks.3", "layers.1.downsample", "head").
         forward: maps the previous unit's output to this unit's output.
         module: the module(s) whose parameters the unit uses (hooks and layer lookup go here).
+        kind: what the step is (EMBED, BLOCK, DOWNSAMPLE, HEAD or OTHER): methods that treat transformer
+            blocks specially (ERQ's dual-uniform qkv/fc1) select units by kind, not by attributes.
     """
 
     name: str
     forward: Callable[[torch.Tensor], torch.Tensor]
     module: nn.Module
+    kind: str = OTHER
 
 
 @dataclass

@@ -6,7 +6,6 @@ half-random network without anyone noticing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +15,8 @@ import torch
 from torch import nn
 
 from ptqbench.errors import WeightsError
+from ptqbench.hashing import state_dict_fingerprint
+from ptqbench.models.families import family_of
 from ptqbench.models.zoo import ModelEntry
 from ptqbench.paths import data_root
 
@@ -139,16 +140,8 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str, arch
 
 
 def state_fingerprint(model: nn.Module) -> str:
-    """sha256 over the model's parameters and buffers: identifies the exact FP network for caching.
-
-    Tensors are flattened before their bytes are read: a 0-dim buffer (BatchNorm's
-    `num_batches_tracked`) cannot be viewed as bytes directly; flattening keeps every other
-    tensor's bytes, so existing fingerprints do not change."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
+    """sha256 over the model's parameters and buffers: identifies the exact FP network for caching."""
+    return state_dict_fingerprint(model.state_dict())
 
 
 def create_model(
@@ -162,7 +155,8 @@ def create_model(
 
     Order: `checkpoint` if given; else the first file found in the local weights folders; else
     timm's pretrained download (if `allow_download`). `pretrained=False` gives random weights
-    (for tests and timing) and says so in the returned info.
+    (for tests and timing) and says so in the returned info, which also names the architecture
+    that was built (`arch`, `timm_name`) and its model family.
     """
     try:
         model = timm.create_model(entry.timm_name, pretrained=False)
@@ -198,4 +192,6 @@ def create_model(
                     f"(model.weights_dir=DIR or ${WEIGHTS_ENV}=DIR), or go online."
                 )
     model.eval()
+    # what actually ran: the architecture timm built and the family that patches it
+    info.update(arch=entry.arch, family=family_of(model).name)
     return model, info

@@ -24,6 +24,11 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x)
 
 
+# What a quantizer can train during block reconstruction: "scale" (step sizes, LSQ-style),
+# "interval" (learned clipping bounds).
+TRAINABLE_GROUPS = ("scale", "interval")
+
+
 class Quantizer(nn.Module):
     """Base fake-quantizer.
 
@@ -89,6 +94,20 @@ class Quantizer(nn.Module):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def see_matmul_operand(self, other: torch.Tensor, left: bool) -> None:
+        """Called by `QuantMatMul` before this quantizer quantizes its operand of a matmul: `other`
+        is the other (float) operand, `left` says whether this quantizer's operand is the left one.
+        A quantizer whose calibration measures the product's error keeps it; the default ignores it."""
+
+    def start_training(self, group: str) -> list[nn.Parameter]:
+        """Make the parameters this quantizer trains under `group` (one of TRAINABLE_GROUPS) trainable
+        and return them; [] when it trains none under that group. Block reconstruction calls this
+        for what its `learn` asks, then `stop_training()`."""
+        return []
+
+    def stop_training(self) -> None:
+        """Freeze what `start_training` made trainable (parameters become constants again)."""
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary for the run record's per-layer quantizer map."""

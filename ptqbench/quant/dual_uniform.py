@@ -12,11 +12,13 @@ group is one bit per input channel, shared by all rows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ptqbench.quant.base import Quantizer
+from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch
 from ptqbench.quant.uniform import fake_quant, fit_rows, qrange
 
@@ -55,6 +57,15 @@ def outlier_columns(w: torch.Tensor, n_columns: int, percentile: float = 99.0) -
     return mask
 
 
+@dataclass(frozen=True)
+class DualUniformOptions:
+    """divisor and percentile of the two per-row scales (see `DualUniformQuantizer`)."""
+
+    divisor: int = 20
+    percentile: float = 99.0
+
+
+@register_kind("dual_uniform", options=DualUniformOptions, search=True)
 class DualUniformQuantizer(Quantizer):
     """Per-row uniform weight quantizer with two scale/zero-point pairs per row, chosen by column
     group. For 2-D Linear weights only.

@@ -52,6 +52,7 @@ blocks is 4.13 for the first reading, 0.45 for zero + output init and 0.40 for l
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
@@ -59,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptqbench.quant.base import Quantizer, round_ste
+from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import quantiles, subsample
 
 DEFAULT_UPPER_PERCENTILES = (0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0)
@@ -102,6 +104,19 @@ def _focus_zero_inplace(x: torch.Tensor, lo: float, b2: float, step: float) -> t
     return y.mul_(keep)
 
 
+@dataclass(frozen=True)
+class DynamicFocusOptions:
+    """The constructor's arguments (see `DynamicFocusQuantizer`)."""
+
+    upper_percentiles: tuple[float, ...] = DEFAULT_UPPER_PERCENTILES
+    lower_percentiles: tuple[float, ...] = DEFAULT_LOWER_PERCENTILES
+    max_fractions: tuple[float, ...] = DEFAULT_MAX_FRACTIONS
+    below: str = "zero"
+    init: str = "output"
+    max_samples: int = 1 << 20
+
+
+@register_kind("dynamic_focus", options=DynamicFocusOptions)
 class DynamicFocusQuantizer(Quantizer):
     """DFQ with learnable interval bounds `b1`, `b2` (see the module docstring).
 
@@ -143,10 +158,24 @@ class DynamicFocusQuantizer(Quantizer):
         self.b1 = nn.Parameter(torch.zeros(()), requires_grad=False)
         self.b2 = nn.Parameter(torch.ones(()), requires_grad=False)
 
-    @property
-    def wants_operand(self) -> bool:
-        """Whether the next calibration would use the matmul's other operand."""
-        return self.init == "output" and self.enabled and self.auto_calibrate and not self.calibrated
+    def see_matmul_operand(self, other: torch.Tensor, left: bool) -> None:
+        """Keep V of A @ V when the next calibration measures the output error (init="output")."""
+        if left and self.init == "output" and self.enabled and self.auto_calibrate and not self.calibrated:
+            self.operand = other.detach()
+
+    def start_training(self, group: str) -> list[nn.Parameter]:
+        """The bounds b1, b2 train as the "interval" group (after calibration)."""
+        if group != "interval" or not self.calibrated:
+            return []
+        for p in (self.b1, self.b2):
+            p.requires_grad_(True)
+        return [self.b1, self.b2]
+
+    def stop_training(self) -> None:
+        if self.b1.requires_grad or self.b2.requires_grad:
+            self.b1.requires_grad_(False)
+            self.b2.requires_grad_(False)
+            self.version += 1
 
     def _search_view(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Whole leading slices (e.g. (image, head) attention maps) of x, and of the operand when

@@ -1,10 +1,8 @@
-"""Learnable quantization parameters for block reconstruction (LSQ-style scales, AdaRound).
+"""Learned weight rounding for block reconstruction (AdaRound).
 
-Reconstruction trains a few quantizer parameters with Adam, then freezes them:
+Learned step sizes and bounds are each quantizer's own (`Quantizer.start_training`); this module holds
+what wraps a quantizer instead:
 
-- `learn_scale` / `freeze_scale`: a calibrated UniformQuantizer's `scale` buffer becomes an
-  nn.Parameter (LSQ: the rounding is straight-through, so the loss has a gradient in the step
-  size), then a buffer again. The zero point stays a fixed integer.
 - `AdaRoundQuantizer`: the weight's rounding direction is learned (AdaRound, Nagel et al. 2020,
   as QDrop and BRECQ use it): w^ = s (clamp(floor(w / s) + h(V) + z) - z) with the rectified
   sigmoid h, and a regularizer that pushes h to 0 or 1. `hard_weight()` gives the final
@@ -21,28 +19,6 @@ from ptqbench.quant.uniform import UniformQuantizer
 
 # AdaRound's rectified sigmoid stretch (Nagel et al. 2020)
 ZETA, GAMMA = 1.1, -0.1
-
-
-def learn_scale(q: Quantizer) -> list[nn.Parameter]:
-    """Make the scale of a calibrated UniformQuantizer trainable; returns the new parameters."""
-    if not isinstance(q, UniformQuantizer):
-        raise TypeError(f"learnable scales need a UniformQuantizer, got {type(q).__name__} ({q.qname})")
-    if not q.calibrated:
-        raise ValueError(f"quantizer {q.qname!r} must be calibrated before its scale can learn")
-    if isinstance(q.scale, nn.Parameter):
-        q.scale.requires_grad_(True)
-        return [q.scale]
-    value = q._buffers.pop("scale")
-    q.scale = nn.Parameter(value.detach().clone())
-    return [q.scale]
-
-
-def freeze_scale(q: UniformQuantizer) -> None:
-    """Turn a learned scale back into a buffer (clamped positive) and invalidate weight caches."""
-    if isinstance(q.scale, nn.Parameter):
-        value = q._parameters.pop("scale").detach().clamp(min=1e-8)
-        q.register_buffer("scale", value)
-        q.version += 1
 
 
 def is_trainable(q: Quantizer) -> bool:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ptqbench.quant.base import Quantizer
+from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch, pick_by_mse, quantiles, subsample
 
 
@@ -38,6 +39,7 @@ def log_sqrt2_fake_quant(x: torch.Tensor, delta: torch.Tensor, bits: int, per_oc
     return y.mul_(delta)
 
 
+@register_kind("log_sqrt2", search=True)
 class LogSqrt2Quantizer(Quantizer):
     """Log-sqrt2 quantizer for non-negative activations (attention probabilities)."""
 
@@ -81,6 +83,7 @@ class LogSqrt2Quantizer(Quantizer):
         return d
 
 
+@register_kind("log2")
 class Log2Quantizer(Quantizer):
     """FQ-ViT's log2 quantizer for softmax outputs: q = clamp(round(-log2 x), 0, 2^b - 1), value
     2^-q (0 past the range). No parameter: probabilities never exceed 1, so attn @ v becomes

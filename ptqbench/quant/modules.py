@@ -125,10 +125,11 @@ class QuantMatMul(nn.Module):
         self.b_quantizer = b_quantizer
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a_in, b_in = a, b
         if self.a_quantizer is not None:
-            if getattr(self.a_quantizer, "wants_operand", False):
-                self.a_quantizer.operand = b.detach()  # DFQ: initialized on the error of a @ b
-            a = self.a_quantizer(a)
+            self.a_quantizer.see_matmul_operand(b_in, left=True)
+            a = self.a_quantizer(a_in)
         if self.b_quantizer is not None:
-            b = self.b_quantizer(b)
+            self.b_quantizer.see_matmul_operand(a_in, left=False)
+            b = self.b_quantizer(b_in)
         return a @ b

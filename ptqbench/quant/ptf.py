@@ -9,14 +9,24 @@ LayerNorm the factors are shifts, so the mean and variance stay integer sums.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ptqbench.quant.base import Quantizer
+from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.uniform import fake_quant, params_from_range, qrange
 
 
+@dataclass(frozen=True)
+class PTFOptions:
+    """k: the largest power-of-two factor between channels (factors 2^0 .. 2^k)."""
+
+    k: int = 3
+
+
+@register_kind("ptf", options=PTFOptions)
 class PTFQuantizer(Quantizer):
     """Per-channel power-of-two scales over one shared zero point (FQ-ViT's PTF).
 

@@ -6,42 +6,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ptqbench.errors import ConfigError
 from ptqbench.quant.base import Quantizer
-from ptqbench.quant.dynamic_focus import DynamicFocusQuantizer
-from ptqbench.quant.log_sqrt2 import Log2Quantizer, LogSqrt2Quantizer
-from ptqbench.quant.ptf import PTFQuantizer
+from ptqbench.quant.kinds import kind_entry
 from ptqbench.quant.ranges import RangeSearch
-from ptqbench.quant.tan import TanQuantizer
-from ptqbench.quant.twin_uniform import TwinUniformQuantizer
-from ptqbench.quant.two_scale import OutlierTwoScaleQuantizer, ValueTwoScaleQuantizer
-from ptqbench.quant.uniform import UniformQuantizer
-
-# kind -> what it is (options it reads from `QuantizerSpec.options`)
-QUANTIZER_KINDS = (
-    "uniform",       # affine, per tensor or per channel
-    "log_sqrt2",     # RepQ-ViT post-softmax
-    "log2",          # FQ-ViT softmax output (no parameter)
-    "v2sf",          # TSPTQ-ViT value-aware two scales (k_max)
-    "o2sf",          # TSPTQ-ViT outlier-aware two scales (ratios, k_max)
-    "twin_softmax",  # PTQ4ViT twin uniform, post-softmax (m_max)
-    "twin_gelu",     # PTQ4ViT twin uniform, post-GELU
-    "ptf",           # FQ-ViT power-of-two factor, LayerNorm input (k)
-    "tan",           # DopQ-ViT TanQ, post-softmax (thetas)
-    "dynamic_focus", # AIQViT DFQ, post-softmax (upper_percentiles)
-)
 
 
 @dataclass(frozen=True)
 class QuantizerSpec:
-    """One quantizer's recipe.
+    """One quantizer's recipe, checked when it is made (before any model work).
 
     Attributes:
         bits: code width.
-        kind: one of QUANTIZER_KINDS.
-        symmetric: signed codes with zero point 0 (uniform only).
-        per_channel: one scale per output channel (weights) or per feature (activations).
-        search: clipping-range search.
-        options: extra constructor arguments of the kind, as (name, value) pairs.
+        kind: a registered quantizer kind (`ptqbench.quant.kinds.quantizer_kinds()`).
+        symmetric: signed codes with zero point 0 (kinds with a layout: uniform).
+        per_channel: one scale per output channel (weights) or per feature (activations); same kinds.
+        search: clipping-range search (kinds that search a range).
+        options: the kind's options: an instance of its options dataclass, a mapping or (name, value)
+            pairs; stored as the dataclass instance.
     """
 
     bits: int
@@ -49,34 +31,22 @@ class QuantizerSpec:
     symmetric: bool = False
     per_channel: bool = False
     search: RangeSearch = field(default_factory=RangeSearch)
-    options: tuple[tuple[str, Any], ...] = ()
+    options: Any = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in QUANTIZER_KINDS:
-            raise ValueError(f"unknown quantizer kind {self.kind!r}; choose one of {QUANTIZER_KINDS}")
+        entry = kind_entry(self.kind)
+        object.__setattr__(self, "options", entry.make_options(self.options))
+        if not entry.layout and (self.symmetric or self.per_channel):
+            raise ConfigError(f"quantizer kind {self.kind!r} has no symmetric/per_channel layout; "
+                              "those apply to kind 'uniform' only")
+        try:  # the constructor is the one home of each kind's value checks
+            self.build("weight", 0)
+        except ValueError as e:
+            raise ConfigError(f"quantizer kind {self.kind!r}: {e}") from e
 
     def build(self, role: str, channel_axis: int) -> Quantizer:
         """Instantiate; `channel_axis` is used when `per_channel` (0 for weights, -1 for activations)."""
-        opts = dict(self.options)
-        if self.kind == "log_sqrt2":
-            return LogSqrt2Quantizer(self.bits, role, self.search)
-        if self.kind == "tan":
-            return TanQuantizer(self.bits, role, **opts)
-        if self.kind == "dynamic_focus":
-            return DynamicFocusQuantizer(self.bits, role, **opts)
-        if self.kind == "log2":
-            return Log2Quantizer(self.bits, role)
-        if self.kind == "v2sf":
-            return ValueTwoScaleQuantizer(self.bits, role, search=self.search, **opts)
-        if self.kind == "o2sf":
-            return OutlierTwoScaleQuantizer(self.bits, role, search=self.search, **opts)
-        if self.kind in ("twin_softmax", "twin_gelu"):
-            return TwinUniformQuantizer(self.bits, role, self.kind[5:], search=self.search, **opts)
-        if self.kind == "ptf":
-            return PTFQuantizer(self.bits, role, **opts)
-        return UniformQuantizer(
-            self.bits, role, self.symmetric, channel_axis if self.per_channel else None, self.search
-        )
+        return kind_entry(self.kind).build(self, role, channel_axis)
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,13 @@ calibration data from `thetas`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from ptqbench.quant.base import Quantizer, round_ste
+from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import subsample
 
 DEFAULT_THETAS = (0.5, 1.0, 1.5, 2.0, 2.4, 2.7, 2.9, 3.0, 3.06, 3.1)
@@ -55,6 +57,15 @@ def tan_fake_quant(x: torch.Tensor, theta: float, bits: int) -> torch.Tensor:
     return 0.5 + torch.atan(uq * t) / theta
 
 
+@dataclass(frozen=True)
+class TanOptions:
+    """thetas: candidate warps in (0, pi), one picked per layer by MSE; max_samples: elements searched."""
+
+    thetas: tuple[float, ...] = DEFAULT_THETAS
+    max_samples: int = 1 << 22
+
+
+@register_kind("tan", options=TanOptions)
 class TanQuantizer(Quantizer):
     """TanQ for values in [0, 1] (attention probabilities); `theta` fitted by MSE over `thetas`."""
 

@@ -17,11 +17,13 @@ overrides them through `candidates()` / `apply()`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ptqbench.quant.base import Quantizer
+from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch, candidate_ranges, subsample
 from ptqbench.quant.uniform import fake_quant
 
@@ -42,6 +44,15 @@ def twin_gelu_fake_quant(x: torch.Tensor, neg_scale: torch.Tensor, pos_scale: to
     return torch.where(x < 0, neg, pos)
 
 
+@dataclass(frozen=True)
+class TwinOptions:
+    """m_max: softmax mode: the largest split exponent tried (split = 2^-m)."""
+
+    m_max: int = 19
+
+
+@register_kind("twin_softmax", options=TwinOptions, search=True, preset={"mode": "softmax"})
+@register_kind("twin_gelu", options=TwinOptions, search=True, preset={"mode": "gelu"})
 class TwinUniformQuantizer(Quantizer):
     """PTQ4ViT's twin uniform quantizer; see the module docstring.
 

@@ -25,11 +25,13 @@ channel, known ahead of time (no per-value flag).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from ptqbench.quant.base import Quantizer
+from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch, candidate_ranges, pick_by_mse, subsample
 from ptqbench.quant.uniform import fake_quant, fit_rows, qrange
 
@@ -43,6 +45,22 @@ def v2sf_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     return torch.where(x < (levels - 0.5 - zero_point) * scale, fine, coarse)
 
 
+@dataclass(frozen=True)
+class V2SFOptions:
+    """k_max: the largest power-of-two ratio between the two scales."""
+
+    k_max: int = 6
+
+
+@dataclass(frozen=True)
+class O2SFOptions:
+    """ratios: candidate outlier-to-normal scale ratios (> 1); k_max: as V-2SF's."""
+
+    ratios: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+    k_max: int = 6
+
+
+@register_kind("v2sf", options=V2SFOptions, search=True)
 class ValueTwoScaleQuantizer(Quantizer):
     """V-2SF: fine scale s for small values, s * 2^k for large ones, one code bit says which.
 
@@ -126,6 +144,7 @@ class ValueTwoScaleQuantizer(Quantizer):
         return d
 
 
+@register_kind("o2sf", options=O2SFOptions, search=True)
 class OutlierTwoScaleQuantizer(Quantizer):
     """O-2SF: one (s, z) for the ordinary channels (last axis), s * 2^k shared by outlier channels.
 

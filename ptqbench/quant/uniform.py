@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from ptqbench.quant.base import Quantizer, round_ste
+from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch, candidate_ranges, pick_by_mse, subsample
 
 # A range narrower than this fraction of its magnitude is a constant channel (e.g. a LayerNorm
@@ -87,6 +89,7 @@ def fit_rows(x2d: torch.Tensor, bits: int, symmetric: bool, search: RangeSearch)
     return params_from_range(lo, hi, bits, symmetric)
 
 
+@register_kind("uniform", search=True, layout=True)
 class UniformQuantizer(Quantizer):
     """Uniform affine fake quantizer.
 
@@ -167,6 +170,26 @@ class UniformQuantizer(Quantizer):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return (codes - self._view(self.zero_point, codes)) * self._view(self.scale, codes)
+
+    def start_training(self, group: str) -> list[nn.Parameter]:
+        """The "scale" group: the calibrated `scale` buffer becomes an nn.Parameter (LSQ: rounding is
+        straight-through, so the loss has a gradient in the step size); the zero point stays a fixed
+        integer."""
+        if group != "scale" or not self.calibrated:
+            return []
+        if isinstance(self.scale, nn.Parameter):
+            self.scale.requires_grad_(True)
+            return [self.scale]
+        value = self._buffers.pop("scale")
+        self.scale = nn.Parameter(value.detach().clone())
+        return [self.scale]
+
+    def stop_training(self) -> None:
+        """A learned scale becomes a buffer again (clamped positive); weight caches refresh."""
+        if isinstance(self.scale, nn.Parameter):
+            value = self._parameters.pop("scale").detach().clamp(min=1e-8)
+            self.register_buffer("scale", value)
+            self.version += 1
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -23,17 +23,17 @@ import yaml
 from omegaconf import OmegaConf
 
 from ptqbench.errors import PTQBenchError
-from ptqbench.paths import REPO_ROOT
+from ptqbench.paths import EXPERIMENT_CONFIGS
 from ptqbench.records import load_records
 from ptqbench.report.build import console_lines, report_from_records, write_runs_only
 from ptqbench.report.names import METRICS
 from ptqbench.report.spec import CHOICES, ReportSpec
 
-EXPERIMENTS = REPO_ROOT / "conf" / "experiment"
+EXPERIMENTS = EXPERIMENT_CONFIGS
 
 
 def experiment_block(name: str) -> dict[str, Any]:
-    """The `report:` block of `conf/experiment/<name>.yaml`."""
+    """The `report:` block of `experiments/experiment/<name>.yaml`."""
     path = EXPERIMENTS / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")))
@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results-dir", type=Path, default=Path(os.environ.get("PTQBENCH_RESULTS", "results")),
                    help="folder with runs/*.json (default: $PTQBENCH_RESULTS or results)")
-    p.add_argument("--experiment", help="start from the report block of conf/experiment/NAME.yaml")
+    p.add_argument("--experiment", help="start from the report block of experiments/experiment/NAME.yaml")
     p.add_argument("--out", type=Path, help="output prefix (default: <results-dir>/tables/<name>)")
     p.add_argument("--name", help="table name (output files, LaTeX label)")
     p.add_argument("--task", choices=["classification", "detection"])

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ptqbench.errors import PTQBenchError
 from ptqbench.per_image import PER_IMAGE_KEY
+from ptqbench.record import RunRecord
 from ptqbench.records import STATUS_OK, load_records, semantic_config
 from ptqbench.report.names import FP_BITS, FP_METHOD, METRICS
 
@@ -56,14 +57,10 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# Config keys added after records existed, with the value those older records implicitly had.
-IMPLIED_DEFAULTS = {"quant.full": False}
-
-
 def matches(record: Mapping[str, Any], where: Mapping[str, list[Any]]) -> bool:
-    """True when the record's config has one of the accepted values for every key in `where`
-    (a record older than a key in IMPLIED_DEFAULTS has that key's default)."""
-    flat = {**IMPLIED_DEFAULTS, **flatten(record.get("config") or {})}
+    """True when the record's config (read as the current schema: `RunRecord.from_dict`) has one
+    of the accepted values for every key in `where`."""
+    flat = flatten(RunRecord.from_dict(record).config)
     return all(key in flat and flat[key] in values for key, values in where.items())
 
 
@@ -75,7 +72,7 @@ def _number(value: Any, scale: float) -> float:
 
 def config_keys(records: Iterable[Mapping[str, Any]]) -> set[str]:
     """Every flattened config key the records have (`model.checkpoint`, `data.eval_limit`, ...)."""
-    return {k for r in records for k in flatten(r.get("config") or {})} | set(IMPLIED_DEFAULTS)
+    return {k for r in records for k in flatten(RunRecord.from_dict(r).config)}
 
 
 def check_where(records: list[Mapping[str, Any]], where: Mapping[str, list[Any]] | None) -> None:

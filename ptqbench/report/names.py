@@ -2,14 +2,18 @@
 metrics (where a record keeps them, their scale, their reference column), and the mapping from
 our short names to the reference CSVs' names.
 
-The report reads run records only; it never imports the method registry, so methods that other
-issues add later show up under their short name until they get an entry here.
+A method's display name, BibTeX key and own-paper source name live with the method
+(`@register_method`, ptqbench.methods); this module reads them from the registry and adds the
+methods known only from the papers (the published rows). Methods in neither show up under their
+short name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
+
+from ptqbench.methods import METHODS as METHOD_REGISTRY
 
 # Classification models in the papers' column order, then the detectors of the COCO tables.
 MODELS: dict[str, str] = {
@@ -35,70 +39,54 @@ REFERENCE_MODELS: dict[str, str] = {
     "cascade_mask_rcnn_swin_s": "cascade_mask_rcnn_swin_small",
 }
 
-# Row order within a bit-width group: baselines first, then by publication. Methods we only know
-# from the papers (the published rows, `--with-published`) are here too, for their display names.
-METHODS: dict[str, str] = {
-    "fp": "Full Prec.",
-    "minmax": "Min-Max",
-    "percentile": "Percentile",
-    "adaround": "AdaRound",
-    "brecq": "BRECQ",
-    "qdrop": "QDrop",
-    "fq_vit": "FQ-ViT",
-    "ptq4vit": "PTQ4ViT",
-    "apq_vit": "APQ-ViT",
-    "pd_quant": "PD-Quant",
-    "repq": "RepQ-ViT",
-    "gptq": "GPTQ",
-    "ias_vit": "I&S-ViT",
-    "erq_icml": "ERQ (ICML)",
-    "erq": "ERQ",
-    "oas_vit": "OAS-ViT",
-    "oasq": "OASQ",
-    "igq_vit": "IGQ-ViT",
-    "adalog": "AdaLog",
-    "mptq_vit": "MPTQ-ViT",
-    "dopq": "DopQ-ViT",
-    "aiq": "AIQViT",
-    "aphq_vit": "APHQ-ViT",
-    "tsptq": "TSPTQ-ViT",
+# Methods we only know from the papers (the published rows, `--with-published`): display name and
+# the authorYEARword BibTeX key Google Scholar exports. Once one is registered (implemented), its
+# own `@register_method` entry is used instead.
+PUBLISHED_ONLY: dict[str, tuple[str, str]] = {
+    "adaround": ("AdaRound", "nagel2020adaround"),
+    "brecq": ("BRECQ", "li2021brecq"),
+    "qdrop": ("QDrop", "wei2022qdrop"),
+    "fq_vit": ("FQ-ViT", "lin2022fqvit"),
+    "apq_vit": ("APQ-ViT", "ding2022apqvit"),
+    "pd_quant": ("PD-Quant", "liu2023pdquant"),
+    "ias_vit": ("I&S-ViT", "zhong2023isvit"),
+    "erq_icml": ("ERQ (ICML)", "zhong2024erq"),
+    "oas_vit": ("OAS-ViT", "ma2024oasvit"),
+    "oasq": ("OASQ", ""),
+    "igq_vit": ("IGQ-ViT", "moon2024igqvit"),
+    "adalog": ("AdaLog", "wu2024adalog"),
+    "mptq_vit": ("MPTQ-ViT", "tai2024mptq"),
+    "aphq_vit": ("APHQ-ViT", "wu2025aphqvit"),
 }
 
-# BibTeX keys the LaTeX table cites after a method's name (`RepQ-ViT~\cite{li2023repq}`): the
-# authorYEARword keys Google Scholar exports. Override per method with `cite: {repq: mykey}` /
-# `--cite repq=mykey`; an empty key drops the citation. Baselines have none.
-CITATIONS: dict[str, str] = {
-    "adaround": "nagel2020adaround",
-    "brecq": "li2021brecq",
-    "qdrop": "wei2022qdrop",
-    "fq_vit": "lin2022fqvit",
-    "ptq4vit": "yuan2022ptq4vit",
-    "apq_vit": "ding2022apqvit",
-    "pd_quant": "liu2023pdquant",
-    "repq": "li2023repq",
-    "gptq": "frantar2023gptq",
-    "ias_vit": "zhong2023isvit",
-    "erq_icml": "zhong2024erq",
-    "erq": "zhong2025erq",
-    "oas_vit": "ma2024oasvit",
-    "igq_vit": "moon2024igqvit",
-    "adalog": "wu2024adalog",
-    "mptq_vit": "tai2024mptq",
-    "dopq": "yang2024dopq",
-    "aiq": "jiang2025aiqvit",
-    "aphq_vit": "wu2025aphqvit",
-    "tsptq": "tai2023tsptq",
-}
+# Row order within a bit-width group: baselines first, then by publication. Registered methods
+# not listed here come after these, alphabetically (`ordered`).
+ROW_ORDER: tuple[str, ...] = (
+    "fp", "minmax", "percentile", "adaround", "brecq", "qdrop", "fq_vit", "ptq4vit", "apq_vit", "pd_quant",
+    "repq", "gptq", "ias_vit", "erq_icml", "erq", "oas_vit", "oasq", "igq_vit", "adalog", "mptq_vit", "dopq",
+    "aiq", "aphq_vit", "tsptq",
+)
 
-# A reference row comes from a method's own paper when its `source` starts with this name.
-OWN_PAPER: dict[str, str] = {
-    "repq": "RepQ-ViT",
-    "erq": "ERQ",
-    "dopq": "DopQ-ViT",
-    "aiq": "AIQViT",
-    "tsptq": "TSPTQ-ViT",
-    "ptq4vit": "PTQ4ViT",
-}
+
+def _method_tables() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(display names in row order, BibTeX keys, own-paper source names) of every method, from
+    the registry and PUBLISHED_ONLY."""
+    registry = {name: cls.info for name, cls in METHOD_REGISTRY.items()}
+    # a method implemented later (registered) is described by its own file, not by this list
+    known = {**{n: (d, c) for n, (d, c) in PUBLISHED_ONLY.items()},
+             **{n: (i.display, i.cite) for n, i in registry.items()}}
+    order = [n for n in ROW_ORDER if n in known] + sorted(set(known) - set(ROW_ORDER))
+    methods = {n: known[n][0] for n in order}
+    citations = {n: known[n][1] for n in order if known[n][1]}
+    own_paper = {n: i.paper for n, i in registry.items() if i.paper is not None}
+    return methods, citations, own_paper
+
+
+# Display names in row order; BibTeX keys the LaTeX table cites after a method's name
+# (`RepQ-ViT~\cite{li2023repq}`; override per method with `cite: {repq: mykey}` / `--cite
+# repq=mykey`, an empty key drops the citation; baselines have none); and the reference rows from
+# a method's own paper: their `source` starts with this name.
+METHODS, CITATIONS, OWN_PAPER = _method_tables()
 
 FP_METHOD = "fp"
 FP_BITS = 32  # the W/A shown on the FP row

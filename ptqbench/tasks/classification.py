@@ -1,14 +1,28 @@
-"""ImageNet classification: top-1 / top-5 of a (quantized) model over a loader."""
+"""ImageNet classification: top-1 / top-5 of a (quantized) timm model, as a `Task`."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
+
 from ptqbench.progress import progress
+from ptqbench.tasks.base import BuiltModel, CalibData, EvalData, Task, register_task
+
+
+@dataclass
+class ImageNetData:
+    """The ImageNet folders of a job (`calib` None: the method calibrates nothing)."""
+
+    root: Path
+    val: Any
+    calib: Any
 
 
 @torch.no_grad()
@@ -49,3 +63,101 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: s
         out["logits"] = torch.cat([k[0] for k in kept])
         out["labels"] = torch.cat([k[1] for k in kept])
     return out
+
+
+@register_task
+class Classification(Task):
+    """ImageNet top-1/top-5 of a timm classifier (`data.root` folders, `model.name` from the zoo)."""
+
+    name = "classification"
+    headline = "top1"
+    headline_label = "top-1"
+    fp_format = "pt"  # the FP logits are kept: agreement and per-image hits need no FP rerun
+    fp_required = "logits"
+    fp_fields = ("top1", "top5", "images", "cached")
+
+    def device(self, cfg: DictConfig) -> torch.device:
+        from ptqbench.validate import resolve_device
+
+        return resolve_device(str(cfg.device))
+
+    def open_data(self, cfg: DictConfig, method: Any) -> ImageNetData:
+        from ptqbench.data import ImageNetFolder, calibration_indices, resolve_root
+
+        root = resolve_root(cfg.data.root)
+        val = ImageNetFolder(root, cfg.data.val_split)
+        calib = ImageNetFolder(root, cfg.calib.split) if method.plan() is not None else None
+        if calib is not None:  # too few calibration images: refused before the weights load
+            calibration_indices(calib, int(cfg.calib.size), int(cfg.calib.seed))
+        return ImageNetData(root, val, calib)
+
+    def build_model(self, cfg: DictConfig, device: torch.device) -> BuiltModel:
+        import timm.data
+
+        from ptqbench.models import create_model, model_entry, state_fingerprint
+
+        entry = model_entry(cfg.model.name, cfg.model.get("arch"), cfg.model.get("tag"))
+        model, weights = create_model(entry, cfg.model.get("checkpoint"), cfg.model.get("weights_dir"),
+                                      bool(cfg.model.get("pretrained", True)), bool(cfg.model.get("allow_download", True)))
+        model.to(device)
+        weights["fingerprint"] = state_fingerprint(model)
+        data_cfg = timm.data.resolve_data_config({}, model=model)
+        transform = timm.data.create_transform(**data_cfg)
+        fields = {"name": cfg.model.name, **weights, "data_config": {k: str(v) for k, v in data_cfg.items()}}
+        return BuiltModel(model, device, weights["fingerprint"], fields, context=transform)
+
+    def evaluation_data(self, cfg: DictConfig, data: ImageNetData, model: BuiltModel, results_dir: Path) -> EvalData:
+        from ptqbench.data import eval_subset, files_signature, make_loader, subset_ids
+        from ptqbench.hashing import sha_of
+        from ptqbench.launch import resolve_workers
+
+        data.val.transform = model.context
+        val = eval_subset(data.val, cfg.data.eval_limit)
+        loader = make_loader(val, int(cfg.data.batch_size), resolve_workers(cfg.data.workers))
+        ids = subset_ids(val)
+        fields = {"root": str(data.root), "eval_images": len(ids), "eval_ids_sha": sha_of(ids)}
+        return EvalData(loader, ids, f"{data.root}|{cfg.data.val_split}|{files_signature(val)}", repr(model.context),
+                        model.device, fields)
+
+    def calibration_data(self, cfg: DictConfig, data: ImageNetData, model: BuiltModel, cache: Any) -> CalibData:
+        from ptqbench.data import calibration_batch, calibration_indices, files_signature
+        from ptqbench.hashing import code_version, content_key
+
+        ds = data.calib
+        ds.transform = model.context
+        size, seed = int(cfg.calib.size), int(cfg.calib.seed)
+        key = content_key("calib", str(data.root), cfg.calib.split, size, seed, repr(model.context), code_version("data"),
+                          files_signature(ds, calibration_indices(ds, size, seed)))
+        hits = cache.stats.hits
+        batch = cache.get_or_compute("calib", key, lambda: dict(zip(("images", "ids"), calibration_batch(ds, size, seed))),
+                                     describe={"root": str(data.root), "split": cfg.calib.split, "size": size, "seed": seed})
+        return CalibData(batch["images"].to(model.device), list(batch["ids"]), seed, cfg.calib.split,
+                         cache_key=key, cached=cache.stats.hits > hits)
+
+    def evaluate(self, module: nn.Module, data: EvalData, desc: str) -> dict[str, Any]:
+        return evaluate(module, data.data, data.device, desc=desc, keep_logits=True)
+
+    def metrics(self, q: Optional[dict[str, Any]], fp: dict[str, Any]) -> dict[str, Any]:
+        res = fp if q is None else q
+        out = {"top1": res["top1"], "top5": res["top5"], "fp_top1": fp["top1"], "fp_top5": fp["top5"],
+               "drop_top1": fp["top1"] - res["top1"]}
+        if q is not None:
+            out["agree_fp_top1"] = 100.0 * float((q["logits"].argmax(1) == fp["logits"].argmax(1)).float().mean())
+        return out
+
+    def diagnostics(self, cfg: DictConfig, qm: Any, calib: CalibData, model: BuiltModel) -> dict[str, Any]:
+        from ptqbench.analyze.sqnr import layer_sqnr_for_job
+
+        images = int((cfg.get("logger") or {}).get("sqnr_images", 16))
+        return {"layer_sqnr": layer_sqnr_for_job(cfg, qm, calib.inputs, model.device, model.fingerprint, images)}
+
+    def extra_fields(self, q: Optional[dict[str, Any]], fp: dict[str, Any], data: EvalData) -> dict[str, Any]:
+        from ptqbench.per_image import PER_IMAGE_KEY, per_image_field
+
+        res = fp if q is None else q  # method=fp: the FP evaluation is the result
+        return {PER_IMAGE_KEY: per_image_field(res["logits"], res["labels"], data.fields["eval_ids_sha"])}
+
+    def summary_line(self, record: dict[str, Any]) -> str:
+        m, t = record["metrics"], record["timings"]
+        return (f"FP top-1 {m['fp_top1']:.2f} | quantized top-1 {m['top1']:.2f} top-5 {m['top5']:.2f} | "
+                f"drop {m['drop_top1']:.2f} | calibration {t['calibration_s']:.1f} s, evaluation {t['eval_s']:.1f} s")

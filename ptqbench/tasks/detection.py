@@ -1,9 +1,8 @@
-"""COCO detection and instance segmentation through mmdet: one job of `task=detection`.
+"""COCO detection and instance segmentation through mmdet: the `Task` of `task=detection`.
 
-The flow is the classification job's: build the model (an mmdet detector), patch it with the one
-adapter, let the method calibrate it on `calib.size` COCO *train* images, evaluate FP and
-quantized with mmengine's `Runner.test` and mmdet's CocoMetric (bbox and segm), and return the
-record fields. Metrics are recorded under mmdet's names (`coco/bbox_mAP`, `coco/bbox_mAP_50`,
+The pipeline (`ptqbench.pipeline`) builds the model (an mmdet detector), patches it with the one
+adapter, lets the method calibrate it on `calib.size` COCO *train* images, and evaluates FP and
+quantized with mmengine's `Runner.test` and mmdet's CocoMetric (bbox and segm). Metrics are recorded under mmdet's names (`coco/bbox_mAP`, `coco/bbox_mAP_50`,
 `coco/bbox_mAP_75`, `coco/segm_mAP`, ...) and the FP baseline under `fp_<name>`, which is what
 the report reads.
 
@@ -19,6 +18,7 @@ import logging
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +28,7 @@ from torch import nn
 
 from ptqbench.errors import CalibrationError, ConfigError
 from ptqbench.quant.calibration import quantizers
+from ptqbench.tasks.base import BuiltModel, CalibData, EvalData, Task, register_task
 
 SCOPES = {"all": None, "backbone": "detector.backbone"}
 # mmdet's CocoMetric keys the record keeps (fractions in [0, 1], -1 where COCO has no instances).
@@ -145,135 +146,155 @@ def check_calibrated(model: nn.Module) -> None:
         )
 
 
-def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
-    """The work of one detection job; returns the record fields it produces."""
-    from ptqbench.data.coco import (
-        build_dataset, calibration_batch, coco_dataset_cfg, resolve_coco_root, seeded_indices, split_paths, test_pipeline,
-    )
-    from ptqbench.methods import Bits, build_method
-    from ptqbench.models import make_quantizable, state_fingerprint
-    from ptqbench.models.detectors import (
-        build_detector, detector_entry, load_config, require_mmdet, resolve_checkpoint, set_test_cfg,
-    )
-    from ptqbench.profiling import PhaseMeter
-    from ptqbench.cache import cache_from_config, code_version
-    from ptqbench.run import cached_fp_baseline, resolve_workers, sha_of
+@dataclass
+class CocoData:
+    """The COCO folders of a job."""
 
-    require_mmdet()
-    if cfg.data.name != "coco":
-        raise ConfigError(f"task=detection evaluates on COCO, but data={cfg.data.name}; drop the data override (data=coco)")
-    scope_name = str(cfg.task.quantize)
-    if scope_name not in SCOPES:
-        raise ConfigError(f"task.quantize={scope_name!r}; choose one of {sorted(SCOPES)}")
-    splits = dict(cfg.data.splits)
-    for key in ("calib.split", "data.val_split"):
-        val = OmegaConf.select(cfg, key)
-        if val not in splits:
-            raise ConfigError(f"{key}={val!r}; choose one of {sorted(splits)} (data.splits)")
-    if cfg.calib.split == cfg.data.val_split:
-        raise ConfigError(f"calib.split={cfg.calib.split!r} is the evaluation split: calibrate on training images")
-    if cfg.get("quant") is not None and cfg.quant.get("full"):
-        # the fully quantized roles (LayerNorm inputs, residual adds, softmax, GELU) are patched on
-        # timm blocks only; mmdet's Swin blocks and the detector heads have no such patch yet
-        raise ConfigError("quant.full=true is not available for task=detection (only timm classifiers get the "
-                          "fully quantized roles); use quant.full=false")
-    bits = Bits(int(cfg.bits.w), int(cfg.bits.a))
-    method = build_method(OmegaConf.to_container(cfg.method, resolve=True), bits)
-    refuse_blockwise(method)
-    entry = detector_entry(cfg.model.name)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    root: Path
+    val_folder: str
+    calib_folder: str
 
-    root = resolve_coco_root(cfg.data.coco_root)  # fail on missing data before building the model
-    # and on a missing checkpoint (build_detector resolves it again, as cheaply)
-    resolve_checkpoint(cfg.model.name, cfg.model.get("checkpoint"), bool(cfg.model.get("pretrained", True)),
-                       cfg.model.get("weights_dir"))
-    val_folder, calib_folder = splits[cfg.data.val_split], splits[cfg.calib.split]
-    ann_file, _ = split_paths(root, val_folder)
-    mm_cfg = load_config(entry)
-    set_test_cfg(mm_cfg, cfg.task.score_thr, cfg.task.max_per_img)
-    detector, weights_info = build_detector(cfg.model.name, mm_cfg, cfg.model.get("checkpoint"),
-                                            bool(cfg.model.get("pretrained", True)), bool(cfg.model.get("unsafe_load", False)),
-                                            int(cfg.seed), cfg.model.get("weights_dir"))
-    from mmengine.device import get_device
 
-    device = torch.device(get_device())  # where Runner.test puts the model; calibrate there too
-    detector.to(device)
-    weights_info["fingerprint"] = state_fingerprint(detector)
+@register_task
+class Detection(Task):
+    """COCO box and mask AP of an mmdet detector (`model.name` from `models.detectors`)."""
 
-    pipeline = test_pipeline(mm_cfg, cfg.data.scale, annotations=True)
-    full = build_dataset(coco_dataset_cfg(root, val_folder, pipeline))
-    indices = seeded_indices(len(full), cfg.data.eval_limit, 0)
-    eval_ds_cfg = coco_dataset_cfg(root, val_folder, pipeline, indices)
-    eval_ids = [str(full.get_data_info(i)["img_id"]) for i in (indices if indices is not None else range(len(full)))]
-    batch_size, workers = int(cfg.data.batch_size), resolve_workers(cfg.data.workers)
-    work_dir = results_dir / "cache" / "mmdet"
-    tag = f"{entry.config}|{mm_cfg.model.test_cfg.to_dict()}|{pipeline}"
+    name = "detection"
+    headline = "coco/bbox_mAP"
+    headline_label = "box mAP"
+    fp_format = "json"
+    fp_required = "coco/bbox_mAP"
 
-    def run_eval() -> dict[str, Any]:
-        with tempfile.TemporaryDirectory(dir=_mk(work_dir)) as tmp:
-            return evaluate(detector, eval_ds_cfg, ann_file, batch_size, workers, Path(tmp))
+    def validate(self, cfg: DictConfig, method: Any) -> None:
+        from ptqbench.models.detectors import require_mmdet
 
-    fp_runs: list[bool] = []
+        require_mmdet()
+        if cfg.data.name != "coco":
+            raise ConfigError(f"task=detection evaluates on COCO, but data={cfg.data.name}; drop the data override (data=coco)")
+        scope = str(cfg.task.quantize)
+        if scope not in SCOPES:
+            raise ConfigError(f"task.quantize={scope!r}; choose one of {sorted(SCOPES)}")
+        splits = dict(cfg.data.splits)
+        for key in ("calib.split", "data.val_split"):
+            val = OmegaConf.select(cfg, key)
+            if val not in splits:
+                raise ConfigError(f"{key}={val!r}; choose one of {sorted(splits)} (data.splits)")
+        if cfg.calib.split == cfg.data.val_split:
+            raise ConfigError(f"calib.split={cfg.calib.split!r} is the evaluation split: calibrate on training images")
+        if method.quant.full:
+            # the fully quantized roles (LayerNorm inputs, residual adds, softmax, GELU) are patched on
+            # timm blocks only; mmdet's Swin blocks and the detector heads have no such patch
+            raise ConfigError("quant.full=true is not available for task=detection (only timm classifiers get the "
+                              "fully quantized roles); use quant.full=false")
+        refuse_blockwise(method)
 
-    def run_fp_eval() -> dict[str, Any]:
-        fp_runs.append(True)
-        return run_eval()
+    def scope(self, cfg: DictConfig) -> Optional[str]:
+        return SCOPES[str(cfg.task.quantize)]
 
-    ann = Path(ann_file)
-    ann_sig = f"{ann}|{ann.stat().st_size}|{ann.stat().st_mtime_ns}" if ann.exists() else str(ann)
-    fp = cached_fp_baseline(cache_from_config(cfg, results_dir), run_fp_eval, weights_info["fingerprint"],
-                            f"{ann_sig}|{sha_of(eval_ids)}", tag, required="coco/bbox_mAP",
-                            code=code_version("models", "tasks", "data"), fmt="json")
-    # a cached FP time was measured by an earlier job, under whatever load the machine had then
-    fp_timing = "this_job" if fp_runs else "cache"
-    out: dict[str, Any] = {
-        "model": {"name": cfg.model.name, **weights_info},
-        "data": {"root": str(root), "split": val_folder, "scale": list(cfg.data.scale), "eval_images": len(eval_ids),
-                 "eval_ids_sha": sha_of(eval_ids)},
-        "fp": {k: v for k, v in fp.items() if k != "cache_key"},
-        "bits": {"w": bits.w, "a": bits.a, "name": bits.name},
-        "device": str(device), "threads": torch.get_num_threads(),
-    }
-    plan = method.plan()
-    if plan is None:  # method=fp: the quantized metrics are the FP baseline itself
-        q = fp
-        out.update(timings={"calibration_s": 0.0, "eval_s": fp["eval_seconds"],
-                            "eval_s_per_image": fp["seconds_per_image"], "fp_eval_timed_in": fp_timing},
-                   memory={}, quantized_modules={}, calibration={"size": 0, "ids": []}, method_stats={})
-    else:
-        calib_pipeline = test_pipeline(mm_cfg, cfg.data.scale, annotations=False)
-        calib, calib_ids = calibration_batch(root, calib_folder, calib_pipeline, int(cfg.calib.size), int(cfg.calib.seed))
-        qm = make_quantizable(DetectorForward(detector), plan, scope=SCOPES[scope_name])
-        with PhaseMeter(device) as cal_meter:
-            stats = method.quantize(qm, calib)
+    def device(self, cfg: DictConfig) -> torch.device:
+        from mmengine.device import get_device
+
+        return torch.device(get_device())  # where Runner.test puts the model; calibrate there too
+
+    def open_data(self, cfg: DictConfig, method: Any) -> CocoData:
+        from ptqbench.data.coco import resolve_coco_root
+        from ptqbench.models.detectors import resolve_checkpoint
+
+        root = resolve_coco_root(cfg.data.coco_root)
+        # a missing checkpoint fails here too, before the detector is built (build_detector
+        # resolves it again, as cheaply)
+        resolve_checkpoint(cfg.model.name, cfg.model.get("checkpoint"), bool(cfg.model.get("pretrained", True)),
+                           cfg.model.get("weights_dir"))
+        splits = dict(cfg.data.splits)
+        return CocoData(root, splits[cfg.data.val_split], splits[cfg.calib.split])
+
+    def build_model(self, cfg: DictConfig, device: torch.device) -> BuiltModel:
+        from ptqbench.models import state_fingerprint
+        from ptqbench.models.detectors import build_detector, detector_entry, load_config, set_test_cfg
+
+        mm_cfg = load_config(detector_entry(cfg.model.name))
+        set_test_cfg(mm_cfg, cfg.task.score_thr, cfg.task.max_per_img)
+        detector, weights = build_detector(cfg.model.name, mm_cfg, cfg.model.get("checkpoint"),
+                                           bool(cfg.model.get("pretrained", True)), bool(cfg.model.get("unsafe_load", False)),
+                                           int(cfg.seed), cfg.model.get("weights_dir"))
+        detector.to(device)
+        weights["fingerprint"] = state_fingerprint(detector)
+        return BuiltModel(DetectorForward(detector), device, weights["fingerprint"], {"name": cfg.model.name, **weights},
+                          context=mm_cfg)
+
+    def evaluation_data(self, cfg: DictConfig, data: CocoData, model: BuiltModel, results_dir: Path) -> EvalData:
+        from ptqbench.data.coco import build_dataset, coco_dataset_cfg, seeded_indices, split_paths, test_pipeline
+        from ptqbench.hashing import sha_of
+        from ptqbench.launch import resolve_workers
+        from ptqbench.models.detectors import detector_entry
+
+        mm_cfg = model.context
+        ann_file, _ = split_paths(data.root, data.val_folder)
+        pipeline = test_pipeline(mm_cfg, cfg.data.scale, annotations=True)
+        full = build_dataset(coco_dataset_cfg(data.root, data.val_folder, pipeline))
+        indices = seeded_indices(len(full), cfg.data.eval_limit, 0)
+        ids = [str(full.get_data_info(i)["img_id"]) for i in (indices if indices is not None else range(len(full)))]
+        ann = Path(ann_file)
+        ann_sig = f"{ann}|{ann.stat().st_size}|{ann.stat().st_mtime_ns}" if ann.exists() else str(ann)
+        run = EvalRun(coco_dataset_cfg(data.root, data.val_folder, pipeline, indices), ann, int(cfg.data.batch_size),
+                      resolve_workers(cfg.data.workers), results_dir / "cache" / "mmdet")
+        fields = {"root": str(data.root), "split": data.val_folder, "scale": list(cfg.data.scale),
+                  "eval_images": len(ids), "eval_ids_sha": sha_of(ids)}
+        tag = f"{detector_entry(cfg.model.name).config}|{mm_cfg.model.test_cfg.to_dict()}|{pipeline}"
+        return EvalData(run, ids, f"{ann_sig}|{sha_of(ids)}", tag, model.device, fields)
+
+    def calibration_data(self, cfg: DictConfig, data: CocoData, model: BuiltModel, cache: Any) -> CalibData:
+        from ptqbench.data.coco import calibration_batch, test_pipeline
+
+        pipeline = test_pipeline(model.context, cfg.data.scale, annotations=False)
+        batch, ids = calibration_batch(data.root, data.calib_folder, pipeline, int(cfg.calib.size), int(cfg.calib.seed))
+        return CalibData(batch, ids, int(cfg.calib.seed), data.calib_folder)
+
+    def evaluate(self, module: nn.Module, data: EvalData, desc: str) -> dict[str, Any]:
+        run: EvalRun = data.data
+        detector = module.detector if isinstance(module, DetectorForward) else module
+        run.work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=run.work_dir) as tmp:
+            return evaluate(detector, run.dataset_cfg, run.ann_file, run.batch_size, run.workers, Path(tmp))
+
+    def check_quantized(self, qm: Any) -> None:
         check_calibrated(qm.model)
-        with PhaseMeter(device) as eval_meter:
-            q = run_eval()
-        out.update(
-            timings={"calibration_s": round(cal_meter.seconds, 3), "eval_s": round(eval_meter.seconds, 3),
-                     "eval_s_per_image": q["seconds_per_image"], "fp_eval_s": fp["eval_seconds"],
-                     "fp_eval_s_per_image": fp["seconds_per_image"], "fp_eval_timed_in": fp_timing},
-            memory={"calibration": cal_meter.as_dict(), "evaluation": eval_meter.as_dict()},
-            quantized_modules=qm.counts(), quantizers=qm.quantizer_map(),
-            protocol={"quantize": scope_name, "patch_input_bits": getattr(method.config, "patch_input_bits", None)},
-            calibration={"size": len(calib_ids), "seed": int(cfg.calib.seed), "split": calib_folder, "ids": calib_ids},
-            method_stats=stats,
-        )
-    metrics = {k: q[k] for k in METRIC_KEYS if k in q}
-    metrics.update({f"fp_{k}": fp[k] for k in METRIC_KEYS if k in fp})
-    metrics["drop_bbox_mAP"] = fp["coco/bbox_mAP"] - q["coco/bbox_mAP"]
-    metrics["drop_segm_mAP"] = fp["coco/segm_mAP"] - q["coco/segm_mAP"]
-    out["metrics"] = metrics
-    return out
+
+    def metrics(self, q: Optional[dict[str, Any]], fp: dict[str, Any]) -> dict[str, Any]:
+        res = fp if q is None else q
+        out = {k: res[k] for k in METRIC_KEYS if k in res}
+        out.update({f"fp_{k}": fp[k] for k in METRIC_KEYS if k in fp})
+        out["drop_bbox_mAP"] = fp["coco/bbox_mAP"] - res["coco/bbox_mAP"]
+        out["drop_segm_mAP"] = fp["coco/segm_mAP"] - res["coco/segm_mAP"]
+        return out
+
+    def timings(self, q: Optional[dict[str, Any]], fp: dict[str, Any]) -> dict[str, Any]:
+        # a cached FP time was measured by an earlier job, under whatever load the machine had then
+        timed_in = "cache" if fp["cached"] else "this_job"
+        if q is None:
+            return {"eval_s_per_image": fp["seconds_per_image"], "fp_eval_timed_in": timed_in}
+        return {"eval_s_per_image": q["seconds_per_image"], "fp_eval_s_per_image": fp["seconds_per_image"],
+                "fp_eval_timed_in": timed_in}
+
+    def protocol(self, cfg: DictConfig) -> dict[str, Any]:
+        return {"quantize": str(cfg.task.quantize)}
+
+    def summary_line(self, record: dict[str, Any]) -> str:
+        return summary_line(record)
 
 
-def _mk(p: Path) -> str:
-    p.mkdir(parents=True, exist_ok=True)
-    return str(p)
+@dataclass
+class EvalRun:
+    """What one `Runner.test` evaluation needs."""
+
+    dataset_cfg: dict[str, Any]
+    ann_file: Path
+    batch_size: int
+    workers: int
+    work_dir: Path
 
 
-def summary_line(rec: dict[str, Any]) -> Optional[str]:
+def summary_line(rec: dict[str, Any]) -> str:
     """One log line for a finished detection job."""
     m, t = rec["metrics"], rec["timings"]
     fp_time = ""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from tests.conftest import make_tiny_vit
 from torch import nn
 
 from ptqbench.errors import ConfigError
@@ -189,14 +189,9 @@ def test_lowrank_search_commits_to_the_most_probable_rank():
 
 
 # -- the engine ------------------------------------------------------------------------------------
-def _tiny_vit(seed: int = 0) -> VisionTransformer:
-    torch.manual_seed(seed)
-    return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10).eval()
-
-
 def _quantized(method: dict, bits: Bits = Bits(3, 3)):
     meth = build_method(method, bits)
-    qm = make_quantizable(_tiny_vit(), meth.plan())
+    qm = make_quantizable(make_tiny_vit(), meth.plan())
     return meth, qm
 
 
@@ -208,7 +203,7 @@ def test_engine_lowers_block_loss_and_is_deterministic():
         meth.quantize(qm, images)
         cfg = ReconConfig(iters=25, batch_size=8, learn=("act_scale", "weight_rounding"), lr_act_scale=1e-3,
                           lr_rounding=1e-2, progress=False)
-        stats = reconstruct(qm.model, images, cfg)
+        stats = reconstruct(qm.model, qm.units, images, cfg)
         blocks = [u for u in stats["recon_per_unit"] if u["unit"].startswith("blocks")]
         assert len(blocks) == 2 and all(u["loss_end"] < u["loss_start"] for u in blocks), blocks
         assert not any(p.requires_grad for n, p in qm.model.named_parameters() if "quantizer" in n)

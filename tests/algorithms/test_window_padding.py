@@ -23,8 +23,7 @@ from ptqbench.algorithms.reparam import reparameterize_all
 
 PADDED, UNPADDED = 72, 56
 TOL = 1e-5  # relative error of float rounding; the released padding gives ~1e-1 (see the last test)
-REPARAM_MODULES = {"repq": "ptqbench.methods.repq", "erq": "ptqbench.methods.repq",  # erq/gptq: repq's calibrate_activations
-                   "gptq": "ptqbench.methods.repq", "dopq": "ptqbench.methods.dopq", "aiq": "ptqbench.methods.aiq"}
+REPARAM_MODULES = dict.fromkeys(["repq", "erq", "gptq", "dopq", "aiq"], "ptqbench.methods.steps")  # the Reparameterize step
 
 
 class _Reparameterized(Exception):

@@ -7,9 +7,8 @@ import json
 
 import pytest
 import torch
-from tests.conftest import REPO
+from tests.conftest import REPO, make_tiny_vit
 from hydra import compose, initialize_config_dir
-from timm.models.vision_transformer import VisionTransformer
 
 from ptqbench.analyze.plots import plot_layer_sqnr
 from ptqbench.analyze.sensitivity import analysis_units, logits_of, sensitivity_table, top1
@@ -24,8 +23,7 @@ IMAGES = torch.randn(16, 3, 32, 32, generator=GEN)
 
 
 def _setup():
-    torch.manual_seed(0)
-    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10).eval()
+    model = make_tiny_vit()
     meth = build_method({"name": "minmax"}, Bits(3, 3))
     qm = make_quantizable(model, meth.plan())
     meth.quantize(qm, IMAGES[:8])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from tests.conftest import make_tiny_vit
 from torch import nn
 
 from ptqbench.methods import Bits, build_method
@@ -18,8 +18,7 @@ IMAGES = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def _quantized(method: str, bits: Bits, depth: int = 2):
-    torch.manual_seed(0)
-    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=depth, num_heads=2, num_classes=10).eval()
+    model = make_tiny_vit(depth=depth)
     meth = build_method({"name": method}, bits)
     qm = make_quantizable(model, meth.plan())
     meth.quantize(qm, IMAGES)
@@ -109,8 +108,7 @@ def test_a_reference_model_measures_against_the_original_weights():
 def test_fully_quantized_layers_layernorm_input_quantizer_counts_as_its_own():
     """A LayerNorm's input quantizer runs in a forward pre-hook: its local SQNR reruns the norm on
     the input from before that hook. Inside a block the block quantizes the input itself (null)."""
-    torch.manual_seed(0)
-    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=10).eval()
+    model = make_tiny_vit(depth=1)
     meth = build_method({"name": "minmax"}, Bits(6, 6), {"full": True, "bits": 6})
     qm = make_quantizable(model, meth.plan())
     meth.quantize(qm, IMAGES)

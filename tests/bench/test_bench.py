@@ -4,6 +4,7 @@ on request: `python -m ptqbench.bench`)."""
 import subprocess
 import sys
 
+import pytest
 from tests.conftest import REPO
 
 
@@ -23,3 +24,36 @@ def test_bench_eval_part_writes_a_table_with_the_machine(tmp_path):
     for col in ("ratio", "fq_ratio"):
         assert 0.5 < float(cells[col]) < 20, cells  # measured numbers, not placeholders
     assert float(cells["fp_img_s"]) > 0 and float(cells["unfused_img_s"]) > 0, cells
+
+
+def test_unknown_part_is_refused_with_the_valid_ones(monkeypatch, capsys):
+    from ptqbench.bench.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["ptqbench.bench", "--parts", "eval,recno"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    assert "unknown recno; choose from cost,eval,sweep,recon" in capsys.readouterr().err
+
+
+def test_recon_step_refuses_a_method_without_reconstruction():
+    from ptqbench.bench.recon_step import recon_step
+
+    with pytest.raises(ValueError, match=r"'repq': choose one of \['aiq', 'dopq'\]"):
+        recon_step("deit_tiny", "repq", 1, 1, 0, "cpu")
+
+
+@pytest.mark.slow
+def test_bench_recon_and_cost_grid_parts(tmp_path):
+    """The parts that replaced benchmarks/recon_step_time.py and benchmarks/quantize_cost.py."""
+    out = tmp_path / "bench.md"
+    res = subprocess.run([sys.executable, "-m", "ptqbench.bench", "--parts", "recon,cost", "--recon-models", "deit_tiny",
+                          "--recon-methods", "dopq", "--recon-batch", "1,2", "--recon-steps", "1", "--recon-warmup", "0",
+                          "--cost-models", "deit_tiny", "--cost-methods", "minmax", "--cost-calib", "2,4", "--threads", "1",
+                          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = out.read_text().splitlines()
+    recon = [ln for ln in lines if ln.startswith("| deit_tiny | dopq |")]
+    assert len(recon) == 2 and all(float(ln.split("|")[5]) > 0 for ln in recon), lines
+    cost = [ln for ln in lines if ln.startswith("| deit_tiny | minmax |")]
+    assert [ln.split("|")[4].strip() for ln in cost] == ["2", "4"] and not any("failed" in ln for ln in cost), lines

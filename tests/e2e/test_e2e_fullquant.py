@@ -1,42 +1,23 @@
 """End to end on the shared real data (DeiT-Tiny, 32 calibration images, all 1300 val images):
 the fully quantized mode, TSPTQ-ViT and PTQ4ViT. Measured numbers and commands: docs/results.md.
 
-Default: 16-bit everything in the fully quantized mode must reproduce FP (measured: 81.54 = FP).
-`pytest -m slow`: the W8A8 fully quantized comparison and the W6A6 / W4A4 bounds, set from the
+All with `pytest -m slow`: 16-bit everything in the fully quantized mode must reproduce FP
+(measured: 81.54 = FP); the W8A8 fully quantized comparison and the W6A6 / W4A4 bounds, set from the
 measured runs (each bound leaves about a point and a half of room; a broken two-scale quantizer
-or search lands far outside).
+or search lands far outside). The default run checks the same code paths on a tiny ViT and Swin
+(tests/quant/test_full_quant.py: 16-bit full quantization reproduces FP, every method runs fully
+quantized, the record names the quantized tensors).
 """
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
-
-from ptqbench.run import run_job
+from tests.conftest import shared_data_job as _job
 
 pytestmark = pytest.mark.data
-CONF = Path(__file__).resolve().parents[2] / "conf"
-_RUNS: dict[tuple[str, ...], dict] = {}
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("e2e_fullquant")  # shared: FP baseline computed once
-
-
-def _run(results: Path, shared_data: Path, *overrides: str) -> dict:
-    if overrides not in _RUNS:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=[f"results_dir={results}", "logger=none", "calib.size=32",
-                                               f"data.root={shared_data / 'imagenet-mini'}", *overrides])
-        rec = run_job(cfg)
-        assert rec["status"] == "ok" and rec["data"]["eval_images"] == 1300
-        _RUNS[overrides] = rec
-    return _RUNS[overrides]
-
-
-def test_full_16_bit_reproduces_fp(results, shared_data):
-    rec = _run(results, shared_data, "method=minmax", "bits.w=16", "bits.a=16", "quant.full=true", "quant.bits=16")
+@pytest.mark.slow
+def test_full_16_bit_reproduces_fp(e2e_results, shared_data):
+    rec = _job(e2e_results, shared_data, "method=minmax", "bits.w=16", "bits.a=16", "quant.full=true", "quant.bits=16")
     assert abs(rec["metrics"]["drop_top1"]) <= 0.2, rec["metrics"]
     p = rec["protocol"]
     assert p["full"] and p["full_bits"] == 16
@@ -44,35 +25,35 @@ def test_full_16_bit_reproduces_fp(results, shared_data):
 
 
 @pytest.mark.slow
-def test_w8a8_full_tsptq_near_lossless_and_beats_minmax(results, shared_data):
+def test_w8a8_full_tsptq_near_lossless_and_beats_minmax(e2e_results, shared_data):
     """`pytest -m slow`. Measured: TSPTQ-ViT 81.62, min-max 80.85 (FP 81.54)."""
-    ts = _run(results, shared_data, "method=tsptq", "bits=w8a8", "quant.full=true")["metrics"]
-    mm = _run(results, shared_data, "method=minmax", "bits=w8a8", "quant.full=true")["metrics"]
+    ts = _job(e2e_results, shared_data, "method=tsptq", "bits=w8a8", "quant.full=true")["metrics"]
+    mm = _job(e2e_results, shared_data, "method=minmax", "bits=w8a8", "quant.full=true")["metrics"]
     assert ts["drop_top1"] <= 0.8, ts
     assert ts["top1"] > mm["top1"], (ts, mm)
     assert 79.3 <= mm["top1"] <= 81.6, mm
 
 
 @pytest.mark.slow
-def test_w8a8_full_ptq4vit(results, shared_data):
+def test_w8a8_full_ptq4vit(e2e_results, shared_data):
     """`pytest -m slow` (one search round, about 5 min on 2 CPU cores). Measured: 81.31 (78.31 with
     the quantized-input search, method.search_inputs=quantized)."""
-    rec = _run(results, shared_data, "method=ptq4vit", "bits=w8a8", "quant.full=true", "method.search_rounds=1")
+    rec = _job(e2e_results, shared_data, "method=ptq4vit", "bits=w8a8", "quant.full=true", "method.search_rounds=1")
     assert 80.3 <= rec["metrics"]["top1"] <= 82.3, rec["metrics"]
     assert rec["method_stats"]["searched_layers"] == 74
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bits,lo,hi", [("w6a6", 76.7, 80.0), ("w4a4", 58.0, 63.0)])
-def test_tsptq_standard_protocol(results, shared_data, bits, lo, hi):
+def test_tsptq_standard_protocol(e2e_results, shared_data, bits, lo, hi):
     """`pytest -m slow`. Measured: W6A6 78.23, W4A4 60.23 (RepQ-ViT 80.08 / 68.77, min-max 77.15 / 1.23)."""
-    m = _run(results, shared_data, "method=tsptq", f"bits={bits}")["metrics"]
+    m = _job(e2e_results, shared_data, "method=tsptq", f"bits={bits}")["metrics"]
     assert lo <= m["top1"] <= hi, m
 
 
 @pytest.mark.slow
-def test_w4a4_ptq4vit_does_not_collapse(results, shared_data):
+def test_w4a4_ptq4vit_does_not_collapse(e2e_results, shared_data):
     """`pytest -m slow`. Measured: 59.38 with the FP-input search (one round); the quantized-input
     search collapsed to 0.46 (docs/results.md)."""
-    rec = _run(results, shared_data, "method=ptq4vit", "bits=w4a4", "method.search_rounds=1")
+    rec = _job(e2e_results, shared_data, "method=ptq4vit", "bits=w4a4", "method.search_rounds=1")
     assert 57.4 <= rec["metrics"]["top1"] <= 61.4, rec["metrics"]

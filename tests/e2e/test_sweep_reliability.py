@@ -2,7 +2,7 @@
 settings (data.workers=auto: DataLoader worker processes inside the launcher's workers), a sweep
 killed with SIGKILL and relaunched and two sweeps on one results folder at once (with each
 launcher), a failed or Ctrl-C'd rerun of a finished job, a corrupted record, NaN during
-calibration. Tiny jobs (random DeiT-Tiny, the synthetic 8-image tree), so each test takes seconds
+calibration. Tiny jobs (a random timm test ViT, the synthetic 8-image tree), so each test takes seconds
 to a minute on 2 cores; the joblib and submitit_local variants of the kill and concurrency tests
 are `slow` (the default suite keeps the basic-launcher ones and the joblib sweep test)."""
 
@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, compose_config, run_cli
 from tests.test_cli import _tiny_job_args
 
 from ptqbench.launch import job_threads, joblib_workers
 from ptqbench.records import finished, job_lock, load_records, read_json, record_path, run_key, write_json_atomic
+from ptqbench.run import run_job
 
 LAUNCHERS = {
     "basic": [],
@@ -271,20 +272,19 @@ def test_ctrl_c_during_a_rerun_keeps_the_finished_result(tiny_imagenet, tmp_path
     assert "KeyboardInterrupt: interrupted (Ctrl-C)" in out and f"{path} keeps its finished result" in out
 
 
-def test_corrupted_record_is_quarantined_and_recomputed(tiny_imagenet, tmp_path):
-    args = ["-m", "method=minmax", "bits=w8a8", *_tiny_job_args(tiny_imagenet, tmp_path)]
-    assert run_cli(*args).returncode == 0
+def test_corrupted_record_is_quarantined_and_recomputed(tiny_imagenet, tmp_path, caplog):
+    """In process: the quarantine happens in the job's own resume check (run_job)."""
+    cfg = compose_config("method=minmax", "bits=w8a8", *_tiny_job_args(tiny_imagenet, tmp_path))
+    assert run_job(cfg)["status"] == "ok"
     (path,) = (tmp_path / "runs").glob("*.json")
     text = path.read_text()
     path.write_text(text[: len(text) // 2])  # truncated, e.g. copied back from a full disk
 
-    again = run_cli(*args)
-    out = again.stderr + again.stdout
-    assert again.returncode == 0, out[-3000:]
-    assert f"unreadable record {path}" in out and f"{path.name}.corrupt" in out
+    again = run_job(cfg)
+    assert again["status"] == "ok" and not again.get("skipped")
+    assert f"unreadable record {path}" in caplog.text and f"{path.name}.corrupt" in caplog.text
     assert (path.parent / f"{path.name}.corrupt").read_text() == text[: len(text) // 2]
     _assert_one_ok_record_per_job(tmp_path, 1)
-    assert "1 jobs, 1 ran, 0 skipped" in out
 
 
 def test_read_json_quarantine_and_report_reader(tmp_path, caplog):
@@ -316,21 +316,24 @@ def test_job_lock_waits_for_the_holder(tmp_path):
 
 
 def test_nan_checkpoint_fails_the_job_with_the_quantizer_named(tiny_imagenet, tmp_path):
+    """In process (a sweep going on after a failed job is test_cli.py's
+    test_failing_job_is_recorded_and_sweep_continues): FP runs, calibration stops on the NaN."""
     import timm
     import torch
 
-    model = timm.create_model("deit_tiny_patch16_224", pretrained=False)
+    from ptqbench.errors import CalibrationError
+
+    model = timm.create_model("test_vit.r160_in1k", pretrained=False)  # the tiny jobs' architecture
     sd = model.state_dict()
     sd["blocks.2.mlp.fc1.weight"][0, 0] = float("nan")
     ckpt = tmp_path / "nan.pth"
     torch.save(sd, ckpt)
     tiny = [a for a in _tiny_job_args(tiny_imagenet, tmp_path) if a != "model.pretrained=false"]
-    out = run_cli("-m", "method=fp,minmax", "bits=w8a8", f"model.checkpoint={ckpt}", *tiny)
-    text = out.stderr + out.stdout
-    assert out.returncode == 1, text[-3000:]  # the sweep went on and failed at its end
+    assert run_job(compose_config("method=fp", "bits=w8a8", f"model.checkpoint={ckpt}", *tiny))["status"] == "ok"
+    with pytest.raises(CalibrationError):
+        run_job(compose_config("method=minmax", "bits=w8a8", f"model.checkpoint={ckpt}", *tiny))
     recs = {r["config"]["method"]["name"]: r for r in load_records(tmp_path)}
     assert recs["fp"]["status"] == "ok"
     err = recs["minmax"]["error"]
     assert recs["minmax"]["status"] == "failed" and err.startswith("CalibrationError")
     assert "NaN" in err and "blocks.2.mlp.fc1" in err and "check the checkpoint" in err
-    assert "2 jobs, 1 ran, 0 skipped (already finished), 1 failed" in text

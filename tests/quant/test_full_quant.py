@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tests.conftest import make_tiny_swin, make_tiny_vit
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
@@ -24,17 +25,14 @@ FULL = {"full": True}
 
 
 def _vit() -> VisionTransformer:
-    torch.manual_seed(0)
-    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=DEPTH, num_heads=2, num_classes=10).eval()
+    m = make_tiny_vit(depth=DEPTH, embed_dim=48)
     with torch.no_grad():
         m.cls_token.normal_()  # timm initialises it near 1e-6: a random model's class token would be all zeros
     return m
 
 
 def _swin() -> SwinTransformer:
-    torch.manual_seed(0)
-    return SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
-                           num_classes=10).eval()
+    return make_tiny_swin()
 
 
 def _x(n: int = 4) -> torch.Tensor:

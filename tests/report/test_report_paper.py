@@ -225,7 +225,7 @@ def test_seven_model_erq_table_fits_the_page(tmp_path, documentclass, options, f
     """The ERQ experiment's layout over seven models (synthetic records: the shared data has
     DeiT-T weights only) compiles with no overfull box in one column and, spanning, in two."""
     block = json.loads(json.dumps(__import__("yaml").safe_load(
-        (Path(__file__).resolve().parents[2] / "conf" / "experiment" / "erq_table.yaml").read_text())["report"]))
+        (Path(__file__).resolve().parents[2] / "experiments" / "experiment" / "erq_table.yaml").read_text())["report"]))
     spec = ReportSpec.from_mapping({**block, "latex_float": float_env})
     col = collect_records(erq_records())
     table = build_table(col.runs, spec, col.failed)

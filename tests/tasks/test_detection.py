@@ -227,18 +227,18 @@ def test_w8a8_is_close_to_fp_and_w4a4_is_not(coco_tiny, fp_detector):
 
 @needs_mmdet
 @pytest.mark.data
-def test_cli_end_to_end_records_box_and_mask_ap_and_refuses_erq(coco_tiny, tmp_path):
-    """The real CLI: a two-job sweep (repq runs, erq refuses with its reason), then a relaunch
-    that skips the finished job."""
-    args = ["-m", "task=detection", "model=mask_rcnn_swin_t", "method=repq,erq", "bits=w4a4",
-            f"data.coco_root={coco_tiny}", "data.eval_limit=4", "calib.size=2", "logger=none",
-            f"results_dir={tmp_path}", *TINY]
-    r = run_cli(*args)
-    assert r.returncode == 1, r.stderr[-3000:]
-    recs = {rec["config"]["method"]["name"]: rec for rec in
-            (json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json"))}
-    ok = recs["repq"]
-    assert "erq" not in recs  # refused by the config check before any work: no record (docs/reliability.md)
+def test_job_end_to_end_records_box_and_mask_ap_refuses_erq_and_skips_when_rerun(coco_tiny, tmp_path):
+    """In process (a sweep's exit status and end report are tests/test_cli.py's part): repq runs,
+    erq is refused with its reason before any work and records nothing, a rerun skips the finished
+    job."""
+    from ptqbench.run import run_job
+
+    base = ["task=detection", "model=mask_rcnn_swin_t", "bits=w4a4", f"data.coco_root={coco_tiny}",
+            "data.eval_limit=4", "calib.size=2", "logger=none", f"results_dir={tmp_path}", *TINY]
+    with pytest.raises(ConfigError, match="method=erq cannot run on task=detection"):
+        run_job(_compose([*base, "method=erq"]))
+    assert not list(tmp_path.glob("runs/*.json"))  # refused by the config check: no record (docs/reliability.md)
+    ok = run_job(_compose([*base, "method=repq"]))
     assert ok["status"] == "ok", ok.get("traceback")
     m = ok["metrics"]
     for key in ("coco/bbox_mAP", "coco/segm_mAP", "coco/bbox_mAP_50", "coco/bbox_mAP_75", "coco/segm_mAP_50",
@@ -248,24 +248,31 @@ def test_cli_end_to_end_records_box_and_mask_ap_and_refuses_erq(coco_tiny, tmp_p
     assert ok["calibration"]["split"] == "train2017"
     assert {k: ok["quantized_modules"][k] for k in EXPECTED_ALL} == EXPECTED_ALL
     assert ok["timings"]["eval_s_per_image"] > 0 and ok["fp"]["seconds_per_image"] > 0
-    assert "method=erq cannot run on task=detection" in r.stdout + r.stderr
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert [r["config"]["method"]["name"] for r in recs] == ["repq"]
 
-    again = run_cli(*[a if a != "method=repq,erq" else "method=repq" for a in args])
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "already finished" in again.stderr + again.stdout
+    again = run_job(_compose([*base, "method=repq"]))
+    assert again.get("skipped") is True and again["run_key"] == ok["run_key"]
 
 
 @needs_mmdet
 def test_bad_detection_configs_fail_with_the_fix(tmp_path):
-    r = run_cli("task=detection", "data.coco_root=/nonexistent/coco", "logger=none", f"results_dir={tmp_path}", *TINY)
-    out = r.stdout + r.stderr
-    assert r.returncode == 2 and "data.coco_root" in out and "/nonexistent/coco" in out, out[-2000:]
-    r = run_cli("task=detection", "model=deit_tiny", "logger=none", f"results_dir={tmp_path}")
-    out = r.stdout + r.stderr
-    assert r.returncode == 2 and "task=detection takes one of" in out, out[-2000:]
-    r = run_cli("model=mask_rcnn_swin_t", "logger=none", f"results_dir={tmp_path}")
-    out = r.stdout + r.stderr
-    assert r.returncode == 2 and "run it with task=detection" in out, out[-2000:]
+    """In process: each is an error with a user message (the CLI prints it as one line and exits
+    with status 2: tests/test_cli.py checks that path)."""
+    from ptqbench.errors import user_message
+    from ptqbench.run import run_job
+
+    def refusal(*overrides: str) -> str:
+        with pytest.raises(Exception) as e:
+            run_job(_compose(["logger=none", f"results_dir={tmp_path}", *overrides]))
+        msg = user_message(e.value)
+        assert msg is not None, repr(e.value)
+        return msg
+
+    out = refusal("task=detection", "data.coco_root=/nonexistent/coco", *TINY)
+    assert "data.coco_root" in out and "/nonexistent/coco" in out, out
+    assert "task=detection takes one of" in refusal("task=detection", "model=deit_tiny")
+    assert "run it with task=detection" in refusal("model=mask_rcnn_swin_t")
 
 
 @needs_mmdet
@@ -274,7 +281,7 @@ def test_missing_checkpoint_is_reported_before_the_detector_is_built(tmp_path, m
     detector is built, and does not suggest model.unsafe_load (which cannot help)."""
     from ptqbench.errors import WeightsError
     from ptqbench.models import detectors
-    from ptqbench.tasks.detection import execute
+    from ptqbench.pipeline import execute
 
     def no_build(*args, **kwargs):
         raise AssertionError("the detector was built before the checkpoint was checked")

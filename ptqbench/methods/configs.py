@@ -1,28 +1,57 @@
-"""Knobs and glue shared by methods that finish with block reconstruction (DopQ-ViT, AIQViT).
-
-The engine itself is `ptqbench.algorithms.reconstruction`; this module maps a method's YAML knobs onto
-its `ReconConfig`, with the papers' iteration defaults (I&S-ViT's protocol, which DopQ-ViT and
-AIQViT follow: 1000 iterations per block at W3A3/W4A4, 200 at W6A6, batch 64, 1024 images).
-"""
+"""Config mixins several methods' `Config` dataclasses derive from (shared knobs, not behaviour),
+and the plan helper of the reparameterized activation side those knobs drive."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
+from ptqbench.algorithms.reconstruction import LOSSES, ReconConfig
+from ptqbench.methods.base import Bits, Method, ProtocolConfig
+from ptqbench.quant import roles
+from ptqbench.quant.spec import QuantizerSpec
 
-from ptqbench.methods.base import Bits
-from ptqbench.methods.repq import RepQConfig
-from ptqbench.algorithms.reconstruction import LOSSES, ReconConfig, reconstruct
+
+@dataclass(frozen=True)
+class ReparamConfig(ProtocolConfig):
+    """RepQ-ViT's activation side, shared by the methods that start from it.
+
+    Attributes:
+    reparam: per-channel post-LN calibration + scale reparameterization (False: plain per-tensor).
+    log_sqrt2: log-sqrt2 quantizer for post-softmax (False: uniform).
+    round_zero_point: integer z~ (exact) vs the released code's fractional z~.
+    exact_padding: Swin's window padding stays the image of 0 after the fold (exact) vs the
+        released code's zeros.
+    """
+
+    reparam: bool = True
+    log_sqrt2: bool = True
+    round_zero_point: bool = True
+    exact_padding: bool = True
+
+
+def reparam_activations(method: Method, config: ReparamConfig) -> dict[str, Optional[QuantizerSpec]]:
+    """The common protocol's activation quantizers with RepQ-ViT's changes: per-channel post-LN
+    (to be reparameterized) when `config.reparam`, log-sqrt2 post-softmax when `config.log_sqrt2`."""
+    acts = dict(method.common_plan().activations)
+    if config.reparam:
+        acts[roles.POST_LN] = method.act_spec(per_channel=True)
+    if config.log_sqrt2:
+        acts[roles.POST_SOFTMAX] = method.act_spec(kind="log_sqrt2")
+    return acts
+
 
 WEIGHT_LEARNING = ("rounding", "scale", "none")
 LOW_BIT_ITERS, HIGH_BIT_ITERS = 1000, 200
 
 
 @dataclass(frozen=True)
-class BlockReconConfig(RepQConfig):
-    """Attributes (besides RepQ-ViT's activation knobs):
+class BlockReconConfig(ReparamConfig):
+    """Knobs of methods that finish with block reconstruction (DopQ-ViT, AIQViT), with the papers'
+    iteration defaults (I&S-ViT's protocol, which both follow: 1000 iterations per block at
+    W3A3/W4A4, 200 at W6A6, batch 64, 1024 images).
+
+    Attributes (besides the reparameterized activation side's):
     iters: Adam steps per unit; null = the papers' (1000 when W or A <= 4 bits, else 200).
     batch_size: images per step (papers: 64).
     weight_learning: "rounding" (AdaRound), "scale" (LSQ step sizes) or "none".
@@ -71,12 +100,3 @@ class BlockReconConfig(RepQConfig):
             round_weight=self.round_weight, fp_input_prob=self.fp_input_prob, loss=self.recon_loss,
             units=self.recon_units, seed=self.recon_seed, progress=self.progress, **extra,
         )
-
-
-def run_reconstruction(model: torch.nn.Module, calib: torch.Tensor, cfg: ReconConfig) -> dict[str, Any]:
-    """Reconstruct and return record statistics (per-unit details trimmed to losses and seconds)."""
-    stats = reconstruct(model, calib, cfg)
-    stats["recon_iters"] = cfg.iters
-    stats["recon_batch_size"] = min(cfg.batch_size, calib.shape[0])
-    stats["recon_learn"] = list(cfg.learn)
-    return stats
