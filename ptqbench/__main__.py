@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> Optional[dict[str, Any]]:
     multirun, group = _sweep_group()
     try:
         rec = run_job(cfg, group=group, launcher=_launcher())
-        headline = get_task(str(cfg.task.name)).headline
+        headline = get_task(rec["config"]["task"]["name"]).headline
         return {"run_key": rec["run_key"], "status": rec["status"], "skipped": rec.get("skipped", False),
                 "headline": headline, headline: rec.get("metrics", {}).get(headline)}
     except KeyboardInterrupt as e:

@@ -13,24 +13,23 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ptqbench.cache import ContentCache, cache_from_config
+from ptqbench.config import JobSettings
 from ptqbench.hashing import code_version, content_key
 
 log = logging.getLogger("ptqbench")
 
 
-def job_method(cfg: DictConfig) -> tuple[Any, Any]:
+def job_method(settings: JobSettings) -> tuple[Any, Any]:
     """The job's bits and its method, built with the `quant` group (so the fully quantized mode is
     validated by the method for every task)."""
     from ptqbench.methods import Bits, build_method
 
-    bits = Bits(int(cfg.bits.w), int(cfg.bits.a))
-    quant = cfg.get("quant")
-    method = build_method(OmegaConf.to_container(cfg.method, resolve=True), bits,
-                          OmegaConf.to_container(quant, resolve=True) if quant is not None else None)
+    bits = Bits(settings.bits.w, settings.bits.a)
+    eff = settings.effective
+    method = build_method(eff["method"], bits, eff.get("quant"))
     return bits, method
 
 
@@ -56,11 +55,11 @@ def cached_fp_baseline(cache: ContentCache, evaluate_fp: Callable[[], dict[str, 
     return {**res, "cache_key": key, "cached": not ran}
 
 
-def _fp_target_store(cfg: DictConfig, cache: ContentCache, calib_key: Any) -> Any:
+def _fp_target_store(settings: JobSettings, cache: ContentCache, calib_key: Any) -> Any:
     """The cache of FP unit outputs for block reconstruction (None: not cached)."""
     from ptqbench.cache import ActivationStore
 
-    if calib_key is None or not cache.enabled or not cfg.get("cache", {}).get("fp_activations", True):
+    if calib_key is None or not cache.enabled or not settings.cache.fp_activations:
         return None
     return ActivationStore(cache, calib_key)
 
@@ -81,21 +80,21 @@ def quantize(method: Any, module: nn.Module, inputs: Any, device: torch.device, 
     return qm, stats, meter
 
 
-def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
-    """The work of one (validated) job; returns the record fields it produces."""
+def execute(settings: JobSettings, results_dir: Path) -> dict[str, Any]:
+    """The work of one job, from its validated settings (`ptqbench.validate.validate_config`,
+    which also ran the task's own refusals); returns the record fields it produces."""
     from ptqbench.profiling import PhaseMeter
     from ptqbench.tasks import get_task
 
-    task = get_task(str(cfg.task.name))
-    bits, method = job_method(cfg)
-    task.validate(cfg, method)
-    torch.manual_seed(int(cfg.seed))
-    device = task.device(cfg)
-    data = task.open_data(cfg, method)  # missing data fails before the weights load
-    model = task.build_model(cfg, device)
-    eval_data = task.evaluation_data(cfg, data, model, results_dir)
+    task = get_task(settings.task.name)
+    bits, method = job_method(settings)
+    torch.manual_seed(settings.run.seed)
+    device = task.device(settings)
+    data = task.open_data(settings, method)  # missing data fails before the weights load
+    model = task.build_model(settings, device)
+    eval_data = task.evaluation_data(settings, data, model, results_dir)
 
-    cache = cache_from_config(cfg, results_dir)
+    cache = cache_from_config(settings.effective, results_dir)
     fp = cached_fp_baseline(cache, lambda: task.evaluate(model.module, eval_data, "eval fp"), model.fingerprint,
                             eval_data.signature, eval_data.transform, required=task.fp_required,
                             code=code_version("models", "tasks", "data"), fmt=task.fp_format)
@@ -111,22 +110,22 @@ def execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
         out.update(timings={"calibration_s": 0.0, "eval_s": fp.get("eval_seconds", 0.0), **task.timings(None, fp)},
                    memory={}, quantized_modules={}, calibration={"size": 0, "ids": []}, method_stats={})
     else:
-        calib = task.calibration_data(cfg, data, model, cache)
-        qm, stats, cal_meter = quantize(method, model.module, calib.inputs, device, scope=task.scope(cfg),
-                                        fp_targets=_fp_target_store(cfg, cache, calib.cache_key))
+        calib = task.calibration_data(settings, data, model, cache)
+        qm, stats, cal_meter = quantize(method, model.module, calib.inputs, device, scope=task.scope(settings),
+                                        fp_targets=_fp_target_store(settings, cache, calib.cache_key))
         task.check_quantized(qm)
         with PhaseMeter(device) as eval_meter:
-            q = task.evaluate(qm.model, eval_data, f"eval {cfg.method.name} {bits.name}")
+            q = task.evaluate(qm.model, eval_data, f"eval {settings.method_name} {bits.name}")
         out.update(
             timings={"calibration_s": round(cal_meter.seconds, 3), "eval_s": round(eval_meter.seconds, 3),
                      "fp_eval_s": round(fp.get("eval_seconds", 0.0), 3), **task.timings(q, fp)},
             memory={"calibration": cal_meter.as_dict(), "evaluation": eval_meter.as_dict()},
             quantized_modules=qm.counts(), quantizers=qm.quantizer_map(),
             protocol={"patch_input_bits": getattr(method.config, "patch_input_bits", None),
-                      **method.quant.protocol(), "quantized_roles": qm.quantized_roles(), **task.protocol(cfg)},
+                      **method.quant.protocol(), "quantized_roles": qm.quantized_roles(), **task.protocol(settings)},
             calibration=calib.fields(), method_stats=stats,
         )
-        out.update(task.diagnostics(cfg, qm, calib, model))
+        out.update(task.diagnostics(settings, qm, calib, model))
     out["metrics"] = task.metrics(q, fp)
     out.update(task.extra_fields(q, fp, eval_data))
     out["cache"] = {"dir": str(cache.root), "enabled": cache.enabled, **cache.stats.as_dict()}

@@ -1,8 +1,8 @@
 """A Hydra callback that checks the results folder before Hydra writes its logs there.
 
 Hydra creates `<results_dir>/logs/...` before the job function runs, so a read-only folder, a full
-disk or a path through a file used to end in Hydra's OSError traceback. Light on purpose (no
-torch): it runs in the process that launches a sweep.
+disk or a path through a file would end in Hydra's OSError traceback instead of a StorageError that
+names the path and the fix. Light on purpose (no torch): it runs in the process that launches a sweep.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 everywhere else.
 
 A tqdm bar redraws itself with carriage returns; written to a file (SLURM output, `| tee`, a
-Hydra job log) every redraw stays, so a 6-job sweep's log was 60 KB of `calibrate: x%` before its
-first result. Off a terminal this module logs one line per `PTQBENCH_PROGRESS_EVERY` percent
+Hydra job log) every redraw stays, so a 6-job sweep's log would hold 60 KB of `calibrate: x%` before
+its first result. Off a terminal this module logs one line per `PTQBENCH_PROGRESS_EVERY` percent
 instead (through the `ptqbench.progress` logger, so the lines also reach Hydra's job log).
 
 Environment:

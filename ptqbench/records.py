@@ -2,8 +2,8 @@
 
 The key covers what changes a result (model and weights choice, method and its options, bits,
 calibration size/seed/split, evaluation data, task, seed, record schema, and the fully quantized
-mode's group `quant` when `quant.full` is true; with it off the group is left out, so the keys of
-earlier records stay valid) and nothing that does
+mode's group `quant` when `quant.full` is true; with it off the group is left out, so the `quant`
+options of a job that does not use the mode cannot split its key) and nothing that does
 not (loggers, loader workers, batch size, output folders). Files are written atomically
 (`ptqbench.fileio`: temp file + os.replace, the umask's permissions) so a killed job never leaves
 a half-written record; a record that is still unreadable (a truncated copy, a full disk) is moved
@@ -53,8 +53,8 @@ _NON_SEMANTIC = {
 def semantic_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The part of the effective config (`cfg` resolved, every block's missing keys filled from its
     schema dataclass: ptqbench.config) that identifies a result, so a new or changed dataclass
-    default gives a new key. Records written before the effective config was hashed keep their own
-    `semantic_config` and stay readable; a rerun of their job recomputes under the new key."""
+    default gives a new key. Every record stores the `semantic_config` it was keyed on, so a record
+    keyed under other defaults stays readable and its job reruns under the current key."""
     from ptqbench.config import effective_config
 
     c = effective_config(cfg)

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from ptqbench.config import JobSettings
 from ptqbench.errors import add_note, describe
 from ptqbench.fileio import check_writable
 from ptqbench.paths import git_commit
@@ -38,21 +39,23 @@ def run_job(cfg: DictConfig, group: str = "single", launcher: Optional[Mapping[s
     from ptqbench.launch import configure_threads
     from ptqbench.validate import validate_config
 
-    validate_config(cfg)
-    results_dir = Path(cfg.results_dir).expanduser()
+    settings = validate_config(cfg)
+    results_dir = Path(settings.run.results_dir).expanduser()
     check_writable(results_dir / "runs")
-    configure_threads(cfg.get("threads"), launcher)
+    configure_threads(settings.run.threads, launcher)
     with job_lock(results_dir, run_key(cfg)):
-        return _run_job(cfg, group)
+        return _run_job(cfg, settings, group)
 
 
-def _run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
+def _run_job(cfg: DictConfig, settings: JobSettings, group: str = "single") -> dict[str, Any]:
+    """`cfg` is kept for what is Hydra's own: the run key and the resolved config the record and
+    the tracker store; everything the job reads comes from `settings`."""
     from ptqbench.tasks import get_task
 
-    results_dir = Path(cfg.results_dir).expanduser()
+    results_dir = Path(settings.run.results_dir).expanduser()
     key = run_key(cfg)
     path = record_path(results_dir, key)
-    if cfg.get("resume", True):
+    if settings.run.resume:
         done = finished(results_dir, key)
         if done is not None:
             log.info("skip %s: already finished (%s); resume=false reruns it", key, path)
@@ -60,7 +63,7 @@ def _run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
             skipped.skipped = True
             return skipped.to_dict()
 
-    task = get_task(str(cfg.task.name))
+    task = get_task(settings.task.name)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     record = RunRecord.start(key, group, resolved, semantic_config(cfg), _now(), git_commit())
     from ptqbench.tracking import make_tracker
@@ -68,10 +71,10 @@ def _run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
     tracker = None
     failed = True
     try:
-        log.info("job %s (%s) started; record: %s", key, _job_name(cfg), path)
-        tracker = make_tracker(resolved.get("logger") or {}, group=group, name=_job_name(cfg), config=resolved)
+        log.info("job %s (%s) started; record: %s", key, job_name(settings), path)
+        tracker = make_tracker(resolved.get("logger") or {}, group=group, name=job_name(settings), config=resolved)
         record.wandb = tracker.info()
-        record.results.update(_execute(cfg, results_dir))
+        record.results.update(_execute(settings, results_dir))
         record.status = STATUS_OK
         failed = False
         tracker.log_record(record.to_dict())
@@ -102,21 +105,33 @@ def _run_job(cfg: DictConfig, group: str = "single") -> dict[str, Any]:
     return record.to_dict()
 
 
-def _execute(cfg: DictConfig, results_dir: Path) -> dict[str, Any]:
+def _execute(settings: JobSettings, results_dir: Path) -> dict[str, Any]:
     """The work of one job (`ptqbench.pipeline`); returns the record fields it produces."""
     from ptqbench.pipeline import execute
 
-    return execute(cfg, results_dir)
+    return execute(settings, results_dir)
 
 
-def _job_name(cfg: DictConfig) -> str:
+def model_label(name: str, arch: Optional[str]) -> str:
+    """How a job names its model: `model.name`, and the architecture that ran when `model.arch`
+    overrides the zoo's architecture for that name (e.g. `deit_tiny[vit_tiny_patch16_224]`)."""
+    from ptqbench.models.zoo import MODELS
+
+    base = MODELS.get(name)
+    return name if not arch or arch == (base.arch if base is not None else name) else f"{name}[{arch}]"
+
+
+def job_name(settings: JobSettings) -> str:
     """model-method-bits[-fullN]-c<calib size>s<calib seed>: the tracker's run name."""
-    full = f"-full{cfg.quant.bits}" if cfg.get("quant") is not None and cfg.quant.get("full") else ""
-    return f"{cfg.model.name}-{cfg.method.name}-w{cfg.bits.w}a{cfg.bits.a}{full}-c{cfg.calib.size}s{cfg.calib.seed}"
+    full = f"-full{settings.quant.bits}" if settings.quant.full else ""
+    model = model_label(settings.model.name, getattr(settings.model, "arch", None))
+    return (f"{model}-{settings.method_name}-w{settings.bits.w}a{settings.bits.a}{full}"
+            f"-c{settings.calib.size}s{settings.calib.seed}")
 
 
 def _job_title(rec: dict[str, Any]) -> str:
     """The start of a finished job's log line: what ran."""
     c = rec["config"]
     bits = rec["bits"]["name"] + (f" full{rec['protocol']['full_bits']}" if rec.get("protocol", {}).get("full") else "")
-    return f"{c['model']['name']} {c['method']['name']} {bits} calib={c['calib']['size']} seed={c['calib']['seed']}"
+    model = model_label(c["model"]["name"], (c["model"] or {}).get("arch"))
+    return f"{model} {c['method']['name']} {bits} calib={c['calib']['size']} seed={c['calib']['seed']}"

@@ -348,8 +348,8 @@ def _check_combination(c: Mapping[str, Any], method: Any, problems: list[str]) -
     if calib.get("split") == data.get("val_split"):
         problems.append(f"calib.split={_show(calib.get('split'))}: that is the evaluation split (data.val_split); "
                         "calibrate on training images (calib.split=train)")
-    if task_name == "detection":
-        _check_detection(c, method, problems)
+    if not problems and method is not None:  # the task's checks assume the generic ones passed
+        _check_task(c, method, problems)
     checkpoint = model.get("checkpoint")
     if checkpoint and model.get("pretrained", True):
         from ptqbench.models.weights import checkpoint_problem
@@ -364,19 +364,15 @@ def _check_combination(c: Mapping[str, Any], method: Any, problems: list[str]) -
         problems.append(str(e))
 
 
-def _check_detection(c: Mapping[str, Any], method: Any, problems: list[str]) -> None:
-    from ptqbench.tasks.detection import SCOPES, refuse_blockwise
+def _check_task(c: Mapping[str, Any], method: Any, problems: list[str]) -> None:
+    """The task's own refusals (`Task.validate`: e.g. detection's task.quantize, quant.full and
+    the block-by-block methods), written once in the task and run here, before any work."""
+    from ptqbench.tasks.base import get_task  # not the package: its task modules import this module
 
-    scope = c["task"].get("quantize")
-    if scope is not None and scope not in SCOPES:
-        problems.append(f"task.quantize={_show(scope)}: choose one of {', '.join(sorted(SCOPES))}")
-    try:  # the detection task's own refusal (ERQ, GPTQ: no block list for detectors), here before any work
-        refuse_blockwise(method)
+    try:
+        get_task(str(c["task"]["name"])).validate(job_settings(c), method)
     except ConfigError as e:
         problems.append(str(e))
-    if (c.get("quant") or {}).get("full"):
-        problems.append("quant.full=true: the fully quantized roles exist for timm classifiers only; "
-                        "use quant.full=false with task=detection")
 
 
 def validate_config(cfg: Union[DictConfig, Mapping[str, Any]], own: tuple[str, ...] = ()) -> JobSettings:

@@ -319,7 +319,7 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
     x_q = calib
     x_fp = calib
     per_unit, ranks, t0 = [], {}, time.perf_counter()
-    lookup = fp_targets.unit_outputs(model) if fp_targets is not None else None  # keyed on the FP state now
+    lookup = fp_targets.unit_outputs(model) if fp_targets is not None else None  # keyed on the FP state before training
     try:
         with params_frozen(model):  # only the parameters a unit's prepare_unit() enables train
             for i, unit in enumerate(units):

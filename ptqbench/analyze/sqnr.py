@@ -228,7 +228,7 @@ def layer_sqnr_record(model: nn.Module, calib: torch.Tensor, device: torch.devic
     return rec
 
 
-def fp_twin(cfg: Any, plan: Any, fingerprint: str, device: torch.device) -> Optional[nn.Module]:
+def fp_twin(settings: Any, plan: Any, fingerprint: str, device: torch.device) -> Optional[nn.Module]:
     """The job's FP model built again (same weights; random weights from the same seed), patched
     with the same plan and every quantizer off: the FP reference for methods that change the
     weights. None, with a warning, when the weights do not come out the same (fingerprint)."""
@@ -236,11 +236,11 @@ def fp_twin(cfg: Any, plan: Any, fingerprint: str, device: torch.device) -> Opti
 
     from ptqbench.models import create_model, make_quantizable, model_entry, state_fingerprint
 
+    m = settings.model  # a ptqbench.config.JobSettings
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.seed))
-        entry = model_entry(cfg.model.name, cfg.model.get("arch"), cfg.model.get("tag"))
-        model, _ = create_model(entry, cfg.model.get("checkpoint"), cfg.model.get("weights_dir"),
-                                bool(cfg.model.get("pretrained", True)), bool(cfg.model.get("allow_download", True)))
+        torch.manual_seed(settings.run.seed)
+        model, _ = create_model(model_entry(m.name, m.arch, m.tag), m.checkpoint, m.weights_dir, m.pretrained,
+                                m.allow_download)
     if state_fingerprint(model) != fingerprint:
         logging.getLogger("ptqbench").warning(
             "per-layer SQNR: the model built again has other weights than the job's; comparing with the quantized "
@@ -252,10 +252,10 @@ def fp_twin(cfg: Any, plan: Any, fingerprint: str, device: torch.device) -> Opti
     return twin
 
 
-def layer_sqnr_for_job(cfg: Any, qm: Any, calib: torch.Tensor, device: torch.device, fingerprint: str,
+def layer_sqnr_for_job(settings: Any, qm: Any, calib: torch.Tensor, device: torch.device, fingerprint: str,
                        images: int) -> Optional[dict[str, Any]]:
     """Per-layer SQNR of a job's quantized model `qm` against its FP model on `images`
     calibration images (0: None): what run.py puts in the record."""
     if images <= 0:
         return None
-    return layer_sqnr_record(qm.model, calib, device, images, fp_twin(cfg, qm.plan, fingerprint, device))
+    return layer_sqnr_record(qm.model, calib, device, images, fp_twin(settings, qm.plan, fingerprint, device))

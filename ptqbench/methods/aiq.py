@@ -2,8 +2,9 @@
 a dynamic focusing quantizer (DFQ) for post-softmax, and a curriculum over calibration samples,
 all trained on the block-reconstruction engine.
 
-No code is public and the paper's formulas could not be read here; ptqbench's reading (sources
-and reasoning in docs/methods/aiq.md):
+No code is public and the sources at hand (abstract, third-party summaries) do not give the
+formulas, so this is ptqbench's reading, not a reproduction (sources and reasoning in
+docs/methods/aiq.md):
 
 1. RepQ-ViT's activation side (per-channel post-LN, reparameterized to per-tensor), calibrated in
    one pass; post-softmax gets DFQ (`dfq`; `dfq: false` = RepQ-ViT's log-sqrt2): 0 plus 2^b - 1

@@ -80,7 +80,7 @@ class Bits:
 
 @dataclass(frozen=True)
 class ProtocolConfig:
-    """Knobs of the common protocol (METHODS.md), shared by every method's config.
+    """Knobs of the common protocol (docs/methods.md, "Common protocol"), shared by every method's config.
 
     Attributes:
         patch_input_bits: bits for the image input of the patch embedding; RepQ-ViT uses 8,
@@ -187,7 +187,7 @@ class Method:
     name: ClassVar[str] = ""
     info: ClassVar[MethodInfo]
     Config: ClassVar[type] = ProtocolConfig
-    # True for methods that stream calibration data unit by unit through models.units.model_units
+    # True for methods that stream calibration data unit by unit through the family's units (QuantizedModel.units)
     # (ERQ, GPTQ); tasks whose models have no unit list (detection) refuse them up front.
     blockwise: ClassVar[bool] = False
     # False: the method refuses quant.full=true with a ConfigError (`fp`, which quantizes nothing)

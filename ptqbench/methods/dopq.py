@@ -1,8 +1,9 @@
 """DopQ-ViT (Yang et al., arXiv 2408.03291): TanQ for post-softmax, MOSF for the post-LayerNorm
 reparameterization, then (optionally) block reconstruction.
 
-No code is public and the paper's formulas could not be read here; what follows is ptqbench's
-reading (sources and reasoning in docs/methods/dopq.md):
+No code is public and the sources at hand (abstract, third-party summaries) do not give the
+formulas, so what follows is ptqbench's reading, not a reproduction (sources and reasoning in
+docs/methods/dopq.md):
 
 1. RepQ-ViT's activation side: per-channel post-LN quantizers, calibrated in one pass.
 2. TanQ (`tanq`) on post-softmax: uniform codes in u = tan(theta (x - 1/2)) / tan(theta / 2),
@@ -71,7 +72,7 @@ class DopQViT(Method):
 
     @property
     def blockwise(self) -> bool:  # type: ignore[override]
-        """Reconstruction walks model_units(); without it DopQ-ViT is a one-pass PTQ method."""
+        """Reconstruction walks the model's units; without it DopQ-ViT is a one-pass PTQ method."""
         return bool(self.config.reconstruct)
 
     def protocol_plan(self) -> QuantPlan:

@@ -58,7 +58,7 @@ class PTQ4ViT(Method):
 
     @property
     def blockwise(self) -> bool:  # type: ignore[override]
-        """The Hessian-guided search walks model_units(); search_rounds=0 is one calibration pass."""
+        """The Hessian-guided search walks the model's units; search_rounds=0 is one calibration pass."""
         return self.config.search_rounds > 0
 
     def weight_spec(self) -> QuantizerSpec:

@@ -229,14 +229,15 @@ class ErrorReduction:
     """ERQ's Aqer then Wqer per layer, unit by unit, every layer fed its own FP input (Gram
     statistics streamed through the FP model; ptqbench/methods/erq.py has the recipe)."""
 
-    aqer: bool = True
-    wqer: bool = True
-    rounding_refinement: bool = True
-    refine_steps: int = 100
-    coe: float = 10000.0
-    head_lambda: float = 0.1
-    conv_lambda_factor: float = 10.0
-    chunk_size: int = 8
+    # no defaults: the method's config (ERQConfig) is the one source of them
+    aqer: bool
+    wqer: bool
+    rounding_refinement: bool
+    refine_steps: int
+    coe: float
+    head_lambda: float
+    conv_lambda_factor: float
+    chunk_size: int
 
     def _reduce_layer(self, layer: nn.Module, role: str, st: GramStats, counters: dict[str, int]) -> None:
         is_conv = isinstance(layer, QuantConv2d)

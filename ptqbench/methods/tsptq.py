@@ -1,8 +1,9 @@
 """TSPTQ-ViT (Tai et al., ICASSP 2023): two-scaled scaling factors, V-2SF and O-2SF.
 
-No code is public and the paper's formulas could not be read here; the reading implemented is
-METHODS.md's (quantizers in ptqbench/quant/two_scale.py; docs/methods.md says what was found,
-what was chosen and why):
+No code is public and the abstract and summaries do not give the formulas, so this follows the
+reading in the project's method notes (../shared/docs/METHODS.md), every free parameter an option
+(quantizers in ptqbench/quant/two_scale.py; docs/methods.md says what was found, what was chosen
+and why):
 
 - post-softmax and post-GELU activations (the inputs of attn @ v and of fc2): V-2SF, a fine scale s for the dense small values and s * 2^k for the large ones, one code
   bit telling which; the coarse top and k by MSE over {max, search percentiles} x 1..k_max.

@@ -18,7 +18,7 @@ from ptqbench.errors import CalibrationError
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round, passing gradients straight through (for the learnable quantizers of later methods)."""
+    """Round, passing gradients straight through (learnable quantizers of block reconstruction)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return x + (torch.round(x) - x).detach()
     return torch.round(x)

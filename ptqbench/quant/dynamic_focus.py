@@ -23,7 +23,7 @@ probabilities zeroes every entry below s / 2, losing much of the row's mass. Kee
 and focusing the remaining levels on [b1, b2] fixes both: the small entries go to 0 or b1, the
 large ones get the uniform resolution. That is our reading of "dynamically selects the most
 valuable interval for higher quantization resolution" instead of "less informative values around
-zero"; the paper's own formulas could not be read.
+zero"; the sources at hand do not give the paper's formulas (docs/methods/aiq.md).
 
 Initialization (`init`): a grid search over b1 in {0} + `lower_percentiles` of the data
 ("zero" only; "clamp" keeps b1 = min(x, 0)) and b2 in `upper_percentiles` + `max_fractions` x max.

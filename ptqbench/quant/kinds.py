@@ -9,25 +9,21 @@ A quantizer module registers its class next to its definition:
     @register_kind("tan", options=TanOptions)
     class TanQuantizer(Quantizer): ...
 
-so a new kind is one file in `ptqbench/quant/`: the registry imports every module of the package
-the first time a kind is looked up, which runs their `register_kind` decorators.
+so a new kind is one file in `ptqbench/quant/`: importing the package (which any import of one of
+its modules does first) imports every module of it, which runs their `register_kind` decorators.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ptqbench.errors import ConfigError
 
-if TYPE_CHECKING:  # annotations only: spec.py imports this module
+if TYPE_CHECKING:
     from ptqbench.quant.base import Quantizer
-    from ptqbench.quant.spec import QuantizerSpec
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,9 @@ class KindEntry:
         items = {k: (tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v) for k, v in items.items()}
         return self.options(**items)
 
-    def build(self, spec: QuantizerSpec, role: str, channel_axis: int) -> Quantizer:
+    def build(self, spec: Any, role: str, channel_axis: int) -> Quantizer:
+        """The quantizer `spec` (a ptqbench.quant.spec.QuantizerSpec, which builds through this
+        registry, hence not imported here) describes, for `role`."""
         kwargs: dict[str, Any] = {**self.preset, **{f.name: getattr(spec.options, f.name)
                                                     for f in dataclasses.fields(self.options)}}
         if self.search:
@@ -88,7 +86,6 @@ class KindEntry:
 
 
 _KINDS: dict[str, KindEntry] = {}
-_loaded = False
 
 
 def register_kind(name: str, options: type = NoOptions, *, search: bool = False, layout: bool = False,
@@ -109,26 +106,13 @@ def register_kind(name: str, options: type = NoOptions, *, search: bool = False,
     return register
 
 
-def _load_all() -> None:
-    """Import every module of ptqbench.quant once, so that every `register_kind` has run."""
-    global _loaded
-    if _loaded:
-        return
-    package = __name__.rpartition(".")[0]
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        importlib.import_module(f"{package}.{info.name}")
-    _loaded = True
-
-
 def quantizer_kinds() -> tuple[str, ...]:
     """Every registered kind's name, sorted."""
-    _load_all()
     return tuple(sorted(_KINDS))
 
 
 def kind_entry(name: str) -> KindEntry:
     """The registered kind `name`; ConfigError naming the registered kinds otherwise."""
-    _load_all()
     try:
         return _KINDS[name]
     except KeyError:

@@ -10,9 +10,9 @@ TanQ warps [0, 1] with a tangent so that uniform codes in the warped space land 
     x^ = 1/2 + arctan(u^ tan(theta / 2)) / theta        back to [0, 1]
 
 theta in (0, pi) sets how strongly levels crowd at the ends (theta -> 0 is the uniform grid on
-[0, 1]); the end levels are exactly 0 and 1. DopQ-ViT's exact formula could not be read (see
-docs/methods/dopq.md); this is ptqbench's reading, and theta is chosen per layer by MSE on the
-calibration data from `thetas`.
+[0, 1]); the end levels are exactly 0 and 1. DopQ-ViT's sources at hand do not give the exact
+formula (docs/methods/dopq.md), so this is ptqbench's reading, and theta is chosen per layer by MSE
+on the calibration data from `thetas`.
 """
 
 from __future__ import annotations

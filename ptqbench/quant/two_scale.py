@@ -1,7 +1,8 @@
 """Two-scaled scaling factors (TSPTQ-ViT, ICASSP 2023): V-2SF and O-2SF.
 
-No code of TSPTQ-ViT is public and its formulas could not be read here; this is the reading of
-METHODS.md, with every free parameter a knob (see docs/methods.md, "tsptq").
+No code of TSPTQ-ViT is public and the abstract and summaries do not give its formulas, so this
+follows the reading in the project's method notes (../shared/docs/METHODS.md), with every free
+parameter an option of TSPTQConfig (see docs/methods.md, "tsptq").
 
 V-2SF (value-aware, post-softmax and post-GELU), per tensor. A b-bit code is one region bit plus
 b-1 level bits (L = 2^(b-1) levels per region):

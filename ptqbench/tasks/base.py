@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
+from ptqbench.config import JobSettings
 from ptqbench.errors import ConfigError
 
 
@@ -74,33 +74,34 @@ class Task(ABC):
     fp_required: ClassVar[str]  # a cached FP baseline without this key is recomputed
     fp_fields: ClassVar[Optional[tuple[str, ...]]] = None  # FP keys the record keeps (None: all)
 
-    def validate(self, cfg: DictConfig, method: Any) -> None:
-        """Refuse a config this task cannot run with `method` (ConfigError), before any I/O."""
+    def validate(self, settings: JobSettings, method: Any) -> None:
+        """Refuse settings this task cannot run with `method` (ConfigError). Called by
+        `ptqbench.validate.validate_config`, so a refusal comes before any I/O and is written once."""
 
-    def scope(self, cfg: DictConfig) -> Optional[str]:
+    def scope(self, settings: JobSettings) -> Optional[str]:
         """The submodule the adapter patches (None: the whole model)."""
         return None
 
     @abstractmethod
-    def device(self, cfg: DictConfig) -> torch.device:
+    def device(self, settings: JobSettings) -> torch.device:
         """Where the model runs."""
 
     @abstractmethod
-    def open_data(self, cfg: DictConfig, method: Any) -> Any:
+    def open_data(self, settings: JobSettings, method: Any) -> Any:
         """Locate the data (and anything else a job needs from disk) and fail on what is missing,
         before the model is built; the returned handle goes to `evaluation_data` and
         `calibration_data`."""
 
     @abstractmethod
-    def build_model(self, cfg: DictConfig, device: torch.device) -> BuiltModel:
+    def build_model(self, settings: JobSettings, device: torch.device) -> BuiltModel:
         """The FP model, on `device`."""
 
     @abstractmethod
-    def evaluation_data(self, cfg: DictConfig, data: Any, model: BuiltModel, results_dir: Path) -> EvalData:
+    def evaluation_data(self, settings: JobSettings, data: Any, model: BuiltModel, results_dir: Path) -> EvalData:
         """The evaluation images, preprocessed as `model` expects."""
 
     @abstractmethod
-    def calibration_data(self, cfg: DictConfig, data: Any, model: BuiltModel, cache: Any) -> CalibData:
+    def calibration_data(self, settings: JobSettings, data: Any, model: BuiltModel, cache: Any) -> CalibData:
         """The calibration set (`cache`: the results folder's content cache, which the task may use)."""
 
     @abstractmethod
@@ -119,11 +120,11 @@ class Task(ABC):
         """Task-specific entries of the record's `timings`."""
         return {}
 
-    def protocol(self, cfg: DictConfig) -> dict[str, Any]:
+    def protocol(self, settings: JobSettings) -> dict[str, Any]:
         """Task-specific entries of the record's `protocol`."""
         return {}
 
-    def diagnostics(self, cfg: DictConfig, qm: Any, calib: CalibData, model: BuiltModel) -> dict[str, Any]:
+    def diagnostics(self, settings: JobSettings, qm: Any, calib: CalibData, model: BuiltModel) -> dict[str, Any]:
         """Record fields measured on the quantized model after its evaluation."""
         return {}
 

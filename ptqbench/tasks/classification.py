@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ptqbench.config import JobSettings
 from ptqbench.progress import progress
 from ptqbench.tasks.base import BuiltModel, CalibData, EvalData, Task, register_task
 
@@ -23,6 +23,16 @@ class ImageNetData:
     root: Path
     val: Any
     calib: Any
+
+
+def create_timm_model(model: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """The FP timm model the `model` settings (`ptqbench.config.TimmModelConfig`) name, and the
+    record's weights fields: every classification job, the analysis and the SQNR reference build
+    it through here."""
+    from ptqbench.models import create_model, model_entry
+
+    entry = model_entry(model.name, model.arch, model.tag)
+    return create_model(entry, model.checkpoint, model.weights_dir, model.pretrained, model.allow_download)
 
 
 @torch.no_grad()
@@ -76,62 +86,60 @@ class Classification(Task):
     fp_required = "logits"
     fp_fields = ("top1", "top5", "images", "cached")
 
-    def device(self, cfg: DictConfig) -> torch.device:
+    def device(self, settings: JobSettings) -> torch.device:
         from ptqbench.validate import resolve_device
 
-        return resolve_device(str(cfg.device))
+        return resolve_device(settings.run.device)
 
-    def open_data(self, cfg: DictConfig, method: Any) -> ImageNetData:
+    def open_data(self, settings: JobSettings, method: Any) -> ImageNetData:
         from ptqbench.data import ImageNetFolder, calibration_indices, resolve_root
 
-        root = resolve_root(cfg.data.root)
-        val = ImageNetFolder(root, cfg.data.val_split)
-        calib = ImageNetFolder(root, cfg.calib.split) if method.plan() is not None else None
+        root = resolve_root(settings.data.root)
+        val = ImageNetFolder(root, settings.data.val_split)
+        calib = ImageNetFolder(root, settings.calib.split) if method.plan() is not None else None
         if calib is not None:  # too few calibration images: refused before the weights load
-            calibration_indices(calib, int(cfg.calib.size), int(cfg.calib.seed))
+            calibration_indices(calib, settings.calib.size, settings.calib.seed)
         return ImageNetData(root, val, calib)
 
-    def build_model(self, cfg: DictConfig, device: torch.device) -> BuiltModel:
+    def build_model(self, settings: JobSettings, device: torch.device) -> BuiltModel:
         import timm.data
 
-        from ptqbench.models import create_model, model_entry, state_fingerprint
+        from ptqbench.models import state_fingerprint
 
-        entry = model_entry(cfg.model.name, cfg.model.get("arch"), cfg.model.get("tag"))
-        model, weights = create_model(entry, cfg.model.get("checkpoint"), cfg.model.get("weights_dir"),
-                                      bool(cfg.model.get("pretrained", True)), bool(cfg.model.get("allow_download", True)))
+        model, weights = create_timm_model(settings.model)
         model.to(device)
         weights["fingerprint"] = state_fingerprint(model)
         data_cfg = timm.data.resolve_data_config({}, model=model)
         transform = timm.data.create_transform(**data_cfg)
-        fields = {"name": cfg.model.name, **weights, "data_config": {k: str(v) for k, v in data_cfg.items()}}
+        fields = {"name": settings.model.name, **weights, "data_config": {k: str(v) for k, v in data_cfg.items()}}
         return BuiltModel(model, device, weights["fingerprint"], fields, context=transform)
 
-    def evaluation_data(self, cfg: DictConfig, data: ImageNetData, model: BuiltModel, results_dir: Path) -> EvalData:
+    def evaluation_data(self, settings: JobSettings, data: ImageNetData, model: BuiltModel, results_dir: Path) -> EvalData:
         from ptqbench.data import eval_subset, files_signature, make_loader, subset_ids
         from ptqbench.hashing import sha_of
         from ptqbench.launch import resolve_workers
 
         data.val.transform = model.context
-        val = eval_subset(data.val, cfg.data.eval_limit)
-        loader = make_loader(val, int(cfg.data.batch_size), resolve_workers(cfg.data.workers))
+        val = eval_subset(data.val, settings.data.eval_limit)
+        loader = make_loader(val, settings.data.batch_size, resolve_workers(settings.data.workers))
         ids = subset_ids(val)
         fields = {"root": str(data.root), "eval_images": len(ids), "eval_ids_sha": sha_of(ids)}
-        return EvalData(loader, ids, f"{data.root}|{cfg.data.val_split}|{files_signature(val)}", repr(model.context),
+        return EvalData(loader, ids, f"{data.root}|{settings.data.val_split}|{files_signature(val)}", repr(model.context),
                         model.device, fields)
 
-    def calibration_data(self, cfg: DictConfig, data: ImageNetData, model: BuiltModel, cache: Any) -> CalibData:
+    def calibration_data(self, settings: JobSettings, data: ImageNetData, model: BuiltModel, cache: Any) -> CalibData:
         from ptqbench.data import calibration_batch, calibration_indices, files_signature
         from ptqbench.hashing import code_version, content_key
 
         ds = data.calib
         ds.transform = model.context
-        size, seed = int(cfg.calib.size), int(cfg.calib.seed)
-        key = content_key("calib", str(data.root), cfg.calib.split, size, seed, repr(model.context), code_version("data"),
+        size, seed, split = settings.calib.size, settings.calib.seed, settings.calib.split
+        key = content_key("calib", str(data.root), split, size, seed, repr(model.context), code_version("data"),
                           files_signature(ds, calibration_indices(ds, size, seed)))
         hits = cache.stats.hits
         batch = cache.get_or_compute("calib", key, lambda: dict(zip(("images", "ids"), calibration_batch(ds, size, seed))),
-                                     describe={"root": str(data.root), "split": cfg.calib.split, "size": size, "seed": seed})
-        return CalibData(batch["images"].to(model.device), list(batch["ids"]), seed, cfg.calib.split,
+                                     describe={"root": str(data.root), "split": split, "size": size, "seed": seed})
+        return CalibData(batch["images"].to(model.device), list(batch["ids"]), seed, split,
                          cache_key=key, cached=cache.stats.hits > hits)
 
     def evaluate(self, module: nn.Module, data: EvalData, desc: str) -> dict[str, Any]:
@@ -145,11 +153,11 @@ class Classification(Task):
             out["agree_fp_top1"] = 100.0 * float((q["logits"].argmax(1) == fp["logits"].argmax(1)).float().mean())
         return out
 
-    def diagnostics(self, cfg: DictConfig, qm: Any, calib: CalibData, model: BuiltModel) -> dict[str, Any]:
+    def diagnostics(self, settings: JobSettings, qm: Any, calib: CalibData, model: BuiltModel) -> dict[str, Any]:
         from ptqbench.analyze.sqnr import layer_sqnr_for_job
 
-        images = int((cfg.get("logger") or {}).get("sqnr_images", 16))
-        return {"layer_sqnr": layer_sqnr_for_job(cfg, qm, calib.inputs, model.device, model.fingerprint, images)}
+        images = settings.logger.sqnr_images if settings.logger is not None else 16
+        return {"layer_sqnr": layer_sqnr_for_job(settings, qm, calib.inputs, model.device, model.fingerprint, images)}
 
     def extra_fields(self, q: Optional[dict[str, Any]], fp: dict[str, Any], data: EvalData) -> dict[str, Any]:
         from ptqbench.per_image import PER_IMAGE_KEY, per_image_field

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ptqbench.config import JobSettings
 from ptqbench.errors import CalibrationError, ConfigError
 from ptqbench.quant.calibration import quantizers
 from ptqbench.tasks.base import BuiltModel, CalibData, EvalData, Task, register_task
@@ -165,64 +165,58 @@ class Detection(Task):
     fp_format = "json"
     fp_required = "coco/bbox_mAP"
 
-    def validate(self, cfg: DictConfig, method: Any) -> None:
-        from ptqbench.models.detectors import require_mmdet
-
-        require_mmdet()
-        if cfg.data.name != "coco":
-            raise ConfigError(f"task=detection evaluates on COCO, but data={cfg.data.name}; drop the data override (data=coco)")
-        scope = str(cfg.task.quantize)
+    def validate(self, settings: JobSettings, method: Any) -> None:
+        # data, splits and the calibration split are checked for every task by ptqbench.validate
+        scope = settings.task.quantize
         if scope not in SCOPES:
-            raise ConfigError(f"task.quantize={scope!r}; choose one of {sorted(SCOPES)}")
-        splits = dict(cfg.data.splits)
-        for key in ("calib.split", "data.val_split"):
-            val = OmegaConf.select(cfg, key)
-            if val not in splits:
-                raise ConfigError(f"{key}={val!r}; choose one of {sorted(splits)} (data.splits)")
-        if cfg.calib.split == cfg.data.val_split:
-            raise ConfigError(f"calib.split={cfg.calib.split!r} is the evaluation split: calibrate on training images")
+            raise ConfigError(f"task.quantize={scope}: choose one of {', '.join(sorted(SCOPES))}")
         if method.quant.full:
             # the fully quantized roles (LayerNorm inputs, residual adds, softmax, GELU) are patched on
             # timm blocks only; mmdet's Swin blocks and the detector heads have no such patch
-            raise ConfigError("quant.full=true is not available for task=detection (only timm classifiers get the "
-                              "fully quantized roles); use quant.full=false")
+            raise ConfigError("quant.full=true: the fully quantized roles exist for timm classifiers only; "
+                              "use quant.full=false with task=detection")
         refuse_blockwise(method)
 
-    def scope(self, cfg: DictConfig) -> Optional[str]:
-        return SCOPES[str(cfg.task.quantize)]
+    def scope(self, settings: JobSettings) -> Optional[str]:
+        return SCOPES[settings.task.quantize]
 
-    def device(self, cfg: DictConfig) -> torch.device:
+    def device(self, settings: JobSettings) -> torch.device:
         from mmengine.device import get_device
 
         return torch.device(get_device())  # where Runner.test puts the model; calibrate there too
 
-    def open_data(self, cfg: DictConfig, method: Any) -> CocoData:
+    def open_data(self, settings: JobSettings, method: Any) -> CocoData:
         from ptqbench.data.coco import resolve_coco_root
-        from ptqbench.models.detectors import resolve_checkpoint
+        from ptqbench.models.detectors import require_mmdet, resolve_checkpoint
 
-        root = resolve_coco_root(cfg.data.coco_root)
+        require_mmdet()
+        root = resolve_coco_root(settings.data.coco_root)
         # a missing checkpoint fails here too, before the detector is built (build_detector
         # resolves it again, as cheaply)
-        resolve_checkpoint(cfg.model.name, cfg.model.get("checkpoint"), bool(cfg.model.get("pretrained", True)),
-                           cfg.model.get("weights_dir"))
-        splits = dict(cfg.data.splits)
-        return CocoData(root, splits[cfg.data.val_split], splits[cfg.calib.split])
+        m = settings.model
+        resolve_checkpoint(m.name, m.checkpoint, m.pretrained, m.weights_dir)
+        splits = settings.data.splits
+        return CocoData(root, splits[settings.data.val_split], splits[settings.calib.split])
 
-    def build_model(self, cfg: DictConfig, device: torch.device) -> BuiltModel:
+    def build_model(self, settings: JobSettings, device: torch.device) -> BuiltModel:
         from ptqbench.models import state_fingerprint
         from ptqbench.models.detectors import build_detector, detector_entry, load_config, set_test_cfg
+        from ptqbench.models.families import family_of
 
-        mm_cfg = load_config(detector_entry(cfg.model.name))
-        set_test_cfg(mm_cfg, cfg.task.score_thr, cfg.task.max_per_img)
-        detector, weights = build_detector(cfg.model.name, mm_cfg, cfg.model.get("checkpoint"),
-                                           bool(cfg.model.get("pretrained", True)), bool(cfg.model.get("unsafe_load", False)),
-                                           int(cfg.seed), cfg.model.get("weights_dir"))
+        m = settings.model
+        mm_cfg = load_config(detector_entry(m.name))
+        set_test_cfg(mm_cfg, settings.task.score_thr, settings.task.max_per_img)
+        detector, weights = build_detector(m.name, mm_cfg, m.checkpoint, m.pretrained, m.unsafe_load,
+                                           settings.run.seed, m.weights_dir)
         detector.to(device)
         weights["fingerprint"] = state_fingerprint(detector)
-        return BuiltModel(DetectorForward(detector), device, weights["fingerprint"], {"name": cfg.model.name, **weights},
-                          context=mm_cfg)
+        # what ran, as the classification record names it: the architecture (the mmdet config's
+        # name) and the model family that patches it
+        arch = Path(detector_entry(m.name).config.removeprefix("mmdet::")).stem
+        fields = {"name": m.name, **weights, "arch": arch, "family": family_of(detector).name}
+        return BuiltModel(DetectorForward(detector), device, weights["fingerprint"], fields, context=mm_cfg)
 
-    def evaluation_data(self, cfg: DictConfig, data: CocoData, model: BuiltModel, results_dir: Path) -> EvalData:
+    def evaluation_data(self, settings: JobSettings, data: CocoData, model: BuiltModel, results_dir: Path) -> EvalData:
         from ptqbench.data.coco import build_dataset, coco_dataset_cfg, seeded_indices, split_paths, test_pipeline
         from ptqbench.hashing import sha_of
         from ptqbench.launch import resolve_workers
@@ -230,25 +224,27 @@ class Detection(Task):
 
         mm_cfg = model.context
         ann_file, _ = split_paths(data.root, data.val_folder)
-        pipeline = test_pipeline(mm_cfg, cfg.data.scale, annotations=True)
+        scale = list(settings.data.scale)
+        pipeline = test_pipeline(mm_cfg, scale, annotations=True)
         full = build_dataset(coco_dataset_cfg(data.root, data.val_folder, pipeline))
-        indices = seeded_indices(len(full), cfg.data.eval_limit, 0)
+        indices = seeded_indices(len(full), settings.data.eval_limit, 0)
         ids = [str(full.get_data_info(i)["img_id"]) for i in (indices if indices is not None else range(len(full)))]
         ann = Path(ann_file)
         ann_sig = f"{ann}|{ann.stat().st_size}|{ann.stat().st_mtime_ns}" if ann.exists() else str(ann)
-        run = EvalRun(coco_dataset_cfg(data.root, data.val_folder, pipeline, indices), ann, int(cfg.data.batch_size),
-                      resolve_workers(cfg.data.workers), results_dir / "cache" / "mmdet")
-        fields = {"root": str(data.root), "split": data.val_folder, "scale": list(cfg.data.scale),
+        run = EvalRun(coco_dataset_cfg(data.root, data.val_folder, pipeline, indices), ann, settings.data.batch_size,
+                      resolve_workers(settings.data.workers), results_dir / "cache" / "mmdet")
+        fields = {"root": str(data.root), "split": data.val_folder, "scale": scale,
                   "eval_images": len(ids), "eval_ids_sha": sha_of(ids)}
-        tag = f"{detector_entry(cfg.model.name).config}|{mm_cfg.model.test_cfg.to_dict()}|{pipeline}"
+        tag = f"{detector_entry(settings.model.name).config}|{mm_cfg.model.test_cfg.to_dict()}|{pipeline}"
         return EvalData(run, ids, f"{ann_sig}|{sha_of(ids)}", tag, model.device, fields)
 
-    def calibration_data(self, cfg: DictConfig, data: CocoData, model: BuiltModel, cache: Any) -> CalibData:
+    def calibration_data(self, settings: JobSettings, data: CocoData, model: BuiltModel, cache: Any) -> CalibData:
         from ptqbench.data.coco import calibration_batch, test_pipeline
 
-        pipeline = test_pipeline(model.context, cfg.data.scale, annotations=False)
-        batch, ids = calibration_batch(data.root, data.calib_folder, pipeline, int(cfg.calib.size), int(cfg.calib.seed))
-        return CalibData(batch, ids, int(cfg.calib.seed), data.calib_folder)
+        pipeline = test_pipeline(model.context, list(settings.data.scale), annotations=False)
+        size, seed = settings.calib.size, settings.calib.seed
+        batch, ids = calibration_batch(data.root, data.calib_folder, pipeline, size, seed)
+        return CalibData(batch, ids, seed, data.calib_folder)
 
     def evaluate(self, module: nn.Module, data: EvalData, desc: str) -> dict[str, Any]:
         run: EvalRun = data.data
@@ -276,8 +272,8 @@ class Detection(Task):
         return {"eval_s_per_image": q["seconds_per_image"], "fp_eval_s_per_image": fp["seconds_per_image"],
                 "fp_eval_timed_in": timed_in}
 
-    def protocol(self, cfg: DictConfig) -> dict[str, Any]:
-        return {"quantize": str(cfg.task.quantize)}
+    def protocol(self, settings: JobSettings) -> dict[str, Any]:
+        return {"quantize": settings.task.quantize}
 
     def summary_line(self, record: dict[str, Any]) -> str:
         return summary_line(record)

@@ -64,15 +64,12 @@ def test_layer_and_role_units_restore_the_quantizers():
 
 
 def test_analysis_files(tmp_path):
-    from omegaconf import OmegaConf
-
     from ptqbench.analyze.app import write_analysis
 
     qm, batches, labels = _setup()
     frame = sensitivity_table(qm.model, batches, labels, analysis_units(qm.model, "role"))
-    cfg = OmegaConf.create({"model": {"name": "tiny"}, "method": {"name": "minmax"}, "bits": {"w": 3, "a": 3},
-                            "calib": {"size": 8, "seed": 0}})
-    files = write_analysis(frame, None, tmp_path / "a", cfg, "role")
+    cfg = {"model": {"name": "tiny"}, "method": {"name": "minmax"}, "bits": {"w": 3, "a": 3}, "calib": {"size": 8, "seed": 0}}
+    files = write_analysis(frame, None, tmp_path / "a", "tiny minmax W3A3: sensitivity per role", cfg, "role")
     assert [f.name for f in files] == ["a.md", "a.csv", "a.json", "a.png", "a.pdf"]
     md = files[0].read_text()
     assert md.startswith("## tiny minmax W3A3: sensitivity per role") and "FP top-1 100.00" in md

@@ -281,6 +281,7 @@ def test_missing_checkpoint_is_reported_before_the_detector_is_built(tmp_path, m
     detector is built, and does not suggest model.unsafe_load (which cannot help)."""
     from ptqbench.errors import WeightsError
     from ptqbench.models import detectors
+    from ptqbench.config import job_settings
     from ptqbench.pipeline import execute
 
     def no_build(*args, **kwargs):
@@ -291,10 +292,10 @@ def test_missing_checkpoint_is_reported_before_the_detector_is_built(tmp_path, m
     base = ["task=detection", "model=mask_rcnn_swin_t", f"data.coco_root={coco_tiny}", "logger=none",
             f"results_dir={tmp_path}", f"model.weights_dir={tmp_path}"]
     with pytest.raises(WeightsError, match="no such file") as e:
-        execute(_compose([*base, f"model.checkpoint={tmp_path / 'missing.pth'}"]), tmp_path)
+        execute(job_settings(_compose([*base, f"model.checkpoint={tmp_path / 'missing.pth'}"])), tmp_path)
     assert "unsafe_load" not in str(e.value)
     with pytest.raises(WeightsError, match="needs a checkpoint") as e:
-        execute(_compose(base), tmp_path)
+        execute(job_settings(_compose(base)), tmp_path)
     assert "unsafe_load" not in str(e.value)
 
 

@@ -3,7 +3,7 @@ know about one kind of network, in one place.
 
 `make_quantizable` (ptqbench.models.adapter) is a generic loop over what `family_of(model)`
 provides; adding a family is one file that subclasses `BaseFamily` (or implements `ModelFamily`)
-and calls `register_family`, plus one import line in `families/__init__.py`.
+and calls `register_family`; the package imports every module in it (docs/contributing.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ fc2 after GELU) and `PatchMerging` (norm -> reduction). The quantizable attentio
 ptqbench.models.mmdet_swin. mmdet and mmcv are imported only when a model holds mmdet modules, so
 ptqbench without the det extra never imports them.
 
-No units yet: block-wise methods are refused for detectors (ptqbench.tasks.detection).
+No units: a detector's forward is no chain of blocks (the backbone passes (tokens, hw_shape) pairs into
+four FPN levels; the RoI heads depend on proposals), so block-wise methods are refused for detectors
+(ptqbench.tasks.detection).
 """
 
 from __future__ import annotations
