@@ -177,10 +177,11 @@ def _with_default(monkeypatch, name: str, **fields) -> None:
 
 
 @pytest.fixture
-def reregister():
+def reregister(monkeypatch):
     yield
+    monkeypatch.undo()  # the real dataclasses first: this teardown runs before monkeypatch's own
     config_store._registered = False
-    config_store.register_configs()  # the real dataclasses again (monkeypatch has restored them)
+    config_store.register_configs()
 
 
 @pytest.mark.parametrize("change", [{"log_sqrt2": False}, {"new_knob": 7}], ids=["changed default", "new option"])

@@ -4,7 +4,9 @@ killed with SIGKILL and relaunched and two sweeps on one results folder at once 
 launcher), a failed or Ctrl-C'd rerun of a finished job, a corrupted record, NaN during
 calibration. Tiny jobs (a random timm test ViT, the synthetic 8-image tree), so each test takes seconds
 to a minute on 2 cores; the joblib and submitit_local variants of the kill and concurrency tests
-are `slow` (the default suite keeps the basic-launcher ones and the joblib sweep test)."""
+are `slow` (the default suite keeps the basic-launcher ones), and so is the joblib sweep test
+(the default suite keeps the submitit_local sweep and, for the DataLoader-inside-a-loky-worker
+failure the joblib test guards, tests/data/test_data.py::test_loader_workers_start_inside_a_joblib_worker)."""
 
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ def _popen_cli(*args: str) -> subprocess.Popen:
 # --- launchers ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_joblib_sweep_parallel_jobs_threads_and_resume(tiny_imagenet, tmp_path):
     # the documented command at default data.workers=auto: each job's DataLoader starts worker
     # processes from inside a loky worker (that failed every job with "'Process' object has no
