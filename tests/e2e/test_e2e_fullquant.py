@@ -12,7 +12,8 @@ quantized, the record names the quantized tensors).
 import pytest
 from tests.conftest import shared_data_job as _job
 
-pytestmark = pytest.mark.data
+# one xdist worker runs them all: they share the session results folder (one FP baseline)
+pytestmark = [pytest.mark.data, pytest.mark.xdist_group("shared_data")]
 
 
 @pytest.mark.slow

@@ -24,7 +24,8 @@ broken method by a wide margin.
 import pytest
 from tests.conftest import shared_data_job as _job
 
-pytestmark = pytest.mark.data
+# one xdist worker runs them all: they share the session results folder (one FP baseline)
+pytestmark = [pytest.mark.data, pytest.mark.xdist_group("shared_data")]
 
 
 def test_fp_top1_of_the_shared_checkpoint(e2e_results, shared_data):
