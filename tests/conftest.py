@@ -22,7 +22,14 @@ from ptqbench.paths import data_root, data_root_origin
 
 register_configs()  # the schemas conf/ builds on, before any test composes it
 REPO = Path(__file__).resolve().parents[1]
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The cores are shared by the xdist workers (pyproject's addopts): one worker's torch threads
+# each, also for the jobs its tests start as subprocesses (they read OMP_NUM_THREADS). Threads
+# beyond the cores make OpenMP's barriers spin against each other (measured: the detection job
+# test 41 s alone, 103 s with two 2-thread workers on 2 cores).
+THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+torch.set_num_threads(THREADS)
 
 
 def make_tiny_vit(depth: int = 2, embed_dim: int = 32, seed: int = 0) -> VisionTransformer:
