@@ -39,6 +39,7 @@ from ptqbench.hashing import code_version, content_key, file_sha256, tensors_key
 
 log = logging.getLogger("ptqbench")
 
+
 @dataclass
 class CacheStats:
     hits: int = 0
