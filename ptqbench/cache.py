@@ -141,7 +141,7 @@ class ContentCache:
         for meta in self.root.glob("*/*.meta.json"):
             key = meta.name[: -len(".meta.json")]
             for data in meta.parent.glob(f"{key}.*"):
-                if data.suffix in (".pt", ".json") and not data.name.endswith(".meta.json"):
+                if data.suffix in (".pt", ".json", ".npy") and not data.name.endswith(".meta.json"):
                     with contextlib.suppress(FileNotFoundError):
                         out.append((meta.stat().st_mtime, data.stat().st_size, data, meta, meta.parent / f"{key}.lock"))
         return out

@@ -86,6 +86,7 @@ class ImageNetDataConfig:
     eval_limit: Optional[int] = None    # evaluate on a fixed seeded subset of this many images (quick runs)
     batch_size: int = 100
     workers: Union[int, str] = "auto"   # data-loader processes (auto: min(8, cores))
+    decoded_cache: bool = True          # decode+resize+crop the evaluation images once into the cache (docs/cache.md); no effect on results
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,17 @@ class CacheConfig:
     fp_activations: bool = True         # cache the FP unit outputs block reconstruction trains against
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the quantized model's evaluation runs. `compile`: its forward goes through
+    torch.compile (docs/benchmarks.md has the measurements). A compiled graph may round the last
+    bits of some floats differently from eager PyTorch (fused kernels, reordered reductions), so a
+    compiled result is a different result: `eval` is part of the run key while compile is true,
+    and left out of it (existing keys unchanged) while false."""
+
+    compile: bool = False
+
+
 # group -> option kind (the block's `name`, or "" for groups with one kind) -> schema. The model
 # group picks its kind by model name (`model_kind`); method and quant come from ptqbench.methods.
 RUN_SCHEMAS: dict[str, dict[str, type]] = {
@@ -154,8 +166,9 @@ RUN_SCHEMAS: dict[str, dict[str, type]] = {
     "task": {"classification": ClassificationTaskConfig, "detection": DetectionTaskConfig},
     "logger": {"none": NoLoggerConfig, "wandb": WandbLoggerConfig},
     "cache": {"": CacheConfig},
+    "eval": {"": EvalConfig},
 }
-BLOCKS = ("model", "method", "bits", "calib", "quant", "data", "task", "logger", "cache")  # `report`: ReportSpec
+BLOCKS = ("model", "method", "bits", "calib", "quant", "data", "task", "logger", "cache", "eval")  # `report`: ReportSpec
 
 
 def model_kind(name: Any) -> str:
@@ -245,6 +258,7 @@ class JobSettings:
     logger: Optional[Union[NoLoggerConfig, WandbLoggerConfig]]
     cache: CacheConfig
     effective: dict[str, Any]           # the plain effective config (what the run key hashes)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _build(cls: type, value: Mapping[str, Any]) -> Any:
@@ -276,4 +290,5 @@ def job_settings(cfg: Union[DictConfig, Mapping[str, Any]]) -> JobSettings:
         logger=None if logger is None else _build(schema_for("logger", logger), logger),
         cache=CacheConfig(**eff.get("cache", {})),
         effective=eff,
+        eval=EvalConfig(**(eff.get("eval") or {})),
     )

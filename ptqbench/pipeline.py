@@ -70,14 +70,28 @@ def quantize(method: Any, module: nn.Module, inputs: Any, device: torch.device, 
     the calibration `inputs`; returns the QuantizedModel, the method's stats and the PhaseMeter
     of the quantization. `fp_targets` (an `ActivationStore` or None) becomes `qm.fp_targets`: the
     cache of FP unit outputs that block reconstruction reads instead of recomputing them."""
+    from ptqbench.heap import large_blocks_unmapped
     from ptqbench.models import make_quantizable
     from ptqbench.profiling import PhaseMeter
 
     qm = make_quantizable(module, method.plan(), scope=scope)
     qm.fp_targets = fp_targets
-    with PhaseMeter(device, interval=interval) as meter:
+    with PhaseMeter(device, interval=interval) as meter, large_blocks_unmapped():
         stats = method.quantize(qm, inputs)
     return qm, stats, meter
+
+
+def eval_module(model: nn.Module, compile: bool) -> nn.Module:
+    """The module that evaluates the quantized `model`: itself, or with `compile` (eval.compile)
+    `torch.compile(model)`, after one eager fill of every layer's fake-quantized weight cache (the
+    compiled graph reads the caches; evaluation does not change weights)."""
+    if not compile:
+        return model
+    for m in model.modules():
+        if hasattr(m, "quantized_weight"):
+            with torch.no_grad():
+                m.quantized_weight()
+    return torch.compile(model)
 
 
 def execute(settings: JobSettings, results_dir: Path) -> dict[str, Any]:
@@ -115,7 +129,7 @@ def execute(settings: JobSettings, results_dir: Path) -> dict[str, Any]:
                                         fp_targets=_fp_target_store(settings, cache, calib.cache_key))
         task.check_quantized(qm)
         with PhaseMeter(device) as eval_meter:
-            q = task.evaluate(qm.model, eval_data, f"eval {settings.method_name} {bits.name}")
+            q = task.evaluate(eval_module(qm.model, settings.eval.compile), eval_data, f"eval {settings.method_name} {bits.name}")
         out.update(
             timings={"calibration_s": round(cal_meter.seconds, 3), "eval_s": round(eval_meter.seconds, 3),
                      "fp_eval_s": round(fp.get("eval_seconds", 0.0), 3), **task.timings(q, fp)},

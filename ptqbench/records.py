@@ -44,7 +44,7 @@ STATUS_FAILED = "failed"
 
 # Keys of each config group that do not change a result.
 _NON_SEMANTIC = {
-    "data": {"batch_size", "workers"},
+    "data": {"batch_size", "workers", "decoded_cache"},
     "model": {"weights_dir", "allow_download", "unsafe_load"},
     "calib": set(),
 }
@@ -66,6 +66,9 @@ def semantic_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     quant = c.get("quant")
     if isinstance(quant, dict) and quant.get("full"):  # off: keys stay those of the records before it existed
         out["quant"] = dict(sorted(quant.items()))
+    ev = c.get("eval")
+    if isinstance(ev, dict) and ev.get("compile"):  # compiled eval may differ in the last float bits (EvalConfig)
+        out["eval"] = dict(sorted(ev.items()))
     return out
 
 

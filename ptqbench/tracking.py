@@ -24,7 +24,7 @@ from ptqbench.hashing import short_hash
 WANDB_MODES = ("offline", "online", "disabled")
 GROUP_FILE = "wandb_group"
 # Command-line keys that do not change which runs a sweep holds (left out of the grid hash).
-_NOT_GRID = ("logger", "resume", "threads", "data.workers", "data.batch_size", "cache", "device", "report")
+_NOT_GRID = ("logger", "resume", "threads", "data.workers", "data.batch_size", "data.decoded_cache", "cache", "device", "report")
 
 
 class Tracker(Protocol):

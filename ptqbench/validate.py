@@ -34,7 +34,7 @@ from ptqbench.errors import ConfigError
 from ptqbench.methods.base import MAX_BITS, MIN_BITS
 
 GROUPS = ("model", "method", "bits", "calib", "quant", "data", "task", "logger")
-OPTIONAL_GROUPS = {"quant", "logger", "cache"}  # null is allowed: their defaults apply
+OPTIONAL_GROUPS = {"quant", "logger", "cache", "eval"}  # null is allowed: their defaults apply
 FREE_FORM = {"data.splits"}  # mappings whose keys the user chooses
 TOP_LEVEL_SKIP = {"hydra"}  # present when composed with return_hydra_config
 
@@ -97,6 +97,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "cache.dir": (_or_null(_text), "null (<results_dir>/cache) or a folder path"),
     "cache.max_gb": (_number(positive=True), "a number of GiB > 0 (or cache.enabled=false)"),
     "cache.fp_activations": (_bool, "true or false"),
+    "eval.compile": (_bool, "true or false"),
     "bits.w": _BITS,
     "bits.a": _BITS,
     "calib.size": (_int(1), "an integer >= 1 (calibration images)"),
@@ -244,11 +245,11 @@ def config_problems(cfg: Union[DictConfig, Mapping[str, Any]], own: tuple[str, .
     problems: list[str] = []
 
     # top level: RunConfig's keys and the blocks, checked one by one below
-    blocks = (*GROUPS, "cache", "report")
+    blocks = (*GROUPS, "cache", "eval", "report")
     top = {**_field_rules(RunConfig), **{k: None for k in blocks}}
     _check_mapping({k: v for k, v in c.items() if k not in blocks}, top, "", "the top-level keys are", problems)
 
-    for group in (*GROUPS, "cache"):
+    for group in (*GROUPS, "cache", "eval"):
         value = c.get(group)
         if value is None:
             if group not in OPTIONAL_GROUPS:
@@ -338,6 +339,8 @@ def _check_combination(c: Mapping[str, Any], method: Any, problems: list[str]) -
     elif task_name == "detection" and name not in DETECTORS:
         problems.append(f"model={name} is not a detector; task=detection takes one of {', '.join(sorted(DETECTORS))}")
     expected_data = {"classification": "imagenet", "detection": "coco"}.get(task_name)
+    if (c.get("eval") or {}).get("compile") and task_name != "classification":
+        problems.append(f"eval.compile=true: only task=classification compiles its evaluation (task={task_name}); drop eval.compile")
     if expected_data and data.get("name") != expected_data:
         problems.append(f"data={data.get('name')}: task={task_name} evaluates on data={expected_data}; drop the data override")
     splits = data.get("splits")

@@ -118,7 +118,7 @@ def test_a_method_without_yaml_composes_from_its_dataclass(toy_method):
 
 
 UNKNOWN = [
-    ("+typo=1", "typo=1: unknown key; the top-level keys are bits, cache, calib, data, device, logger, method, "
+    ("+typo=1", "typo=1: unknown key; the top-level keys are bits, cache, calib, data, device, eval, logger, method, "
                 "model, quant, report, results_dir, resume, seed, task, threads"),
     ("+calib.sizee=64", "calib.sizee=64: unknown key; calib has the keys seed, size, split (did you mean calib.size?)"),
     ("+method.foo=1", "method.foo=1: unknown key; method 'repq' has the options act_percentiles, act_search, "
@@ -126,8 +126,8 @@ UNKNOWN = [
                       "weight_search"),
     ("+model.chekpoint=x", "model.chekpoint=x: unknown key; model has the keys allow_download, arch, checkpoint, name, "
                            "pretrained, tag, weights_dir (did you mean model.checkpoint?)"),
-    ("+data.rot=x", "data.rot=x: unknown key; data has the keys batch_size, eval_limit, name, root, val_split, workers "
-                   "(did you mean data.root?)"),
+    ("+data.rot=x", "data.rot=x: unknown key; data has the keys batch_size, decoded_cache, eval_limit, name, root, val_split, "
+                   "workers (did you mean data.root?)"),
     ("+cache.maxgb=1", "cache.maxgb=1: unknown key; cache has the keys dir, enabled, fp_activations, max_gb "
                       "(did you mean cache.max_gb?)"),
     ("+logger.projet=x", "logger.projet=x: unknown key; logger has the keys dir, entity, group, mode, name, project, "
@@ -200,3 +200,13 @@ def test_report_and_cache_blocks_are_their_dataclasses_defaults():
     cfg = _compose()
     assert ReportSpec.from_mapping(OmegaConf.to_container(cfg.report)) == ReportSpec()
     assert OmegaConf.to_container(cfg.cache) == defaults_of(CacheConfig)
+
+
+def test_eval_compile_is_validated_and_in_the_run_key_only_when_true():
+    from ptqbench.records import run_key
+
+    assert config_problems(_compose("eval.compile=maybe")) == ["eval.compile=maybe: must be true or false"]
+    assert run_key(_compose("eval.compile=false")) == run_key(_compose())
+    assert run_key(_compose("eval.compile=true")) != run_key(_compose())
+    problems = config_problems(_compose("eval.compile=true", "model=mask_rcnn_swin_t", "task=detection", "data=coco"))
+    assert any("eval.compile=true: only task=classification" in p for p in problems)

@@ -62,7 +62,7 @@ BAD = [
     (["quant.bits=99"], "quant.bits=99; use an integer in 2..16"),
     (["+quant.fulll=true"], "quant.fulll=true: unknown key; quant has the options "),
     (["model=mask_rcnn_swin_t"], "model=mask_rcnn_swin_t is a detector: run it with task=detection"),
-    (["task=detection", "method=erq"], "method=erq cannot run on task=detection"),
+    (["task=detection", "quant.full=true"], "quant.full=true: the fully quantized roles exist for timm classifiers only"),
     (["data=coco"], "data=coco: task=classification evaluates on data=imagenet"),
 ]
 

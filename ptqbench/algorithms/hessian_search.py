@@ -6,9 +6,10 @@ distance is E[(dL/dO)^2 (O^ - O)^2], dL/dO being the gradient of the task loss w
 the layer output, taken on the FP model over the calibration images.
 
 What runs here (`search_model`):
-1. Gradients: one FP forward/backward over the calibration batch (in chunks), loss = cross
+1. Gradients: an FP forward/backward over the calibration batch (in chunks), loss = cross
    entropy against the FP model's own top-1 prediction (no labels needed); the gradient of every
-   QuantLinear / QuantConv2d / QuantMatMul output is kept (DeiT-T, 32 images: about 0.8 GB).
+   QuantLinear / QuantConv2d / QuantMatMul output of the unit being searched is kept. One pass per
+   unit: every layer's gradients at once would hold 0.8 GB for DeiT-T and 32 images.
 2. Units (embedding, each block, head; the caller passes them) in forward order. Per unit, the FP
    stream gives each layer's FP output O; per layer, in forward order, its input is read from the
    *quantized* stream (upstream layers already searched and quantized) with `search_inputs=quantized`,
@@ -28,7 +29,7 @@ Quantizers of other kinds (log-sqrt2, V-2SF, the fully quantized roles) keep the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -90,9 +91,15 @@ class _Stop(Exception):
     pass
 
 
-def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int) -> dict[nn.Module, torch.Tensor]:
-    """dL/dO of every quantizable layer's output on the FP model (see the module docstring)."""
-    layers = [m for m in model.modules() if isinstance(m, Layer)]
+def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int,
+                 loss: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 layers: Optional[list[nn.Module]] = None) -> dict[nn.Module, torch.Tensor]:
+    """dL/dO of the output of `layers` (None: every quantizable layer) on the FP model (see the
+    module docstring); `loss` maps a chunk of `calib` to the scalar L (None: cross-entropy of
+    model(x) against its top-1). A layer must run once per forward (a detector's RPN convs run
+    once per FPN level: they lie outside its units, which are what the search passes)."""
+    if layers is None:
+        layers = [m for m in model.modules() if isinstance(m, Layer)]
     parts: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
 
     def fwd_hook(mod: nn.Module, _args: Any, out: torch.Tensor) -> None:
@@ -101,7 +108,11 @@ def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int) -> dict
     with params_frozen(model), quant_disabled(model), torch.enable_grad(), \
             hooks_removed_after([m.register_forward_hook(fwd_hook) for m in layers]):
         for x in split_chunks(calib, chunk_size):
-            logits = model(x.clone().requires_grad_(True))
+            x = x.clone().requires_grad_(True)
+            if loss is not None:
+                loss(x).backward()
+                continue
+            logits = model(x)
             F.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum").backward()
     return {m: torch.cat(g) for m, g in parts.items() if g}
 
@@ -238,7 +249,8 @@ def _layer_inputs(unit_fn, layer: nn.Module, x: torch.Tensor) -> tuple:
 
 
 @torch.no_grad()
-def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: SearchConfig) -> dict[str, Any]:
+def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: SearchConfig,
+                 loss: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, Any]:
     """Hessian-guided (or mse / cosine) search of every layer's quantizers, unit by unit over
     `units` (the model's units in forward order).
 
@@ -246,10 +258,16 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
     the kinds the search does not handle). Returns counts for the record."""
     if not units:
         raise ValueError("search_model needs the model's units in forward order (QuantizedModel.units); got none")
-    grads = output_grads(model, calib, cfg.chunk_size) if cfg.search_metric == "hessian" else {}
     x_q, x_fp = calib, calib
     searched = 0
     for unit in units:
+        # this unit's gradients only: one FP forward/backward per unit instead of one in all, so
+        # memory holds one unit's layer outputs' gradients, not every layer's (the same values:
+        # the FP model and the chunks are the same in every pass)
+        grads = {}
+        if cfg.search_metric == "hessian":
+            grads = output_grads(model, calib, cfg.chunk_size, loss,
+                                 [m for m in unit.module.modules() if isinstance(m, Layer)])
         with quant_disabled(model):  # one FP pass: every layer's FP inputs and output, the next unit's input
             order, fp_ins, fp_outs, x_next = _forward_order(unit.forward, unit.module, x_fp)
         for layer in order:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from ptqbench.progress import progress as progress_bar
 
-from ptqbench.models.structure import Unit
+from ptqbench.models.structure import EMBED, HEAD, Unit
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.learnable import AdaRoundQuantizer
@@ -330,7 +330,7 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                         return _forward_batches(unit, x, bs)
 
                 target = fp_target() if lookup is None else lookup(i, fp_target).to(dev)
-                blockish = unit.name not in ("patch_embed", "head")
+                blockish = unit.kind not in (EMBED, HEAD)
                 if cfg.units == "blocks" and not blockish:
                     with torch.no_grad():
                         x_q = _forward_batches(unit, x_q, bs)

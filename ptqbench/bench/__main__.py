@@ -8,6 +8,8 @@ do not leak between cells. The parts (docs/benchmarks.md):
     python -m ptqbench.bench --parts cost --cost-models deit_tiny,vit_base --cost-calib 32,128
     python -m ptqbench.bench --parts eval --eval-models deit_tiny --eval-methods repq --eval-batch 100
     python -m ptqbench.bench --parts recon --recon-models deit_small --recon-batch 8,32
+    python -m ptqbench.bench --parts decode --decode-synthetic 50000    # decode vs decoded-array read (docs/cache.md)
+    python -m ptqbench.bench --parts det_eval --det-images 2 --det-repeats 2 --det-top-ops 20
 """
 
 from __future__ import annotations
@@ -56,14 +58,19 @@ def run_cell(kind: str, threads: int | None, **kw: Any) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-PARTS = ("cost", "eval", "sweep", "recon")
+PARTS = ("cost", "eval", "sweep", "recon", "decode", "det_eval", "profile")
 
 
 def _cell_main(spec: dict[str, Any]) -> None:
     from ptqbench.bench import cells
     from ptqbench.bench.recon_step import recon_step
 
-    kinds = {"cost": cells.cost, "eval_overhead": cells.eval_overhead, "recon_step": recon_step}
+    from ptqbench.bench.decode import decode_speed
+    from ptqbench.bench.det_eval import det_eval
+
+    kinds = {"cost": cells.cost, "eval_overhead": cells.eval_overhead, "recon_step": recon_step, "decode": decode_speed,
+             "eval_profile": cells.profile_eval,
+             "det_eval": det_eval}
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     print(json.dumps(kinds[spec["kind"]](**spec["kw"])))
@@ -142,6 +149,8 @@ def main() -> None:
     ap.add_argument("--eval-bits", default="w4a4")
     ap.add_argument("--eval-batch", type=int, default=32)
     ap.add_argument("--eval-repeats", type=int, default=7)
+    ap.add_argument("--eval-compile", action="store_true", help="eval part: the quantized side through eval.compile (torch.compile)")
+    ap.add_argument("--profile-top", type=int, default=12, help="profile part (eval models/methods/bits/batch): top ATen ops listed")
     ap.add_argument("--sweep-models", default="deit_tiny,swin_tiny")
     ap.add_argument("--sweep-methods", default="minmax,percentile,repq")
     ap.add_argument("--sweep-bits", default="w4a4,w8a8")
@@ -152,6 +161,19 @@ def main() -> None:
     ap.add_argument("--recon-batch", type=_ints, default=[8, 32], help="batch sizes, e.g. 8,32")
     ap.add_argument("--recon-steps", type=int, default=5, help="timed reconstruction steps per cell")
     ap.add_argument("--recon-warmup", type=int, default=1, help="untimed steps before them")
+    ap.add_argument("--decode-images", type=int, default=0, help="real evaluation images for the decode part (0: all)")
+    ap.add_argument("--decode-synthetic", type=int, default=0, help="also read a random uint8 array of N 224x224 images")
+    ap.add_argument("--decode-batch", type=int, default=100)
+    ap.add_argument("--decode-workers", type=int, default=None, help="DataLoader workers (default: data.workers=auto)")
+    ap.add_argument("--det-models", default="mask_rcnn_swin_t")
+    ap.add_argument("--det-methods", default="repq")
+    ap.add_argument("--det-bits", default="w4a4")
+    ap.add_argument("--det-images", type=int, default=2, help="coco-tiny val2017 images, batch 1")
+    ap.add_argument("--det-repeats", type=int, default=2, help="alternating FP/quantized forwards per image")
+    ap.add_argument("--det-scale", type=_ints, default=[1333, 800], help="evaluation Resize scale (long,short)")
+    ap.add_argument("--det-calib", type=int, default=1, help="train2017 calibration images")
+    ap.add_argument("--det-calib-scale", type=_ints, default=[256, 160], help="calibration Resize scale")
+    ap.add_argument("--det-top-ops", type=int, default=0, help="also profile one forward per side: top N ops")
     ap.add_argument("--out", default=None)
     ap.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -193,10 +215,26 @@ def main() -> None:
             for m in args.eval_methods.split(","):
                 rows.append(run_cell("eval_overhead", args.threads, model=model, method=m, bits=args.eval_bits,
                                      batch=args.eval_batch, repeats=args.eval_repeats, device=args.device,
-                                     options=method_options(m, args.recon_iters)))
+                                     options=method_options(m, args.recon_iters), compile=args.eval_compile))
                 print(rows[-1], flush=True)
         emit(table(rows, ["model", "method", "bits", "batch", "fp_img_s", "unfused_img_s", "q_img_s", "ratio",
-                          "ratio_median", "fq_ratio", "weights"]) + "\n")
+                          "ratio_median", "fq_ratio", "weights"]
+                   + (["compile_s", "compiled_equal", "compiled_max_abs_diff"] if args.eval_compile else [])) + "\n")
+    if "profile" in parts:
+        emit(f"## Where the fake-quantized forward spends its time (torch.profiler, {args.eval_bits}, batch "
+             f"{args.eval_batch}, {args.eval_repeats} forwards): top ATen ops by self time, and the time inside "
+             "each quantizer kind (fq:<kind>:<role>), as shares of the profiled wall time\n")
+        for model in _csv(args.eval_models):
+            for m in _csv(args.eval_methods):
+                r = run_cell("eval_profile", args.threads, model=model, method=m, bits=args.eval_bits, batch=args.eval_batch,
+                             repeats=args.eval_repeats, device=args.device, options=method_options(m, args.recon_iters),
+                             top=args.profile_top)
+                if "error" in r:
+                    emit(f"### {model} {m}: failed: {r['error']}\n")
+                    continue
+                emit(f"### {model} {m} ({r['weights']} weights): {r['forward_ms']} ms per profiled forward\n")
+                emit(table(r["top_ops"], ["op", "calls_per_fwd", "self_ms_per_fwd", "share"]) + "\n")
+                emit(table(r["quantizers"], ["range", "calls_per_fwd", "ms_per_fwd", "share"]) + "\n")
     if "sweep" in parts:
         n = len(args.sweep_models.split(",")) * len(args.sweep_methods.split(",")) * len(args.sweep_bits.split(","))
         emit(f"## Sweep wall time: {n} jobs (model={args.sweep_models} method={args.sweep_methods} "
@@ -216,6 +254,22 @@ def main() -> None:
                                          iters=args.recon_steps, warmup=args.recon_warmup, device=args.device))
                     print(rows[-1], flush=True)
         emit(table(rows, ["model", "method", "batch", "iters", "s_per_block_iter"]) + "\n")
+    if "decode" in parts:
+        from ptqbench.launch import resolve_workers
+
+        workers = resolve_workers("auto" if args.decode_workers is None else args.decode_workers)
+        emit(f"## Evaluation data path: decode + resize + crop (JPEG files) vs the decoded uint8 array, images/s "
+             f"(batch {args.decode_batch}, {workers} loader workers; synthetic: random 224x224 array read cold "
+             "from disk, then warm)\n")
+        row = run_cell("decode", args.threads, root=None, images=args.decode_images, batch=args.decode_batch,
+                       workers=workers, synthetic=args.decode_synthetic)
+        print(row, flush=True)
+        emit(table([row], ["images", "workers", "decode_img_s", "build_s", "read_img_s", "speedup", "synthetic_images",
+                           "synthetic_gib", "synthetic_cold_img_s", "synthetic_warm_img_s"]) + "\n")
+    if "det_eval" in parts:
+        from ptqbench.bench.det_eval import det_eval_part
+
+        det_eval_part(args, emit, run_cell, table, method_options)
     dest = Path(args.out) if args.out else REPO_ROOT / "results" / "benchmarks" / f"bench_{platform.node()}_{args.device}.md"
     write_text_atomic(dest, "\n".join(out) + "\n")
     print(f"written to {dest}")

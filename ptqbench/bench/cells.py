@@ -68,14 +68,17 @@ def _forward_seconds(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, device: str,
-                  options: dict[str, Any] | None = None) -> dict[str, Any]:
+                  options: dict[str, Any] | None = None, compile: bool = False) -> dict[str, Any]:
     """Forward time of the FP model, the fake-quantized model, and the fake-quantized model with
     its quantizers switched off ("unfused": the same graph, whose attention cannot use timm's
     fused kernel because q @ k^T, the softmax and attn @ v must each be quantized) on the same
     batch in one process, measured in turn (FP, quantized, unfused, FP, ...) and reported as the
     best of `repeats`, so a load spike on a shared machine hits every side rather than biasing a
     ratio. `ratio` = quantized / FP; `fq_ratio` = quantized / unfused, the cost of the fake
-    quantization alone."""
+    quantization alone. With `compile` the quantized side is `eval.compile`'s torch.compile of the
+    model (FP stays eager, the unfused side is left out: switching quantizers off would recompile);
+    `compile_s` is its first forward, `compiled_equal` whether its logits equal the eager ones bit
+    for bit."""
     from ptqbench.quant.calibration import quant_disabled
 
     net, weights = load_model(model)
@@ -90,14 +93,87 @@ def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, 
         with quant_disabled(q):
             return _forward_seconds(q, x)
 
-    _forward_seconds(fp, x), _forward_seconds(q, x), unfused()  # warm-up (and the weight fake-quant cache)
+    extra: dict[str, Any] = {}
+    if compile:
+        from ptqbench.pipeline import eval_module
+
+        eager_logits = q(x)
+        t0 = time.perf_counter()
+        q = eval_module(q, True)
+        compiled_logits = q(x)
+        extra = {"compile_s": round(time.perf_counter() - t0, 1), "compiled_equal": torch.equal(eager_logits, compiled_logits),
+                 "compiled_max_abs_diff": float((eager_logits - compiled_logits).abs().max())}
+    _forward_seconds(fp, x), _forward_seconds(q, x)  # warm-up (and the weight fake-quant cache)
+    if not compile:
+        unfused()
     t_fp, t_q, t_u = [], [], []
     for _ in range(repeats):
         t_fp.append(_forward_seconds(fp, x))
         t_q.append(_forward_seconds(q, x))
-        t_u.append(unfused())
-    best_fp, best_q, best_u = min(t_fp), min(t_q), min(t_u)
-    return {"model": model, "method": method, "bits": bits, "batch": batch, "weights": weights,
-            "fp_img_s": round(batch / best_fp, 1), "unfused_img_s": round(batch / best_u, 1),
+        if not compile:
+            t_u.append(unfused())
+    best_fp, best_q = min(t_fp), min(t_q)
+    best_u = min(t_u) if t_u else None
+    return {"model": model, "method": method, "bits": bits, "batch": batch, "weights": weights, "compile": compile,
+            "fp_img_s": round(batch / best_fp, 1), "unfused_img_s": best_u and round(batch / best_u, 1),
             "q_img_s": round(batch / best_q, 1), "ratio": round(best_q / best_fp, 2),
-            "ratio_median": round(statistics.median_high(t_q) / statistics.median_high(t_fp), 2), "fq_ratio": round(best_q / best_u, 2)}
+            "ratio_median": round(statistics.median_high(t_q) / statistics.median_high(t_fp), 2),
+            "fq_ratio": best_u and round(best_q / best_u, 2), **extra}
+
+
+def _label_quantizers(model: torch.nn.Module) -> list[Any]:
+    """Wrap every enabled quantizer's forward in a profiler range named `fq:<kind>:<role>`, so the
+    profile says which quantizer kind the fake-quantization ops belong to; returns the hook handles."""
+    from ptqbench.quant.base import Quantizer
+
+    handles, stack = [], []
+    for m in model.modules():
+        if isinstance(m, Quantizer):
+            label = f"fq:{m.kind}:{m.role}"
+
+            def pre(mod, args, label=label):
+                stack.append(torch.profiler.record_function(label).__enter__())
+
+            def post(mod, args, out):
+                stack.pop().__exit__(None, None, None)
+
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    return handles
+
+
+@torch.no_grad()
+def profile_eval(model: str, method: str, bits: str, batch: int, repeats: int, device: str,
+                 options: dict[str, Any] | None = None, top: int = 12) -> dict[str, Any]:
+    """Per-op CPU profile of `repeats` fake-quantized forwards (after one warm-up that fills the
+    weight cache): the `top` ATen ops by self time, and the total time inside each quantizer kind
+    (`fq:<kind>:<role>` ranges), each as a share of the profiled wall time. Shows where the
+    quantized forward spends what the FP forward does not."""
+    from torch.profiler import ProfilerActivity, profile
+
+    net, weights = load_model(model)
+    dev = torch.device(device)
+    calib, _ = calibration_images(net, 32)
+    qm, _, _ = _quantized(net.to(dev), method, bits, calib.to(dev), options or {})
+    q = qm.model.eval()
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(dev)
+    q(x)
+    handles = _label_quantizers(q)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    try:
+        t0 = time.perf_counter()
+        with profile(activities=activities) as prof:
+            for _ in range(repeats):
+                q(x)
+        wall_us = (time.perf_counter() - t0) * 1e6
+    finally:
+        for h in handles:
+            h.remove()
+    events = prof.key_averages()
+    ops = sorted((e for e in events if not e.key.startswith("fq:")), key=lambda e: e.self_cpu_time_total, reverse=True)
+    ranges = sorted((e for e in events if e.key.startswith("fq:")), key=lambda e: e.cpu_time_total, reverse=True)
+    return {"model": model, "method": method, "bits": bits, "batch": batch, "weights": weights,
+            "forward_ms": round(wall_us / repeats / 1e3, 1),
+            "top_ops": [{"op": e.key, "calls_per_fwd": e.count // repeats, "self_ms_per_fwd": round(e.self_cpu_time_total / repeats / 1e3, 2),
+                         "share": round(e.self_cpu_time_total / wall_us, 3)} for e in ops[:top]],
+            "quantizers": [{"range": e.key, "calls_per_fwd": e.count // repeats, "ms_per_fwd": round(e.cpu_time_total / repeats / 1e3, 2),
+                            "share": round(e.cpu_time_total / wall_us, 3)} for e in ranges]}

@@ -153,9 +153,10 @@ def files_signature(ds: Dataset, indices: Optional[Sequence[int]] = None) -> str
     return sha256_hex("".join(lines), 16)
 
 
-def make_loader(ds: Dataset, batch_size: int, workers: int) -> DataLoader:
-    """Batches of `ds` in order; `workers` processes started with a standard start method
-    (`ptqbench.launch.worker_context`), so the loader also works inside joblib's workers."""
+def make_loader(ds: Dataset, batch_size: Optional[int], workers: int) -> DataLoader:
+    """Batches of `ds` in order (`batch_size` None: `ds` yields whole batches); `workers`
+    processes started with a standard start method (`ptqbench.launch.worker_context`), so the
+    loader also works inside joblib's workers."""
     from ptqbench.launch import worker_context
 
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,

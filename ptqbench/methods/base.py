@@ -188,7 +188,7 @@ class Method:
     info: ClassVar[MethodInfo]
     Config: ClassVar[type] = ProtocolConfig
     # True for methods that stream calibration data unit by unit through the family's units (QuantizedModel.units)
-    # (ERQ, GPTQ); tasks whose models have no unit list (detection) refuse them up front.
+    # (ERQ, GPTQ): they need a model family that gives units (detectors: the backbone's chain).
     blockwise: ClassVar[bool] = False
     # False: the method refuses quant.full=true with a ConfigError (`fp`, which quantizes nothing)
     supports_full: ClassVar[bool] = True

@@ -27,12 +27,35 @@ from ptqbench.algorithms.reparam import SharedScaleFn, mad_inliers, mean_scale, 
 from ptqbench.algorithms.streaming import GramStats, collect_grams, run_unit, split_chunks, unit_layers, weights_fp
 from ptqbench.methods.base import Step
 from ptqbench.models.adapter import QuantizedModel
+from ptqbench.models.families import FAMILIES
 from ptqbench.models.structure import BLOCK, ReparamPair
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import calibrate, quant_disabled, quantizers, switched
 from ptqbench.quant.dual_uniform import DualUniformQuantizer
 from ptqbench.quant.modules import QuantConv2d, QuantLinear
 from ptqbench.quant.ranges import RangeSearch
+
+
+def unit_input(qm: QuantizedModel, calib: Any) -> torch.Tensor:
+    """The first unit's input from the calibration input (the images; a detector's batch dict
+    through its data preprocessor), as the model's family says."""
+    return FAMILIES[qm.family].unit_input(qm.model, calib)
+
+
+@torch.no_grad()
+def fit_weights_outside_units(qm: QuantizedModel) -> dict[str, int]:
+    """Fit (round to nearest) the weight quantizers that the unit-by-unit weight solvers never
+    reach: a detector's neck and heads lie outside its units (the backbone chain). A classifier
+    has none."""
+    inside = {id(m) for unit in qm.units for m in unit.module.modules()}
+    fitted = 0
+    for m in qm.model.modules():
+        wq = getattr(m, "weight_quantizer", None)
+        if isinstance(m, (QuantLinear, QuantConv2d)) and id(m) not in inside and wq is not None and wq.enabled \
+                and not wq.calibrated:
+            wq.calibrate(m.weight.detach())
+            fitted += 1
+    return {"weights_fitted_outside_units": fitted} if fitted else {}
 
 
 def run_steps(steps: Iterable[Step], qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
@@ -46,13 +69,17 @@ def run_steps(steps: Iterable[Step], qm: QuantizedModel, calib: torch.Tensor) ->
 # -- calibration ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Calibrate:
-    """One progressive calibration pass; records how many quantizers it fitted under `key`."""
+    """One progressive calibration pass, streamed over the model's units when it has them
+    (`ptqbench.quant.calibration.calibrate`); records how many quantizers it fitted under `key`."""
 
     desc: str = "calibrate"
     key: str = "calibrated_quantizers"
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        return {self.key: calibrate(qm.model, calib, desc=self.desc)}
+        # streaming needs units that reproduce the whole forward from the images; a detector's
+        # calibration input is a batch dict and its units are the backbone only: one pass
+        units = qm.units if isinstance(calib, torch.Tensor) else None
+        return {self.key: calibrate(qm.model, calib, desc=self.desc, units=units)}
 
 
 # After a reparameterization: the changed Linears' weight quantizers fit the new weights.
@@ -144,9 +171,10 @@ class Reconstruct:
     cfg: ReconConfig
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        stats = reconstruct(qm.model, qm.units, calib, self.cfg, qm.fp_targets)
+        x = unit_input(qm, calib)
+        stats = reconstruct(qm.model, qm.units, x, self.cfg, qm.fp_targets)
         stats["recon_iters"] = self.cfg.iters
-        stats["recon_batch_size"] = min(self.cfg.batch_size, calib.shape[0])
+        stats["recon_batch_size"] = min(self.cfg.batch_size, x.shape[0])
         stats["recon_learn"] = list(self.cfg.learn)
         return stats
 
@@ -159,7 +187,8 @@ class HessianSearch:
     cfg: SearchConfig
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        return search_model(qm.model, qm.units, calib, self.cfg)
+        family = FAMILIES[qm.family]
+        return search_model(qm.model, qm.units, unit_input(qm, calib), self.cfg, family.output_loss(qm.model))
 
 
 # -- weight solvers --------------------------------------------------------------------------------
@@ -175,7 +204,7 @@ class GPTQSolve:
     chunk_size: int = 8
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        chunks = split_chunks(calib, self.chunk_size)
+        chunks = split_chunks(unit_input(qm, calib), self.chunk_size)
         layers_done, loss = 0, 0.0
         for unit in qm.units:
             layers = unit_layers(qm.model, unit)
@@ -192,7 +221,7 @@ class GPTQSolve:
                 layers_done += 1
                 loss += layer_loss
             chunks = run_unit(unit, chunks)  # quantized outputs feed the next unit
-        return {"gptq_layers": layers_done, "gptq_loss": round(loss, 6)}
+        return {"gptq_layers": layers_done, "gptq_loss": round(loss, 6), **fit_weights_outside_units(qm)}
 
 
 def block_input_linears(qm: QuantizedModel) -> list[QuantLinear]:
@@ -262,7 +291,7 @@ class ErrorReduction:
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
         counters = {"aqer_layers": 0, "wqer_layers": 0, "wqer_rounds": 0, "refine_flips": 0}
-        chunks = split_chunks(calib, self.chunk_size)
+        chunks = split_chunks(unit_input(qm, calib), self.chunk_size)
         names_roles = qm.linear_roles
         for unit in qm.units:
             layers = unit_layers(qm.model, unit)
@@ -270,7 +299,7 @@ class ErrorReduction:
                 grams, chunks = collect_grams(unit, chunks, layers, cross=self.aqer)
             for name, layer in layers.items():
                 self._reduce_layer(layer, names_roles.get(name, roles.OTHER_IN), grams.pop(name), counters)
-        return counters
+        return {**counters, **fit_weights_outside_units(qm)}
 
 
 def optional(condition: bool, *steps: Step) -> tuple[Step, ...]:

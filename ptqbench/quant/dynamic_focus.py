@@ -84,7 +84,8 @@ def focus_fake_quant(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: 
         raise ValueError("DFQ with below='zero' needs at least 2 bits (one code is the zero)")
     lo = b1.clamp(min=0.0)
     step = (b2 - lo).clamp(min=1e-8) / (2**bits - 2)
-    if x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or b1.requires_grad or b2.requires_grad)):
+    if (x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (x.requires_grad or b1.requires_grad or b2.requires_grad))):
         return _focus_zero_inplace(x, float(lo), float(b2), float(step))
     xc = torch.minimum(torch.maximum(x, lo), b2)
     y = lo + step * round_ste((xc - lo) / step)
@@ -94,14 +95,26 @@ def focus_fake_quant(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: 
 def _focus_zero_inplace(x: torch.Tensor, lo: float, b2: float, step: float) -> torch.Tensor:
     """`focus_fake_quant(below="zero")` at inference on the CPU: the same float operations in the
     same order on one buffer, with scalar bounds (a clamp with tensor bounds, a comparison and
-    `torch.where` are each several times slower than an in-place pass on CPU). The zeroing of
-    x < lo / 2 multiplies by sign(threshold(x)): 1 where x >= lo / 2, else 0."""
-    y = F.threshold(x, lo, lo)  # max(x, lo)
-    y.clamp_(max=b2).sub_(lo).div_(step).round_().mul_(step).add_(lo)
+    `torch.where` are each several times slower than an in-place pass on CPU; each pass over an
+    attention map is the cost, so the count of passes is what this minimizes).
+
+    Values below lo / 2 must become 0, NaN must stay NaN. With lo = 0 (and b2 > 0) the threshold
+    at 0 already gives 0 there: five passes. Otherwise they are marked NaN by the first pass (NaN
+    survives the clamp and the arithmetic) and zeroed by the last: eight passes plus a read-only
+    sum that finds NaN inputs, against ten for multiplying by a 0/1 (NaN for NaN) mask of x, which
+    still serves an input that holds NaN."""
+    if lo == 0.0 and b2 > 0.0:
+        y = F.threshold(x, 0.0, 0.0)  # max(x, 0); NaN stays NaN (threshold replaces x <= 0 only)
+        return y.clamp_(max=b2).div_(step).round_().mul_(step)
     half = torch.tensor(lo / 2, dtype=x.dtype)
     below_half = float(torch.nextafter(half, torch.tensor(-math.inf, dtype=x.dtype)))  # x > it <=> x >= lo / 2
-    keep = F.threshold(x, below_half, 0.0).sign_()
-    return y.mul_(keep)
+    if torch.isnan(x.sum()):
+        y = F.threshold(x, lo, lo)  # max(x, lo)
+        y.clamp_(max=b2).sub_(lo).div_(step).round_().mul_(step).add_(lo)
+        return y.mul_(F.threshold(x, below_half, 0.0).sign_())  # 0 below lo / 2, NaN for NaN
+    y = F.threshold(x, below_half, math.nan)  # x < lo / 2 -> NaN
+    y.clamp_(lo, b2).sub_(lo).div_(step).round_().mul_(step).add_(lo)
+    return y.nan_to_num_(nan=0.0)
 
 
 @dataclass(frozen=True)

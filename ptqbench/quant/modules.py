@@ -72,6 +72,8 @@ class _WeightQuantMixin:
             return self.weight
         if torch.is_grad_enabled() and (self.weight.requires_grad or any(p.requires_grad for p in wq.parameters())):
             return wq(self.weight)  # training-time path (reconstruction): no cache, gradients flow
+        if torch.compiler.is_compiling() and self._wq_cache is not None:
+            return self._wq_cache  # filled before compiling (ptqbench.pipeline.eval_module); a key check would break the graph
         key = (self.weight.data_ptr(), self.weight._version, wq.version, wq.calibrated)
         if self._wq_key != key or self._wq_cache is None:
             with torch.no_grad():

@@ -16,6 +16,8 @@ RANGE_METHODS = ("minmax", "percentile", "mse")
 # torch.sort on one huge row is slow and torch.quantile refuses more than 2**24 elements:
 # above this many samples per row, quantiles come from torch.kthvalue instead of a sort.
 _KTH_THRESHOLD = 1 << 20
+# Elements sorted at once by `quantiles` (64 MB of sort temporaries at most).
+_SORT_SLICE_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,14 @@ def quantiles(x2d: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
     frac = (pos - lo_idx.double()).to(x2d.dtype).to(x2d.device)
     needed = sorted(set(lo_idx.tolist()) | set(hi_idx.tolist()))
     if m <= _KTH_THRESHOLD or g > 1:
-        srt = torch.sort(x2d, dim=1).values
-        picked = {i: srt[:, i] for i in needed}
+        # sorted a few rows at a time: a sort holds its values and int64 indices (12 bytes per
+        # element), so a whole per-channel [C, images x tokens] matrix at once was the peak of
+        # calibration; rows sort independently, so the picked order statistics are the same
+        rows = max(1, _SORT_SLICE_ELEMENTS // m)
+        cols = torch.tensor(needed, device=x2d.device)
+        parts = [torch.sort(x2d[r:r + rows], dim=1).values.index_select(1, cols) for r in range(0, g, rows)]
+        srt = torch.cat(parts) if len(parts) > 1 else parts[0]
+        picked = {i: srt[:, k] for k, i in enumerate(needed)}
     else:
         picked = {i: torch.kthvalue(x2d, i + 1, dim=1).values for i in needed}
     lo = torch.stack([picked[i] for i in lo_idx.tolist()])

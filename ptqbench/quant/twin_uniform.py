@@ -25,19 +25,45 @@ import torch
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch, candidate_ranges, subsample
-from ptqbench.quant.uniform import fake_quant
+from ptqbench.quant.uniform import fake_quant, select_below
 
 TWIN_MODES = ("softmax", "gelu")
 
 
+def _two_region_fake_quant(x: torch.Tensor, boundary: torch.Tensor, s_below: torch.Tensor, s_above: torch.Tensor,
+                           qmin: int, qmax: int) -> torch.Tensor:
+    """Uniform fake quantization (zero point 0) with step `s_below` where x < boundary, else
+    `s_above`: one division, rounding, clamp and product with a per-element step, instead of
+    quantizing the whole tensor with each step and selecting (each element goes through exactly
+    the operations of its own region's formula). Inference only."""
+    s = select_below(x, float(boundary), float(s_below), float(s_above))
+    y = torch.div(x, s)
+    y.round_().clamp_(qmin, qmax)
+    return y.mul_(s)
+
+
+def _fast(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """True when the per-element-step path applies: no autograd, per-tensor parameters, eager mode
+    (a compiled graph fuses the two-branch formula by itself)."""
+    return (not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad)
+            and all(p.dim() == 0 for p in params))
+
+
 def twin_softmax_fake_quant(x: torch.Tensor, split: torch.Tensor, levels: int) -> torch.Tensor:
+    high_scale = torch.full_like(split, 1.0 / (levels - 1))
+    if _fast(x, split):
+        return _two_region_fake_quant(x, split, split / (levels - 1), high_scale, 0, levels - 1)
     zero = torch.zeros_like(split)
     low = fake_quant(x, split / (levels - 1), zero, 0, levels - 1)
-    high = fake_quant(x, torch.full_like(split, 1.0 / (levels - 1)), zero, 0, levels - 1)
+    high = fake_quant(x, high_scale, zero, 0, levels - 1)
     return torch.where(x < split, low, high)
 
 
 def twin_gelu_fake_quant(x: torch.Tensor, neg_scale: torch.Tensor, pos_scale: torch.Tensor, levels: int) -> torch.Tensor:
+    if _fast(x, neg_scale, pos_scale):
+        # one clamp [-(L-1), L-1] serves both regions: a negative x has a code <= 0, a
+        # non-negative one a code >= 0, so each region's other bound is never reached
+        return _two_region_fake_quant(x, torch.zeros(()), neg_scale, pos_scale, -(levels - 1), levels - 1)
     zero = torch.zeros_like(pos_scale)
     pos = fake_quant(x, pos_scale, zero, 0, levels - 1)
     neg = fake_quant(x, neg_scale, torch.zeros_like(neg_scale), -(levels - 1), 0)

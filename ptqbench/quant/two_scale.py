@@ -34,16 +34,36 @@ import torch
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch, candidate_ranges, pick_by_mse, subsample
-from ptqbench.quant.uniform import fake_quant, fit_rows, qrange
+from ptqbench.quant.uniform import fake_quant, fit_rows, qrange, select_below
 
 
 def v2sf_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, shift: torch.Tensor,
                     levels: int) -> torch.Tensor:
     """Quantize-dequantize with V-2SF (parameters broadcast against `x`)."""
-    fine = fake_quant(x, scale, zero_point, 0, levels - 1)
     coarse_scale = scale * torch.exp2(shift)
+    threshold = (levels - 0.5 - zero_point) * scale
+    if (not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad)
+            and all(t.dim() == 0 for t in (scale, zero_point, shift)) and float(threshold) > 0 and float(scale) > 0):
+        return _v2sf_inference(x, float(threshold), float(scale), float(zero_point), float(coarse_scale), levels)
+    fine = fake_quant(x, scale, zero_point, 0, levels - 1)
     coarse = fake_quant(x, coarse_scale, torch.zeros_like(coarse_scale), 0, levels - 1)
-    return torch.where(x < (levels - 0.5 - zero_point) * scale, fine, coarse)
+    return torch.where(x < threshold, fine, coarse)
+
+
+def _v2sf_inference(x: torch.Tensor, threshold: float, scale: float, zero: float, coarse_scale: float,
+                    levels: int) -> torch.Tensor:
+    """`v2sf_fake_quant` without autograd, per-tensor parameters: each element's own region's
+    formula with a per-element step, one pass per operation instead of quantizing the whole tensor
+    twice and selecting. The fine region's codes are clamped to [-z, L-1-z], the coarse one's to
+    [0, L-1]; a coarse value is positive (it lies above (L - 1/2 - z) s > 0), so -z serves as the
+    lower bound of both, and only the upper bound differs by region when z != 0 (the caller checks
+    that the threshold and s are positive)."""
+    s = select_below(x, threshold, scale, coarse_scale)
+    y = torch.div(x, s)
+    y.round_().clamp_(0.0 - zero, levels - 1)
+    if zero != 0.0:
+        torch.minimum(y, select_below(x, threshold, levels - 1 - zero, levels - 1.0), out=y)
+    return y.mul_(s)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ptqbench.quant.base import Quantizer, round_ste
@@ -35,17 +37,36 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
     integer, so clamp(round(x/s) + z, qmin, qmax) - z == clamp(round(x/s), qmin - z, qmax - z)
     exactly, which saves the add and the subtract (elementwise passes over activations are the
     whole fake-quantization cost on CPU; allocation and memory traffic, not arithmetic, dominate).
+    The result is contiguous even for a strided `x` (q, k, v are views into the qkv output): the
+    matmul that consumes it would otherwise copy it into a contiguous buffer, one more pass.
     """
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
         return (torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
-    y = torch.div(x, scale)
+    if x.is_contiguous():
+        y = torch.div(x, scale)
+    else:
+        y = torch.div(x, scale, out=torch.empty(x.shape, dtype=torch.result_type(x, scale), device=x.device))
     y.round_()
-    if zero_point.dim() == 0 and zero_point.device.type == "cpu":  # scalar bounds: the fastest clamp (no GPU sync)
+    if zero_point.dim() == 0 and zero_point.device.type == "cpu" and not torch.compiler.is_compiling():
+        # scalar bounds: the fastest eager clamp (no GPU sync; a compiled graph keeps tensor bounds, no break)
         z = float(zero_point)
         y.clamp_(qmin - z, qmax - z)
     else:
         y.clamp_(qmin - zero_point, qmax - zero_point)
     return y.mul_(scale)
+
+
+def select_below(x: torch.Tensor, boundary: float, below: float, above: float) -> torch.Tensor:
+    """Per element of `x`: `below` where x < boundary, else `above` (NaN stays NaN), without a
+    comparison or `torch.where`: on CPU each of those is 10-20x slower than an in-place pass, so
+    this spends five `threshold` / negation passes (x >= boundary is x > its float predecessor;
+    values marked -inf first are the `below` side). Needs finite `below`, `above` and boundary."""
+    pred = float(torch.nextafter(torch.tensor(boundary, dtype=x.dtype), torch.tensor(-math.inf, dtype=x.dtype)))
+    s = F.threshold(x, pred, -math.inf)  # x < boundary -> -inf; x >= boundary keeps x
+    s.neg_()
+    F.threshold_(s, -boundary, -above)   # (-x <= -boundary) -> -above; +inf (the below side) stays
+    s.neg_()
+    return F.threshold_(s, -math.inf, below)  # -inf -> below; `above` > -inf stays
 
 
 def params_from_range(

@@ -115,16 +115,21 @@ class Classification(Task):
         return BuiltModel(model, device, weights["fingerprint"], fields, context=transform)
 
     def evaluation_data(self, settings: JobSettings, data: ImageNetData, model: BuiltModel, results_dir: Path) -> EvalData:
-        from ptqbench.data import eval_subset, files_signature, make_loader, subset_ids
+        from ptqbench.cache import cache_from_config
+        from ptqbench.data import eval_subset, files_signature, subset_ids
+        from ptqbench.data.decoded import evaluation_loader
         from ptqbench.hashing import sha_of
         from ptqbench.launch import resolve_workers
 
         data.val.transform = model.context
         val = eval_subset(data.val, settings.data.eval_limit)
-        loader = make_loader(val, settings.data.batch_size, resolve_workers(settings.data.workers))
+        signature = files_signature(val)
+        loader, decoded = evaluation_loader(val, model.context, signature, cache_from_config(settings.effective, results_dir),
+                                            settings.data.decoded_cache, settings.data.batch_size,
+                                            resolve_workers(settings.data.workers))
         ids = subset_ids(val)
-        fields = {"root": str(data.root), "eval_images": len(ids), "eval_ids_sha": sha_of(ids)}
-        return EvalData(loader, ids, f"{data.root}|{settings.data.val_split}|{files_signature(val)}", repr(model.context),
+        fields = {"root": str(data.root), "eval_images": len(ids), "eval_ids_sha": sha_of(ids), "decoded_cache": decoded}
+        return EvalData(loader, ids, f"{data.root}|{settings.data.val_split}|{signature}", repr(model.context),
                         model.device, fields)
 
     def calibration_data(self, settings: JobSettings, data: ImageNetData, model: BuiltModel, cache: Any) -> CalibData:

@@ -9,7 +9,13 @@ the report reads.
 What is quantized (`task.quantize`): `all` is RepQ-ViT's protocol (every Conv2d and Linear of the
 detector: backbone, FPN, RPN, RoI box and mask heads; the mask head's ConvTranspose2d stays FP,
 as in RepQ-ViT's code, which quantizes nn.Conv2d and nn.Linear only); `backbone` patches the Swin
-backbone only. Methods that work block by block refuse: see `refuse_blockwise`.
+backbone only.
+
+Every method runs on detectors. Block-wise methods (ERQ, GPTQ, DopQ-ViT and AIQViT reconstruction,
+PTQ4ViT's search) walk the model family's units, which for an mmdet Swin detector are the backbone's
+chain (ptqbench.models.families.mmdet_swin); the neck and the heads keep what the method's calibration
+pass gave them (docs/detection.md, "Methods on detectors"). What still cannot run is refused in
+`Detection.validate`, the one place.
 """
 
 from __future__ import annotations
@@ -69,22 +75,6 @@ def evaluator_cfg(ann_file: Path) -> dict[str, Any]:
     """The test evaluator every detection job (and the ground-truth test) uses."""
     _register_metric()
     return dict(type=METRIC_NAME, ann_file=str(ann_file), metric=["bbox", "segm"], format_only=False, backend_args=None)
-
-
-def refuse_blockwise(method: Any) -> None:
-    """Methods that walk `model_units(model)` (ERQ, GPTQ, AIQViT; DopQ-ViT with reconstruction,
-    PTQ4ViT with its Hessian search) stream the calibration set block by block, each block fed a
-    tensor from the previous one. A detector has no such chain (the Swin backbone passes
-    (tokens, hw_shape) pairs and feeds four FPN levels; the RoI heads depend on proposals), and
-    ptqbench has no unit list for it, so these methods stop here instead of running half a method."""
-    if getattr(method, "blockwise", False):
-        raise ConfigError(
-            f"method={method.name} cannot run on task=detection with these options: it works block by block over "
-            "model_units(), and ptqbench has no block list for mmdet detectors (the Swin backbone passes "
-            "(tokens, hw_shape) pairs into four FPN levels; the RoI heads depend on the proposals). "
-            "On detectors use method=fp, minmax, percentile, repq or tsptq, dopq with method.reconstruct=false, "
-            "or ptq4vit with method.search_rounds=0"
-        )
 
 
 def _release_log_files(logger: logging.Logger) -> None:
@@ -175,7 +165,6 @@ class Detection(Task):
             # timm blocks only; mmdet's Swin blocks and the detector heads have no such patch
             raise ConfigError("quant.full=true: the fully quantized roles exist for timm classifiers only; "
                               "use quant.full=false with task=detection")
-        refuse_blockwise(method)
 
     def scope(self, settings: JobSettings) -> Optional[str]:
         return SCOPES[settings.task.quantize]

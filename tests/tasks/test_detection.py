@@ -227,16 +227,16 @@ def test_w8a8_is_close_to_fp_and_w4a4_is_not(coco_tiny, fp_detector):
 
 @needs_mmdet
 @pytest.mark.data
-def test_job_end_to_end_records_box_and_mask_ap_refuses_erq_and_skips_when_rerun(coco_tiny, tmp_path):
+def test_job_end_to_end_records_box_and_mask_ap_refuses_full_quant_and_skips_when_rerun(coco_tiny, tmp_path):
     """In process (a sweep's exit status and end report are tests/test_cli.py's part): repq runs,
-    erq is refused with its reason before any work and records nothing, a rerun skips the finished
-    job."""
+    quant.full=true is refused with its reason before any work and records nothing, a rerun skips
+    the finished job."""
     from ptqbench.run import run_job
 
     base = ["task=detection", "model=mask_rcnn_swin_t", "bits=w4a4", f"data.coco_root={coco_tiny}",
             "data.eval_limit=4", "calib.size=2", "logger=none", f"results_dir={tmp_path}", *TINY]
-    with pytest.raises(ConfigError, match="method=erq cannot run on task=detection"):
-        run_job(_compose([*base, "method=erq"]))
+    with pytest.raises(ConfigError, match="quant.full=true: the fully quantized roles exist for timm classifiers only"):
+        run_job(_compose([*base, "method=repq", "quant.full=true"]))
     assert not list(tmp_path.glob("runs/*.json"))  # refused by the config check: no record (docs/reliability.md)
     ok = run_job(_compose([*base, "method=repq"]))
     assert ok["status"] == "ok", ok.get("traceback")
@@ -345,8 +345,8 @@ def test_cascade_mask_rcnn_job_end_to_end(coco_tiny, tmp_path):
 @pytest.mark.parametrize("options", [{"name": "repq"}, {"name": "dopq", "reconstruct": False}],
                          ids=["repq", "dopq_no_recon"])
 def test_reparameterized_detector_with_quantizers_off_is_the_fp_detector(coco_tiny, fp_detector, options):
-    """The reparameterizing methods that run on detectors (repq; dopq without reconstruction; erq,
-    gptq, aiq refuse): after quantization, with every quantizer off, the FPN levels and the RPN
+    """Reparameterizing methods on detectors (repq; dopq without reconstruction; erq, gptq and aiq
+    reparameterize the same pairs, tests/tasks/test_detection_methods.py runs them): after quantization, with every quantizer off, the FPN levels and the RPN
     outputs equal the FP detector's at an input whose Swin feature maps are padded to the window
     (160 x 256: 40 x 64 tokens -> 42 x 70, ...) and at one that pads nothing (224 x 448)."""
     from ptqbench.data.coco import calibration_batch, test_pipeline

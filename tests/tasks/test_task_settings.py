@@ -23,11 +23,16 @@ def _compose(*overrides: str):
     (["task.quantize=neck"], "task.quantize=neck: choose one of all, backbone"),
     (["quant.full=true"], "quant.full=true: the fully quantized roles exist for timm classifiers only; "
                           "use quant.full=false with task=detection"),
-    (["method=erq"], "method=erq cannot run on task=detection with these options"),
 ])
 def test_detection_refusals_come_from_the_task_once(overrides, message):
     problems = config_problems(_compose("task=detection", *overrides))
     assert len(problems) == 1 and problems[0].startswith(message), problems
+
+
+@pytest.mark.parametrize("method", ["gptq", "erq", "ptq4vit", "dopq", "aiq"])
+def test_block_wise_methods_run_on_detection(method):
+    """They walk the detector's backbone units (tests/tasks/test_detection_methods.py runs them)."""
+    assert config_problems(_compose("task=detection", f"method={method}")) == []
 
 
 def test_settings_are_typed_and_name_the_architecture_that_runs():

@@ -8,8 +8,9 @@ and calls `register_family`; the package imports every module in it (docs/contri
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
 from ptqbench.errors import ConfigError
@@ -99,6 +100,13 @@ class ModelFamily(Protocol):
     def units(self, model: nn.Module) -> list[Unit]:
         """The forward pass as units, in order (after patching: units hold the patched modules)."""
 
+    def unit_input(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        """The first unit's input, from the model's calibration input (a detector's batch dict -> images)."""
+
+    def output_loss(self, model: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """A scalar task loss of the first unit's input for Hessian-weighted searches; None: the
+        classifier's (cross-entropy of the logits against the model's own top-1)."""
+
 
 class BaseFamily:
     """Defaults for a family: plain nn.Linear / nn.Conv2d, no attention, no fully quantized ops,
@@ -130,6 +138,12 @@ class BaseFamily:
 
     def units(self, model: nn.Module) -> list[Unit]:
         return []
+
+    def unit_input(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        return inputs
+
+    def output_loss(self, model: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        return None
 
 
 FAMILIES: dict[str, ModelFamily] = {}

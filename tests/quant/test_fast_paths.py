@@ -1,0 +1,247 @@
+"""The inference fast paths of the non-uniform quantizers give, bit for bit, what the reference
+formulas written here give (the formulas the quantizers used before their passes were fused).
+
+Inputs mix random values, exact rounding ties (k + 1/2 steps), region borders, zeros, negative
+values and values outside the range."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ptqbench.quant.dynamic_focus import focus_fake_quant
+from ptqbench.quant.twin_uniform import twin_gelu_fake_quant, twin_softmax_fake_quant
+from ptqbench.quant.two_scale import v2sf_fake_quant
+from ptqbench.quant.uniform import fake_quant
+
+
+def ref_fake_quant(x, scale, zero, qmin, qmax):
+    """(clamp(round(x / s) + z, qmin, qmax) - z) * s, out of place."""
+    return (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def ties(step: float, lo: int, hi: int) -> torch.Tensor:
+    """Values exactly at (k + 1/2) * step and at k * step for k in [lo, hi)."""
+    k = torch.arange(lo, hi, dtype=torch.float32)
+    return torch.cat([(k + 0.5) * step, k * step])
+
+
+def mixed(*parts: torch.Tensor, n: int = 4000, seed: int = 0, low: float = -0.5, high: float = 1.5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    rnd = torch.rand(n, generator=g) * (high - low) + low
+    small = torch.rand(n, generator=g) * 1e-3  # dense near 0, like attention probabilities
+    x = torch.cat([rnd, small, torch.zeros(3), torch.tensor([-0.0, 1.0, 2.0, -1.0, math.nan, math.inf, -math.inf]), *parts])
+    return x[torch.randperm(x.numel(), generator=g)].reshape(1, -1)
+
+
+def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert torch.equal(torch.isnan(a), torch.isnan(b)), "NaN positions differ"
+    a, b = a.nan_to_num(nan=0.0), b.nan_to_num(nan=0.0)
+    assert torch.equal(a, b), f"{int((a != b).sum())} of {a.numel()} elements differ"
+
+
+# -- TwinUniform (PTQ4ViT) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [3, 4, 6, 8])
+@pytest.mark.parametrize("m", [0, 1, 3, 7])
+def test_twin_softmax_matches_two_branch_formula(bits, m):
+    L = 2 ** (bits - 1)
+    split = torch.tensor(2.0**-m)
+    s_low, s_high = split / (L - 1), torch.tensor(1.0 / (L - 1))
+    x = mixed(ties(float(s_low), 0, L + 2), ties(float(s_high), 0, L + 2), split.reshape(1), low=0.0, high=1.2)
+    zero = torch.zeros(())
+    ref = torch.where(x < split, ref_fake_quant(x, s_low, zero, 0, L - 1), ref_fake_quant(x, s_high, zero, 0, L - 1))
+    with torch.no_grad():
+        assert_same(twin_softmax_fake_quant(x, split, L), ref)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_twin_gelu_matches_two_branch_formula(bits):
+    L = 2 ** (bits - 1)
+    neg, pos = torch.tensor(0.17 / (L - 1)), torch.tensor(2.3 / (L - 1))
+    x = mixed(ties(float(neg), -L - 2, 1), ties(float(pos), 0, L + 2), low=-0.4, high=3.0)
+    zero = torch.zeros(())
+    ref = torch.where(x < 0, ref_fake_quant(x, neg, zero, -(L - 1), 0), ref_fake_quant(x, pos, zero, 0, L - 1))
+    with torch.no_grad():
+        assert_same(twin_gelu_fake_quant(x, neg, pos, L), ref)
+
+
+def test_twin_autograd_path_unchanged():
+    """Under autograd the two-branch formula still runs (gradients pass straight through)."""
+    L = 8
+    x = mixed(low=0.0, high=1.0)
+    x = x[torch.isfinite(x)].requires_grad_(True)  # (straight-through rounding turns inf into NaN)
+    y = twin_softmax_fake_quant(x, torch.tensor(0.25), L)
+    assert y.requires_grad
+    with torch.no_grad():
+        assert_same(y.detach(), twin_softmax_fake_quant(x.detach(), torch.tensor(0.25), L))
+
+
+# -- V-2SF (TSPTQ-ViT) ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+@pytest.mark.parametrize("zero_point", [0.0, 1.0, 3.0])
+@pytest.mark.parametrize("k", [1, 3])
+def test_v2sf_matches_two_branch_formula(bits, zero_point, k):
+    L = 2 ** (bits - 1)
+    zero_point = min(zero_point, L - 1)
+    scale, z, shift = torch.tensor(0.013), torch.tensor(zero_point), torch.tensor(float(k))
+    coarse = scale * 2.0**k
+    thr = (L - 0.5 - z) * scale
+    x = mixed(ties(float(scale), -L - 2, L + 2), ties(float(coarse), 0, L + 2), thr.reshape(1),
+              torch.nextafter(thr, torch.tensor(-1.0)).reshape(1), low=-0.1, high=float(coarse) * L * 1.3)
+    fine_ref = ref_fake_quant(x, scale, z, 0, L - 1)
+    coarse_ref = ref_fake_quant(x, coarse, torch.zeros(()), 0, L - 1)
+    ref = torch.where(x < thr, fine_ref, coarse_ref)
+    with torch.no_grad():
+        assert_same(v2sf_fake_quant(x, scale, z, shift, L), ref)
+
+
+def test_v2sf_degenerate_threshold_uses_the_formula():
+    """A zero point past the fine region (set by hand) leaves a non-positive threshold: the
+    per-region bound argument of the fast path does not hold, and the formula runs."""
+    L = 4
+    scale, z, shift = torch.tensor(0.1), torch.tensor(4.0), torch.tensor(2.0)
+    x = mixed(low=-1.0, high=1.0)
+    ref = torch.where(x < (L - 0.5 - z) * scale, ref_fake_quant(x, scale, z, 0, L - 1),
+                      ref_fake_quant(x, scale * 4, torch.zeros(()), 0, L - 1))
+    with torch.no_grad():
+        assert_same(v2sf_fake_quant(x, scale, z, shift, L), ref)
+
+
+# -- DFQ (AIQViT), below="zero" ---------------------------------------------------------------------
+
+def ref_focus_zero_masked(x: torch.Tensor, lo: float, b2: float, step: float) -> torch.Tensor:
+    """The previous in-place inference path: clamp, grid, then multiply by a 0/1 mask of x >= lo/2."""
+    y = F.threshold(x, lo, lo)
+    y.clamp_(max=b2).sub_(lo).div_(step).round_().mul_(step).add_(lo)
+    half = torch.tensor(lo / 2, dtype=x.dtype)
+    below_half = float(torch.nextafter(half, torch.tensor(-math.inf, dtype=x.dtype)))
+    keep = F.threshold(x, below_half, 0.0).sign_()
+    return y.mul_(keep)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("b1,b2", [(0.0, 0.3), (-0.01, 0.3), (0.004, 0.3), (0.02, 0.9), (0.3, 0.3), (0.5, 0.2)])
+def test_focus_zero_matches_masked_formula(bits, b1, b2):
+    b1t, b2t = torch.tensor(b1), torch.tensor(b2)
+    lo = b1t.clamp(min=0.0)
+    step = (b2t - lo).clamp(min=1e-8) / (2**bits - 2)
+    half = float(lo) / 2
+    x = mixed(ties(float(step), 0, 2**bits + 1) + float(lo), torch.tensor([half, float(lo), b2, b2 * 2]),
+              torch.nextafter(torch.tensor(half), torch.tensor(-1.0)).reshape(1), low=-0.05, high=1.2)
+    with torch.no_grad():
+        got = focus_fake_quant(x, b1t, b2t, bits, "zero")
+    assert_same(got, ref_focus_zero_masked(x, float(lo), float(b2t), float(step)))
+    # and the autograd formula (tensor ops, torch.where) agrees on a well-formed interval
+    if b2 > max(b1, 0.0):
+        xg = x[torch.isfinite(x)].clone().requires_grad_(True)
+        got = got[torch.isfinite(x)]
+        assert_same(focus_fake_quant(xg, b1t, b2t, bits, "zero").detach(), got)
+
+
+def test_focus_zero_nan_and_inf_as_before():
+    lo, b2, bits = torch.tensor(0.01), torch.tensor(0.5), 4
+    x = torch.tensor([math.nan, math.inf, -math.inf, 0.0, 0.004, 0.006, 0.2])
+    step = float((b2 - lo) / (2**bits - 2))
+    with torch.no_grad():
+        got = focus_fake_quant(x, lo, b2, bits, "zero")
+    assert_same(got, ref_focus_zero_masked(x, 0.01, 0.5, step))
+    assert torch.isnan(got[0]) and got[2] == 0 and got[1] == b2
+    with torch.no_grad():  # lo = 0: NaN stays NaN too
+        assert torch.isnan(focus_fake_quant(x, torch.tensor(0.0), b2, bits, "zero")[0])
+
+
+# -- uniform: strided input -----------------------------------------------------------------------
+
+def test_uniform_fake_quant_of_a_strided_view_is_contiguous_and_equal():
+    """q, k, v are strided views of the qkv output; the fake-quantized copy is written contiguous
+    (the next matmul needs no copy) with the values of the formula."""
+    qkv = mixed(ties(0.05, -9, 9), n=1500 * 4).reshape(-1)[: 2 * 5 * 3 * 2 * 8].reshape(2, 5, 3, 2, 8)
+    q = qkv.permute(2, 0, 3, 1, 4)[1].transpose(-2, -1)
+    assert not q.is_contiguous()
+    s, z = torch.tensor(0.05), torch.tensor(3.0)
+    with torch.no_grad():
+        got = fake_quant(q, s, z, 0, 15)
+    assert got.is_contiguous()
+    assert_same(got, ref_fake_quant(q, s, z, 0, 15))
+
+
+# -- whole model: the quantized tiny ViT's logits with the reference formulas patched in -----------
+
+def ref_twin_softmax(x, split, levels):
+    zero = torch.zeros_like(split)
+    low = ref_fake_quant(x, split / (levels - 1), zero, 0, levels - 1)
+    high = ref_fake_quant(x, torch.full_like(split, 1.0 / (levels - 1)), zero, 0, levels - 1)
+    return torch.where(x < split, low, high)
+
+
+def ref_twin_gelu(x, neg_scale, pos_scale, levels):
+    pos = ref_fake_quant(x, pos_scale, torch.zeros_like(pos_scale), 0, levels - 1)
+    neg = ref_fake_quant(x, neg_scale, torch.zeros_like(neg_scale), -(levels - 1), 0)
+    return torch.where(x < 0, neg, pos)
+
+
+def ref_v2sf(x, scale, zero_point, shift, levels):
+    fine = ref_fake_quant(x, scale, zero_point, 0, levels - 1)
+    coarse_scale = scale * torch.exp2(shift)
+    coarse = ref_fake_quant(x, coarse_scale, torch.zeros_like(coarse_scale), 0, levels - 1)
+    return torch.where(x < (levels - 0.5 - zero_point) * scale, fine, coarse)
+
+
+# 40-60 s each on 2 busy cores with their searches and reconstruction: slow; the kernel tests above
+# are the default suite's check of the same paths
+@pytest.mark.parametrize("name", ["minmax", *(pytest.param(n, marks=pytest.mark.slow) for n in ("ptq4vit", "tsptq", "aiq"))])
+def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypatch):
+    import ptqbench.quant.dynamic_focus as dfq
+    import ptqbench.quant.ptf as ptf
+    import ptqbench.quant.twin_uniform as twin
+    import ptqbench.quant.two_scale as two
+    import ptqbench.quant.uniform as uni
+    from ptqbench.methods import Bits, build_method
+    from ptqbench.models import make_quantizable
+    from tests.conftest import make_tiny_vit
+
+    fast = {"minmax": {}, "ptq4vit": {"search_candidates": 3, "search_rounds": 1},
+            "tsptq": {}, "aiq": {"iters": 2, "batch_size": 2, "progress": False}}[name]
+    model = make_tiny_vit()
+    torch.manual_seed(1)
+    calib, x = torch.randn(4, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    qm = make_quantizable(model, (method := build_method({"name": name, **fast}, Bits(4, 4))).plan())
+    method.quantize(qm, calib)
+    with torch.no_grad():
+        new = qm.model(x)
+
+    def ref_uniform(x, scale, zero_point, qmin, qmax):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return uni_fake_quant(x, scale, zero_point, qmin, qmax)
+        return ref_fake_quant(x, scale, zero_point, qmin, qmax)
+
+    uni_fake_quant = uni.fake_quant
+    for mod in (uni, twin, two, ptf):
+        monkeypatch.setattr(mod, "fake_quant", ref_uniform)
+    monkeypatch.setattr(twin, "twin_softmax_fake_quant", ref_twin_softmax)
+    monkeypatch.setattr(twin, "twin_gelu_fake_quant", ref_twin_gelu)
+    monkeypatch.setattr(two, "v2sf_fake_quant", ref_v2sf)
+    monkeypatch.setattr(dfq, "_focus_zero_inplace", ref_focus_zero_masked)
+    for m in qm.model.modules():  # the weight caches refill through the reference formulas
+        if hasattr(m, "_wq_cache"):
+            m._wq_cache = None
+    with torch.no_grad():
+        ref = qm.model(x)
+    assert_same(new, ref)
+
+
+def test_select_below_matches_where():
+    from ptqbench.quant.uniform import select_below
+
+    for boundary in (0.0, 0.0625, 0.37, -0.2):
+        b = torch.tensor(boundary)
+        x = mixed(torch.stack([b, torch.nextafter(b, torch.tensor(-9.0)), torch.nextafter(b, torch.tensor(9.0))]))
+        ref = torch.where(x < b, torch.tensor(0.011), torch.tensor(0.5))
+        ref[torch.isnan(x)] = math.nan
+        assert_same(select_below(x, boundary, 0.011, 0.5), ref)

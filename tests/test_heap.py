@@ -1,0 +1,46 @@
+"""The quantization phase returns large freed blocks to the OS (glibc's mmap threshold)."""
+
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ptqbench import heap
+
+
+_FRESH_PROCESS_CHECK = """
+import psutil, torch
+from ptqbench import heap
+rss = lambda: psutil.Process().memory_info().rss / 2**20
+with heap.large_blocks_unmapped():
+    start = rss()
+    blocks = [torch.ones(2 << 20) for _ in range(40)]  # 40 x 8 MB, under glibc's 32 MB dynamic maximum
+    grown = rss() - start
+    del blocks
+    left = rss() - start
+assert heap.set_mmap_threshold(heap.GLIBC_DYNAMIC_MAX)
+print(round(grown), round(left))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or heap._glibc() is None, reason="glibc only")
+def test_large_blocks_freed_inside_the_block_leave_the_resident_set():
+    # a fresh process: in a long-lived one, earlier frees leave large chunks in malloc's bins,
+    # which serve new blocks before the mmap threshold is consulted
+    out = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_CHECK], capture_output=True, text=True, check=True)
+    grown, left = (int(v) for v in out.stdout.split())
+    assert grown > 250 and left < 50, out.stdout
+
+
+def test_without_glibc_the_threshold_is_left_alone(monkeypatch):
+    heap._glibc.cache_clear()
+    monkeypatch.setattr(heap.ctypes.util, "find_library", lambda name: None)
+    try:
+        assert heap.set_mmap_threshold(1 << 20) is False
+        with heap.large_blocks_unmapped():
+            pass
+    finally:
+        monkeypatch.undo()
+        heap._glibc.cache_clear()
