@@ -58,7 +58,15 @@ def _popen_cli(*args: str) -> subprocess.Popen:
     """`python -m ptqbench ARGS` in its own process group (so it and its workers can be killed)."""
     env = {**os.environ, "WANDB_SILENT": "true"}
     return subprocess.Popen([sys.executable, "-m", "ptqbench", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_sigint_default)
+
+
+def _sigint_default() -> None:
+    """SIGINT back to its default in the child, as in a terminal: a test run started in the
+    background by a non-interactive shell inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler, so the Ctrl-C tests would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # --- launchers ---------------------------------------------------------------------------------
@@ -245,10 +253,7 @@ def test_refused_rerun_leaves_the_finished_record_untouched(tiny_imagenet, tmp_p
 def test_ctrl_c_during_a_rerun_keeps_the_finished_result(tiny_imagenet, tmp_path):
     """The real Ctrl-C: SIGINT to the process group of `python -m ptqbench resume=false` while
     the job runs. Exit status 130, the `ok` record kept with the interrupted attempt, one line."""
-    # decoding in loader workers (no decoded-image cache) keeps the job running for seconds after it
-    # starts, so the signal lands mid-job; read from the cache, the tiny job ends before it
-    args = [*_tiny_job_args(tiny_imagenet, tmp_path, workers=True), "method=minmax", "bits=w8a8", "resume=false",
-            "data.decoded_cache=false"]
+    args = [*_tiny_job_args(tiny_imagenet, tmp_path, workers=True), "method=minmax", "bits=w8a8", "resume=false"]
     path, ok = _finished_record(_compose(*args))
     proc = _popen_cli(*args)
     lines: list[str] = []
