@@ -2,9 +2,9 @@
 
 A quantizer is an `nn.Module` that maps a float tensor to its quantize-dequantize image. It is
 *calibrated* once from data (`calibrate`) and then applies fixed parameters. Calibration is lazy:
-inside `ptqbench.quant.calibration.calibrating(...)` an uncalibrated quantizer fits itself on the
-first tensor it sees, so a single forward pass calibrates the whole model in forward order, with
-upstream quantizers already active (RepQ-ViT's protocol).
+with `auto_calibrate` set (`ptqbench.quant.calibration.calibrate`) an uncalibrated quantizer fits
+itself on the first tensor it sees, so the model calibrates in forward order, with upstream
+quantizers already active (RepQ-ViT's protocol), in one pass or streamed unit by unit.
 """
 
 from __future__ import annotations
