@@ -67,6 +67,9 @@ def test_yaml_only_overrides_its_dataclass(group, path):
     data, comments = _overrides(path)
     if group == "task" and "task" in data:  # a `# @package _global_` option: its own block
         data = data["task"]
+    if group == "method" and _is_global(path):  # its own block, plus the paper's calibration size
+        assert set(data) <= {"method", "calib"} and set(data.get("calib", {})) <= {"size"}, f"{path}: {sorted(data)}"
+        data = data.get("method", {})
     cls = _schema_of(group, path, data)
     assert cls is not None, f"{path}: no schema for it"
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -80,8 +83,20 @@ def test_yaml_only_overrides_its_dataclass(group, path):
 def test_composed_method_is_its_dataclass_defaults_plus_the_yaml(name):
     path = CONF / "method" / f"{name}.yaml"
     overrides = _overrides(path)[0] if path.exists() else {}
+    if path.exists() and _is_global(path):
+        overrides = overrides.get("method", {})
     composed = OmegaConf.to_container(_compose(f"method={name}").method)
     assert composed == {"name": name, **defaults_of(METHODS[name].Config), **overrides}
+
+
+def _is_global(path: Path) -> bool:
+    return path.read_text().startswith("# @package _global_")
+
+
+def test_a_method_file_sets_its_papers_calibration_size_and_the_command_line_wins():
+    assert _compose("method=ias").calib.size == 1024  # I&S-ViT's protocol
+    assert _compose("method=ias", "calib.size=32").calib.size == 32
+    assert _compose("method=repq").calib.size == 32
 
 
 def test_every_group_schema_has_a_default_option_that_composes():

@@ -9,6 +9,7 @@ the quantizer's own float32 arithmetic, so they lie exactly on its grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -28,7 +29,19 @@ def solve_psd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.pinv(a, hermitian=True) @ b
 
 
-def ridge_correction(G: torch.Tensor, C: torch.Tensor, w_aug: torch.Tensor, lam: float) -> torch.Tensor:
+def inverse32_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a^-1 b as ERQ's released code computes it: `torch.inverse` in float32, then a float32
+    product (returned as float64 for the caller's arithmetic). Noisier than `solve_psd` where
+    `a` is ill-conditioned (the head's Aqer: lambda 0.1 against rank <= N rows)."""
+    return (torch.inverse(a.float()) @ b.float()).double()
+
+
+# ERQConfig.solve -> the linear solver of Aqer and Wqer
+SOLVERS = {"cholesky64": solve_psd, "inverse32": inverse32_solve}
+
+
+def ridge_correction(G: torch.Tensor, C: torch.Tensor, w_aug: torch.Tensor, lam: float,
+                     solve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = solve_psd) -> torch.Tensor:
     """ERQ's Aqer: the weights [W, b] that best map the quantized input to the float output.
 
     With A = [Q(X), 1] and the float output Y = [X, 1] [W, b]^T, the ridge regression of the
@@ -36,7 +49,7 @@ def ridge_correction(G: torch.Tensor, C: torch.Tensor, w_aug: torch.Tensor, lam:
     where G = A^T A and C = A^T [X, 1]. Returns [W, b] + beta^T (float64).
     """
     G64, C64, w64 = G.double(), C.double(), w_aug.double()
-    beta = solve_psd(G64 + lam * _eye_like(G64), (C64 - G64) @ w64.T)
+    beta = solve(G64 + lam * _eye_like(G64), (C64 - G64) @ w64.T)
     return w64 + beta.T
 
 
@@ -110,6 +123,7 @@ class WqerStats:
 def wqer(
     w_aug: torch.Tensor, G: torch.Tensor, rows: int, grid: Grid, lam: float,
     refine: bool = True, refine_steps: int = 100,
+    solve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = solve_psd,
 ) -> tuple[torch.Tensor, WqerStats]:
     """ERQ's Wqer on one layer: quantize the first half (by index) of the still-unquantized
     columns, optionally refine their rounding, and compensate the remaining columns by ridge
@@ -122,6 +136,7 @@ def wqer(
         rows: number of rows summed into G.
         grid: the weight quantizer's per-element grid over the fan_in columns.
         lam: ridge strength.
+        solve: the linear solver of the compensation (`SOLVERS`).
 
     Returns:
         the new [W, b]: W exactly on the grid (float32 values of the quantizer), b float.
@@ -146,7 +161,7 @@ def wqer(
         q_s = torch.where(use_ceil, v_ce, v_fl)
         d_s = q_s.double() - cur[:, S]
         g_rr = G64[R, R]
-        delta_r = -solve_psd(g_rr + lam * _eye_like(g_rr), G64[R, S] @ d_s.T)
+        delta_r = -solve(g_rr + lam * _eye_like(g_rr), G64[R, S] @ d_s.T)
         out_w[:, S] = q_s
         cur[:, S] = q_s.double()
         cur[:, R] += delta_r.T

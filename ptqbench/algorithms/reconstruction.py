@@ -13,15 +13,22 @@ already-reconstructed quantized units (`fp_input_prob=0`), the FP input (`1`), o
 random mix of the two (QDrop's drop, `0 < p < 1`). After training the unit's parameters are
 frozen and its quantized outputs feed the next unit. Everything else in the model stays fixed.
 
-What learns (`learn`): "act_scale" (the "scale" group of every activation quantizer in
-the unit: LSQ step sizes of the uniform ones), "weight_scale" (the weight quantizers' "scale"
-group), "weight_rounding" (AdaRound; exclusive with weight_scale), "dfq" (the "interval" group of
+What learns (`learn`): "weights" (the FP weights and biases of the unit's Linear/Conv layers,
+through the weight quantizers' straight-through rounding when they are on: I&S-ViT), "act_scale"
+(the "scale" group of every activation quantizer in the unit: LSQ step sizes of the uniform ones),
+"weight_scale" (the weight quantizers' "scale" group), "weight_rounding" (AdaRound; exclusive with weight_scale), "dfq" (the "interval" group of
 activation quantizers: the bounds of dynamic focusing quantizers), "lowrank" (AIQViT's B A branches
 on every Linear, optionally with a relaxed rank search). What a quantizer trains in a group is its
 own (`Quantizer.start_training`), so a new quantizer kind needs no change here.
 
 FP targets (the FP units' outputs) are computed on the fly, or looked up in `fp_targets` (a sweep's
-cache, `ptqbench.cache.ActivationStore`) when the caller passes one.
+cache, `ptqbench.cache.ActivationStore`) when the caller passes one. They come from the model itself
+with quantization off, or from `teacher` (an untouched FP copy) for a recipe whose earlier stage
+already changed the FP weights (I&S-ViT's second reconstruction).
+
+The loss is the element mean of the squared (or absolute) error (`loss_reduction="mean"`), or the
+RepQ/BRECQ family's `lp_loss`: summed over dim 1 (tokens of a block output, classes of the logits)
+and averaged over the rest (`"sum_dim1"`), which sets the balance against the rounding regularizer.
 
 Deterministic under `seed`: batches come from a CPU torch.Generator seeded per unit, low-rank
 initializations from another. Device-agnostic: data live on the model's device.
@@ -47,8 +54,9 @@ from ptqbench.quant.modules import QuantLinear
 from ptqbench.algorithms.streaming import params_frozen, run_unit, split_chunks, unit_layers
 from ptqbench.quant.uniform import UniformQuantizer
 
-LEARNABLE = ("act_scale", "weight_scale", "weight_rounding", "dfq", "lowrank")
+LEARNABLE = ("weights", "act_scale", "weight_scale", "weight_rounding", "dfq", "lowrank")
 LOSSES = ("mse", "l1")
+LOSS_REDUCTIONS = ("mean", "sum_dim1")
 # learn kind -> (which quantizers, their trainable group, the ReconConfig field of its learning rate)
 QUANTIZER_LEARNING = {
     "act_scale": ("activations", "scale", "lr_act_scale"),
@@ -71,9 +79,10 @@ class ReconConfig:
         iters: Adam steps per unit.
         batch_size: calibration images per step.
         learn: which parameters train (subset of LEARNABLE).
-        lr_act_scale / lr_weight_scale / lr_rounding / lr_dfq / lr_lowrank / lr_arch: Adam learning
-            rates per parameter kind.
+        lr_weights / lr_act_scale / lr_weight_scale / lr_rounding / lr_dfq / lr_lowrank / lr_arch: Adam
+            learning rates per parameter kind (every group follows one cosine schedule to 0).
         loss: "mse" or "l1" on the unit output.
+        loss_reduction: "mean" over elements, or "sum_dim1" (sum over dim 1, mean over the rest).
         warmup: fraction of iters without the AdaRound regularizer (BRECQ/QDrop: 0.2).
         round_weight: weight of the AdaRound regularizer; beta anneals from beta_start to beta_end.
         fp_input_prob: 0 = quantized inputs, 1 = FP inputs, between = QDrop's element-wise mix.
@@ -93,6 +102,7 @@ class ReconConfig:
     iters: int = 1000
     batch_size: int = 64
     learn: tuple[str, ...] = ("act_scale", "weight_rounding")
+    lr_weights: float = 4e-5
     lr_act_scale: float = 4e-5
     lr_weight_scale: float = 1e-5
     lr_rounding: float = 1e-3
@@ -100,6 +110,7 @@ class ReconConfig:
     lr_lowrank: float = 1e-3
     lr_arch: float = 1e-2
     loss: str = "mse"
+    loss_reduction: str = "mean"
     warmup: float = 0.2
     round_weight: float = 0.01
     beta_start: float = 20.0
@@ -123,10 +134,14 @@ class ReconConfig:
             raise ValueError(f"reconstruction cannot learn {bad}; choose from {LEARNABLE}")
         if "weight_scale" in self.learn and "weight_rounding" in self.learn:
             raise ValueError("learn weight_scale or weight_rounding, not both (AdaRound keeps the grid fixed)")
+        if "weights" in self.learn and "weight_rounding" in self.learn:
+            raise ValueError("learn weights or weight_rounding, not both (AdaRound rounds a fixed weight)")
         if self.iters < 0 or self.batch_size < 1:
             raise ValueError(f"iters must be >= 0 and batch_size >= 1, got {self.iters}, {self.batch_size}")
         if self.loss not in LOSSES:
             raise ValueError(f"reconstruction loss {self.loss!r}; choose one of {LOSSES}")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction={self.loss_reduction!r}; choose one of {LOSS_REDUCTIONS}")
         if self.units not in ("all", "blocks"):
             raise ValueError(f"units={self.units!r}; choose 'all' or 'blocks'")
         for key in ("warmup", "fp_input_prob", "curriculum_start", "curriculum_end", "search_frac"):
@@ -141,6 +156,7 @@ class _UnitState:
     """What one unit trains, and how to freeze it afterwards."""
 
     groups: list[dict[str, Any]] = field(default_factory=list)
+    weights: list[nn.Parameter] = field(default_factory=list)
     training: list[Quantizer] = field(default_factory=list)
     rounders: dict[str, tuple[nn.Module, AdaRoundQuantizer]] = field(default_factory=dict)
     branches: dict[str, tuple[QuantLinear, LowRankBranch]] = field(default_factory=dict)
@@ -160,6 +176,12 @@ def prepare_unit(unit: Unit, layers: dict[str, nn.Module], cfg: ReconConfig, gen
         "weights": [m.weight_quantizer for m in layers.values() if m.weight_quantizer is not None
                     and m.weight_quantizer.enabled and m.weight_quantizer.calibrated],
     }
+    if "weights" in learn:
+        st.weights = [p for m in layers.values() for p in (m.weight, m.bias) if p is not None]
+        for p in st.weights:
+            p.requires_grad_(True)
+        if st.weights:
+            st.groups.append({"params": st.weights, "lr": cfg.lr_weights, "name": "weights"})
     for kind in ("act_scale", "dfq", "weight_scale"):
         if kind not in learn:
             continue
@@ -201,6 +223,8 @@ def prepare_unit(unit: Unit, layers: dict[str, nn.Module], cfg: ReconConfig, gen
 def finish_unit(st: _UnitState) -> dict[str, int]:
     """Freeze what the unit learned: scales back to buffers, hard rounding written into the weight,
     DFQ bounds fixed, zero-rank branches removed."""
+    for p in st.weights:
+        p.requires_grad_(False)
     for q in st.training:
         q.stop_training()
     for layer, base in st.rounders.values():
@@ -218,9 +242,12 @@ def finish_unit(st: _UnitState) -> dict[str, int]:
     return ranks
 
 
-def _loss(out: torch.Tensor, target: torch.Tensor, kind: str, per_sample: bool = False) -> torch.Tensor:
+def _loss(out: torch.Tensor, target: torch.Tensor, kind: str, reduction: str = "mean",
+          per_sample: bool = False) -> torch.Tensor:
     d = out - target
     v = d.pow(2) if kind == "mse" else d.abs()
+    if reduction == "sum_dim1" and v.dim() > 1:
+        v = v.sum(1)
     return v.reshape(v.shape[0], -1).mean(1) if per_sample else v.mean()
 
 
@@ -236,8 +263,9 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
     n = x_q.shape[0]
     bs = min(cfg.batch_size, n)
     info: dict[str, Any] = {"unit": unit.name, "params": sum(p.numel() for g in st.groups for p in g["params"])}
+    x_eval = x_fp if cfg.fp_input_prob >= 1.0 else x_q  # what the unit trains on (the mix: its quantized side)
     with torch.no_grad():
-        start = _loss(_forward_batches(unit, x_q, bs), target, cfg.loss, per_sample=True)
+        start = _loss(_forward_batches(unit, x_eval, bs), target, cfg.loss, cfg.loss_reduction, per_sample=True)
     info["loss_start"] = float(start.mean())
     order = torch.argsort(start.cpu(), stable=True) if cfg.curriculum else torch.arange(n)
     if not st.groups or cfg.iters == 0:
@@ -274,7 +302,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
             drop = torch.rand(xb.shape, generator=gen).to(dev) < cfg.fp_input_prob
             xb = torch.where(drop, x_fp[idx], xb)
         out = unit.forward(xb)
-        rec = _loss(out, target[idx], cfg.loss)
+        rec = _loss(out, target[idx], cfg.loss, cfg.loss_reduction)
         loss = rec
         if st.rounders and it >= warm:
             progress = (it - warm) / max(cfg.iters - warm, 1)
@@ -292,7 +320,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
     bar.close()
     info["ranks"] = finish_unit(st)
     with torch.no_grad():
-        info["loss_end"] = float(_loss(_forward_batches(unit, x_q, bs), target, cfg.loss))
+        info["loss_end"] = float(_loss(_forward_batches(unit, x_eval, bs), target, cfg.loss, cfg.loss_reduction))
     return info
 
 
@@ -305,10 +333,20 @@ def _regroup(st: _UnitState, cfg: ReconConfig) -> list[dict[str, Any]]:
     return groups
 
 
+@dataclass(frozen=True)
+class FPTeacher:
+    """An FP copy of the model taken before a recipe changed its weights, and its units (parallel to
+    the student's): the source of FP inputs and targets for a later reconstruction stage."""
+
+    model: nn.Module
+    units: list[Unit]
+
+
 def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: ReconConfig,
-                fp_targets: Optional[FPTargets] = None) -> dict[str, Any]:
+                fp_targets: Optional[FPTargets] = None, teacher: Optional[FPTeacher] = None) -> dict[str, Any]:
     """Reconstruct `units` of `model` (already calibrated and quantized; its units in forward order)
-    in order on `calib`; FP targets come from `fp_targets` when given, else are computed.
+    in order on `calib`; FP targets come from `fp_targets` when given, else are computed by `model`
+    with quantization off, or by `teacher` when given.
 
     Returns statistics for the run record: per unit the loss before and after, trained parameter
     count and chosen low-rank ranks; seconds per unit and per iteration; extra low-rank parameters.
@@ -319,14 +357,19 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
     x_q = calib
     x_fp = calib
     per_unit, ranks, t0 = [], {}, time.perf_counter()
-    lookup = fp_targets.unit_outputs(model) if fp_targets is not None else None  # keyed on the FP state before training
+    if teacher is not None and len(teacher.units) != len(units):
+        raise ValueError(f"the FP teacher has {len(teacher.units)} units, the model {len(units)}")
+    source = teacher.model if teacher is not None else model
+    lookup = fp_targets.unit_outputs(source) if fp_targets is not None else None  # keyed on the FP state before training
     try:
         with params_frozen(model):  # only the parameters a unit's prepare_unit() enables train
             for i, unit in enumerate(units):
                 bs = min(cfg.batch_size, x_q.shape[0])
 
-                def fp_target(unit: Unit = unit, x: torch.Tensor = x_fp, bs: int = bs) -> torch.Tensor:
-                    with torch.no_grad(), quant_disabled(model):
+                fp_unit = teacher.units[i] if teacher is not None else unit
+
+                def fp_target(unit: Unit = fp_unit, x: torch.Tensor = x_fp, bs: int = bs) -> torch.Tensor:
+                    with torch.no_grad(), quant_disabled(source):
                         return _forward_batches(unit, x, bs)
 
                 target = fp_target() if lookup is None else lookup(i, fp_target).to(dev)

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ptqbench.algorithms.error_reduction import SOLVERS
 from ptqbench.methods.base import Method, Step, register_method
 from ptqbench.methods.configs import ReparamConfig, reparam_activations
 from ptqbench.methods.steps import (Calibrate, ErrorReduction, InstallDualUniform, MeanScale, Reparameterize, Timed,
@@ -64,6 +65,8 @@ class ERQConfig(ReparamConfig):
     conv_lambda_factor: Wqer's lambda for the patch-embedding conv is 0.1 * coe * this (released: 10).
     chunk_size: calibration images per streamed chunk (memory only; results do not depend on it
         beyond float summation order).
+    solve: the linear solves of Aqer and Wqer: "cholesky64" (float64 Cholesky, pseudo-inverse when
+        singular) or "inverse32" (the released float32 `torch.inverse`; docs/anchors/erq).
     """
 
     patch_input_bits: Optional[int] = None
@@ -79,9 +82,12 @@ class ERQConfig(ReparamConfig):
     head_lambda: float = 0.1
     conv_lambda_factor: float = 10.0
     chunk_size: int = 8
+    solve: str = "cholesky64"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.solve not in SOLVERS:
+            raise ValueError(f"solve={self.solve!r}; choose one of {sorted(SOLVERS)}")
         for key in ("coe", "head_lambda", "conv_lambda_factor"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -109,5 +115,5 @@ class ERQ(Method):
         dual = InstallDualUniform(self.bits.w, c.dual_divisor, c.dual_percentile,
                                   RangeSearch(c.weight_search, c.weight_percentiles), enabled=c.dual_uniform)
         reduce = ErrorReduction(c.aqer, c.wqer, c.rounding_refinement, c.refine_steps, c.coe, c.head_lambda,
-                                c.conv_lambda_factor, c.chunk_size)
+                                c.conv_lambda_factor, c.chunk_size, c.solve)
         return (Timed("error_reduction_s", (activation_side, dual, reduce)),)

@@ -6,6 +6,8 @@ calls each as `step(qm, calib)` and merges the statistics they return into `meth
 - Reparameterize: per-channel post-LN quantizers -> per-tensor, folded into the LayerNorm and the
   next Linear, with a shared-scale rule (MeanScale: RepQ-ViT; MOSF: DopQ-ViT).
 - Reconstruct: block reconstruction (ptqbench.algorithms.reconstruction).
+- WithFPTeacher: run inner steps with an FP copy of the model taken first, which later
+  reconstruction stages take their FP inputs and targets from (I&S-ViT trains the FP weights).
 - GPTQSolve / InstallDualUniform / ErrorReduction: weight solvers, unit by unit (GPTQ; ERQ).
 - HessianSearch: PTQ4ViT's Hessian-guided scale search.
 - Timed: inner steps, plus their wall time under a key.
@@ -13,16 +15,17 @@ calls each as `step(qm, calib)` and merges the statistics they return into `meth
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
 
-from ptqbench.algorithms.error_reduction import gptq, ridge_correction, wqer
+from ptqbench.algorithms.error_reduction import SOLVERS, gptq, ridge_correction, wqer
 from ptqbench.algorithms.hessian_search import SearchConfig, search_model
-from ptqbench.algorithms.reconstruction import ReconConfig, reconstruct
+from ptqbench.algorithms.reconstruction import FPTeacher, ReconConfig, reconstruct
 from ptqbench.algorithms.reparam import SharedScaleFn, mad_inliers, mean_scale, mosf_scale, reparameterize_all
 from ptqbench.algorithms.streaming import GramStats, collect_grams, run_unit, split_chunks, unit_layers, weights_fp
 from ptqbench.methods.base import Step
@@ -70,12 +73,16 @@ def run_steps(steps: Iterable[Step], qm: QuantizedModel, calib: torch.Tensor) ->
 @dataclass(frozen=True)
 class Calibrate:
     """One progressive calibration pass, streamed over the model's units when it has them
-    (`ptqbench.quant.calibration.calibrate`); records how many quantizers it fitted under `key`."""
+    (`ptqbench.quant.calibration.calibrate`); records how many quantizers it fitted under `key`.
+    `images`: only the first that many calibration images (I&S-ViT fits on the first 64)."""
 
     desc: str = "calibrate"
     key: str = "calibrated_quantizers"
+    images: Optional[int] = None
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+        if self.images is not None and isinstance(calib, torch.Tensor):
+            calib = calib[: self.images]
         # streaming needs units that reproduce the whole forward from the images; a detector's
         # calibration input is a batch dict and its units are the backbone only: one pass
         units = qm.units if isinstance(calib, torch.Tensor) else None
@@ -166,17 +173,36 @@ class Reparameterize:
 @dataclass(frozen=True)
 class Reconstruct:
     """Block reconstruction with the engine config `cfg`; per-unit details trimmed to losses and
-    seconds, plus the iterations, batch size and learned kinds that ran."""
+    seconds, plus the iterations, batch size and learned kinds that ran; every key starts with
+    `prefix` (a recipe with two reconstruction stages keeps both)."""
 
     cfg: ReconConfig
+    prefix: str = ""
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
         x = unit_input(qm, calib)
-        stats = reconstruct(qm.model, qm.units, x, self.cfg, qm.fp_targets)
+        stats = reconstruct(qm.model, qm.units, x, self.cfg, qm.fp_targets, qm.fp_teacher)
         stats["recon_iters"] = self.cfg.iters
         stats["recon_batch_size"] = min(self.cfg.batch_size, x.shape[0])
         stats["recon_learn"] = list(self.cfg.learn)
-        return stats
+        return {f"{self.prefix}{k}": v for k, v in stats.items()}
+
+
+@dataclass(frozen=True)
+class WithFPTeacher:
+    """Run `steps` with `qm.fp_teacher` set to an FP copy of the model taken now (quantization off
+    in it), so that every Reconstruct among them trains against the FP model as it was before any
+    of them changed the weights; the copy is dropped afterwards."""
+
+    steps: tuple[Step, ...]
+
+    def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+        teacher = copy.deepcopy(qm.model)
+        qm.fp_teacher = FPTeacher(teacher, FAMILIES[qm.family].units(teacher))
+        try:
+            return run_steps(self.steps, qm, calib)
+        finally:
+            qm.fp_teacher = None
 
 
 # -- Hessian-guided search -------------------------------------------------------------------------
@@ -267,13 +293,14 @@ class ErrorReduction:
     head_lambda: float
     conv_lambda_factor: float
     chunk_size: int
+    solve: str = "cholesky64"
 
     def _reduce_layer(self, layer: nn.Module, role: str, st: GramStats, counters: dict[str, int]) -> None:
         is_conv = isinstance(layer, QuantConv2d)
         w_aug = torch.cat([layer.weight_matrix(), layer.bias_vector()[:, None]], dim=1)
         if self.aqer and not is_conv:
             lam = self.head_lambda if role == roles.HEAD_IN else 0.1 * self.coe
-            w_aug = ridge_correction(st.G, st.C, w_aug, lam)
+            w_aug = ridge_correction(st.G, st.C, w_aug, lam, SOLVERS[self.solve])
             layer.set_weight_matrix(w_aug[:, :-1], w_aug[:, -1])
             counters["aqer_layers"] += 1
         wq = layer.weight_quantizer
@@ -283,7 +310,8 @@ class ErrorReduction:
         if self.wqer:
             lam = 0.1 * self.coe * (self.conv_lambda_factor if is_conv else 1.0)
             refine = self.rounding_refinement and not is_conv
-            w_aug, s = wqer(w_aug, st.G, st.rows, layer.weight_grid(), lam, refine, self.refine_steps)
+            w_aug, s = wqer(w_aug, st.G, st.rows, layer.weight_grid(), lam, refine, self.refine_steps,
+                            SOLVERS[self.solve])
             layer.set_weight_matrix(w_aug[:, :-1], w_aug[:, -1])
             counters["wqer_layers"] += 1
             counters["wqer_rounds"] += s.rounds
@@ -308,5 +336,6 @@ def optional(condition: bool, *steps: Step) -> tuple[Step, ...]:
 
 
 __all__ = ["Calibrate", "ErrorReduction", "GPTQSolve", "HessianSearch", "InstallDualUniform", "MOSF", "MeanScale",
-           "RECALIBRATE", "Reconstruct", "Reparameterize", "SharedScaleRule", "Timed", "WeightsFP", "optional",
+           "RECALIBRATE", "Reconstruct", "Reparameterize", "SharedScaleRule", "Timed", "WeightsFP", "WithFPTeacher",
+           "optional",
            "run_steps"]

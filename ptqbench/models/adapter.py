@@ -40,7 +40,8 @@ class QuantizedModel:
     """A patched model plus what methods need to know about its structure.
 
     `units` reference the patched modules; `fp_targets` is set by the pipeline (the FP outputs of
-    each unit that reconstruction trains against), None until then."""
+    each unit that reconstruction trains against), None until then; `fp_teacher` is an FP copy of
+    the model a recipe keeps while its steps change the FP weights (steps.WithFPTeacher), else None."""
 
     model: nn.Module
     plan: QuantPlan
@@ -49,6 +50,7 @@ class QuantizedModel:
     linear_roles: dict[str, str] = field(default_factory=dict)
     units: list[Unit] = field(default_factory=list)
     fp_targets: Optional[Any] = None
+    fp_teacher: Optional[Any] = None
 
     def quantizer_map(self) -> dict[str, dict[str, Any]]:
         """Per-quantizer description (kind, bits, role, granularity) for the run record."""

@@ -49,22 +49,22 @@ PUBLISHED_ONLY: dict[str, tuple[str, str]] = {
     "fq_vit": ("FQ-ViT", "lin2022fqvit"),
     "apq_vit": ("APQ-ViT", "ding2022apqvit"),
     "pd_quant": ("PD-Quant", "liu2023pdquant"),
-    "ias_vit": ("I&S-ViT", "zhong2023isvit"),
     "erq_icml": ("ERQ (ICML)", "zhong2024erq"),
     "oas_vit": ("OAS-ViT", "ma2024oasvit"),
     "oasq": ("OASQ", ""),
     "igq_vit": ("IGQ-ViT", "moon2024igqvit"),
     "adalog": ("AdaLog", "wu2024adalog"),
     "mptq_vit": ("MPTQ-ViT", "tai2024mptq"),
-    "aphq_vit": ("APHQ-ViT", "wu2025aphqvit"),
+    "aphq": ("APHQ-ViT", "wu2025aphqvit"),
+    "fimaq": ("FIMA-Q", "wu2025fimaq"),
 }
 
 # Row order within a bit-width group: baselines first, then by publication. Registered methods
 # not listed here come after these, alphabetically (`ordered`).
 ROW_ORDER: tuple[str, ...] = (
     "fp", "minmax", "percentile", "adaround", "brecq", "qdrop", "fq_vit", "ptq4vit", "apq_vit", "pd_quant",
-    "repq", "gptq", "ias_vit", "erq_icml", "erq", "oas_vit", "oasq", "igq_vit", "adalog", "mptq_vit", "dopq",
-    "aiq", "aphq_vit", "tsptq",
+    "repq", "gptq", "ias", "erq_icml", "erq", "oas_vit", "oasq", "igq_vit", "adalog", "mptq_vit", "dopq",
+    "aiq", "aphq", "fimaq", "tsptq",
 )
 
 

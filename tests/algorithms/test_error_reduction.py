@@ -8,7 +8,8 @@ from torch import nn
 from ptqbench.models.units import model_units
 from ptqbench.quant.dual_uniform import DualUniformQuantizer, outlier_columns
 from ptqbench.quant.grid import Grid
-from ptqbench.algorithms.error_reduction import gptq, proxy_matrix, refine_rounding, ridge_correction, wqer
+from ptqbench.algorithms.error_reduction import (SOLVERS, gptq, inverse32_solve, proxy_matrix, refine_rounding,
+                                                 ridge_correction, wqer)
 from ptqbench.quant.modules import QuantLinear
 from ptqbench.quant.ranges import RangeSearch
 from ptqbench.algorithms.streaming import collect_grams, split_chunks
@@ -56,6 +57,16 @@ def test_ridge_closed_form_matches_least_squares_and_reduces_output_error():
     err_ridge = (a @ new.T - y).pow(2).sum()
     err_ls = (a @ torch.linalg.lstsq(a, y).solution - y).pow(2).sum()  # the unregularized optimum
     assert err_ls <= err_ridge < err_plain
+
+
+def test_the_released_float32_inverse_solve_is_the_same_ridge_to_float32_precision():
+    x, a, G, C, w_aug, y = _ridge_problem()
+    exact = ridge_correction(G, C, w_aug, 3.0)
+    released = ridge_correction(G, C, w_aug, 3.0, SOLVERS["inverse32"])
+    assert released.dtype == torch.float64 and not torch.equal(released, exact)
+    assert torch.allclose(released, exact, atol=1e-4)
+    m = torch.eye(3, dtype=torch.float64) * 2
+    assert torch.equal(inverse32_solve(m, torch.ones(3, 1, dtype=torch.float64)), torch.full((3, 1), 0.5, dtype=torch.float64))
 
 
 def test_ridge_zero_lambda_is_plain_least_squares_and_continuous():

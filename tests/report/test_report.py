@@ -361,7 +361,8 @@ def test_report_cli_on_records(tmp_path, capsys):
 def test_experiments_sweep_what_their_table_shows():
     """Each experiment's report block is valid and names the grid its sweep runs."""
     names = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
-    assert names == ["coco_table", "deit_tiny_smoke", "dopq_table", "erq_table", "recon_deit_tiny", "repq_detection"]
+    assert names == ["coco_table", "deit_tiny_smoke", "dopq_table", "erq_table", "recon_deit_tiny", "recon_table",
+                     "repq_detection"]
     for name in names:
         cfg = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
         spec = ReportSpec.from_mapping(cfg["report"])

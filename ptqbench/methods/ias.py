@@ -1,0 +1,129 @@
+"""I&S-ViT (Zhong et al., arXiv 2311.10126), as its released code runs it (zysxmu/IaS-ViT
+`test_quant.py`); step by step, with the released file and function each follows, in
+docs/methods/ias.md.
+
+1. Quantizers: RepQ-ViT's activation side (per-channel post-LayerNorm inputs, per-tensor uniform
+   elsewhere, activation clipping grid {0.999, 0.9999, 0.99999}), SULQ for post-softmax
+   (ptqbench.quant.sulq), per-channel weights with the 9-entry clipping grid 0.97 ... 0.99999,
+   the image input of the patch embedding in FP.
+2. Stage one, "Q-Act, FP-W": the activation quantizers fit on the first `act_calib_images`
+   calibration images with FP weights; then every unit (patch embedding, blocks, Swin
+   PatchMerging, head) trains its Linear/Conv weights and biases in FP with Adam, its inputs the
+   FP model's, its targets the FP model's outputs. Quantizer parameters stay frozen.
+3. Stage two: RepQ-ViT's reparameterization with the mean scale and a fractional mean zero point
+   (`round_zero_point: false`, as released).
+4. Stage three, "Q-Act, Q-W": the weight quantizers fit the trained, folded weights; every unit
+   trains its weights and biases again, now through the weight quantizers' straight-through
+   rounding (scales frozen), its inputs the quantized model's, its targets the original FP model's.
+
+Loss: squared error summed over dim 1 (tokens; classes at the head) and averaged over the rest,
+Adam at 4e-5 with a cosine schedule to 0 per unit, batch 64, 1000 iterations per unit per stage
+at W3A3/W4A4 and 200 at W6A6 (the README's commands); 1024 calibration images in the paper
+(`calib.size=1024`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ptqbench.algorithms.reconstruction import LOSS_REDUCTIONS, LOSSES, ReconConfig
+from ptqbench.methods.base import Method, Step, register_method
+from ptqbench.methods.configs import HIGH_BIT_ITERS, LOW_BIT_ITERS, ReparamConfig, reparam_activations
+from ptqbench.methods.steps import Calibrate, MeanScale, Reconstruct, Reparameterize, Timed, WeightsFP, \
+    WithFPTeacher, optional
+from ptqbench.quant import roles
+from ptqbench.quant.spec import QuantizerSpec, QuantPlan
+from ptqbench.quant.sulq import DEFAULT_BIASES
+
+IAS_WEIGHT_PERCENTILES = (0.97, 0.98, 0.99, 0.995, 0.9995, 0.9997, 0.9999, 0.99995, 0.99999)
+# The second stage draws its batches from a stream of its own (the release draws both stages
+# from one global generator, so they never repeat the first stage's order).
+STAGE_THREE_SEED_OFFSET = 7919
+
+
+@dataclass(frozen=True)
+class IaSConfig(ReparamConfig):
+    """Attributes (besides RepQ-ViT's activation side; the defaults are the released code's):
+    sulq: SULQ for post-softmax (False: RepQ-ViT's log-sqrt2, `log_sqrt2`).
+    sulq_biases: SULQ's candidate shifts.
+    sulq_released_asymmetry: SULQ's forward grid as released (2^b + 1 codes; docs).
+    act_calib_images: calibration images the activation quantizers fit on (the first ones).
+    stage_one / stage_three: run the FP-weight and the quantized-weight reconstruction.
+    iters: Adam steps per unit and stage; null = 1000 when W or A <= 4 bits, else 200.
+    batch_size: images per step.
+    lr: Adam learning rate of the weights and biases (cosine to 0 per unit).
+    recon_loss: "mse" or "l1"; loss_reduction: "sum_dim1" (released lp_loss) or "mean".
+    recon_seed: batch sampling.
+    progress: tqdm bars per unit.
+    """
+
+    patch_input_bits: Optional[int] = None
+    weight_percentiles: tuple[float, ...] = IAS_WEIGHT_PERCENTILES
+    round_zero_point: bool = False
+    sulq: bool = True
+    sulq_biases: tuple[float, ...] = DEFAULT_BIASES
+    sulq_released_asymmetry: bool = True
+    act_calib_images: Optional[int] = 64
+    stage_one: bool = True
+    stage_three: bool = True
+    iters: Optional[int] = None
+    batch_size: int = 64
+    lr: float = 4e-5
+    recon_loss: str = "mse"
+    loss_reduction: str = "sum_dim1"
+    recon_seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "sulq_biases", tuple(float(b) for b in self.sulq_biases))
+        if self.recon_loss not in LOSSES:
+            raise ValueError(f"recon_loss={self.recon_loss!r}; choose one of {LOSSES}")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction={self.loss_reduction!r}; choose one of {LOSS_REDUCTIONS}")
+        if self.iters is not None and self.iters < 0:
+            raise ValueError(f"iters must be >= 0 or null, got {self.iters}")
+        if self.act_calib_images is not None and self.act_calib_images < 1:
+            raise ValueError(f"act_calib_images must be >= 1 or null (all), got {self.act_calib_images}")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ValueError(f"lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
+
+
+@register_method("ias", display="I&S-ViT", cite="zhong2023isvit", paper="I&S-ViT")
+class IaSViT(Method):
+    """I&S-ViT; see the module docstring for the recipe and docs/methods/ias.md for its sources."""
+
+    Config = IaSConfig
+    blockwise = True
+    # the weight training has not been checked on the fully quantized roles: refuse quant.full
+    supports_full = False
+
+    def protocol_plan(self) -> QuantPlan:
+        c = self.config
+        acts = reparam_activations(self, c)
+        if c.sulq:
+            acts[roles.POST_SOFTMAX] = QuantizerSpec(
+                self.bits.a, kind="sulq",
+                options=(("biases", c.sulq_biases), ("released_asymmetry", c.sulq_released_asymmetry)))
+        return QuantPlan(self.weight_spec(), acts)
+
+    def stage_config(self, fp_inputs: bool, seed: int) -> ReconConfig:
+        """One stage's engine config: weights and biases train, FP or quantized unit inputs."""
+        c, b = self.config, self.bits
+        iters = c.iters if c.iters is not None else (LOW_BIT_ITERS if min(b.w, b.a) <= 4 else HIGH_BIT_ITERS)
+        return ReconConfig(iters=iters, batch_size=c.batch_size, learn=("weights",), lr_weights=c.lr,
+                           loss=c.recon_loss, loss_reduction=c.loss_reduction,
+                           fp_input_prob=1.0 if fp_inputs else 0.0, units="all", seed=seed, progress=c.progress)
+
+    def steps(self) -> Sequence[Step]:
+        c = self.config
+        stage_one = Timed("stage_one_s", (Reconstruct(self.stage_config(True, c.recon_seed), prefix="stage_one_"),))
+        stage_three = Timed("stage_three_s", (Reconstruct(
+            self.stage_config(False, c.recon_seed + STAGE_THREE_SEED_OFFSET), prefix="stage_three_"),))
+        return (WithFPTeacher((
+            WeightsFP((Calibrate(images=c.act_calib_images), *optional(c.stage_one, stage_one))),
+            *optional(c.reparam, Reparameterize(MeanScale(), c.round_zero_point, c.exact_padding)),
+            Calibrate(desc="calibrate weights", key="weight_quantizers_fitted", images=c.act_calib_images),
+            *optional(c.stage_three, stage_three),
+        )),)

@@ -1,0 +1,110 @@
+"""SULQ, I&S-ViT's shift-uniform-log2 quantizer for post-softmax activations (Zhong et al., 2023).
+
+A shift eta moves the attention probabilities away from 0 before the log, the log2 domain is
+quantized uniformly, and the exponent is rounded to an integer on the way back:
+
+    u = log2(x + eta)
+    code = clamp(round((u - lo) / d), 0, c_max)
+    x^ = 2^round(lo + code d) - eta
+
+lo and hi are the min and max of log2(x + eta) on the calibration data; eta is picked from `biases`
+by the mean squared error of the quantized calibration tensor.
+
+As released (IaS-ViT `quant/quantizer.py`, `LogSqrt2Quantizer`): the fit scores candidates with
+d = (hi - lo) / (2^b - 1) and codes up to 2^b - 1, while the forward uses d = (hi - lo) / 2^b and
+codes up to 2^b (2^b + 1 codes). `released_asymmetry: false` uses the fit's grid in both. Either
+way the integer exponent leaves about hi - lo + 1 distinct levels {2^e - eta}: the shift, not the
+bit-width, decides the grid once 2^b exceeds that span. Under autograd both roundings pass
+gradients straight through, as released, so the gradient with respect to x is x^ + eta over
+x + eta (the derivative of 2^(log2(x + eta)) with the exponent held at its rounded value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ptqbench.quant.base import Quantizer, round_ste
+from ptqbench.quant.kinds import register_kind
+
+DEFAULT_BIASES = (0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def _log2(x: torch.Tensor) -> torch.Tensor:
+    """log2 as the release computes it, ln(x) / ln(2) in float32: `torch.log2` differs in the last
+    bit on some inputs, which moves a code at an exact rounding tie."""
+    return torch.log(x) / torch.log(torch.tensor(2.0, dtype=x.dtype, device=x.device))
+
+
+def sulq_fake_quant(x: torch.Tensor, eta: float, lo: torch.Tensor, hi: torch.Tensor, top_code: int,
+                    steps: int) -> torch.Tensor:
+    """Quantize-dequantize on the shifted log2 grid: step (hi - lo) / `steps`, codes 0..`top_code`."""
+    d = (hi - lo) / steps
+    u = _log2(x + eta)
+    codes = torch.clamp(round_ste((u - lo) / d), 0, top_code)
+    return torch.exp2(round_ste(codes * d + lo)) - eta
+
+
+@dataclass(frozen=True)
+class SULQOptions:
+    """biases: candidate shifts eta, one picked per tensor by MSE; released_asymmetry: the forward
+    grid has 2^b + 1 codes and step (hi - lo) / 2^b while the fit scores 2^b codes (as released)."""
+
+    biases: tuple[float, ...] = DEFAULT_BIASES
+    released_asymmetry: bool = True
+
+
+@register_kind("sulq", options=SULQOptions)
+class SULQQuantizer(Quantizer):
+    """Shift-uniform-log2 quantizer for non-negative activations (attention probabilities), per tensor."""
+
+    kind = "sulq"
+
+    def __init__(self, bits: int, role: str, biases: Sequence[float] = DEFAULT_BIASES,
+                 released_asymmetry: bool = True) -> None:
+        super().__init__(bits, role)
+        if not biases or any(float(b) <= 0 for b in biases):
+            raise ValueError(f"SULQ biases must be positive shifts, got {list(biases)}")
+        self.biases = tuple(float(b) for b in biases)
+        self.released_asymmetry = bool(released_asymmetry)
+        self.register_buffer("eta", torch.tensor(self.biases[0]))
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.ones(()))
+
+    def _grid(self, fitting: bool) -> tuple[int, int]:
+        """(top code, steps between lo and hi): the fit's 2^b - 1 for both, or the released
+        forward's 2^b when `released_asymmetry`."""
+        n = 2**self.bits - 1
+        return (n, n) if fitting or not self.released_asymmetry else (n + 1, n + 1)
+
+    def _fit(self, x: torch.Tensor) -> None:
+        if (x < 0).any():
+            raise ValueError(f"SULQ quantizer {self.qname!r} needs non-negative input (post-softmax)")
+        v = x.float()
+        best = None
+        for eta in self.biases:  # ties: the first (smallest) shift, as released (strict <)
+            u = _log2(v + eta)
+            lo, hi = u.min(), u.max()
+            err = float((sulq_fake_quant(v, eta, lo, hi, *self._grid(fitting=True)) - v).pow(2).mean())
+            if best is None or err < best[0]:
+                best = (err, eta, lo, hi)
+        _, eta, lo, hi = best
+        self.eta = torch.tensor(eta, device=x.device)
+        self.lo, self.hi = lo.clone(), hi.clone()
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return sulq_fake_quant(x, float(self.eta), self.lo, self.hi, *self._grid(fitting=False))
+
+    def levels(self) -> torch.Tensor:
+        """The distinct dequantized values of the forward grid, ascending (tests, inspection)."""
+        top, steps = self._grid(fitting=False)
+        codes = torch.arange(top + 1, dtype=torch.float32, device=self.lo.device)
+        return torch.unique(torch.exp2(torch.round(codes * (self.hi - self.lo) / steps + self.lo)) - self.eta)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(granularity="tensor", eta=float(self.eta), log2_range=[float(self.lo), float(self.hi)],
+                 released_asymmetry=self.released_asymmetry)
+        return d
