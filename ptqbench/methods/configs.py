@@ -45,6 +45,21 @@ WEIGHT_LEARNING = ("rounding", "scale", "none")
 LOW_BIT_ITERS, HIGH_BIT_ITERS = 1000, 200
 
 
+def paper_iters(iters: Optional[int], bits: Bits) -> int:
+    """Steps per unit: `iters`, or when null the papers' (I&S-ViT's) 1000 when W or A <= 4 bits, else 200."""
+    if iters is not None:
+        return iters
+    return LOW_BIT_ITERS if min(bits.w, bits.a) <= 4 else HIGH_BIT_ITERS
+
+
+def check_recon_options(recon_loss: str, iters: Optional[int]) -> None:
+    """The reconstruction options every block-reconstruction method's config validates."""
+    if recon_loss not in LOSSES:
+        raise ValueError(f"recon_loss={recon_loss!r}; choose one of {LOSSES}")
+    if iters is not None and iters < 0:
+        raise ValueError(f"iters must be >= 0 or null, got {iters}")
+
+
 @dataclass(frozen=True)
 class BlockReconConfig(ReparamConfig):
     """Knobs of methods that finish with block reconstruction (DopQ-ViT, AIQViT), with the papers'
@@ -84,14 +99,11 @@ class BlockReconConfig(ReparamConfig):
         super().__post_init__()
         if self.weight_learning not in WEIGHT_LEARNING:
             raise ValueError(f"weight_learning={self.weight_learning!r}; choose one of {WEIGHT_LEARNING}")
-        if self.recon_loss not in LOSSES:
-            raise ValueError(f"recon_loss={self.recon_loss!r}; choose one of {LOSSES}")
-        if self.iters is not None and self.iters < 0:
-            raise ValueError(f"iters must be >= 0 or null, got {self.iters}")
+        check_recon_options(self.recon_loss, self.iters)
 
     def engine_config(self, bits: Bits, learn: tuple[str, ...] = (), **extra: Any) -> ReconConfig:
         """The engine's config: the common knobs plus the method's own `learn` kinds and options."""
-        iters = self.iters if self.iters is not None else (LOW_BIT_ITERS if min(bits.w, bits.a) <= 4 else HIGH_BIT_ITERS)
+        iters = paper_iters(self.iters, bits)
         kinds = (("act_scale",) if self.learn_act_scale else ()) + {
             "rounding": ("weight_rounding",), "scale": ("weight_scale",), "none": ()}[self.weight_learning] + learn
         return ReconConfig(

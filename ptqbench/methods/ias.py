@@ -27,9 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ptqbench.algorithms.reconstruction import LOSS_REDUCTIONS, LOSSES, ReconConfig
+from ptqbench.algorithms.reconstruction import LOSS_REDUCTIONS, ReconConfig
 from ptqbench.methods.base import Method, Step, register_method
-from ptqbench.methods.configs import HIGH_BIT_ITERS, LOW_BIT_ITERS, ReparamConfig, reparam_activations
+from ptqbench.methods.configs import ReparamConfig, check_recon_options, paper_iters, reparam_activations
 from ptqbench.methods.steps import Calibrate, MeanScale, Reconstruct, Reparameterize, Timed, WeightsFP, \
     WithFPTeacher, optional
 from ptqbench.quant import roles
@@ -78,12 +78,9 @@ class IaSConfig(ReparamConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "sulq_biases", tuple(float(b) for b in self.sulq_biases))
-        if self.recon_loss not in LOSSES:
-            raise ValueError(f"recon_loss={self.recon_loss!r}; choose one of {LOSSES}")
+        check_recon_options(self.recon_loss, self.iters)
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction={self.loss_reduction!r}; choose one of {LOSS_REDUCTIONS}")
-        if self.iters is not None and self.iters < 0:
-            raise ValueError(f"iters must be >= 0 or null, got {self.iters}")
         if self.act_calib_images is not None and self.act_calib_images < 1:
             raise ValueError(f"act_calib_images must be >= 1 or null (all), got {self.act_calib_images}")
         if self.lr <= 0 or self.batch_size < 1:
@@ -110,9 +107,8 @@ class IaSViT(Method):
 
     def stage_config(self, fp_inputs: bool, seed: int) -> ReconConfig:
         """One stage's engine config: weights and biases train, FP or quantized unit inputs."""
-        c, b = self.config, self.bits
-        iters = c.iters if c.iters is not None else (LOW_BIT_ITERS if min(b.w, b.a) <= 4 else HIGH_BIT_ITERS)
-        return ReconConfig(iters=iters, batch_size=c.batch_size, learn=("weights",), lr_weights=c.lr,
+        c = self.config
+        return ReconConfig(iters=paper_iters(c.iters, self.bits), batch_size=c.batch_size, learn=("weights",), lr_weights=c.lr,
                            loss=c.recon_loss, loss_reduction=c.loss_reduction,
                            fp_input_prob=1.0 if fp_inputs else 0.0, units="all", seed=seed, progress=c.progress)
 
