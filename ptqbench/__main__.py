@@ -47,7 +47,8 @@ def main(cfg: DictConfig) -> Optional[dict[str, Any]]:
     """One job. Errors a user can act on (ptqbench.errors.user_message: a refused config, missing
     data, bad weights, an unwritable results folder) are one message and exit status 2 (a sweep
     records them and goes on); other exceptions keep their traceback. Ctrl-C stops the job, keeps
-    any finished result (records.save_record) and exits with 130."""
+    any finished result (records.save_record) and exits with 130 (a shell's $? is 130 also in
+    the rare exit by SIGINT that CPython chooses after an interrupt inside a C-level PyRun_* call)."""
     from ptqbench.errors import describe, user_message
     from ptqbench.run import run_job
     from ptqbench.tasks import get_task

@@ -276,7 +276,11 @@ def test_ctrl_c_during_a_rerun_keeps_the_finished_result(tiny_imagenet, tmp_path
             os.killpg(proc.pid, signal.SIGKILL)
     reader.join(10)
     out = "".join(lines)
-    assert proc.returncode == 130, out[-3000:]
+    # 130, or death by SIGINT (-2), which a shell shows as the same $? == 130. CPython 3.11 exits
+    # by re-sending itself SIGINT when a KeyboardInterrupt ever left a C-level PyRun_* call
+    # (run_eval_code_obj sets _Py_UnhandledKeyboardInterrupt), even if __main__ caught it later;
+    # where the signal lands decides which one (CI on 0e4bef9 saw -2, record intact).
+    assert proc.returncode in (130, -signal.SIGINT), out[-3000:]
     rec = read_json(path)
     assert rec["status"] == "ok" and rec["metrics"] == ok["metrics"]
     assert [a["status"] for a in rec["attempts"]] == ["interrupted"]
