@@ -69,12 +69,16 @@ def mosf_scale(k: float = 3.0, deviation: str = "median") -> SharedScaleFn:
     return shared
 
 
+REPARAM_ARITHMETIC = ("float64", "float32")
+
+
 @torch.no_grad()
 def reparameterize(
     pair: ReparamPair,
     round_zero_point: bool = True,
     shared_scale: SharedScaleFn = mean_scale,
     exact_padding: bool = True,
+    arithmetic: str = "float64",
 ) -> dict[str, float]:
     """Fold the per-channel input quantizer of `pair.linear` into `pair.norm` and the Linear.
 
@@ -87,6 +91,10 @@ def reparameterize(
         exact_padding: for a pair with a `pad_site`, apply the shift -b after the window padding
             (padded tokens = the image of 0; exact at every input size). False: fold -b into the
             LayerNorm as the released code does (padded tokens = 0 after the fold).
+        arithmetic: "float64" (every factor in double, rounded once) or "float32" (the released
+            RepQ-ViT family's float32 operations in their order: r = s / s~, b = -z s / r + z~ s~,
+            W r, bias + (W r) b; the last float bit of the folded weights decides rounding ties
+            and percentile picks of the weight quantizers at 3-4 bits).
 
     Returns:
         a few numbers for the record: s~, z~, and the spread of r.
@@ -97,26 +105,30 @@ def reparameterize(
     norm, lin = pair.norm, pair.linear
     if norm.weight is None or norm.bias is None:
         raise ValueError(f"{pair.name}: LayerNorm without affine parameters cannot absorb the reparameterization")
-    s = aq.scale.reshape(-1).double()
-    z = aq.zero_point.reshape(-1).double()
-    s_t = shared_scale(s).double()
+    if arithmetic not in REPARAM_ARITHMETIC:
+        raise ValueError(f"arithmetic={arithmetic!r}; choose one of {REPARAM_ARITHMETIC}")
+    work = torch.float64 if arithmetic == "float64" else torch.float32
+    s = aq.scale.reshape(-1).to(work)
+    z = aq.zero_point.reshape(-1).to(work)
+    s_t = shared_scale(s).to(work)
     z_t = z.mean()
     if round_zero_point:
         z_t = torch.round(z_t)
     r = s / s_t
-    b = s_t * (z_t - z)
+    b = s_t * (z_t - z) if work == torch.float64 else (-z * s) / r - (-z_t * s_t)
     dtype = norm.weight.dtype
-    norm.weight.copy_((norm.weight.double() / r).to(dtype))
+    norm.weight.copy_((norm.weight.to(work) / r).to(dtype))
     if pair.pad_site is not None and exact_padding:
         if getattr(pair.pad_site, "input_shift", None) is not None:
             raise ValueError(f"{pair.name}: its window attention already holds a shift (reparameterized twice?)")
-        norm.bias.copy_((norm.bias.double() / r).to(dtype))
+        norm.bias.copy_((norm.bias.to(work) / r).to(dtype))
         pair.pad_site.input_shift = (-b).to(dtype)
     else:
-        norm.bias.copy_((norm.bias.double() / r - b).to(dtype))
-    w_new = lin.weight.double() * r[None, :]
+        norm.bias.copy_((norm.bias.to(work) / r - b).to(dtype))
+    w_new = lin.weight.to(work) * r[None, :]
     lin.weight.copy_(w_new.to(lin.weight.dtype))
-    shift = (w_new @ b).to(lin.weight.dtype)
+    # float32: torch.mm as released (a matrix-vector product sums in another order)
+    shift = (w_new @ b if work == torch.float64 else torch.mm(w_new, b.reshape(-1, 1)).reshape(-1)).to(lin.weight.dtype)
     if lin.bias is None:  # Swin's PatchMerging.reduction has no bias: give it one
         lin.bias = nn.Parameter(shift.clone())
     else:
@@ -129,9 +141,9 @@ def reparameterize(
 
 def reparameterize_all(
     pairs: list[ReparamPair], round_zero_point: bool = True, shared_scale: SharedScaleFn = mean_scale,
-    exact_padding: bool = True,
+    exact_padding: bool = True, arithmetic: str = "float64",
 ) -> dict[str, dict[str, float]]:
     """Reparameterize every pair; returns per-pair statistics keyed by name."""
-    return {p.name: reparameterize(p, round_zero_point, shared_scale, exact_padding) for p in pairs}
+    return {p.name: reparameterize(p, round_zero_point, shared_scale, exact_padding, arithmetic) for p in pairs}
 
 

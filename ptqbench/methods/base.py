@@ -247,7 +247,7 @@ class Method:
             acts[role] = self.full_spec(role) if role in q.roles else None
         if q.softmax == "log2":
             acts[roles.POST_SOFTMAX] = QuantizerSpec(self.bits.a, kind="log2")
-        return QuantPlan(plan.weight, acts, softmax_lut_bits=q.table_bits)
+        return dataclasses.replace(plan, activations=acts, softmax_lut_bits=q.table_bits)
 
     # -- how -------------------------------------------------------------------------------
     def steps(self) -> Sequence[Step]:

@@ -155,16 +155,18 @@ SharedScaleRule = MeanScale | MOSF
 class Reparameterize:
     """Every calibrated per-channel post-LN quantizer becomes per-tensor (shared scale from `rule`,
     zero point rounded when `round_zero_point`), the factors folded into the LayerNorm and the next
-    Linear (ptqbench.algorithms.reparam; `exact_padding` for Swin's window padding)."""
+    Linear (ptqbench.algorithms.reparam; `exact_padding` for Swin's window padding, `arithmetic`
+    float64 or the released float32)."""
 
     rule: SharedScaleRule = MeanScale()
     round_zero_point: bool = True
     exact_padding: bool = True
+    arithmetic: str = "float64"
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
         stats = self.rule.stats(qm.reparam_pairs)
         done = reparameterize_all(qm.reparam_pairs, self.round_zero_point, self.rule.scale_fn(),
-                                  exact_padding=self.exact_padding)
+                                  exact_padding=self.exact_padding, arithmetic=self.arithmetic)
         stats["reparameterized_pairs"] = len(done)
         return stats
 

@@ -5,10 +5,11 @@ state-dict names stay timm's. `adopt()` turns an existing instance into the quan
 (no copy) and attaches a QuantMatMul for q @ k^T and one for attn @ v: the fused
 `scaled_dot_product_attention` path, which hides both products and the softmax, is never taken.
 
-q is multiplied by 1/sqrt(d) before its quantizer, as timm's FP path does. RepQ-ViT scales the
-product instead; per-tensor uniform quantization is scale-equivariant (the calibrated range scales
-with q), so both give the same function up to float rounding, and scaling q touches 3x fewer
-elements than scaling the N x N attention map.
+q is multiplied by 1/sqrt(d) before its quantizer, as timm's FP path does; with `scale_product`
+(QuantPlan.attention_scale="product") the dequantized q @ k^T is scaled instead, as the RepQ-ViT
+code family does. Per-tensor uniform quantization is scale-equivariant (the calibrated range scales
+with q), so both give the same function up to float rounding; scaling q touches 3x fewer elements
+than scaling the N x N attention map, the product order reproduces the released codes' ties.
 
 In the fully quantized mode `adopt()` also takes a `QuantSoftmax` (quantized input, table-driven
 exp) that replaces the float softmax.
@@ -32,6 +33,13 @@ from ptqbench.quant.modules import QuantMatMul
 from ptqbench.quant.nonlinear import QuantSoftmax
 
 
+def scaled_qk(module: nn.Module, q: torch.Tensor, k_t: torch.Tensor) -> torch.Tensor:
+    """scale * (q @ k^T) through `module.matmul_qk`, the scale on q or on the product."""
+    if getattr(module, "scale_product", False):
+        return module.matmul_qk(q, k_t) * module.scale
+    return module.matmul_qk(q * module.scale, k_t)
+
+
 def _check_attrs(module: torch.nn.Module, attrs: tuple[str, ...]) -> None:
     missing = [a for a in attrs if not hasattr(module, a)]
     if missing:
@@ -50,7 +58,7 @@ class QuantAttention(Attention):
 
     @classmethod
     def adopt(cls, module: Attention, matmul_qk: QuantMatMul, matmul_av: QuantMatMul,
-              softmax: Optional[QuantSoftmax] = None) -> "QuantAttention":
+              softmax: Optional[QuantSoftmax] = None, scale_product: bool = False) -> "QuantAttention":
         _check_attrs(module, ("qkv", "proj", "num_heads", "head_dim", "scale", "q_norm", "k_norm", "attn_drop", "proj_drop"))
         if getattr(module, "gate", None) is not None:
             raise ConfigError("gated timm attention is not supported by the quantization adapter")
@@ -59,6 +67,7 @@ class QuantAttention(Attention):
         module.matmul_qk = matmul_qk
         module.matmul_av = matmul_av
         module.softmax_op = softmax
+        module.scale_product = scale_product
         return module  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
@@ -66,7 +75,7 @@ class QuantAttention(Attention):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1))
+        attn = scaled_qk(self, q, k.transpose(-2, -1))
         if attn_mask is not None or is_causal:
             from timm.models.vision_transformer import maybe_add_mask, resolve_self_attn_mask
 
@@ -88,13 +97,14 @@ class QuantWindowAttention(WindowAttention):
 
     @classmethod
     def adopt(cls, module: WindowAttention, matmul_qk: QuantMatMul, matmul_av: QuantMatMul,
-              softmax: Optional[QuantSoftmax] = None) -> "QuantWindowAttention":
+              softmax: Optional[QuantSoftmax] = None, scale_product: bool = False) -> "QuantWindowAttention":
         _check_attrs(module, ("qkv", "proj", "num_heads", "scale", "softmax", "attn_drop", "proj_drop", "_get_rel_pos_bias"))
         module.__class__ = cls
         module.fused_attn = False
         module.matmul_qk = matmul_qk
         module.matmul_av = matmul_av
         module.register_buffer("input_shift", None)
+        module.scale_product = scale_product
         if softmax is not None:
             module.softmax = softmax  # called as self.softmax(attn), like timm's nn.Softmax(dim=-1)
         return module  # type: ignore[return-value]
@@ -105,7 +115,7 @@ class QuantWindowAttention(WindowAttention):
             x = x + self.input_shift
         qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1))
+        attn = scaled_qk(self, q, k.transpose(-2, -1))
         attn = attn + self._get_rel_pos_bias()
         if mask is not None:
             num_win = mask.shape[0]

@@ -17,13 +17,14 @@ import torch
 from mmdet.models.backbones.swin import WindowMSA
 
 from ptqbench.errors import ConfigError
+from ptqbench.models.attention import scaled_qk
 from ptqbench.quant.modules import QuantMatMul
 
 
 class QuantWindowMSA(WindowMSA):
     """mmdet's `WindowMSA` with quantizable matmuls; parameters and state-dict names stay mmdet's.
 
-    As in the timm adapter, q is scaled before its quantizer, and the relative position bias and
+    As in the timm adapter, q is scaled before its quantizer (or the product: `scale_product`), and the relative position bias and
     the shift mask are added to the dequantized q @ k^T before the softmax. `input_shift` (None
     until a reparameterization sets it) is added to every token of the padded windows before qkv.
     """
@@ -33,7 +34,8 @@ class QuantWindowMSA(WindowMSA):
     input_shift: Optional[torch.Tensor]
 
     @classmethod
-    def adopt(cls, module: WindowMSA, matmul_qk: QuantMatMul, matmul_av: QuantMatMul) -> "QuantWindowMSA":
+    def adopt(cls, module: WindowMSA, matmul_qk: QuantMatMul, matmul_av: QuantMatMul,
+              scale_product: bool = False) -> "QuantWindowMSA":
         attrs = ("qkv", "proj", "num_heads", "scale", "softmax", "attn_drop", "proj_drop",
                  "relative_position_bias_table", "relative_position_index", "window_size")
         missing = [a for a in attrs if not hasattr(module, a)]
@@ -46,6 +48,7 @@ class QuantWindowMSA(WindowMSA):
         module.matmul_qk = matmul_qk
         module.matmul_av = matmul_av
         module.register_buffer("input_shift", None)
+        module.scale_product = scale_product
         return module  # type: ignore[return-value]
 
     def _rel_pos_bias(self) -> torch.Tensor:
@@ -59,7 +62,7 @@ class QuantWindowMSA(WindowMSA):
             x = x + self.input_shift
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1)) + self._rel_pos_bias()
+        attn = scaled_qk(self, q, k.transpose(-2, -1)) + self._rel_pos_bias()
         if mask is not None:
             nw = mask.shape[0]
             attn = attn.view(B // nw, nw, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)

@@ -18,6 +18,8 @@ RANGE_METHODS = ("minmax", "percentile", "mse")
 _KTH_THRESHOLD = 1 << 20
 # Elements sorted at once by `quantiles` (64 MB of sort temporaries at most).
 _SORT_SLICE_ELEMENTS = 1 << 22
+# torch.quantile's input limit; the released RepQ-ViT family falls back to np.percentile above it.
+TORCH_QUANTILE_LIMIT = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -46,16 +48,34 @@ class RangeSearch:
 
 
 def quantiles(x2d: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
-    """Row-wise quantiles with linear interpolation (torch.quantile's default), shape [len(qs), G].
+    """Row-wise quantiles with linear interpolation, shape [len(qs), G], bit-identical to what
+    the released RepQ-ViT family computes: torch.quantile for rows of at most 2**24 elements
+    (ranks and weights in the data's dtype, torch.lerp) and np.percentile above (float64).
+    The last float bit matters: at 3-4 bits a percentile one ulp off can flip a rounding tie or
+    the MSE pick and the difference grows block by block (docs/anchors/ias).
 
     Exact for any row length (no 2**24 limit): sorts short rows, uses kthvalue on long ones.
     """
     g, m = x2d.shape
-    pos = torch.tensor([q * (m - 1) for q in qs], dtype=torch.float64)
-    lo_idx = pos.floor().long()
-    hi_idx = pos.ceil().long()
-    frac = (pos - lo_idx.double()).to(x2d.dtype).to(x2d.device)
-    needed = sorted(set(lo_idx.tolist()) | set(hi_idx.tolist()))
+    if m <= TORCH_QUANTILE_LIMIT:  # torch.quantile: rank = q * (m - 1) in the data's dtype
+        ranks = torch.tensor(list(qs), dtype=x2d.dtype) * (m - 1)
+        lo_idx, hi_idx = ranks.long(), ranks.ceil().long()
+        weight = (ranks - lo_idx.to(x2d.dtype)).to(x2d.device)
+    else:  # np.percentile(x, 100 q): float64 arithmetic
+        pos = torch.tensor([q * 100 / 100 * (m - 1) for q in qs], dtype=torch.float64)
+        lo_idx, hi_idx = pos.floor().long(), pos.ceil().long()
+        weight = (pos - lo_idx.double()).to(x2d.device)
+    picked = _order_statistics(x2d, sorted(set(lo_idx.tolist()) | set(hi_idx.tolist())))
+    lo = torch.stack([picked[i] for i in lo_idx.tolist()])
+    hi = torch.stack([picked[i] for i in hi_idx.tolist()])
+    if m <= TORCH_QUANTILE_LIMIT:
+        return torch.lerp(lo, hi, weight[:, None].expand_as(lo))
+    return torch.lerp(lo.double(), hi.double(), weight[:, None].expand_as(lo)).to(x2d.dtype)
+
+
+def _order_statistics(x2d: torch.Tensor, needed: list[int]) -> dict[int, torch.Tensor]:
+    """Row-wise i-th smallest values (0-based) for every i in `needed`, each of shape [G]."""
+    g, m = x2d.shape
     if m <= _KTH_THRESHOLD or g > 1:
         # sorted a few rows at a time: a sort holds its values and int64 indices (12 bytes per
         # element), so a whole per-channel [C, images x tokens] matrix at once was the peak of
@@ -64,12 +84,8 @@ def quantiles(x2d: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
         cols = torch.tensor(needed, device=x2d.device)
         parts = [torch.sort(x2d[r:r + rows], dim=1).values.index_select(1, cols) for r in range(0, g, rows)]
         srt = torch.cat(parts) if len(parts) > 1 else parts[0]
-        picked = {i: srt[:, k] for k, i in enumerate(needed)}
-    else:
-        picked = {i: torch.kthvalue(x2d, i + 1, dim=1).values for i in needed}
-    lo = torch.stack([picked[i] for i in lo_idx.tolist()])
-    hi = torch.stack([picked[i] for i in hi_idx.tolist()])
-    return lo + (hi - lo) * frac[:, None]
+        return {i: srt[:, k] for k, i in enumerate(needed)}
+    return {i: torch.kthvalue(x2d, i + 1, dim=1).values for i in needed}
 
 
 def subsample(x2d: torch.Tensor, max_samples: int, seed: int = 0) -> torch.Tensor:

@@ -49,6 +49,9 @@ class QuantizerSpec:
         return kind_entry(self.kind).build(self, role, channel_axis)
 
 
+ATTENTION_SCALES = ("q", "product")
+
+
 @dataclass(frozen=True)
 class QuantPlan:
     """What a method quantizes: a spec per activation role (None = stays FP) and for weights.
@@ -59,11 +62,20 @@ class QuantPlan:
             patch LayerNorm inputs, the softmax, GELU and the residual adds.
         softmax_lut_bits: fully quantized mode: the softmax takes exp from a table indexed by the
             quantized input, entries rounded to this many fractional bits (None = float exp).
+        attention_scale: where 1/sqrt(d) multiplies: "q" (before q's quantizer, as timm's FP path
+            does and on 3x fewer elements) or "product" (after the quantized q @ k^T, as the
+            RepQ-ViT code family does). Equal in exact arithmetic; the last float bit differs,
+            and at 3-4 bits that moves values across rounding ties (docs/anchors/ias).
     """
 
     weight: Optional[QuantizerSpec]
     activations: dict[str, Optional[QuantizerSpec]]
     softmax_lut_bits: Optional[int] = None
+    attention_scale: str = "q"
+
+    def __post_init__(self) -> None:
+        if self.attention_scale not in ATTENTION_SCALES:
+            raise ConfigError(f"attention_scale={self.attention_scale!r}; choose one of {ATTENTION_SCALES}")
 
     def for_role(self, role: str) -> Optional[QuantizerSpec]:
         return self.activations.get(role)

@@ -66,3 +66,36 @@ def test_reparam_requires_per_channel_quantizer():
     qlin.input_quantizer.calibrate(torch.randn(10, 16))
     with pytest.raises(ValueError, match="per-channel"):
         reparameterize(ReparamPair("p", ln, qlin))
+
+
+def test_float32_arithmetic_is_the_released_fold_bit_for_bit():
+    """arithmetic="float32" performs the RepQ-ViT family's float32 operations in their order (the
+    fold written out below, as test_quant.py does it): the folded LayerNorm, weights and bias
+    are equal to the last bit; the float64 fold keeps the function but differs in that bit."""
+    folded = {}
+    for arithmetic in ("float32", "float64"):
+        ln, qlin = _pair(seed=3)
+        x = torch.randn(4, 30, 16, generator=torch.Generator().manual_seed(1)) * 3 + 1
+        with torch.no_grad():
+            qlin.input_quantizer.calibrate(ln(x))
+            d = qlin.input_quantizer.scale.reshape(-1).clone()
+            z = qlin.input_quantizer.zero_point.reshape(-1).clone()
+            w, bias, g, beta = qlin.weight.clone(), qlin.bias.clone(), ln.weight.clone(), ln.bias.clone()
+            reparameterize(ReparamPair("p", ln, qlin), round_zero_point=False, arithmetic=arithmetic)
+        folded[arithmetic] = (ln.weight.clone(), ln.bias.clone(), qlin.weight.clone(), qlin.bias.clone())
+    td, tz = d.mean(), z.mean()
+    r = d / td
+    b = (-z * d) / r - (-tz * td)
+    w_new = w * r
+    released = (g / r, beta / r - b, w_new, bias + torch.mm(w_new, b.reshape(-1, 1)).reshape(-1))
+    assert all(torch.equal(a, e) for a, e in zip(folded["float32"], released))
+    assert all(torch.allclose(a, e, atol=1e-5) for a, e in zip(folded["float64"], released))
+    assert not all(torch.equal(a, e) for a, e in zip(folded["float64"], released))
+
+
+def test_unknown_reparam_arithmetic_is_refused():
+    ln, qlin = _pair()
+    with torch.no_grad():
+        qlin.input_quantizer.calibrate(ln(torch.randn(2, 10, 16)))
+    with pytest.raises(ValueError, match="arithmetic='float16'"):
+        reparameterize(ReparamPair("p", ln, qlin), arithmetic="float16")

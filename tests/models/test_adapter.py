@@ -1,6 +1,7 @@
 """The model-patching layer on timm ViT, DeiT and Swin (random weights)."""
 
 import copy
+import dataclasses
 
 import pytest
 import timm
@@ -98,3 +99,30 @@ def test_a_model_spread_over_two_devices_is_refused():
     model.head.to("meta")
     with pytest.raises(ConfigError, match="one device"):
         make_quantizable(model, build_method({"name": "repq"}, Bits(4, 4)).plan())
+
+
+@pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+def test_attention_scale_on_the_product_is_the_same_function(arch):
+    """attention_scale="product" (the RepQ-ViT code family's order) quantizes the unscaled q: its
+    calibrated step is the "q" order's divided by 1/sqrt(d), and the model computes the same
+    function up to float rounding."""
+    x = torch.randn(2, 3, 224, 224)
+    outs, q_steps = {}, {}
+    for order in ("q", "product"):
+        method = build_method({"name": "minmax"}, Bits(8, 8))
+        plan = dataclasses.replace(method.plan(), attention_scale=order)
+        qm = make_quantizable(_model(arch), plan)
+        attn = next(m for m in qm.model.modules() if isinstance(m, (QuantAttention, QuantWindowAttention)))
+        assert attn.scale_product == (order == "product")
+        method.quantize(qm, x)
+        with torch.no_grad():
+            outs[order] = qm.model(x)
+        q_steps[order] = (attn.matmul_qk.a_quantizer.scale, attn.scale)
+    (step_q, scale), (step_product, _) = q_steps["q"], q_steps["product"]
+    assert torch.allclose(step_q, step_product * scale, rtol=1e-5)
+    assert torch.allclose(outs["q"], outs["product"], atol=0.05), (outs["q"] - outs["product"]).abs().max()
+
+
+def test_unknown_attention_scale_is_refused():
+    with pytest.raises(ConfigError, match="attention_scale='k'"):
+        dataclasses.replace(build_method({"name": "minmax"}, Bits(8, 8)).plan(), attention_scale="k")

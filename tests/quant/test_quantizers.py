@@ -1,10 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from ptqbench.errors import CalibrationError
 from ptqbench.quant import LogSqrt2Quantizer, RangeSearch, UniformQuantizer
+from ptqbench.quant import ranges
 from ptqbench.quant.ranges import quantiles
 
 MINMAX = RangeSearch("minmax")
@@ -69,14 +71,26 @@ def test_percentile_clips_outlier_and_mse_beats_minmax():
     assert err["ms"] <= err["pc"] + 1e-9 and err["ms"] < err["mm"] / 10
 
 
-def test_quantiles_match_torch_on_both_code_paths():
+QS = [0.001, 0.0001, 0.00001, 0.03, 0.5, 0.97, 0.999, 0.9999, 0.99999]
+
+
+def test_quantiles_are_bit_identical_to_torch_quantile_on_both_code_paths():
+    """The released codes call torch.quantile(x, pct) per tensor or channel: same bits, or a
+    percentile one ulp off flips picks at 4 bits. Both the sort (short rows, several rows) and
+    the kthvalue (one long row) paths."""
     torch.manual_seed(0)
-    small = torch.randn(3, 1000)
-    ref = torch.quantile(small, torch.tensor([0.001, 0.5, 0.999]), dim=1)
-    assert torch.allclose(quantiles(small, [0.001, 0.5, 0.999]), ref, atol=1e-6)
-    big = torch.randn(1, (1 << 20) + 7)  # long single row: kthvalue path
-    ref = torch.quantile(big[0], torch.tensor([0.0001, 0.9999]))
-    assert torch.allclose(quantiles(big, [0.0001, 0.9999])[:, 0], ref, atol=1e-6)
+    for x in (torch.randn(3, 6304) * 3 + 0.5, torch.randn(1, (1 << 20) + 7)):
+        ref = torch.stack([torch.stack([torch.quantile(row, q) for row in x]) for q in QS])
+        assert torch.equal(quantiles(x, QS), ref)
+
+
+def test_quantiles_above_the_torch_limit_are_numpy_percentile(monkeypatch):
+    """Above 2**24 elements torch.quantile refuses and the released codes call np.percentile
+    (float64); the limit is lowered here to test that arithmetic on a small row."""
+    monkeypatch.setattr(ranges, "TORCH_QUANTILE_LIMIT", 100)
+    x = torch.randn(1, 100_003)
+    ref = torch.tensor([[np.percentile(x[0].numpy(), q * 100)] for q in QS], dtype=torch.float32)
+    assert torch.equal(quantiles(x, QS), ref)
 
 
 def test_constant_and_zero_channels_are_exact_and_finite():

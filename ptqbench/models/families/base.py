@@ -44,6 +44,11 @@ class QuantBuilder:
     def weight(self) -> Optional[nn.Module]:
         return self.plan.weight.build(roles.WEIGHT, channel_axis=0) if self.plan.weight is not None else None
 
+    @property
+    def scale_product(self) -> bool:
+        """Attention multiplies 1/sqrt(d) after the quantized q @ k^T (QuantPlan.attention_scale)."""
+        return self.plan.attention_scale == "product"
+
     def matmuls(self) -> tuple[QuantMatMul, QuantMatMul]:
         """The q @ k^T and attn @ v products of one attention."""
         return (QuantMatMul(self.act(roles.Q), self.act(roles.K)),

@@ -72,7 +72,7 @@ class MmdetSwin(BaseFamily):
 
         for m in list(model.modules()):
             if isinstance(m, WindowMSA):
-                QuantWindowMSA.adopt(m, *build.matmuls())
+                QuantWindowMSA.adopt(m, *build.matmuls(), scale_product=build.scale_product)
 
     def reparam_pairs(self, model: nn.Module) -> list[ReparamPair]:
         """Both LayerNorms of every SwinBlock and the PatchMerging norms. The FPN output norms

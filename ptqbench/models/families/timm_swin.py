@@ -36,7 +36,7 @@ class TimmSwin(BaseFamily):
     def patch_attention(self, model: nn.Module, build: QuantBuilder) -> None:
         for m in list(model.modules()):
             if isinstance(m, WindowAttention):
-                QuantWindowAttention.adopt(m, *build.matmuls(), build.softmax())
+                QuantWindowAttention.adopt(m, *build.matmuls(), build.softmax(), build.scale_product)
 
     def patch_full(self, model: nn.Module, build: QuantBuilder) -> None:
         patch_full_blocks(model, build, SwinTransformerBlock, QuantSwinBlock)

@@ -35,7 +35,7 @@ class TimmViT(BaseFamily):
     def patch_attention(self, model: nn.Module, build: QuantBuilder) -> None:
         for m in list(model.modules()):
             if isinstance(m, Attention):
-                QuantAttention.adopt(m, *build.matmuls(), build.softmax())
+                QuantAttention.adopt(m, *build.matmuls(), build.softmax(), build.scale_product)
 
     def patch_full(self, model: nn.Module, build: QuantBuilder) -> None:
         patch_full_blocks(model, build, Block, QuantBlock)
