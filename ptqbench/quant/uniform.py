@@ -30,13 +30,16 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+               integral_zero_point: bool = True) -> torch.Tensor:
     """Quantize-dequantize: (clamp(round(x / s) + z, qmin, qmax) - z) * s.
 
-    Without autograd it runs as one allocation and four in-place passes: the zero point is an
-    integer, so clamp(round(x/s) + z, qmin, qmax) - z == clamp(round(x/s), qmin - z, qmax - z)
+    Without autograd it runs as one allocation and four in-place passes: for an integer zero
+    point clamp(round(x/s) + z, qmin, qmax) - z == clamp(round(x/s), qmin - z, qmax - z)
     exactly, which saves the add and the subtract (elementwise passes over activations are the
     whole fake-quantization cost on CPU; allocation and memory traffic, not arithmetic, dominate).
+    A fractional zero point (the released reparameterization's mean z~) makes n + z - z differ
+    from n in the last bit, so `integral_zero_point=False` runs the formula as written.
     The result is contiguous even for a strided `x` (q, k, v are views into the qkv output): the
     matmul that consumes it would otherwise copy it into a contiguous buffer, one more pass.
     """
@@ -47,6 +50,8 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
     else:
         y = torch.div(x, scale, out=torch.empty(x.shape, dtype=torch.result_type(x, scale), device=x.device))
     y.round_()
+    if not integral_zero_point:
+        return y.add_(zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
     if zero_point.dim() == 0 and zero_point.device.type == "cpu" and not torch.compiler.is_compiling():
         # scalar bounds: the fastest eager clamp (no GPU sync; a compiled graph keeps tensor bounds, no break)
         z = float(zero_point)
@@ -140,6 +145,7 @@ class UniformQuantizer(Quantizer):
         self.qmin, self.qmax = qrange(self.bits, symmetric)
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros(()))
+        self.integral_zero_point = True  # set by set_params: picks fake_quant's exact fast path
 
     @property
     def per_channel(self) -> bool:
@@ -165,6 +171,7 @@ class UniformQuantizer(Quantizer):
         self.channel_axis = channel_axis
         self.scale = scale.detach().clone().float().to(self.scale.device)
         self.zero_point = zero_point.detach().clone().float().to(self.scale.device)
+        self.integral_zero_point = bool(torch.equal(self.zero_point, torch.round(self.zero_point)))
         self.calibrated = True
         self.version += 1
 
@@ -177,7 +184,8 @@ class UniformQuantizer(Quantizer):
         return t.view(shape)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return fake_quant(x, self._view(self.scale, x), self._view(self.zero_point, x), self.qmin, self.qmax)
+        return fake_quant(x, self._view(self.scale, x), self._view(self.zero_point, x), self.qmin, self.qmax,
+                          self.integral_zero_point)
 
     def elementwise_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point of every element of `x` (shape of `x`), for methods that choose

@@ -186,3 +186,17 @@ def test_inference_fast_paths_equal_the_reference_formulas_bit_for_bit(bits):
             fast = focus_fake_quant(x, lo, hi, bits, below="zero")
         ref = focus_fake_quant(x.clone().requires_grad_(True), lo, hi, bits, below="zero").detach()
         assert torch.equal(fast, ref), (b1, b2)
+
+
+def test_fractional_zero_point_is_quantized_as_written():
+    """A fractional zero point (the released reparameterization's mean z~) is applied as
+    (clamp(round(x/s) + z, qmin, qmax) - z) * s, bit for bit; integral ones take the fast path."""
+    q = UniformQuantizer(4, "post_ln")
+    x = torch.randn(4, 197, 192) * 3
+    s, z = torch.tensor(0.28), torch.tensor(7.463541666)
+    q.set_params(s, z, None)
+    assert not q.integral_zero_point
+    with torch.no_grad():
+        assert torch.equal(q(x), (torch.clamp(torch.round(x / s) + z, 0, 15) - z) * s)
+    q.set_params(s, torch.tensor(7.0), None)
+    assert q.integral_zero_point
