@@ -137,8 +137,8 @@ UNKNOWN = [
                 "model, quant, report, results_dir, resume, seed, task, threads"),
     ("+calib.sizee=64", "calib.sizee=64: unknown key; calib has the keys seed, size, split (did you mean calib.size?)"),
     ("+method.foo=1", "method.foo=1: unknown key; method 'repq' has the options act_percentiles, act_search, "
-                      "exact_padding, log_sqrt2, name, patch_input_bits, reparam, round_zero_point, weight_percentiles, "
-                      "weight_search"),
+                      "attention_scale, exact_padding, log_sqrt2, name, patch_input_bits, reparam, reparam_arithmetic, "
+                      "round_zero_point, weight_percentiles, weight_search"),
     ("+model.chekpoint=x", "model.chekpoint=x: unknown key; model has the keys allow_download, arch, checkpoint, name, "
                            "pretrained, tag, weights_dir (did you mean model.checkpoint?)"),
     ("+data.rot=x", "data.rot=x: unknown key; data has the keys batch_size, decoded_cache, eval_limit, name, root, val_split, "

@@ -38,7 +38,7 @@ import torch
 from ptqbench.errors import ConfigError
 from ptqbench.methods.base import Method, Step, register_method
 from ptqbench.methods.configs import BlockReconConfig, reparam_activations
-from ptqbench.methods.steps import RECALIBRATE, Calibrate, MeanScale, Reconstruct, Reparameterize, optional
+from ptqbench.methods.steps import RECALIBRATE, Calibrate, Reconstruct, optional
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
 from ptqbench.quant.dynamic_focus import (BELOW_MODES, DEFAULT_LOWER_PERCENTILES, DEFAULT_MAX_FRACTIONS,
@@ -135,7 +135,7 @@ class AIQViT(Method):
                          ("max_fractions", c.dfq_max_fractions),
                          ("lower_percentiles", c.dfq_lower_percentiles),
                          ("below", c.dfq_below), ("init", c.dfq_init)))
-        return QuantPlan(self.weight_spec(), acts)
+        return self.config.plan(self.weight_spec(), acts)
 
     def steps(self) -> Sequence[Step]:
         c = self.config
@@ -146,7 +146,7 @@ class AIQViT(Method):
                                 curriculum=c.curriculum, curriculum_start=c.curriculum_start,
                                 curriculum_end=c.curriculum_end)
         return (Calibrate(),
-                *optional(c.reparam, Reparameterize(MeanScale(), c.round_zero_point, c.exact_padding), RECALIBRATE),
+                *optional(c.reparam, c.reparameterize(), RECALIBRATE),
                 Reconstruct(recon),
                 PlaceLowRank(merge=c.lowrank and c.lowrank_merge, merged=c.lowrank_merge))
 

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ptqbench.algorithms.reconstruction import LOSSES, ReconConfig
+from ptqbench.algorithms.reparam import REPARAM_ARITHMETIC
 from ptqbench.methods.base import Bits, Method, ProtocolConfig
+from ptqbench.methods.steps import MeanScale, Reparameterize, SharedScaleRule
 from ptqbench.quant import roles
-from ptqbench.quant.spec import QuantizerSpec
+from ptqbench.quant.spec import ATTENTION_SCALES, QuantizerSpec, QuantPlan
 
 
 @dataclass(frozen=True)
@@ -22,12 +24,33 @@ class ReparamConfig(ProtocolConfig):
     round_zero_point: integer z~ (exact) vs the released code's fractional z~.
     exact_padding: Swin's window padding stays the image of 0 after the fold (exact) vs the
         released code's zeros.
+    attention_scale: "q" (1/sqrt(d) before q's quantizer) or "product" (after the quantized
+        q @ k^T, as the released RepQ-ViT family does; QuantPlan.attention_scale).
+    reparam_arithmetic: "float64" (each folded value rounded once) or "float32" (the released
+        fold's float32 operations in their order, bit for bit; algorithms.reparam).
     """
 
     reparam: bool = True
     log_sqrt2: bool = True
     round_zero_point: bool = True
     exact_padding: bool = True
+    attention_scale: str = "q"
+    reparam_arithmetic: str = "float64"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.attention_scale not in ATTENTION_SCALES:
+            raise ValueError(f"attention_scale={self.attention_scale!r}; choose one of {ATTENTION_SCALES}")
+        if self.reparam_arithmetic not in REPARAM_ARITHMETIC:
+            raise ValueError(f"reparam_arithmetic={self.reparam_arithmetic!r}; choose one of {REPARAM_ARITHMETIC}")
+
+    def plan(self, weight: Optional[QuantizerSpec], acts: dict[str, Optional[QuantizerSpec]]) -> QuantPlan:
+        """The method's plan with this config's attention scale order."""
+        return QuantPlan(weight, acts, attention_scale=self.attention_scale)
+
+    def reparameterize(self, rule: SharedScaleRule = MeanScale()) -> Reparameterize:
+        """The reparameterization step with this config's zero point, padding and arithmetic."""
+        return Reparameterize(rule, self.round_zero_point, self.exact_padding, self.reparam_arithmetic)
 
 
 def reparam_activations(method: Method, config: ReparamConfig) -> dict[str, Optional[QuantizerSpec]]:

@@ -29,7 +29,7 @@ from typing import Sequence
 from ptqbench.algorithms.reparam import DEVIATIONS
 from ptqbench.methods.base import Method, Step, register_method
 from ptqbench.methods.configs import BlockReconConfig, reparam_activations
-from ptqbench.methods.steps import MOSF, RECALIBRATE, Calibrate, MeanScale, Reconstruct, Reparameterize, optional
+from ptqbench.methods.steps import MOSF, RECALIBRATE, Calibrate, MeanScale, Reconstruct, optional
 from ptqbench.quant import roles
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 from ptqbench.quant.tan import DEFAULT_THETAS
@@ -80,11 +80,11 @@ class DopQViT(Method):
         acts = reparam_activations(self, c)
         if c.tanq:
             acts[roles.POST_SOFTMAX] = QuantizerSpec(self.bits.a, kind="tan", options=(("thetas", c.tan_thetas),))
-        return QuantPlan(self.weight_spec(), acts)
+        return self.config.plan(self.weight_spec(), acts)
 
     def steps(self) -> Sequence[Step]:
         c = self.config
         rule = MOSF(c.mosf_k, c.mosf_deviation) if c.mosf else MeanScale()
         return (Calibrate(),
-                *optional(c.reparam, Reparameterize(rule, c.round_zero_point, c.exact_padding), RECALIBRATE),
+                *optional(c.reparam, c.reparameterize(rule), RECALIBRATE),
                 *optional(c.reconstruct, Reconstruct(c.engine_config(self.bits))))

@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 from ptqbench.algorithms.error_reduction import SOLVERS
 from ptqbench.methods.base import Method, Step, register_method
 from ptqbench.methods.configs import ReparamConfig, reparam_activations
-from ptqbench.methods.steps import (Calibrate, ErrorReduction, InstallDualUniform, MeanScale, Reparameterize, Timed,
+from ptqbench.methods.steps import (Calibrate, ErrorReduction, InstallDualUniform, Timed,
                                     WeightsFP, optional)
 from ptqbench.quant.ranges import RangeSearch
 from ptqbench.quant.spec import QuantPlan
@@ -104,13 +104,13 @@ class ERQ(Method):
     blockwise = True
 
     def protocol_plan(self) -> QuantPlan:
-        return QuantPlan(self.weight_spec(), reparam_activations(self, self.config))
+        return self.config.plan(self.weight_spec(), reparam_activations(self, self.config))
 
     def steps(self) -> Sequence[Step]:
         c = self.config
         activation_side = WeightsFP((
             Calibrate(desc="calibrate activations"),
-            *optional(c.reparam, Reparameterize(MeanScale(), c.round_zero_point, c.exact_padding)),
+            *optional(c.reparam, c.reparameterize()),
         ))
         dual = InstallDualUniform(self.bits.w, c.dual_divisor, c.dual_percentile,
                                   RangeSearch(c.weight_search, c.weight_percentiles), enabled=c.dual_uniform)

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 from ptqbench.methods.base import Method, Step, register_method
 from ptqbench.methods.configs import ReparamConfig, reparam_activations
-from ptqbench.methods.steps import Calibrate, GPTQSolve, MeanScale, Reparameterize, Timed, WeightsFP, optional
+from ptqbench.methods.steps import Calibrate, GPTQSolve, Timed, WeightsFP, optional
 from ptqbench.quant.spec import QuantPlan
 
 
@@ -59,12 +59,12 @@ class GPTQ(Method):
     blockwise = True
 
     def protocol_plan(self) -> QuantPlan:
-        return QuantPlan(self.weight_spec(), reparam_activations(self, self.config))
+        return self.config.plan(self.weight_spec(), reparam_activations(self, self.config))
 
     def steps(self) -> Sequence[Step]:
         c = self.config
         activation_side = WeightsFP((
             Calibrate(desc="calibrate activations"),
-            *optional(c.reparam, Reparameterize(MeanScale(), c.round_zero_point, c.exact_padding)),
+            *optional(c.reparam, c.reparameterize()),
         ))
         return (Timed("error_reduction_s", (activation_side, GPTQSolve(c.blocksize, c.percdamp, c.act_order, c.chunk_size))),)

@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ptqbench.algorithms.reconstruction import LOSS_REDUCTIONS, ReconConfig
-from ptqbench.algorithms.reparam import REPARAM_ARITHMETIC
 from ptqbench.methods.base import Method, Step, register_method
 from ptqbench.methods.configs import ReparamConfig, check_recon_options, paper_iters, reparam_activations
-from ptqbench.methods.steps import Calibrate, MeanScale, Reconstruct, Reparameterize, Timed, WeightsFP, \
+from ptqbench.methods.steps import Calibrate, Reconstruct, Timed, WeightsFP, \
     WithFPTeacher, optional
 from ptqbench.quant import roles
-from ptqbench.quant.spec import ATTENTION_SCALES, QuantizerSpec, QuantPlan
+from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 from ptqbench.quant.sulq import DEFAULT_BIASES
 
 IAS_WEIGHT_PERCENTILES = (0.97, 0.98, 0.99, 0.995, 0.9995, 0.9997, 0.9999, 0.99995, 0.99999)
@@ -49,8 +48,7 @@ class IaSConfig(ReparamConfig):
     sulq: SULQ for post-softmax (False: RepQ-ViT's log-sqrt2, `log_sqrt2`).
     sulq_biases: SULQ's candidate shifts.
     sulq_released_asymmetry: SULQ's forward grid as released (2^b + 1 codes; docs).
-    attention_scale: "product" (1/sqrt(d) after the quantized q @ k^T, as released) or "q".
-    reparam_arithmetic: "float32" (the released operations, bit for bit) or "float64".
+    attention_scale / reparam_arithmetic: "product" / "float32", the released arithmetic.
     act_calib_images: calibration images the activation quantizers fit on (the first ones).
     stage_one / stage_three: run the FP-weight and the quantized-weight reconstruction.
     iters: Adam steps per unit and stage; null = 1000 when W or A <= 4 bits, else 200.
@@ -86,10 +84,6 @@ class IaSConfig(ReparamConfig):
         check_recon_options(self.recon_loss, self.iters)
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction={self.loss_reduction!r}; choose one of {LOSS_REDUCTIONS}")
-        if self.reparam_arithmetic not in REPARAM_ARITHMETIC:
-            raise ValueError(f"reparam_arithmetic={self.reparam_arithmetic!r}; choose one of {REPARAM_ARITHMETIC}")
-        if self.attention_scale not in ATTENTION_SCALES:
-            raise ValueError(f"attention_scale={self.attention_scale!r}; choose one of {ATTENTION_SCALES}")
         if self.act_calib_images is not None and self.act_calib_images < 1:
             raise ValueError(f"act_calib_images must be >= 1 or null (all), got {self.act_calib_images}")
         if self.lr <= 0 or self.batch_size < 1:
@@ -112,7 +106,7 @@ class IaSViT(Method):
             acts[roles.POST_SOFTMAX] = QuantizerSpec(
                 self.bits.a, kind="sulq",
                 options=(("biases", c.sulq_biases), ("released_asymmetry", c.sulq_released_asymmetry)))
-        return QuantPlan(self.weight_spec(), acts, attention_scale=c.attention_scale)
+        return c.plan(self.weight_spec(), acts)
 
     def stage_config(self, fp_inputs: bool, seed: int) -> ReconConfig:
         """One stage's engine config: weights and biases train, FP or quantized unit inputs."""
@@ -128,8 +122,7 @@ class IaSViT(Method):
             self.stage_config(False, c.recon_seed + STAGE_THREE_SEED_OFFSET), prefix="stage_three_"),))
         return (WithFPTeacher((
             WeightsFP((Calibrate(images=c.act_calib_images), *optional(c.stage_one, stage_one))),
-            *optional(c.reparam, Reparameterize(MeanScale(), c.round_zero_point, c.exact_padding,
-                                                   c.reparam_arithmetic)),
+            *optional(c.reparam, c.reparameterize()),
             Calibrate(desc="calibrate weights", key="weight_quantizers_fitted", images=c.act_calib_images),
             *optional(c.stage_three, stage_three),
         )),)

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from ptqbench.methods.base import Method, Step, register_method
 from ptqbench.methods.configs import ReparamConfig, reparam_activations
-from ptqbench.methods.steps import RECALIBRATE, Calibrate, MeanScale, Reparameterize, optional
+from ptqbench.methods.steps import RECALIBRATE, Calibrate, optional
 from ptqbench.quant.spec import QuantPlan
 
 
@@ -42,9 +42,9 @@ class RepQViT(Method):
     Config = RepQConfig
 
     def protocol_plan(self) -> QuantPlan:
-        return QuantPlan(self.weight_spec(), reparam_activations(self, self.config))
+        return self.config.plan(self.weight_spec(), reparam_activations(self, self.config))
 
     def steps(self) -> Sequence[Step]:
         c = self.config
         return (Calibrate(),
-                *optional(c.reparam, Reparameterize(MeanScale(), c.round_zero_point, c.exact_padding), RECALIBRATE))
+                *optional(c.reparam, c.reparameterize(), RECALIBRATE))
