@@ -41,6 +41,7 @@ from ptqbench.methods.base import Method, Step, register_method
 from ptqbench.methods.configs import ReparamConfig, reparam_activations
 from ptqbench.methods.steps import (Calibrate, ErrorReduction, InstallDualUniform, Timed,
                                     WeightsFP, optional)
+from ptqbench.quant.dual_uniform import TIE_BREAKS
 from ptqbench.quant.ranges import RangeSearch
 from ptqbench.quant.spec import QuantPlan
 
@@ -59,6 +60,8 @@ class ERQConfig(ReparamConfig):
     dual_uniform: two per-row scales for qkv and fc1 weights (ERQ TPAMI).
     dual_divisor: outlier-column group size = Cout // dual_divisor (released: 20).
     dual_percentile: a row's outliers lie beyond this percentile (released: 99).
+    dual_tie_break: columns with equal outlier counts: "column" (lower index first) or
+        "first_seen" (the released Counter.most_common order; quant.dual_uniform).
     coe: ridge strength knob, lambda = 0.1 * coe (released README: 10000 with 32 images; the
         code's default 20000 goes with 1024 images).
     head_lambda: Aqer's lambda for the classifier head (released: 0.1).
@@ -78,6 +81,7 @@ class ERQConfig(ReparamConfig):
     dual_uniform: bool = True
     dual_divisor: int = 20
     dual_percentile: float = 99.0
+    dual_tie_break: str = "column"
     coe: float = 10000.0
     head_lambda: float = 0.1
     conv_lambda_factor: float = 10.0
@@ -86,6 +90,8 @@ class ERQConfig(ReparamConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.dual_tie_break not in TIE_BREAKS:
+            raise ValueError(f"dual_tie_break={self.dual_tie_break!r}; choose one of {TIE_BREAKS}")
         if self.solve not in SOLVERS:
             raise ValueError(f"solve={self.solve!r}; choose one of {sorted(SOLVERS)}")
         for key in ("coe", "head_lambda", "conv_lambda_factor"):
@@ -113,7 +119,8 @@ class ERQ(Method):
             *optional(c.reparam, c.reparameterize()),
         ))
         dual = InstallDualUniform(self.bits.w, c.dual_divisor, c.dual_percentile,
-                                  RangeSearch(c.weight_search, c.weight_percentiles), enabled=c.dual_uniform)
+                                  RangeSearch(c.weight_search, c.weight_percentiles), enabled=c.dual_uniform,
+                                  tie_break=c.dual_tie_break)
         reduce = ErrorReduction(c.aqer, c.wqer, c.rounding_refinement, c.refine_steps, c.coe, c.head_lambda,
                                 c.conv_lambda_factor, c.chunk_size, c.solve)
         return (Timed("error_reduction_s", (activation_side, dual, reduce)),)

@@ -269,13 +269,14 @@ class InstallDualUniform:
     percentile: float
     search: RangeSearch
     enabled: bool = True
+    tie_break: str = "column"
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
         if not self.enabled:
             return {"dual_uniform_layers": 0}
         layers = [lin for lin in block_input_linears(qm) if lin.weight_quantizer is not None]
         for lin in layers:
-            dq = DualUniformQuantizer(self.bits, roles.WEIGHT, self.divisor, self.percentile, self.search)
+            dq = DualUniformQuantizer(self.bits, roles.WEIGHT, self.divisor, self.percentile, self.search, self.tie_break)
             dq.qname = lin.weight_quantizer.qname
             lin.weight_quantizer = dq.to(lin.weight.device)
         return {"dual_uniform_layers": len(layers)}

@@ -4,8 +4,9 @@ row's outliers get their own per-row scale and zero point.
 For a Linear weight W [Cout, Cin]: in each row, an entry is an outlier if it lies above the 99th
 percentile of the row's positive entries or below the 1st percentile of its negative entries.
 Columns are ranked by how many rows they are an outlier in, and the top `Cout // divisor` columns
-(only columns that are an outlier somewhere; ties broken by lower column index) form the outlier
-group. Each row then has two (scale, zero point) pairs: one fitted on its outlier-group entries,
+(only columns that are an outlier somewhere; ties broken by lower column index, or with
+`tie_break="first_seen"` as the released code's `Counter.most_common` breaks them: the column
+that was an outlier in an earlier row first, then the lower index) form the outlier group. Each row then has two (scale, zero point) pairs: one fitted on its outlier-group entries,
 one on the rest, each with the protocol's range search. Same code width for both; the column
 group is one bit per input channel, shared by all rows.
 """
@@ -37,9 +38,12 @@ def _row_quantile_of_subset(sorted_rows: torch.Tensor, start: torch.Tensor, coun
     return torch.where(count > 0, out, torch.full_like(out, float("nan")))
 
 
-def outlier_columns(w: torch.Tensor, n_columns: int, percentile: float = 99.0) -> torch.Tensor:
+TIE_BREAKS = ("column", "first_seen")
+
+
+def outlier_columns(w: torch.Tensor, n_columns: int, percentile: float = 99.0, tie_break: str = "column") -> torch.Tensor:
     """Boolean mask over the columns of `w` [rows, cols]: the `n_columns` columns that are most often
-    a row's outlier (see module docstring)."""
+    a row's outlier (see module docstring for `tie_break`)."""
     w = w.detach().float()
     srt = torch.sort(w, dim=1).values
     n_neg = (w < 0).sum(1)
@@ -49,8 +53,14 @@ def outlier_columns(w: torch.Tensor, n_columns: int, percentile: float = 99.0) -
     neg_thr = _row_quantile_of_subset(srt, torch.zeros_like(n_neg), n_neg, 1.0 - percentile / 100.0)
     big = (w > pos_thr[:, None]) & (n_pos > 0)[:, None]
     small = (w < neg_thr[:, None]) & (n_neg > 0)[:, None]
-    counts = (big | small).sum(0).tolist()
-    order = sorted(range(cols), key=lambda c: (-counts[c], c))
+    outlier = big | small
+    counts = outlier.sum(0).tolist()
+    if tie_break == "first_seen":  # the first row in which each column is an outlier (rows if never)
+        rows = torch.arange(w.shape[0], device=w.device)[:, None].expand_as(outlier)
+        first = torch.where(outlier, rows, w.shape[0]).amin(0).tolist()
+        order = sorted(range(cols), key=lambda c: (-counts[c], first[c], c))
+    else:
+        order = sorted(range(cols), key=lambda c: (-counts[c], c))
     chosen = [c for c in order[:n_columns] if counts[c] > 0]
     mask = torch.zeros(cols, dtype=torch.bool, device=w.device)
     mask[chosen] = True
@@ -63,6 +73,7 @@ class DualUniformOptions:
 
     divisor: int = 20
     percentile: float = 99.0
+    tie_break: str = "column"
 
 
 @register_kind("dual_uniform", options=DualUniformOptions, search=True)
@@ -77,15 +88,19 @@ class DualUniformQuantizer(Quantizer):
         percentile: a row's outliers lie beyond this percentile of its positive entries (and the
             mirrored one of its negative entries); ERQ: 99.
         search: range search used for each group's per-row range.
+        tie_break: "column" or "first_seen" (the released order; module docstring).
     """
 
     kind = "dual_uniform"
 
     def __init__(self, bits: int, role: str, divisor: int = 20, percentile: float = 99.0,
-                 search: RangeSearch = RangeSearch()) -> None:
+                 search: RangeSearch = RangeSearch(), tie_break: str = "column") -> None:
         super().__init__(bits, role)
         if divisor < 1:
             raise ValueError(f"dual uniform divisor must be >= 1, got {divisor}")
+        if tie_break not in TIE_BREAKS:
+            raise ValueError(f"dual uniform tie_break={tie_break!r}; choose one of {TIE_BREAKS}")
+        self.tie_break = tie_break
         self.divisor = divisor
         self.percentile = percentile
         self.search = search
@@ -98,7 +113,7 @@ class DualUniformQuantizer(Quantizer):
         if w.dim() != 2:
             raise ValueError(f"dual uniform quantization needs a 2-D Linear weight, got shape {tuple(w.shape)}")
         w = w.float()
-        mask = outlier_columns(w, w.shape[0] // self.divisor, self.percentile)
+        mask = outlier_columns(w, w.shape[0] // self.divisor, self.percentile, self.tie_break)
         scale = torch.ones(w.shape[0], 2, device=w.device)
         zero = torch.zeros(w.shape[0], 2, device=w.device)
         for g, cols in enumerate((~mask, mask)):  # group 0: ordinary columns, 1: outlier columns

@@ -162,6 +162,28 @@ def test_dual_uniform_gives_outlier_columns_their_own_scale():
     assert torch.equal(dq(dq(w)), dq(w))
 
 
+def test_dual_uniform_first_seen_tie_break_is_the_released_counter_order():
+    """Released: per row, the outlier columns (sorted), counted with collections.Counter;
+    most_common keeps first-insertion order among equal counts. Ties here are common: 24 rows
+    give only a few outlier hits per column."""
+    from collections import Counter
+
+    torch.manual_seed(3)
+    w = torch.randn(24, 40)
+    n = 24 // 20 + 3
+    pos_thr = torch.stack([torch.quantile(r[r > 0], 0.99) for r in w])
+    neg_thr = torch.stack([torch.quantile(r[r < 0], 0.01) for r in w])
+    outlier = (w > pos_thr[:, None]) | (w < neg_thr[:, None])
+    counter = Counter()
+    for row in outlier:
+        counter.update(torch.nonzero(row)[:, 0].tolist())
+    released = {c for c, _ in counter.most_common(n)}
+    first_seen = outlier_columns(w, n, tie_break="first_seen")
+    by_column = outlier_columns(w, n)
+    assert set(torch.nonzero(first_seen)[:, 0].tolist()) == released
+    assert not torch.equal(first_seen, by_column), "pick a seed whose tie order differs"
+
+
 def test_gram_streaming_is_chunk_independent_and_exact():
     torch.manual_seed(0)
     lin = nn.Linear(12, 5)
