@@ -147,7 +147,8 @@ def main() -> None:
                  and torch.equal(rmods[p + r].zero_point.detach().reshape(-1), pq[p + o].zero_point.reshape(-1))
                  for r, o in QUANTIZERS.items()]
         rs, ps = rmods[p + "attn.matmul2.quantizer_A"], pq[p + "attn.matmul_av.a_quantizer"]
-        equal.append(float(rs.delta) == float(ps.eta) and float(rs.maxv) == float(ps.hi) and float(rs.minv) == float(ps.lo))
+        equal.append(float(rs.delta.detach()) == float(ps.eta) and float(rs.maxv) == float(ps.hi)
+                     and float(rs.minv) == float(ps.lo))
         for lin in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
             equal.append(torch.equal(rmods[p + lin].weight, pmods[p + lin].weight)
                          and torch.equal(rmods[p + lin].bias, pmods[p + lin].bias)
