@@ -296,7 +296,7 @@ class ErrorReduction:
     head_lambda: float
     conv_lambda_factor: float
     chunk_size: int
-    solve: str = "cholesky64"
+    solve: str
 
     def _reduce_layer(self, layer: nn.Module, role: str, st: GramStats, counters: dict[str, int]) -> None:
         is_conv = isinstance(layer, QuantConv2d)
