@@ -101,7 +101,8 @@ def test_a_model_spread_over_two_devices_is_refused():
         make_quantizable(model, build_method({"name": "repq"}, Bits(4, 4)).plan())
 
 
-@pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+@pytest.mark.parametrize("arch", ["deit_tiny_patch16_224",
+                                  pytest.param("swin_tiny_patch4_window7_224", marks=pytest.mark.slow)])
 def test_attention_scale_on_the_product_is_the_same_function(arch):
     """attention_scale="product" (the RepQ-ViT code family's order) quantizes the unscaled q: its
     calibrated step is the "q" order's divided by 1/sqrt(d), and the model computes the same
