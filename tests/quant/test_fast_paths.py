@@ -216,9 +216,9 @@ def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypat
     with torch.no_grad():
         new = qm.model(x)
 
-    def ref_uniform(x, scale, zero_point, qmin, qmax):
+    def ref_uniform(x, scale, zero_point, qmin, qmax, integral_zero_point=True):
         if torch.is_grad_enabled() and x.requires_grad:
-            return uni_fake_quant(x, scale, zero_point, qmin, qmax)
+            return uni_fake_quant(x, scale, zero_point, qmin, qmax, integral_zero_point)
         return ref_fake_quant(x, scale, zero_point, qmin, qmax)
 
     uni_fake_quant = uni.fake_quant
