@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from ptqbench.progress import progress as progress_bar
 
@@ -57,6 +58,9 @@ from ptqbench.quant.uniform import UniformQuantizer
 LEARNABLE = ("weights", "act_scale", "weight_scale", "weight_rounding", "dfq", "lowrank")
 LOSSES = ("mse", "l1")
 LOSS_REDUCTIONS = ("mean", "sum_dim1")
+BETA_SCHEDULES = ("cosine", "linear")
+ROUNDING_SCHEDULES = ("cosine", "constant")
+HEAD_LOSSES = ("recon", "kl")
 # learn kind -> (which quantizers, their trainable group, the ReconConfig field of its learning rate)
 QUANTIZER_LEARNING = {
     "act_scale": ("activations", "scale", "lr_act_scale"),
@@ -86,6 +90,19 @@ class ReconConfig:
         warmup: fraction of iters without the AdaRound regularizer (BRECQ/QDrop: 0.2).
         round_weight: weight of the AdaRound regularizer; beta anneals from beta_start to beta_end.
         fp_input_prob: 0 = quantized inputs, 1 = FP inputs, between = QDrop's element-wise mix.
+        act_quant_prob: QDrop inside the unit: every activation quantizer outputs its quantized
+            value with this probability per element and its FP input otherwise, while training
+            (1 = always quantized).
+        beta_schedule: AdaRound's beta from beta_start to beta_end after the warmup: "cosine", or
+            "linear" (the released BRECQ/QDrop/APHQ `LinearTempDecay`, counting steps from 1, the
+            regularizer on from step warmup * iters).
+        rounding_schedule: the AdaRound learning rate follows the cosine schedule or stays "constant"
+            (the releases' separate Adam with no scheduler).
+        head_loss: the head unit's loss: the reconstruction loss ("recon") or KL(softmax(target) ||
+            softmax(output)), batch mean ("kl", APHQ-ViT / FIMA-Q).
+        loss_normalize: when set, the reconstruction loss is multiplied by this over its value at the
+            first step (APHQ-ViT's `LossFunction`: 2 / L0), which fixes its balance against the
+            rounding regularizer.
         curriculum: order samples easy -> hard by their initial per-sample loss and sample from a
             pool that grows from `curriculum_start` of the set to all of it by `curriculum_end` of
             the iterations (AIQViT).
@@ -116,6 +133,11 @@ class ReconConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     fp_input_prob: float = 0.0
+    act_quant_prob: float = 1.0
+    beta_schedule: str = "cosine"
+    rounding_schedule: str = "cosine"
+    head_loss: str = "recon"
+    loss_normalize: Optional[float] = None
     curriculum: bool = False
     curriculum_start: float = 0.25
     curriculum_end: float = 0.5
@@ -144,7 +166,13 @@ class ReconConfig:
             raise ValueError(f"loss_reduction={self.loss_reduction!r}; choose one of {LOSS_REDUCTIONS}")
         if self.units not in ("all", "blocks"):
             raise ValueError(f"units={self.units!r}; choose 'all' or 'blocks'")
-        for key in ("warmup", "fp_input_prob", "curriculum_start", "curriculum_end", "search_frac"):
+        for key, allowed in (("beta_schedule", BETA_SCHEDULES), ("rounding_schedule", ROUNDING_SCHEDULES),
+                             ("head_loss", HEAD_LOSSES)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r}; choose one of {allowed}")
+        if self.loss_normalize is not None and self.loss_normalize <= 0:
+            raise ValueError(f"loss_normalize must be > 0 or null, got {self.loss_normalize}")
+        for key in ("warmup", "fp_input_prob", "act_quant_prob", "curriculum_start", "curriculum_end", "search_frac"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
         if not self.lowrank_ranks or min(self.lowrank_ranks) < 0:
@@ -251,6 +279,37 @@ def _loss(out: torch.Tensor, target: torch.Tensor, kind: str, reduction: str = "
     return v.reshape(v.shape[0], -1).mean(1) if per_sample else v.mean()
 
 
+def _unit_loss(out: torch.Tensor, target: torch.Tensor, cfg: ReconConfig, head: bool) -> torch.Tensor:
+    """The training loss of one batch before normalization: KL on the logits for the head when
+    `cfg.head_loss` says so, else the configured reconstruction loss."""
+    if head and cfg.head_loss == "kl":
+        return F.kl_div(F.log_softmax(out, dim=-1), F.softmax(target, dim=-1), reduction="batchmean")
+    return _loss(out, target, cfg.loss, cfg.loss_reduction)
+
+
+def _beta(cfg: ReconConfig, it: int, warm: int) -> Optional[float]:
+    """AdaRound's beta at step `it` (0-based), or None while the regularizer is off."""
+    if cfg.beta_schedule == "linear":  # LinearTempDecay(t_max=iters, rel_start_decay=warmup), t counted from 1
+        t, start = it + 1, cfg.warmup * cfg.iters
+        if t < start:
+            return None
+        rel = (t - start) / max(cfg.iters - start, 1e-12)
+        return cfg.beta_end + (cfg.beta_start - cfg.beta_end) * max(0.0, 1 - rel)
+    if it < warm:
+        return None
+    progress = (it - warm) / max(cfg.iters - warm, 1)
+    return cfg.beta_end + (cfg.beta_start - cfg.beta_end) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def _scheduler(opt: torch.optim.Optimizer, groups: list[dict[str, Any]], cfg: ReconConfig, t_max: int):
+    """Cosine to 0 for every group, or for all but the rounding group when it stays constant."""
+    if cfg.rounding_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max, eta_min=0.0)
+    cosine = lambda t: (1 + math.cos(math.pi * min(t, t_max) / t_max)) / 2  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, [(lambda t: 1.0) if g["name"] == "weight_rounding" else cosine for g in groups])
+
+
 def _forward_batches(unit: Unit, x: torch.Tensor, bs: int) -> torch.Tensor:
     return torch.cat(run_unit(unit, split_chunks(x, bs)))
 
@@ -272,11 +331,31 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
         info.update(loss_end=info["loss_start"], ranks=finish_unit(st))
         return info
     opt = torch.optim.Adam([{k: v for k, v in g.items() if k != "name"} for g in st.groups])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters, eta_min=0.0)
+    sched = _scheduler(opt, st.groups, cfg, cfg.iters)
+    head = unit.kind == HEAD
+    drops = [q for q in _activation_quantizers(unit) if q.calibrated] if cfg.act_quant_prob < 1.0 else []
+    for q in drops:
+        q.drop = (cfg.act_quant_prob, gen)
+    try:
+        _train_loop(unit, st, x_q, x_fp, target, cfg, opt, sched, gen, order, n, bs, head, dev)
+    finally:
+        for q in drops:
+            q.drop = None
+    info["ranks"] = finish_unit(st)
+    with torch.no_grad():
+        info["loss_end"] = float(_loss(_forward_batches(unit, x_eval, bs), target, cfg.loss, cfg.loss_reduction))
+    return info
+
+
+def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tensor, target: torch.Tensor,
+                cfg: ReconConfig, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator,
+                order: torch.Tensor, n: int, bs: int, head: bool, dev: torch.device) -> None:
+    """The Adam steps of one unit."""
     search_iters = int(cfg.search_frac * cfg.iters) if any(b.searching for _, b in st.branches.values()) else 0
     warm = int(cfg.warmup * cfg.iters)
     bar = progress_bar(range(cfg.iters), desc=f"reconstruct {unit.name}", disable=not cfg.progress)
     arch = [b.arch for _, b in st.branches.values() if b.arch is not None]
+    first_rec: Optional[float] = None
     for p in arch:  # B starts at 0, so the loss says nothing about ranks yet: let the branches learn first
         p.requires_grad_(False)
     for it in bar:
@@ -286,8 +365,9 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
         if search_iters and it == search_iters:
             for _, br in st.branches.values():
                 br.commit()  # keeps the chosen rank; the optimizer sees the new (smaller) tensors
-            opt = torch.optim.Adam([{k: v for k, v in g.items() if k != "name"} for g in _regroup(st, cfg)])
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters - it, eta_min=0.0)
+            groups = _regroup(st, cfg)
+            opt = torch.optim.Adam([{k: v for k, v in g.items() if k != "name"} for g in groups])
+            sched = _scheduler(opt, groups, cfg, cfg.iters - it)
         pool = n
         if cfg.curriculum:
             span = max(cfg.curriculum_end * cfg.iters, 1)
@@ -302,11 +382,14 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
             drop = torch.rand(xb.shape, generator=gen).to(dev) < cfg.fp_input_prob
             xb = torch.where(drop, x_fp[idx], xb)
         out = unit.forward(xb)
-        rec = _loss(out, target[idx], cfg.loss, cfg.loss_reduction)
+        rec = _unit_loss(out, target[idx], cfg, head)
+        if cfg.loss_normalize is not None:
+            if first_rec is None:
+                first_rec = float(rec.detach())
+            rec = rec * cfg.loss_normalize / first_rec
         loss = rec
-        if st.rounders and it >= warm:
-            progress = (it - warm) / max(cfg.iters - warm, 1)
-            beta = cfg.beta_end + (cfg.beta_start - cfg.beta_end) * (1 + math.cos(math.pi * progress)) / 2
+        beta = _beta(cfg, it, warm) if st.rounders else None
+        if beta is not None:
             loss = loss + cfg.round_weight * sum(m.weight_quantizer.regularizer(beta) for m, _ in st.rounders.values())
         if search_iters and it < search_iters:
             cost = sum(br.expected_params() / (br.in_features * br.out_features) for _, br in st.branches.values())
@@ -318,10 +401,6 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
         if it % 50 == 0 or it == cfg.iters - 1:
             bar.set_postfix(loss=f"{float(rec.detach()):.4g}")
     bar.close()
-    info["ranks"] = finish_unit(st)
-    with torch.no_grad():
-        info["loss_end"] = float(_loss(_forward_batches(unit, x_eval, bs), target, cfg.loss, cfg.loss_reduction))
-    return info
 
 
 def _regroup(st: _UnitState, cfg: ReconConfig) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ calls each as `step(qm, calib)` and merges the statistics they return into `meth
   reconstruction stages take their FP inputs and targets from (I&S-ViT trains the FP weights).
 - GPTQSolve / InstallDualUniform / ErrorReduction: weight solvers, unit by unit (GPTQ; ERQ).
 - HessianSearch: PTQ4ViT's Hessian-guided scale search.
+- GridSearch: the AdaLog / APHQ-ViT family's output-MSE grid search of (scale, zero point) pairs.
 - Timed: inner steps, plus their wall time under a key.
 """
 
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from ptqbench.algorithms.error_reduction import SOLVERS, gptq, ridge_correction, wqer
+from ptqbench.algorithms.grid_search import GridSearchConfig, search_model as grid_search_model
 from ptqbench.algorithms.hessian_search import SearchConfig, search_model
 from ptqbench.algorithms.reconstruction import FPTeacher, ReconConfig, reconstruct
 from ptqbench.algorithms.reparam import SharedScaleFn, mad_inliers, mean_scale, mosf_scale, reparameterize_all
@@ -219,6 +221,25 @@ class HessianSearch:
         return search_model(qm.model, qm.units, unit_input(qm, calib), self.cfg, family.output_loss(qm.model))
 
 
+# -- output-MSE grid search -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class GridSearch:
+    """The AdaLog / APHQ-ViT family's calibration: each layer's (scale, zero point) pairs from a grid
+    by output MSE on FP inputs, the post-LN pairs reparameterized on the way
+    (ptqbench.algorithms.grid_search); on the first `images` calibration images (None: all)."""
+
+    cfg: GridSearchConfig
+    exact_padding: bool = True
+    images: Optional[int] = None
+
+    def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+        x = unit_input(qm, calib)
+        if self.images is not None:
+            x = x[: self.images]
+        stats = grid_search_model(qm.model, qm.units, x, self.cfg, qm.reparam_pairs, self.exact_padding)
+        return {**stats, "grid_search_images": int(x.shape[0])}
+
+
 # -- weight solvers --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GPTQSolve:
@@ -338,7 +359,7 @@ def optional(condition: bool, *steps: Step) -> tuple[Step, ...]:
     return steps if condition else ()
 
 
-__all__ = ["Calibrate", "ErrorReduction", "GPTQSolve", "HessianSearch", "InstallDualUniform", "MOSF", "MeanScale",
+__all__ = ["Calibrate", "ErrorReduction", "GPTQSolve", "GridSearch", "HessianSearch", "InstallDualUniform", "MOSF", "MeanScale",
            "RECALIBRATE", "Reconstruct", "Reparameterize", "SharedScaleRule", "Timed", "WeightsFP", "WithFPTeacher",
            "optional",
            "run_steps"]

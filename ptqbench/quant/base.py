@@ -9,7 +9,7 @@ quantizers already active (RepQ-ViT's protocol), in one pass or streamed unit by
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -56,6 +56,9 @@ class Quantizer(nn.Module):
         self.auto_calibrate = False
         self.version = 0
         self.qname = ""
+        # QDrop during block reconstruction: (probability of the quantized value, generator); each
+        # element is then quantized with that probability and passed through FP otherwise
+        self.drop: Optional[tuple[float, torch.Generator]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -67,6 +70,10 @@ class Quantizer(nn.Module):
                     "before calibration; run the method's quantize() (or ptqbench.quant.calibrate) first"
                 )
             self.calibrate(x)
+        if self.drop is not None and torch.is_grad_enabled():
+            keep_prob, gen = self.drop
+            keep = torch.rand(x.shape, generator=gen).to(x.device) < keep_prob
+            return torch.where(keep, self.quantize(x), x)
         return self.quantize(x)
 
     @torch.no_grad()

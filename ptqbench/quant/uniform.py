@@ -116,8 +116,10 @@ def fit_rows(x2d: torch.Tensor, bits: int, symmetric: bool, search: RangeSearch)
 
 
 @register_kind("uniform", search=True, layout=True)
+@register_kind("uniform_per_head", search=True, preset={"channel_axis": 1})
 class UniformQuantizer(Quantizer):
-    """Uniform affine fake quantizer.
+    """Uniform affine fake quantizer. Kind "uniform_per_head": asymmetric, one scale per attention
+    head (axis 1 of a [B, heads, N, d] matmul operand; the AdaLog / APHQ-ViT code family).
 
     Args:
         bits: code width.

@@ -1,0 +1,424 @@
+"""The calibration of the AdaLog / APHQ-ViT / FIMA-Q code family (and of its ViT ports of QDrop and
+BRECQ): every layer's quantizers are picked from a grid of (scale, zero point) pairs by the error of
+the layer's *output*, each layer on its FP input against its FP output (GoatWu/APHQ-ViT
+`utils/calibrator.py: QuantCalibrator.batching_quant_calib`; the grids and searches of
+`quant_layers/linear.py`, `matmul.py`, `conv.py`). Step by step, with the released function each
+part follows, in docs/methods/qdrop.md.
+
+Per layer, in the order the unit calls them (the release walks `named_modules`; with FP inputs
+everywhere the order only matters through the reparameterization, which touches one pair):
+
+- Linear, per-tensor input (`AsymmetricallyBatchingQuantLinear.hyperparameter_searching`):
+  weight grid per row: `num_zp = min(16, 2^b)` integer zero points centred on 2^(b-1), times
+  `candidates / num_zp` scales spaced evenly from the (0.1, 0.9)-quantile width to the min-max
+  width, over 2^b - 1; input grid the same from quantiles of the whole tensor (scales clamped at
+  1e-4, the last pair repeated). Search: weights by their own MSE, the input by its own MSE, then
+  `rounds` x (weights by output MSE, input by output MSE).
+- Linear after a LayerNorm (`AsymmetricallyChannelWiseBatchingQuantLinear`): the input grid per
+  channel, searched by each channel's own MSE; then the pair is reparameterized with the mean
+  scale and the *rounded* mean zero point (`reparam_step1`, float32 as released), the captured
+  input transformed by x / r - b, and the layer searched as a per-tensor one from scratch (the
+  mean scale is replaced by the search's result).
+- Conv (patch embedding; its 8-bit input is left FP): per output channel, 129 percentile pairs
+  (0.99 ... 0.9999 spaced by a square root, and 1.0), searched by output MSE, then with the upper
+  fixed (lower searched) and the lower fixed (upper searched).
+- MatMul (q @ k^T, attn @ v; `AsymmetricallyBatchingQuantMatMul`): per head, 129 uppers between
+  the 0.99- and 0.99999-quantile and 129 lowers between the 0.01- and 0.00001-quantile, zero point
+  -round(lower / scale); the pairs (i, i) searched for A then B by output MSE, then `rounds` x
+  (A with its upper fixed, A with its lower fixed, the same for B).
+
+Scores are summed over images of the mean over the other axes, as released. Candidates and images
+are processed in chunks (`budget_mb`); the release sizes its chunks by GPU memory. Only the float
+summation order depends on the chunking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptqbench.algorithms.reparam import reparameterize
+from ptqbench.algorithms.streaming import hooks_removed_after
+from ptqbench.models.structure import ReparamPair, Unit
+from ptqbench.progress import progress as progress_bar
+from ptqbench.quant.calibration import quant_disabled
+from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
+from ptqbench.quant.ranges import TORCH_QUANTILE_LIMIT
+from ptqbench.quant.uniform import UniformQuantizer
+
+Layer = (QuantLinear, QuantConv2d, QuantMatMul)
+MIN_ACT_SCALE = 1e-4  # linear.py: calculate_percentile_activation_candidates clamps scales here
+
+
+@dataclass(frozen=True)
+class GridSearchConfig:
+    """Attributes:
+    candidates: grid size per quantizer (the release's `eq_n`; 128).
+    rounds: alternating search rounds per layer (`search_round`; 3).
+    image_chunk: images per forward of the candidates (memory only).
+    budget_mb: memory of one chunk of candidate outputs (memory only).
+    """
+
+    candidates: int = 128
+    rounds: int = 3
+    image_chunk: int = 8
+    budget_mb: int = 128
+
+    def __post_init__(self) -> None:
+        if self.candidates < 16 or self.rounds < 0 or self.image_chunk < 1 or self.budget_mb < 1:
+            raise ValueError("grid search needs candidates >= 16, rounds >= 0, image_chunk >= 1 and budget_mb >= 1")
+
+
+def _slices(total: int, per_item: int, budget_elems: int) -> Iterator[slice]:
+    step = max(1, budget_elems // max(per_item, 1))
+    for i in range(0, total, step):
+        yield slice(i, min(total, i + step))
+
+
+def qdq(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmax: int) -> torch.Tensor:
+    """(clamp(round(x / s) + z, 0, qmax) - z) * s in the release's operation order."""
+    return (x / s).round_().add_(z).clamp_(0, qmax).sub_(z).mul_(s)
+
+
+def quantile_mean(rows: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Quantiles `q` of each row of `rows` [R, M] ([len(q), R]). A row torch.quantile refuses (more
+    than 2^24 values) is split, as released, into the fewest power-of-two equal parts it takes, and
+    the parts' quantiles are averaged."""
+    m = rows.shape[1]
+    parts = 1
+    while m % parts or m // parts > TORCH_QUANTILE_LIMIT:
+        parts *= 2
+    return torch.quantile(rows.reshape(rows.shape[0], parts, -1), q, dim=-1).mean(-1)
+
+
+# -- grids -------------------------------------------------------------------------------------------
+def _zero_point_grid(bits: int, candidates: int) -> tuple[int, int, torch.Tensor]:
+    levels = 2**bits
+    num_zp = min(16, levels)
+    num_scale = candidates // num_zp
+    zps = torch.arange(levels // 2 - num_zp // 2, levels // 2 + num_zp // 2, dtype=torch.float32)
+    return num_zp, num_scale, zps.repeat_interleave(num_scale)
+
+
+def weight_grid(w2d: torch.Tensor, bits: int, candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (scale, zero point) candidates of a Linear weight [rows, in]: [P, rows, 1] each."""
+    num_zp, num_scale, zps = _zero_point_grid(bits, candidates)
+    pct = torch.tensor([0.9, 1.0])
+    up = torch.quantile(w2d, pct, dim=-1)
+    lo = torch.quantile(w2d, 1 - pct, dim=-1)
+    d_min, d_max = up[0] - lo[0], up[1] - lo[1]
+    splits = torch.linspace(0, 1, steps=num_scale)[:, None] * (d_max - d_min)
+    scales = (d_min + splits).repeat(num_zp, 1) / (2**bits - 1)
+    return scales[..., None], zps[:, None, None].expand_as(scales[..., None]).contiguous()
+
+
+def act_grid(x: torch.Tensor, bits: int, candidates: int, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input (scale, zero point) candidates: [C, P + 1] per channel (last axis), [1, P + 1] per tensor."""
+    num_zp, num_scale, zps = _zero_point_grid(bits, candidates)
+    pct = torch.tensor([0.9, 1.0])
+    if per_channel:
+        x2 = x.reshape(-1, x.shape[-1])
+        up = torch.quantile(x2, pct, dim=0).T
+        lo = torch.quantile(x2, 1 - pct, dim=0).T
+    else:
+        flat = x.reshape(1, -1)
+        up = quantile_mean(flat, pct).T
+        lo = quantile_mean(flat, 1 - pct).T
+    d_min, d_max = up[:, 0:1] - lo[:, 0:1], up[:, 1:] - lo[:, 1:]
+    splits = torch.linspace(0, 1, steps=num_scale)[None, :] * (d_max - d_min)
+    scales = ((d_min + splits).repeat(1, num_zp) / (2**bits - 1)).clamp(min=MIN_ACT_SCALE)
+    scales = torch.cat([scales, scales[..., -1:]], dim=-1)
+    z = zps[None, :].repeat(scales.shape[0], 1)
+    return scales, torch.cat([z, z[..., -1:]], dim=-1)
+
+
+def conv_bounds(w2d: torch.Tensor, candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel upper and lower candidates of a conv weight [oc, fan_in]: [P + 1, oc, 1]."""
+    lo_p, hi_p, k = 0.99, 0.9999, 0.5
+    pct = torch.tensor([lo_p + (hi_p - lo_p) * (i / (candidates - 1)) ** k for i in range(candidates)] + [1.0])
+    return torch.quantile(w2d, pct, dim=-1)[..., None], torch.quantile(w2d, 1 - pct, dim=-1)[..., None]
+
+
+def matmul_bounds(x: torch.Tensor, candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head (dim 1) upper and lower candidates of a matmul operand: [P + 1, 1, H, 1, 1]."""
+    pct = torch.tensor([0.99, 0.99999])
+    heads = x.transpose(0, 1).reshape(x.shape[1], -1)
+    up = quantile_mean(heads, pct)
+    lo = quantile_mean(heads, 1 - pct)
+    steps = torch.linspace(0, 1, steps=candidates + 1)[:, None, None, None, None]
+    upper = up[0].view(1, 1, -1, 1, 1) + steps * (up[1] - up[0]).view(1, 1, -1, 1, 1)
+    lower = lo[1].view(1, 1, -1, 1, 1) + steps * (lo[0] - lo[1]).view(1, 1, -1, 1, 1)
+    return upper, lower
+
+
+def pairs_from_bounds(upper: torch.Tensor, lower: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = (upper - lower) / (2**bits - 1)
+    return scale, -(lower / scale).round()
+
+
+# -- searches ---------------------------------------------------------------------------------------
+class _Searcher:
+    """The per-layer searches on one layer's captured FP inputs and output."""
+
+    def __init__(self, cfg: GridSearchConfig) -> None:
+        self.cfg = cfg
+        self.budget = cfg.budget_mb * 2**20 // 4
+
+    def image_chunks(self, *tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+        n = tensors[0].shape[0]
+        for i in range(0, n, self.cfg.image_chunk):
+            yield tuple(t[i:i + self.cfg.image_chunk] for t in tensors)
+
+    # self-MSE searches ---------------------------------------------------------------------------
+    def weight_self(self, w2d: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmax: int) -> torch.Tensor:
+        scores = []
+        for sl in _slices(s.shape[0], w2d.numel(), self.budget):
+            err = (w2d[None] - qdq(w2d[None].expand(s[sl].shape[0], -1, -1), s[sl], z[sl], qmax)).pow_(2)
+            scores.append(err.mean(-1))
+        return torch.cat(scores).argmin(0)  # [rows]
+
+    def act_self(self, x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmax: int, per_channel: bool) -> torch.Tensor:
+        """Index per channel ([C]) or per tensor ([1]) of the best input candidate by its own MSE."""
+        total = torch.zeros(s.shape[0] if per_channel else 1, s.shape[1])
+        for (xb,) in self.image_chunks(x):
+            xb = xb.reshape(xb.shape[0], -1, xb.shape[-1])[..., None]  # [b, T, C, 1]
+            for sl in _slices(s.shape[1], xb.numel(), self.budget):
+                err = (xb - qdq(xb.expand(-1, -1, -1, sl.stop - sl.start), s[:, sl], z[:, sl], qmax)).pow_(2)
+                err = err.mean(1)  # [b, C, p]
+                if not per_channel:
+                    err = err.mean(1, keepdim=True)
+                total[:, sl] += err.sum(0)
+        return total.argmin(-1)
+
+    # output-MSE searches -------------------------------------------------------------------------
+    def linear_weight(self, layer: QuantLinear, x: torch.Tensor, out: torch.Tensor,
+                      s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per-row index of the best weight candidate by output MSE, the input through its quantizer."""
+        w, bias, qmax = layer.weight.detach(), layer.bias, layer.weight_quantizer.qmax
+        rows = w.shape[0]
+        total = torch.zeros(s.shape[0], rows)
+        for xb, ob in self.image_chunks(x, out):
+            xq = layer.input_quantizer(xb) if layer.input_quantizer is not None else xb
+            per_cand = ob.numel()
+            for sl in _slices(s.shape[0], per_cand, self.budget):
+                p = sl.stop - sl.start
+                wq = qdq(w[None].expand(p, -1, -1), s[sl], z[sl], qmax).reshape(p * rows, -1)
+                o = F.linear(xq, wq, None if bias is None else bias.detach().repeat(p))
+                o = o.view(*o.shape[:-1], p, rows)
+                err = (o - ob.unsqueeze(-2)).pow_(2)
+                if err.dim() > 3:
+                    err = err.mean(dim=tuple(range(1, err.dim() - 2)))
+                total[sl] += err.sum(0)
+        return total.argmin(0)
+
+    def linear_input(self, layer: QuantLinear, x: torch.Tensor, out: torch.Tensor,
+                     s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Index ([1]) of the best per-tensor input candidate by output MSE, the weight quantized."""
+        wq, bias, qmax = layer.quantized_weight().detach(), layer.bias, layer.input_quantizer.qmax
+        total = torch.zeros(1, s.shape[1])
+        for xb, ob in self.image_chunks(x, out):
+            x4 = xb[..., None]
+            for sl in _slices(s.shape[1], ob.numel() + xb.numel(), self.budget):
+                p = sl.stop - sl.start
+                xs = qdq(x4.expand(*xb.shape, p), s[:, sl], z[:, sl], qmax).movedim(-1, -2)  # [..., p, C]
+                err = (F.linear(xs, wq, None if bias is None else bias.detach()) - ob.unsqueeze(-2)).pow_(2).mean(-1)
+                if err.dim() > 2:
+                    err = err.mean(dim=tuple(range(1, err.dim() - 1)))
+                total[0, sl] += err.sum(0)
+        return total.argmin(-1)
+
+    def conv_weight(self, layer: QuantConv2d, x: torch.Tensor, out: torch.Tensor,
+                    s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per-output-channel index of the best candidate ([P, oc, 1]) by output MSE."""
+        w, bias, qmax = layer.weight.detach(), layer.bias, layer.weight_quantizer.qmax
+        oc = w.shape[0]
+        w2d = w.reshape(oc, -1)
+        total = torch.zeros(s.shape[0], oc)
+        for xb, ob in self.image_chunks(x, out):
+            xq = layer.input_quantizer(xb) if layer.input_quantizer is not None else xb
+            for sl in _slices(s.shape[0], ob.numel(), self.budget):
+                p = sl.stop - sl.start
+                wq = qdq(w2d[None].expand(p, -1, -1), s[sl], z[sl], qmax).reshape(p * oc, *w.shape[1:])
+                o = layer._conv_forward(xq, wq, None if bias is None else bias.detach().repeat(p))
+                o = o.view(o.shape[0], p, oc, *o.shape[2:])
+                err = (o - ob.unsqueeze(1)).pow_(2).mean(dim=(3, 4))
+                total[sl] += err.sum(0)
+        return total.argmin(0)
+
+    def matmul_operand(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, s: torch.Tensor,
+                       z: torch.Tensor, qmax: int, left: bool, other: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Per-head index ([H]) of the best candidate for one operand (`left`: a), the other through
+        `other` (its quantizer)."""
+        total = torch.zeros(s.shape[0], a.shape[1])
+        for ab, bb, ob in self.image_chunks(a, b, out):
+            mine, theirs = (ab, other(bb)) if left else (bb, other(ab))
+            for sl in _slices(s.shape[0], ob.numel() + mine.numel(), self.budget):
+                p = sl.stop - sl.start
+                q = qdq(mine[None].expand(p, *mine.shape), s[sl], z[sl], qmax)
+                o = q @ theirs[None] if left else theirs[None] @ q
+                err = (o - ob[None]).pow_(2).mean(dim=tuple(range(3, o.dim())))  # [p, b, H]
+                total[sl] += err.sum(1)
+        return total.argmin(0)
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t[index[c], c, ...] along dim 0 (index per entry of dim 1), keeping dim 0."""
+    idx = index.view(1, -1, *([1] * (t.dim() - 2))).expand(1, -1, *t.shape[2:])
+    return torch.gather(t, 0, idx)
+
+
+# -- per layer --------------------------------------------------------------------------------------
+def _set_linear_input(q: UniformQuantizer, s: torch.Tensor, z: torch.Tensor, idx: torch.Tensor) -> None:
+    q.set_params(s[0, idx[0]], z[0, idx[0]], None)
+
+
+def search_linear(layer: QuantLinear, x: torch.Tensor, out: torch.Tensor, cfg: GridSearchConfig) -> None:
+    """`AsymmetricallyBatchingQuantLinear.hyperparameter_searching`."""
+    sr = _Searcher(cfg)
+    wq, aq = layer.weight_quantizer, layer.input_quantizer
+    search_w = isinstance(wq, UniformQuantizer) and wq.channel_axis == 0
+    search_a = isinstance(aq, UniformQuantizer) and not aq.per_channel
+    w2d = layer.weight.detach()
+    if search_w:
+        ws, wz = weight_grid(w2d, wq.bits, cfg.candidates)
+        best = sr.weight_self(w2d, ws, wz, wq.qmax)
+        wq.set_params(_gather(ws, best).reshape(-1), _gather(wz, best).reshape(-1), 0)
+    if search_a:
+        a_s, a_z = act_grid(x, aq.bits, cfg.candidates, per_channel=False)
+        _set_linear_input(aq, a_s, a_z, sr.act_self(x, a_s, a_z, aq.qmax, per_channel=False))
+    for _ in range(cfg.rounds):
+        if search_w:
+            best = sr.linear_weight(layer, x, out, ws, wz)
+            wq.set_params(_gather(ws, best).reshape(-1), _gather(wz, best).reshape(-1), 0)
+        if search_a:
+            _set_linear_input(aq, a_s, a_z, sr.linear_input(layer, x, out, a_s, a_z))
+
+
+def search_post_ln(layer: QuantLinear, pair: ReparamPair, x: torch.Tensor, out: torch.Tensor,
+                   cfg: GridSearchConfig, exact_padding: bool) -> torch.Tensor:
+    """`AsymmetricallyChannelWiseBatchingQuantLinear`: per-channel input search, the reparameterization
+    with the rounded mean zero point (float32, as released), then the per-tensor search on the
+    transformed input. Returns that input."""
+    aq = layer.input_quantizer
+    sr = _Searcher(cfg)
+    a_s, a_z = act_grid(x, aq.bits, cfg.candidates, per_channel=True)
+    best = sr.act_self(x, a_s, a_z, aq.qmax, per_channel=True)
+    s = torch.gather(a_s, 1, best[:, None]).reshape(-1)
+    z = torch.gather(a_z, 1, best[:, None]).reshape(-1)
+    aq.set_params(s, z, -1)
+    s_t, z_t = s.mean(), z.mean().round()
+    r = s / s_t
+    b = (-z * s) / r - (-z_t * s_t)
+    reparameterize(pair, round_zero_point=True, exact_padding=exact_padding, arithmetic="float32")
+    x = x / r - b
+    search_linear(layer, x, out, cfg)
+    return x
+
+
+def search_conv(layer: QuantConv2d, x: torch.Tensor, out: torch.Tensor, cfg: GridSearchConfig) -> None:
+    """`AsymmetricallyBatchingQuantConv2d.hyperparameter_searching` with an FP (8-bit) input: the
+    pairs, then the upper fixed, then the lower fixed."""
+    wq = layer.weight_quantizer
+    if not (isinstance(wq, UniformQuantizer) and wq.channel_axis == 0):
+        return
+    sr = _Searcher(cfg)
+    upper, lower = conv_bounds(layer.weight.detach().reshape(layer.weight.shape[0], -1), cfg.candidates)
+
+    def run(up: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+        s, z = pairs_from_bounds(up, lo, wq.bits)
+        best = sr.conv_weight(layer, x, out, s, z)
+        wq.set_params(_gather(s, best).reshape(-1), _gather(z, best).reshape(-1), 0)
+        return best
+
+    best = run(upper, lower)
+    if cfg.rounds:
+        best = run(_gather(upper, best), lower)
+        run(upper, _gather(lower, best))
+
+
+def search_matmul(layer: QuantMatMul, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: GridSearchConfig) -> None:
+    """`AsymmetricallyBatchingQuantMatMul.hyperparameter_searching` (per head)."""
+    qa, qb = layer.a_quantizer, layer.b_quantizer
+    if not all(isinstance(q, UniformQuantizer) and q.channel_axis == 1 for q in (qa, qb)):
+        return
+    sr = _Searcher(cfg)
+    bounds = {True: matmul_bounds(a, cfg.candidates), False: matmul_bounds(b, cfg.candidates)}
+
+    def install(q: UniformQuantizer, s: torch.Tensor, z: torch.Tensor, idx: torch.Tensor) -> None:
+        q.set_params(_gather(s.reshape(s.shape[0], -1), idx).reshape(-1),
+                     _gather(z.reshape(z.shape[0], -1), idx).reshape(-1), 1)
+
+    for left, q in ((True, qa), (False, qb)):  # start: the second-to-last pair of each
+        s, z = pairs_from_bounds(*bounds[left], q.bits)
+        q.set_params(s[-2].reshape(-1), z[-2].reshape(-1), 1)
+
+    def run(left: bool, up: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+        q, other = (qa, qb) if left else (qb, qa)
+        s, z = pairs_from_bounds(up, lo, q.bits)
+        idx = sr.matmul_operand(a, b, out, s, z, q.qmax, left, other)
+        install(q, s, z, idx)
+        return idx
+
+    best = {left: run(left, *bounds[left]) for left in (True, False)}
+    for _ in range(cfg.rounds):
+        for left in (True, False):
+            up, lo = bounds[left]
+            best[left] = run(left, _gather(up.squeeze(1), best[left]).unsqueeze(1), lo)
+            best[left] = run(left, up, _gather(lo.squeeze(1), best[left]).unsqueeze(1))
+
+
+# -- the model --------------------------------------------------------------------------------------
+def _capture(unit: Unit, x: torch.Tensor) -> tuple[list[nn.Module], dict[nn.Module, tuple], dict[nn.Module, torch.Tensor], Any]:
+    order: list[nn.Module] = []
+    ins: dict[nn.Module, tuple] = {}
+    outs: dict[nn.Module, torch.Tensor] = {}
+
+    def hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if mod not in outs:
+            order.append(mod)
+            ins[mod] = tuple(t.detach() for t in args)
+            outs[mod] = out.detach()
+
+    layers = [m for m in unit.module.modules() if isinstance(m, Layer)]
+    with hooks_removed_after([m.register_forward_hook(hook) for m in layers]):
+        y = unit.forward(x)
+    return order, ins, outs, y
+
+
+@torch.no_grad()
+def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: GridSearchConfig,
+                 pairs: Optional[list[ReparamPair]] = None, exact_padding: bool = True) -> dict[str, Any]:
+    """Search every layer of `units` (forward order) on its FP input and output (see the module
+    docstring); the post-LN Linears of `pairs` are reparameterized on the way. Quantizers the search
+    does not handle keep their calibration."""
+    if not units:
+        raise ValueError("the grid search needs the model's units in forward order (QuantizedModel.units); got none")
+    by_linear = {id(p.linear): p for p in pairs or []}
+    counts = {"searched_linears": 0, "searched_convs": 0, "searched_matmuls": 0, "reparameterized_pairs": 0}
+    x = calib
+    for unit in progress_bar(units, desc="grid search", unit="unit"):
+        with quant_disabled(model):
+            order, ins, outs, x_next = _capture(unit, x)
+        for layer in order:
+            if isinstance(layer, QuantMatMul):
+                search_matmul(layer, ins[layer][0], ins[layer][1], outs[layer], cfg)
+                counts["searched_matmuls"] += 1
+            elif isinstance(layer, QuantConv2d):
+                search_conv(layer, ins[layer][0], outs[layer], cfg)
+                counts["searched_convs"] += 1
+            else:
+                pair = by_linear.get(id(layer))
+                aq = layer.input_quantizer
+                if pair is not None and isinstance(aq, UniformQuantizer) and aq.per_channel:
+                    search_post_ln(layer, pair, ins[layer][0], outs[layer], cfg, exact_padding)
+                    counts["reparameterized_pairs"] += 1
+                else:
+                    search_linear(layer, ins[layer][0], outs[layer], cfg)
+                counts["searched_linears"] += 1
+        del ins, outs
+        x = x_next
+    return counts

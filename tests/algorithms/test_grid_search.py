@@ -1,0 +1,144 @@
+"""The AdaLog / APHQ-ViT family's grid-search calibration: its grids are the released ones and each
+search picks what a brute-force loop over the candidates picks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.conftest import make_tiny_swin, make_tiny_vit
+
+from ptqbench.algorithms import grid_search as gs
+from ptqbench.algorithms.grid_search import GridSearchConfig
+from ptqbench.methods import Bits, build_method
+from ptqbench.methods.steps import Calibrate, GridSearch
+from ptqbench.models import make_quantizable
+from ptqbench.quant.calibration import quant_disabled
+from ptqbench.quant.modules import QuantLinear, QuantMatMul
+from ptqbench.quant.uniform import UniformQuantizer
+
+CFG = GridSearchConfig(candidates=16, rounds=1, image_chunk=3, budget_mb=1)
+
+
+@pytest.mark.parametrize("bits, num_zp", [(4, 16), (3, 8)])
+def test_weight_grid_is_the_released_zero_point_by_width_grid(bits, num_zp):
+    torch.manual_seed(0)
+    w = torch.randn(5, 40)
+    s, z = gs.weight_grid(w, bits, 128)
+    assert s.shape == z.shape == (128, 5, 1)
+    num_scale = 128 // num_zp
+    assert z[:, 0, 0].tolist() == [float(v) for v in range(2 ** (bits - 1) - num_zp // 2, 2 ** (bits - 1) + num_zp // 2)
+                                   for _ in range(num_scale)]
+    widest = (w.amax(1) - w.amin(1)) / (2**bits - 1)
+    narrowest = (torch.quantile(w, 0.9, dim=1) - torch.quantile(w, 1 - torch.tensor(0.9), dim=1)) / (2**bits - 1)
+    torch.testing.assert_close(s[num_scale - 1, :, 0], widest)
+    torch.testing.assert_close(s[0, :, 0], narrowest)
+
+
+def test_act_grid_repeats_the_last_pair_and_clamps_tiny_scales():
+    x = torch.zeros(2, 3, 4)
+    x[0, 0, 0] = 1e-3
+    s, z = gs.act_grid(x, 4, 128, per_channel=False)
+    assert s.shape == z.shape == (1, 129)
+    assert float(s.min()) == pytest.approx(gs.MIN_ACT_SCALE)
+    assert s[0, -1] == s[0, -2] and z[0, -1] == z[0, -2]
+    s, z = gs.act_grid(torch.randn(2, 3, 4), 4, 128, per_channel=True)
+    assert s.shape == (4, 129)
+
+
+def test_quantile_of_a_row_too_large_is_the_mean_over_equal_parts(monkeypatch):
+    monkeypatch.setattr(gs, "TORCH_QUANTILE_LIMIT", 8)
+    x = torch.randn(1, 24)
+    q = torch.tensor([0.1, 0.9])
+    parts = torch.quantile(x.reshape(1, 4, 6), q, dim=-1).mean(-1)  # 24 / 2 = 12 > 8, 24 / 4 = 6
+    torch.testing.assert_close(gs.quantile_mean(x, q), parts)
+
+
+def _brute_linear(layer: QuantLinear, x, out, s, z, weight: bool):
+    """Score of each candidate by output MSE, one candidate at a time."""
+    scores = []
+    for p in range(s.shape[0] if weight else s.shape[1]):
+        if weight:
+            w = gs.qdq(layer.weight.detach(), s[p], z[p], layer.weight_quantizer.qmax)
+            o = F.linear(layer.input_quantizer(x), w, layer.bias)
+            scores.append((o - out).pow(2).mean(1).sum(0))  # per row
+        else:
+            xs = gs.qdq(x, s[0, p], z[0, p], layer.input_quantizer.qmax)
+            o = F.linear(xs, layer.quantized_weight(), layer.bias)
+            scores.append((o - out).pow(2).mean((1, 2)).sum(0))
+    return torch.stack(scores).argmin(0)
+
+
+def _tiny(name="qdrop", swin=False):
+    model = make_tiny_swin() if swin else make_tiny_vit()
+    m = build_method({"name": name, "iters": 0, "grid_candidates": 16, "grid_rounds": 1}, Bits(4, 4))
+    return make_quantizable(model, m.plan()), m
+
+
+def test_linear_searches_pick_what_brute_force_picks():
+    qm, _ = _tiny()
+    torch.manual_seed(1)
+    x = torch.randn(6, 5, 32)
+    layer = qm.model.get_submodule("blocks.0.attn.proj")
+    out = F.linear(x, layer.weight, layer.bias).detach()
+    sr = gs._Searcher(CFG)
+    ws, wz = gs.weight_grid(layer.weight.detach(), 4, 64)
+    a_s, a_z = gs.act_grid(x, 4, 64, per_channel=False)
+    layer.input_quantizer.set_params(a_s[0, 3], a_z[0, 3], None)
+    layer.weight_quantizer.set_params(ws[5, :, 0], wz[5, :, 0], 0)
+    assert torch.equal(sr.linear_weight(layer, x, out, ws, wz), _brute_linear(layer, x, out, ws, wz, weight=True))
+    assert torch.equal(sr.linear_input(layer, x, out, a_s, a_z), _brute_linear(layer, x, out, a_s, a_z, weight=False).reshape(1))
+
+
+def test_matmul_search_is_per_head_and_matches_brute_force():
+    torch.manual_seed(2)
+    a, b = torch.randn(4, 2, 5, 3), torch.randn(4, 2, 3, 5)
+    a[:, 1] *= 10  # the heads need different scales
+    out = a @ b
+    s, z = gs.pairs_from_bounds(*gs.matmul_bounds(a, 16), 4)
+    other = UniformQuantizer(4, "k", channel_axis=1)
+    other.calibrate(b)
+    got = gs._Searcher(CFG).matmul_operand(a, b, out, s, z, 15, True, other)
+    brute = torch.stack([((gs.qdq(a, s[p, 0], z[p, 0], 15) @ other(b)) - out).pow(2).mean((2, 3)).sum(0)
+                         for p in range(s.shape[0])]).argmin(0)
+    assert got.shape == (2,) and torch.equal(got, brute)
+    s_, _ = gs.pairs_from_bounds(*gs.matmul_bounds(a, 16), 4)
+    assert s_[0, 0, 1] > 5 * s_[0, 0, 0]
+
+
+@pytest.mark.parametrize("swin", [False, pytest.param(True, marks=pytest.mark.slow)])  # Swin: 10 s
+def test_search_reparameterizes_exactly_and_leaves_integer_zero_points(swin):
+    qm, m = _tiny(swin=swin)
+    torch.manual_seed(3)
+    calib = torch.randn(4, 3, 32, 32)
+    with torch.no_grad(), quant_disabled(qm.model):
+        fp = qm.model(calib)
+    stats = m.quantize(qm, calib)
+    assert stats["reparameterized_pairs"] == len(qm.reparam_pairs) > 0
+    with torch.no_grad(), quant_disabled(qm.model):
+        torch.testing.assert_close(qm.model(calib), fp, rtol=1e-4, atol=1e-4)  # the fold is exact in FP
+    for mod in qm.model.modules():
+        for q in (getattr(mod, "input_quantizer", None), getattr(mod, "a_quantizer", None), getattr(mod, "b_quantizer", None)):
+            if isinstance(q, UniformQuantizer):
+                assert q.calibrated and torch.equal(q.zero_point, q.zero_point.round())
+                assert not (q.per_channel and q.role == "post_ln")
+        if isinstance(mod, QuantMatMul):  # one scale per head
+            assert mod.a_quantizer.channel_axis == 1 and mod.a_quantizer.scale.numel() == mod.a_quantizer.scale.shape[0] > 0
+    with torch.no_grad():
+        assert torch.isfinite(qm.model(calib)).all()
+
+
+@pytest.mark.slow  # 9 s
+def test_search_result_does_not_depend_on_the_chunking():
+    results = []
+    for chunk, budget in ((1, 1), (4, 64)):
+        qm, m = _tiny()
+        torch.manual_seed(4)
+        calib = torch.randn(5, 3, 32, 32)
+        cfg = GridSearchConfig(16, 1, image_chunk=chunk, budget_mb=budget)
+        Calibrate()(qm, calib)
+        GridSearch(cfg)(qm, calib)
+        results.append({n: q.scale.clone() for n, q in qm.model.named_modules() if isinstance(q, UniformQuantizer)})
+    assert results[0].keys() == results[1].keys()
+    for n in results[0]:
+        torch.testing.assert_close(results[0][n], results[1][n], msg=n)
