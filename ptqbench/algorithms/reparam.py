@@ -58,12 +58,22 @@ def mad_inliers(scales: torch.Tensor, k: float, deviation: str = "median") -> to
     return dev <= k * mad if mad > 0 else dev <= 0
 
 
-def mosf_scale(k: float = 3.0, deviation: str = "median") -> SharedScaleFn:
-    """DopQ-ViT's MOSF (ptqbench's reading): the shared scale is the mean of the inlier channel
-    scales, channels farther than k MADs from the median being outliers. Costs nothing at
-    inference: it only changes which s~ the reparameterization folds in."""
+MOSF_STATISTICS = ("median", "inlier_mean")
+
+
+def mosf_scale(k: float = 3.0, deviation: str = "median", statistic: str = "inlier_mean") -> SharedScaleFn:
+    """DopQ-ViT's MOSF (ptqbench's readings): the shared scale is the median of the channel scales
+    (`statistic="median"`: the v2 abstract's "select Median as the Optimal Scaling Factor"; the
+    median minimizes the mean absolute deviation), or the mean of the inlier channel scales,
+    channels farther than k MADs from the median being outliers (`"inlier_mean"`: the v3 abstract's
+    "MAD-guided"). Costs nothing at inference: it only changes which s~ the reparameterization
+    folds in."""
+    if statistic not in MOSF_STATISTICS:
+        raise ValueError(f"MOSF statistic {statistic!r}; choose one of {MOSF_STATISTICS}")
 
     def shared(scales: torch.Tensor) -> torch.Tensor:
+        if statistic == "median":
+            return scales.median()
         return scales[mad_inliers(scales, k, deviation)].mean()
 
     return shared

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ptqbench.algorithms.reconstruction import LOSSES, ReconConfig
+from ptqbench.algorithms.reconstruction import LOSS_REDUCTIONS, LOSSES, ReconConfig
 from ptqbench.algorithms.reparam import REPARAM_ARITHMETIC
-from ptqbench.methods.base import Bits, Method, ProtocolConfig
-from ptqbench.methods.steps import MeanScale, Reparameterize, SharedScaleRule
+from ptqbench.methods.base import Bits, Method, ProtocolConfig, Step
+from ptqbench.methods.steps import Calibrate, MeanScale, Reconstruct, Reparameterize, SharedScaleRule, Timed, \
+    WeightsFP, WithFPTeacher, optional
 from ptqbench.quant import roles
 from ptqbench.quant.spec import ATTENTION_SCALES, QuantizerSpec, QuantPlan
 
@@ -135,3 +136,69 @@ class BlockReconConfig(ReparamConfig):
             round_weight=self.round_weight, fp_input_prob=self.fp_input_prob, loss=self.recon_loss,
             units=self.recon_units, seed=self.recon_seed, progress=self.progress, **extra,
         )
+
+
+# The second stage draws its batches from a stream of its own (the release draws both stages
+# from one global generator, so they never repeat the first stage's order).
+STAGE_THREE_SEED_OFFSET = 7919
+
+
+@dataclass(frozen=True)
+class SmoothOptimizationConfig(ReparamConfig):
+    """I&S-ViT's three-stage smooth optimization as its released `test_quant.py` runs it (`ias`;
+    `dopq` with `pipeline: ias`): activation quantizers fitted with FP weights, every unit's FP
+    weights and biases trained against the FP model ("Q-Act, FP-W"); the reparameterization;
+    weight quantizers fitted, every unit trained again through them ("Q-Act, Q-W").
+
+    Attributes (besides the reparameterized activation side's):
+    act_calib_images: calibration images the quantizers fit on (the first ones; released 64).
+    stage_one / stage_three: run the FP-weight and the quantized-weight reconstruction.
+    iters: Adam steps per unit and stage; null = 1000 when W or A <= 4 bits, else 200.
+    batch_size: images per step.
+    lr: Adam learning rate of the weights and biases (cosine to 0 per unit).
+    recon_loss: "mse" or "l1"; loss_reduction: "sum_dim1" (released lp_loss) or "mean".
+    recon_seed: batch sampling.
+    progress: tqdm bars per unit.
+    """
+
+    act_calib_images: Optional[int] = 64
+    stage_one: bool = True
+    stage_three: bool = True
+    iters: Optional[int] = None
+    batch_size: int = 64
+    lr: float = 4e-5
+    recon_loss: str = "mse"
+    loss_reduction: str = "sum_dim1"
+    recon_seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_recon_options(self.recon_loss, self.iters)
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction={self.loss_reduction!r}; choose one of {LOSS_REDUCTIONS}")
+        if self.act_calib_images is not None and self.act_calib_images < 1:
+            raise ValueError(f"act_calib_images must be >= 1 or null (all), got {self.act_calib_images}")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ValueError(f"lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
+
+    def stage_config(self, bits: Bits, fp_inputs: bool, seed: int) -> ReconConfig:
+        """One stage's engine config: weights and biases train, FP or quantized unit inputs."""
+        return ReconConfig(iters=paper_iters(self.iters, bits), batch_size=self.batch_size, learn=("weights",),
+                           lr_weights=self.lr, loss=self.recon_loss, loss_reduction=self.loss_reduction,
+                           fp_input_prob=1.0 if fp_inputs else 0.0, units="all", seed=seed, progress=self.progress)
+
+    def smooth_steps(self, bits: Bits, rule: SharedScaleRule = MeanScale()) -> tuple[Step, ...]:
+        """The three stages, the reparameterization with the shared-scale `rule`."""
+        stage_one = Timed("stage_one_s", (Reconstruct(self.stage_config(bits, True, self.recon_seed),
+                                                      prefix="stage_one_"),))
+        stage_three = Timed("stage_three_s", (Reconstruct(
+            self.stage_config(bits, False, self.recon_seed + STAGE_THREE_SEED_OFFSET), prefix="stage_three_"),))
+        steps = (
+            WeightsFP((Calibrate(images=self.act_calib_images), *optional(self.stage_one, stage_one))),
+            *optional(self.reparam, self.reparameterize(rule)),
+            Calibrate(desc="calibrate weights", key="weight_quantizers_fitted", images=self.act_calib_images),
+            *optional(self.stage_three, stage_three),
+        )
+        # the FP teacher (a copy of the model) only serves the trained stages
+        return (WithFPTeacher(steps),) if self.stage_one or self.stage_three else steps

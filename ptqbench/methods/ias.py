@@ -27,36 +27,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ptqbench.algorithms.reconstruction import LOSS_REDUCTIONS, ReconConfig
 from ptqbench.methods.base import Method, Step, register_method
-from ptqbench.methods.configs import ReparamConfig, check_recon_options, paper_iters, reparam_activations
-from ptqbench.methods.steps import Calibrate, Reconstruct, Timed, WeightsFP, \
-    WithFPTeacher, optional
+from ptqbench.methods.configs import SmoothOptimizationConfig, reparam_activations
 from ptqbench.quant import roles
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 from ptqbench.quant.sulq import DEFAULT_BIASES
 
 IAS_WEIGHT_PERCENTILES = (0.97, 0.98, 0.99, 0.995, 0.9995, 0.9997, 0.9999, 0.99995, 0.99999)
-# The second stage draws its batches from a stream of its own (the release draws both stages
-# from one global generator, so they never repeat the first stage's order).
-STAGE_THREE_SEED_OFFSET = 7919
 
 
 @dataclass(frozen=True)
-class IaSConfig(ReparamConfig):
-    """Attributes (besides RepQ-ViT's activation side; the defaults are the released code's):
+class IaSConfig(SmoothOptimizationConfig):
+    """Attributes (besides the three stages' keys of SmoothOptimizationConfig and RepQ-ViT's
+    activation side; the defaults are the released code's):
     sulq: SULQ for post-softmax (False: RepQ-ViT's log-sqrt2, `log_sqrt2`).
     sulq_biases: SULQ's candidate shifts.
     sulq_released_asymmetry: SULQ's forward grid as released (2^b + 1 codes; docs).
     attention_scale / reparam_arithmetic: "product" / "float32", the released arithmetic.
-    act_calib_images: calibration images the activation quantizers fit on (the first ones).
-    stage_one / stage_three: run the FP-weight and the quantized-weight reconstruction.
-    iters: Adam steps per unit and stage; null = 1000 when W or A <= 4 bits, else 200.
-    batch_size: images per step.
-    lr: Adam learning rate of the weights and biases (cosine to 0 per unit).
-    recon_loss: "mse" or "l1"; loss_reduction: "sum_dim1" (released lp_loss) or "mean".
-    recon_seed: batch sampling.
-    progress: tqdm bars per unit.
     """
 
     patch_input_bits: Optional[int] = None
@@ -67,27 +54,10 @@ class IaSConfig(ReparamConfig):
     sulq_released_asymmetry: bool = True
     attention_scale: str = "product"
     reparam_arithmetic: str = "float32"
-    act_calib_images: Optional[int] = 64
-    stage_one: bool = True
-    stage_three: bool = True
-    iters: Optional[int] = None
-    batch_size: int = 64
-    lr: float = 4e-5
-    recon_loss: str = "mse"
-    loss_reduction: str = "sum_dim1"
-    recon_seed: int = 0
-    progress: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "sulq_biases", tuple(float(b) for b in self.sulq_biases))
-        check_recon_options(self.recon_loss, self.iters)
-        if self.loss_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(f"loss_reduction={self.loss_reduction!r}; choose one of {LOSS_REDUCTIONS}")
-        if self.act_calib_images is not None and self.act_calib_images < 1:
-            raise ValueError(f"act_calib_images must be >= 1 or null (all), got {self.act_calib_images}")
-        if self.lr <= 0 or self.batch_size < 1:
-            raise ValueError(f"lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
 
 
 @register_method("ias", display="I&S-ViT", cite="zhong2023isvit", paper="I&S-ViT")
@@ -108,21 +78,5 @@ class IaSViT(Method):
                 options=(("biases", c.sulq_biases), ("released_asymmetry", c.sulq_released_asymmetry)))
         return c.plan(self.weight_spec(), acts)
 
-    def stage_config(self, fp_inputs: bool, seed: int) -> ReconConfig:
-        """One stage's engine config: weights and biases train, FP or quantized unit inputs."""
-        c = self.config
-        return ReconConfig(iters=paper_iters(c.iters, self.bits), batch_size=c.batch_size, learn=("weights",), lr_weights=c.lr,
-                           loss=c.recon_loss, loss_reduction=c.loss_reduction,
-                           fp_input_prob=1.0 if fp_inputs else 0.0, units="all", seed=seed, progress=c.progress)
-
     def steps(self) -> Sequence[Step]:
-        c = self.config
-        stage_one = Timed("stage_one_s", (Reconstruct(self.stage_config(True, c.recon_seed), prefix="stage_one_"),))
-        stage_three = Timed("stage_three_s", (Reconstruct(
-            self.stage_config(False, c.recon_seed + STAGE_THREE_SEED_OFFSET), prefix="stage_three_"),))
-        return (WithFPTeacher((
-            WeightsFP((Calibrate(images=c.act_calib_images), *optional(c.stage_one, stage_one))),
-            *optional(c.reparam, c.reparameterize()),
-            Calibrate(desc="calibrate weights", key="weight_quantizers_fitted", images=c.act_calib_images),
-            *optional(c.stage_three, stage_three),
-        )),)
+        return self.config.smooth_steps(self.bits)

@@ -135,16 +135,20 @@ class MeanScale:
 
 @dataclass(frozen=True)
 class MOSF:
-    """DopQ-ViT's shared scale: the mean of the inlier channel scales, outliers lying more than `k`
-    median (or mean, `deviation`) absolute deviations from the median."""
+    """DopQ-ViT's shared scale: the median of the channel scales (`statistic="median"`) or the mean
+    of the inlier channel scales, outliers lying more than `k` median (or mean, `deviation`)
+    absolute deviations from the median (`"inlier_mean"`)."""
 
     k: float = 3.0
     deviation: str = "median"
+    statistic: str = "inlier_mean"
 
     def scale_fn(self) -> SharedScaleFn:
-        return mosf_scale(self.k, self.deviation)
+        return mosf_scale(self.k, self.deviation, self.statistic)
 
     def stats(self, pairs: list[ReparamPair]) -> dict[str, Any]:
+        if self.statistic == "median":
+            return {}
         outliers = sum(int((~mad_inliers(p.linear.input_quantizer.scale.reshape(-1), self.k, self.deviation)).sum())
                        for p in pairs)
         return {"mosf_outlier_channels": outliers}

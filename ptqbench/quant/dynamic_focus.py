@@ -61,7 +61,7 @@ from torch import nn
 
 from ptqbench.quant.base import Quantizer, round_ste
 from ptqbench.quant.kinds import register_kind
-from ptqbench.quant.ranges import quantiles, subsample
+from ptqbench.quant.ranges import attention_slices, quantiles, subsample
 
 DEFAULT_UPPER_PERCENTILES = (0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0)
 DEFAULT_LOWER_PERCENTILES = (0.5, 0.7, 0.8, 0.9, 0.95)
@@ -191,19 +191,7 @@ class DynamicFocusQuantizer(Quantizer):
             self.version += 1
 
     def _search_view(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Whole leading slices (e.g. (image, head) attention maps) of x, and of the operand when
-        it matches, up to `max_samples` elements of x; taken evenly (deterministic)."""
-        v = self.operand
-        if x.dim() < 2:
-            return x.float().reshape(1, -1), None
-        lead = x.shape[:-2]
-        xs = x.float().reshape(-1, *x.shape[-2:])
-        ok = v is not None and v.dim() == x.dim() and v.shape[:-2] == lead and v.shape[-2] == x.shape[-1]
-        vs = v.float().reshape(-1, *v.shape[-2:]) if ok else None
-        per = xs[0].numel()
-        keep = max(1, min(xs.shape[0], self.max_samples // per))
-        idx = torch.linspace(0, xs.shape[0] - 1, keep).round().long().unique().to(xs.device)
-        return xs[idx], (vs[idx].to(xs.device) if vs is not None else None)
+        return attention_slices(x, self.operand, self.max_samples)
 
     def _fit(self, x: torch.Tensor) -> None:
         try:

@@ -7,7 +7,7 @@ per-channel quantizers, a single row for per-tensor ones, so one code path serve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -131,3 +131,21 @@ def pick_by_mse(
         best_err = torch.where(better, err, best_err)
         best = [torch.where(better, c, b) for c, b in zip(cand, best)]
     return tuple(best)
+
+
+def attention_slices(x: torch.Tensor, operand: Optional[torch.Tensor], max_samples: int
+                     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Whole leading slices (e.g. (image, head) attention maps) of `x`, and of `operand` (V of A @ V)
+    when it matches, up to `max_samples` elements of x, taken evenly (deterministic): what an
+    attention-map quantizer searches its parameters on when it measures the error of A @ V."""
+    v = operand
+    if x.dim() < 2:
+        return x.float().reshape(1, -1), None
+    lead = x.shape[:-2]
+    xs = x.float().reshape(-1, *x.shape[-2:])
+    ok = v is not None and v.dim() == x.dim() and v.shape[:-2] == lead and v.shape[-2] == x.shape[-1]
+    vs = v.float().reshape(-1, *v.shape[-2:]) if ok else None
+    per = xs[0].numel()
+    keep = max(1, min(xs.shape[0], max_samples // per))
+    idx = torch.linspace(0, xs.shape[0] - 1, keep).round().long().unique().to(xs.device)
+    return xs[idx], (vs[idx].to(xs.device) if vs is not None else None)

@@ -11,23 +11,26 @@ TanQ warps [0, 1] with a tangent so that uniform codes in the warped space land 
 
 theta in (0, pi) sets how strongly levels crowd at the ends (theta -> 0 is the uniform grid on
 [0, 1]); the end levels are exactly 0 and 1. DopQ-ViT's sources at hand do not give the exact
-formula (docs/methods/dopq.md), so this is ptqbench's reading, and theta is chosen per layer by MSE
-on the calibration data from `thetas`.
+formula (docs/methods/dopq.md), so this is ptqbench's reading, and theta is chosen per layer from
+`thetas` by the MSE of the attention map (`metric: attn`) or, as DopQ-ViT's point is the product
+with V, by the MSE of A @ V on the calibration data (`metric: output`; the quantizer keeps V when its
+matmul calls `see_matmul_operand`, as AIQViT's DFQ does).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from ptqbench.quant.base import Quantizer, round_ste
 from ptqbench.quant.kinds import register_kind
-from ptqbench.quant.ranges import subsample
+from ptqbench.quant.ranges import attention_slices, subsample
 
 DEFAULT_THETAS = (0.5, 1.0, 1.5, 2.0, 2.4, 2.7, 2.9, 3.0, 3.06, 3.1)
+TAN_METRICS = ("attn", "output")
 
 
 def tan_levels(bits: int, theta: float) -> torch.Tensor:
@@ -59,9 +62,11 @@ def tan_fake_quant(x: torch.Tensor, theta: float, bits: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TanOptions:
-    """thetas: candidate warps in (0, pi), one picked per layer by MSE; max_samples: elements searched."""
+    """thetas: candidate warps in (0, pi), one picked per layer; metric: "attn" (MSE of the map) or
+    "output" (MSE of A @ V); max_samples: elements searched."""
 
     thetas: tuple[float, ...] = DEFAULT_THETAS
+    metric: str = "attn"
     max_samples: int = 1 << 22
 
 
@@ -71,19 +76,38 @@ class TanQuantizer(Quantizer):
 
     kind = "tan"
 
-    def __init__(self, bits: int, role: str, thetas: Sequence[float] = DEFAULT_THETAS, max_samples: int = 1 << 22) -> None:
+    def __init__(self, bits: int, role: str, thetas: Sequence[float] = DEFAULT_THETAS, metric: str = "attn",
+                 max_samples: int = 1 << 22) -> None:
         super().__init__(bits, role)
         if not thetas or any(not 0.0 < float(t) < math.pi for t in thetas):
             raise ValueError(f"TanQ thetas must lie in (0, pi), got {list(thetas)}")
+        if metric not in TAN_METRICS:
+            raise ValueError(f"TanQ metric={metric!r}; choose one of {TAN_METRICS}")
         self.thetas = tuple(float(t) for t in thetas)
+        self.metric = metric
         self.max_samples = max_samples
         self.theta = self.thetas[0]
+        self.operand: Optional[torch.Tensor] = None
+
+    def see_matmul_operand(self, other: torch.Tensor, left: bool) -> None:
+        """Keep V of A @ V for the calibration that measures the product's error (metric="output")."""
+        if left and self.metric == "output" and self.enabled and self.auto_calibrate and not self.calibrated:
+            self.operand = other.detach()
 
     def _fit(self, x: torch.Tensor) -> None:
         if (x < 0).any() or (x > 1 + 1e-6).any():
+            self.operand = None
             raise ValueError(f"TanQ quantizer {self.qname!r} needs input in [0, 1] (post-softmax)")
-        v = subsample(x.float().reshape(1, -1), self.max_samples)
-        errs = [float((tan_fake_quant(v, t, self.bits) - v).pow(2).mean()) for t in self.thetas]
+        try:
+            xs, vs = attention_slices(x.detach(), self.operand, self.max_samples) if self.metric == "output" else (x, None)
+        finally:
+            self.operand = None
+        if vs is None:  # the map's own error (metric "attn", or no V seen)
+            v = subsample(xs.float().reshape(1, -1), self.max_samples)
+            errs = [float((tan_fake_quant(v, t, self.bits) - v).pow(2).mean()) for t in self.thetas]
+        else:
+            ref = xs @ vs
+            errs = [float((tan_fake_quant(xs, t, self.bits) @ vs - ref).pow(2).mean()) for t in self.thetas]
         self.theta = self.thetas[min(range(len(errs)), key=errs.__getitem__)]  # ties: first
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,5 +115,5 @@ class TanQuantizer(Quantizer):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(granularity="tensor", theta=self.theta)
+        d.update(granularity="tensor", theta=self.theta, metric=self.metric)
         return d

@@ -69,8 +69,10 @@ def _error_after_reparam(name: str, img: int, monkeypatch: pytest.MonkeyPatch, *
 
 @pytest.mark.parametrize("name", ["repq", "erq", "gptq", "dopq", "aiq"])
 def test_reparameterization_is_exact_with_and_without_window_padding(name, monkeypatch):
+    # dopq's I&S-ViT pipeline trains the FP weights before its reparameterization: without that stage
+    options = {"reconstruct": False} if name == "dopq" else {}
     for img in (PADDED, UNPADDED):
-        err = _error_after_reparam(name, img, monkeypatch)
+        err = _error_after_reparam(name, img, monkeypatch, **options)
         assert err < TOL, (name, img, err)
 
 
