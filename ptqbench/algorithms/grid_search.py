@@ -57,7 +57,7 @@ MIN_ACT_SCALE = 1e-4  # linear.py: calculate_percentile_activation_candidates cl
 @dataclass(frozen=True)
 class GridSearchConfig:
     """Attributes:
-    candidates: grid size per quantizer (the release's `eq_n`; 128).
+    candidates: grid size per quantizer (the release's `eq_n`; 128; at least 32).
     rounds: alternating search rounds per layer (`search_round`; 3).
     image_chunk: images per forward of the candidates (memory only).
     budget_mb: memory of one chunk of candidate outputs (memory only).
@@ -69,8 +69,9 @@ class GridSearchConfig:
     budget_mb: int = 128
 
     def __post_init__(self) -> None:
-        if self.candidates < 16 or self.rounds < 0 or self.image_chunk < 1 or self.budget_mb < 1:
-            raise ValueError("grid search needs candidates >= 16, rounds >= 0, image_chunk >= 1 and budget_mb >= 1")
+        # at >= 4 bits the grid has 16 zero points; 32 candidates give each the narrowest and the widest scale
+        if self.candidates < 32 or self.rounds < 0 or self.image_chunk < 1 or self.budget_mb < 1:
+            raise ValueError("grid search needs candidates >= 32, rounds >= 0, image_chunk >= 1 and budget_mb >= 1")
 
 
 def _slices(total: int, per_item: int, budget_elems: int) -> Iterator[slice]:

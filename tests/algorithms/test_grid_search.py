@@ -17,7 +17,7 @@ from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.modules import QuantLinear, QuantMatMul
 from ptqbench.quant.uniform import UniformQuantizer
 
-CFG = GridSearchConfig(candidates=16, rounds=1, image_chunk=3, budget_mb=1)
+CFG = GridSearchConfig(candidates=32, rounds=1, image_chunk=3, budget_mb=1)
 
 
 @pytest.mark.parametrize("bits, num_zp", [(4, 16), (3, 8)])
@@ -71,7 +71,7 @@ def _brute_linear(layer: QuantLinear, x, out, s, z, weight: bool):
 
 def _tiny(name="qdrop", swin=False):
     model = make_tiny_swin() if swin else make_tiny_vit()
-    m = build_method({"name": name, "iters": 0, "grid_candidates": 16, "grid_rounds": 1}, Bits(4, 4))
+    m = build_method({"name": name, "iters": 0, "grid_candidates": 32, "grid_rounds": 1}, Bits(4, 4))
     return make_quantizable(model, m.plan()), m
 
 
@@ -95,14 +95,14 @@ def test_matmul_search_is_per_head_and_matches_brute_force():
     a, b = torch.randn(4, 2, 5, 3), torch.randn(4, 2, 3, 5)
     a[:, 1] *= 10  # the heads need different scales
     out = a @ b
-    s, z = gs.pairs_from_bounds(*gs.matmul_bounds(a, 16), 4)
+    s, z = gs.pairs_from_bounds(*gs.matmul_bounds(a, 32), 4)
     other = UniformQuantizer(4, "k", channel_axis=1)
     other.calibrate(b)
     got = gs._Searcher(CFG).matmul_operand(a, b, out, s, z, 15, True, other)
     brute = torch.stack([((gs.qdq(a, s[p, 0], z[p, 0], 15) @ other(b)) - out).pow(2).mean((2, 3)).sum(0)
                          for p in range(s.shape[0])]).argmin(0)
     assert got.shape == (2,) and torch.equal(got, brute)
-    s_, _ = gs.pairs_from_bounds(*gs.matmul_bounds(a, 16), 4)
+    s_, _ = gs.pairs_from_bounds(*gs.matmul_bounds(a, 32), 4)
     assert s_[0, 0, 1] > 5 * s_[0, 0, 0]
 
 
@@ -135,7 +135,7 @@ def test_search_result_does_not_depend_on_the_chunking():
         qm, m = _tiny()
         torch.manual_seed(4)
         calib = torch.randn(5, 3, 32, 32)
-        cfg = GridSearchConfig(16, 1, image_chunk=chunk, budget_mb=budget)
+        cfg = GridSearchConfig(32, 1, image_chunk=chunk, budget_mb=budget)
         Calibrate()(qm, calib)
         GridSearch(cfg)(qm, calib)
         results.append({n: q.scale.clone() for n, q in qm.model.named_modules() if isinstance(q, UniformQuantizer)})

@@ -76,7 +76,7 @@ def test_the_engine_clears_the_drop_after_each_unit():
     from ptqbench.models import make_quantizable
     from ptqbench.quant.calibration import quantizers
 
-    m = build_method({"name": "qdrop", "iters": 3, "batch_size": 2, "grid_candidates": 16, "grid_rounds": 0,
+    m = build_method({"name": "qdrop", "iters": 3, "batch_size": 2, "grid_candidates": 32, "grid_rounds": 0,
                       "progress": False}, Bits(4, 4))
     qm = make_quantizable(make_tiny_vit(depth=1), m.plan())
     stats = m.quantize(qm, torch.randn(4, 3, 32, 32))

@@ -33,7 +33,10 @@ METHODS: dict[str, dict[str, Any]] = {
     "erq": {**FAST, "refine_steps": 10},
     "ptq4vit": {"search_candidates": 2, "search_rounds": 1},
     "dopq": {**FAST, "iters": 2, "batch_size": 2, "progress": False},
+    "ias": {**FAST, "iters": 2, "batch_size": 2, "progress": False},
     "aiq": {**FAST, "iters": 2, "batch_size": 2, "progress": False},
+    "qdrop": {"iters": 2, "batch_size": 2, "grid_candidates": 32, "grid_rounds": 1, "progress": False},
+    "brecq": {"iters": 2, "batch_size": 2, "grid_candidates": 32, "grid_rounds": 1, "progress": False},
 }
 TINY_SCALE = (128, 96)
 
@@ -173,8 +176,12 @@ def test_every_method_runs_on_a_detector_w8a8_close_w4a4_further(tiny, name):
         assert stats["weights_fitted_outside_units"] == 8 + 3 + 4 + 5
     if name == "ptq4vit":
         assert stats["searched_layers"] > 0
-    if name in ("dopq", "aiq"):
+    if name in ("aiq", "qdrop", "brecq"):
         assert stats["recon_units"] == 9
+    if name in ("dopq", "ias"):  # I&S-ViT's two training stages
+        assert stats["stage_one_recon_units"] == stats["stage_three_recon_units"] == 9
+    if name in ("qdrop", "brecq"):
+        assert stats["searched_matmuls"] > 0 and stats["reparameterized_pairs"] > 0
 
 
 @pytest.mark.slow
