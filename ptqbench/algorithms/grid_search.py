@@ -6,7 +6,8 @@ the layer's *output*, each layer on its FP input against its FP output (GoatWu/A
 part follows, in docs/methods/qdrop.md.
 
 Per layer, in the order the unit calls them (the release walks `named_modules`; with FP inputs
-everywhere the order only matters through the reparameterization, which touches one pair):
+everywhere the order only matters through the reparameterization: after each fold the unit's FP
+tensors are captured again, so later layers see the folded model, as in the release):
 
 - Linear, per-tensor input (`AsymmetricallyBatchingQuantLinear.hyperparameter_searching`):
   weight grid per row: `num_zp = min(16, 2^b)` integer zero points centred on 2^(b-1), times
@@ -59,13 +60,14 @@ class GridSearchConfig:
     """Attributes:
     candidates: grid size per quantizer (the release's `eq_n`; 128; at least 32).
     rounds: alternating search rounds per layer (`search_round`; 3).
-    image_chunk: images per forward of the candidates (memory only).
-    budget_mb: memory of one chunk of candidate outputs (memory only).
+    image_chunk: images whose scores one sum adds up (the release's `calib_batch_size`, 32: with
+        it the scores are summed in the release's order, which decides near-ties).
+    budget_mb: memory of one chunk of candidate outputs (memory only; at least one candidate).
     """
 
     candidates: int = 128
     rounds: int = 3
-    image_chunk: int = 8
+    image_chunk: int = 32
     budget_mb: int = 128
 
     def __post_init__(self) -> None:
@@ -404,7 +406,7 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
     for unit in progress_bar(units, desc="grid search", unit="unit"):
         with quant_disabled(model):
             order, ins, outs, x_next = _capture(unit, x)
-        for layer in order:
+        for i, layer in enumerate(order):
             if isinstance(layer, QuantMatMul):
                 search_matmul(layer, ins[layer][0], ins[layer][1], outs[layer], cfg)
                 counts["searched_matmuls"] += 1
@@ -417,6 +419,12 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
                 if pair is not None and isinstance(aq, UniformQuantizer) and aq.per_channel:
                     search_post_ln(layer, pair, ins[layer][0], outs[layer], cfg, exact_padding)
                     counts["reparameterized_pairs"] += 1
+                    # the layers after it see the folded model's FP tensors, as in the release, which
+                    # runs the model again for every module it calibrates (equal up to float rounding)
+                    with quant_disabled(model):
+                        _, new_ins, new_outs, x_next = _capture(unit, x)
+                    for later in order[i + 1:]:
+                        ins[later], outs[later] = new_ins[later], new_outs[later]
                 else:
                     search_linear(layer, ins[layer][0], outs[layer], cfg)
                 counts["searched_linears"] += 1

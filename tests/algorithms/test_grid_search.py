@@ -135,7 +135,7 @@ def test_search_result_does_not_depend_on_the_chunking():
         qm, m = _tiny()
         torch.manual_seed(4)
         calib = torch.randn(5, 3, 32, 32)
-        cfg = GridSearchConfig(32, 1, image_chunk=chunk, budget_mb=budget)
+        cfg = GridSearchConfig(32, 1, image_chunk=chunk, budget_mb=budget)  # scores agree up to float summation order
         Calibrate()(qm, calib)
         GridSearch(cfg)(qm, calib)
         results.append({n: q.scale.clone() for n, q in qm.model.named_modules() if isinstance(q, UniformQuantizer)})

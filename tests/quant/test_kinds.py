@@ -77,7 +77,7 @@ def test_options_are_typed_hashable_and_reach_the_constructor():
 
 
 def test_bad_specs_are_config_errors_naming_the_fix():
-    with pytest.raises(ConfigError, match=r"no option\(s\) \['theta'\]; valid options: \['thetas', 'max_samples'\]"):
+    with pytest.raises(ConfigError, match=r"no option\(s\) \['theta'\]; valid options: \['thetas', 'metric', 'max_samples'\]"):
         QuantizerSpec(4, kind="tan", options={"theta": 1.0})
     with pytest.raises(ConfigError, match="unknown quantizer kind 'tann'; choose one of .*'tan'"):
         QuantizerSpec(4, kind="tann")
