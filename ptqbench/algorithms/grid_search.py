@@ -28,7 +28,9 @@ tensors are captured again, so later layers see the folded model, as in the rele
   -round(lower / scale); the pairs (i, i) searched for A then B by output MSE, then `rounds` x
   (A with its upper fixed, A with its lower fixed, the same for B).
 
-Scores are summed over images of the mean over the other axes, as released. Candidates and images
+Scores are summed over images of the mean over the other axes, as released. As released, only the
+first `candidates` entries of a grid are tried: the 129th (the appended input pair, the conv's
+full-range pair, the matmul's 0.99999-quantile pair) never is (the search loops run to `eq_n`). Candidates and images
 are processed in chunks (`budget_mb`); the release sizes its chunks by GPU memory. Only the float
 summation order depends on the chunking.
 """
@@ -291,7 +293,7 @@ def search_linear(layer: QuantLinear, x: torch.Tensor, out: torch.Tensor, cfg: G
         best = sr.weight_self(w2d, ws, wz, wq.qmax)
         wq.set_params(_gather(ws, best).reshape(-1), _gather(wz, best).reshape(-1), 0)
     if search_a:
-        a_s, a_z = act_grid(x, aq.bits, cfg.candidates, per_channel=False)
+        a_s, a_z = (t[:, :cfg.candidates] for t in act_grid(x, aq.bits, cfg.candidates, per_channel=False))
         _set_linear_input(aq, a_s, a_z, sr.act_self(x, a_s, a_z, aq.qmax, per_channel=False))
     for _ in range(cfg.rounds):
         if search_w:
@@ -308,7 +310,7 @@ def search_post_ln(layer: QuantLinear, pair: ReparamPair, x: torch.Tensor, out: 
     transformed input. Returns that input."""
     aq = layer.input_quantizer
     sr = _Searcher(cfg)
-    a_s, a_z = act_grid(x, aq.bits, cfg.candidates, per_channel=True)
+    a_s, a_z = (t[:, :cfg.candidates] for t in act_grid(x, aq.bits, cfg.candidates, per_channel=True))
     best = sr.act_self(x, a_s, a_z, aq.qmax, per_channel=True)
     s = torch.gather(a_s, 1, best[:, None]).reshape(-1)
     z = torch.gather(a_z, 1, best[:, None]).reshape(-1)
@@ -332,7 +334,7 @@ def search_conv(layer: QuantConv2d, x: torch.Tensor, out: torch.Tensor, cfg: Gri
     upper, lower = conv_bounds(layer.weight.detach().reshape(layer.weight.shape[0], -1), cfg.candidates)
 
     def run(up: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
-        s, z = pairs_from_bounds(up, lo, wq.bits)
+        s, z = (t[:cfg.candidates] for t in pairs_from_bounds(up, lo, wq.bits))  # the last one is never tried
         best = sr.conv_weight(layer, x, out, s, z)
         wq.set_params(_gather(s, best).reshape(-1), _gather(z, best).reshape(-1), 0)
         return best
@@ -361,7 +363,7 @@ def search_matmul(layer: QuantMatMul, a: torch.Tensor, b: torch.Tensor, out: tor
 
     def run(left: bool, up: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
         q, other = (qa, qb) if left else (qb, qa)
-        s, z = pairs_from_bounds(up, lo, q.bits)
+        s, z = (t[:cfg.candidates] for t in pairs_from_bounds(up, lo, q.bits))  # the last one is never tried
         idx = sr.matmul_operand(a, b, out, s, z, q.qmax, left, other)
         install(q, s, z, idx)
         return idx
