@@ -7,11 +7,9 @@ the `brecq_baseline.py` variant FIMA-Q's configs run). Steps and differences: do
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
-from ptqbench.methods.base import Method, Step, register_method
-from ptqbench.methods.grid_recon import GridReconConfig, grid_recon_plan, grid_recon_steps
-from ptqbench.quant.spec import QuantPlan
+from ptqbench.methods.base import Method, register_method
+from ptqbench.methods.grid_recon import GridReconConfig, GridReconRecipe
 
 
 @dataclass(frozen=True)
@@ -24,15 +22,7 @@ class BRECQConfig(GridReconConfig):
 
 
 @register_method("brecq", display="BRECQ", cite="li2021brecq", paper="BRECQ")
-class BRECQ(Method):
+class BRECQ(GridReconRecipe, Method):
     """BRECQ as APHQ-ViT's ViT port runs it; see the module docstring."""
 
     Config = BRECQConfig
-    blockwise = True
-    supports_full = False
-
-    def protocol_plan(self) -> QuantPlan:
-        return grid_recon_plan(self, self.config)
-
-    def steps(self) -> Sequence[Step]:
-        return grid_recon_steps(self.config)

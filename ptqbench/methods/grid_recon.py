@@ -96,6 +96,21 @@ class GridReconConfig(ReparamConfig):
             units="all", seed=self.recon_seed, progress=self.progress)
 
 
+class GridReconRecipe:
+    """What a method of this family runs (mixed into its Method class before `Method`): the plan and
+    the steps of its GridReconConfig."""
+
+    config: GridReconConfig
+    blockwise = True
+    supports_full = False  # the grid search and the engine have not been checked on the fully quantized roles
+
+    def protocol_plan(self) -> QuantPlan:
+        return grid_recon_plan(self, self.config)  # type: ignore[arg-type]
+
+    def steps(self) -> Sequence[Step]:
+        return grid_recon_steps(self.config)
+
+
 def grid_recon_plan(method: Method, c: GridReconConfig) -> QuantPlan:
     """Asymmetric uniform everywhere: weights per row, Linear inputs per tensor (per channel after a
     LayerNorm, to be reparameterized), the four matmul operands per head. The grid search replaces

@@ -9,11 +9,9 @@ unit's input and every activation quantizer's output dropped to FP per element w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
-from ptqbench.methods.base import Method, Step, register_method
-from ptqbench.methods.grid_recon import GridReconConfig, grid_recon_plan, grid_recon_steps
-from ptqbench.quant.spec import QuantPlan
+from ptqbench.methods.base import Method, register_method
+from ptqbench.methods.grid_recon import GridReconConfig, GridReconRecipe
 
 
 @dataclass(frozen=True)
@@ -26,15 +24,7 @@ class QDropConfig(GridReconConfig):
 
 
 @register_method("qdrop", display="QDrop", cite="wei2022qdrop", paper="QDrop")
-class QDrop(Method):
+class QDrop(GridReconRecipe, Method):
     """QDrop as APHQ-ViT's ViT port runs it; see the module docstring."""
 
     Config = QDropConfig
-    blockwise = True
-    supports_full = False  # the grid search and the engine have not been checked on the fully quantized roles
-
-    def protocol_plan(self) -> QuantPlan:
-        return grid_recon_plan(self, self.config)
-
-    def steps(self) -> Sequence[Step]:
-        return grid_recon_steps(self.config)
