@@ -43,3 +43,16 @@ def test_without_glibc_the_threshold_is_left_alone(monkeypatch):
     finally:
         monkeypatch.undo()
         heap._glibc.cache_clear()
+
+
+def test_reused_blocks_inside_an_unmapped_block_restore_the_unmapped_threshold(monkeypatch):
+    # the compute loops (reconstruction, grid search) lift the 1 MiB threshold for their duration only
+    calls: list[int] = []
+    monkeypatch.setattr(heap, "set_mmap_threshold", lambda n: calls.append(n) or True)
+    with heap.large_blocks_unmapped():
+        with heap.large_blocks_reused():
+            assert heap._threshold == heap.GLIBC_DYNAMIC_MAX
+        assert heap._threshold == heap.QUANTIZE_MMAP_THRESHOLD
+    assert heap._threshold == heap.GLIBC_DYNAMIC_MAX
+    assert calls == [heap.QUANTIZE_MMAP_THRESHOLD, heap.GLIBC_DYNAMIC_MAX, heap.QUANTIZE_MMAP_THRESHOLD,
+                     heap.GLIBC_DYNAMIC_MAX]

@@ -64,13 +64,16 @@ class GridSearchConfig:
     rounds: alternating search rounds per layer (`search_round`; 3).
     image_chunk: images whose scores one sum adds up (the release's `calib_batch_size`, 32: with
         it the scores are summed in the release's order, which decides near-ties).
-    budget_mb: memory of one chunk of candidate outputs (memory only; at least one candidate).
+    budget_mb: memory of one chunk of candidate outputs (memory and speed only; at least one
+        candidate). 16: below glibc's 32 MiB mmap threshold the chunks reuse heap blocks; measured
+        on the first two DeiT-T units, 1 thread: 8 MB 117 s, 16 MB 106 s, 24 MB 129 s, 128 MB 254 s
+        (152 s of it page faults of fresh mappings).
     """
 
     candidates: int = 128
     rounds: int = 3
     image_chunk: int = 32
-    budget_mb: int = 128
+    budget_mb: int = 16
 
     def __post_init__(self) -> None:
         # at >= 4 bits the grid has 16 zero points; 32 candidates give each the narrowest and the widest scale
