@@ -52,6 +52,7 @@ from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.learnable import AdaRoundQuantizer
 from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantLinear
+from ptqbench.algorithms.perturbation_hessian import perturbation_hessian
 from ptqbench.algorithms.streaming import params_frozen, run_unit, split_chunks, unit_layers
 from ptqbench.quant.uniform import UniformQuantizer
 
@@ -61,6 +62,7 @@ LOSS_REDUCTIONS = ("mean", "sum_dim1")
 BETA_SCHEDULES = ("cosine", "linear")
 ROUNDING_SCHEDULES = ("cosine", "constant")
 HEAD_LOSSES = ("recon", "kl")
+LOSS_WEIGHTS = ("none", "perturbation_hessian")
 # learn kind -> (which quantizers, their trainable group, the ReconConfig field of its learning rate)
 QUANTIZER_LEARNING = {
     "act_scale": ("activations", "scale", "lr_act_scale"),
@@ -103,6 +105,11 @@ class ReconConfig:
         loss_normalize: when set, the reconstruction loss is multiplied by this over its value at the
             first step (APHQ-ViT's `LossFunction`: 2 / L0), which fixes its balance against the
             rounding regularizer.
+        loss_weights: "none", or "perturbation_hessian": each squared error is weighted by APHQ-ViT's
+            average perturbation Hessian at the unit's output (ptqbench.algorithms.perturbation_hessian),
+            computed on the FP model before the unit trains; `hessian_temperature`, `hessian_eps`,
+            `hessian_chunk` (images per gradient batch) and `hessian_mean` (one weight tensor
+            averaged over the images, else one per image) are its settings (released: 20, 1e-6, 32, true).
         curriculum: order samples easy -> hard by their initial per-sample loss and sample from a
             pool that grows from `curriculum_start` of the set to all of it by `curriculum_end` of
             the iterations (AIQViT).
@@ -138,6 +145,11 @@ class ReconConfig:
     rounding_schedule: str = "cosine"
     head_loss: str = "recon"
     loss_normalize: Optional[float] = None
+    loss_weights: str = "none"
+    hessian_temperature: float = 20.0
+    hessian_eps: float = 1e-6
+    hessian_chunk: int = 32
+    hessian_mean: bool = True
     curriculum: bool = False
     curriculum_start: float = 0.25
     curriculum_end: float = 0.5
@@ -167,9 +179,13 @@ class ReconConfig:
         if self.units not in ("all", "blocks"):
             raise ValueError(f"units={self.units!r}; choose 'all' or 'blocks'")
         for key, allowed in (("beta_schedule", BETA_SCHEDULES), ("rounding_schedule", ROUNDING_SCHEDULES),
-                             ("head_loss", HEAD_LOSSES)):
+                             ("head_loss", HEAD_LOSSES), ("loss_weights", LOSS_WEIGHTS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r}; choose one of {allowed}")
+        if self.loss_weights != "none" and self.loss != "mse":
+            raise ValueError(f"loss_weights={self.loss_weights!r} weighs squared errors; use loss='mse'")
+        if self.hessian_chunk < 1 or self.hessian_temperature <= 0:
+            raise ValueError("hessian_chunk must be >= 1 and hessian_temperature > 0")
         if self.loss_normalize is not None and self.loss_normalize <= 0:
             raise ValueError(f"loss_normalize must be > 0 or null, got {self.loss_normalize}")
         for key in ("warmup", "fp_input_prob", "act_quant_prob", "curriculum_start", "curriculum_end", "search_frac"):
@@ -271,20 +287,24 @@ def finish_unit(st: _UnitState) -> dict[str, int]:
 
 
 def _loss(out: torch.Tensor, target: torch.Tensor, kind: str, reduction: str = "mean",
-          per_sample: bool = False) -> torch.Tensor:
+          per_sample: bool = False, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     d = out - target
     v = d.pow(2) if kind == "mse" else d.abs()
+    if weights is not None:
+        v = v * weights
     if reduction == "sum_dim1" and v.dim() > 1:
         v = v.sum(1)
     return v.reshape(v.shape[0], -1).mean(1) if per_sample else v.mean()
 
 
-def _unit_loss(out: torch.Tensor, target: torch.Tensor, cfg: ReconConfig, head: bool) -> torch.Tensor:
+def _unit_loss(out: torch.Tensor, target: torch.Tensor, cfg: ReconConfig, head: bool,
+               weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The training loss of one batch before normalization: KL on the logits for the head when
-    `cfg.head_loss` says so, else the configured reconstruction loss."""
+    `cfg.head_loss` says so, else the configured reconstruction loss (element-weighted by
+    `weights` when given)."""
     if head and cfg.head_loss == "kl":
         return F.kl_div(F.log_softmax(out, dim=-1), F.softmax(target, dim=-1), reduction="batchmean")
-    return _loss(out, target, cfg.loss, cfg.loss_reduction)
+    return _loss(out, target, cfg.loss, cfg.loss_reduction, weights=weights)
 
 
 def _beta(cfg: ReconConfig, it: int, warm: int) -> Optional[float]:
@@ -315,7 +335,8 @@ def _forward_batches(unit: Unit, x: torch.Tensor, bs: int) -> torch.Tensor:
 
 
 def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_fp: torch.Tensor,
-                target: torch.Tensor, cfg: ReconConfig, index: int) -> dict[str, Any]:
+                target: torch.Tensor, cfg: ReconConfig, index: int,
+                weights: Optional[torch.Tensor] = None) -> dict[str, Any]:
     dev = x_q.device
     gen = torch.Generator().manual_seed(cfg.seed * 1000003 + index)
     st = prepare_unit(unit, layers, cfg, gen)
@@ -337,7 +358,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
     for q in drops:
         q.drop = (cfg.act_quant_prob, gen)
     try:
-        _train_loop(unit, st, x_q, x_fp, target, cfg, opt, sched, gen, order, n, bs, head, dev)
+        _train_loop(unit, st, x_q, x_fp, target, cfg, opt, sched, gen, order, n, bs, head, dev, weights)
     finally:
         for q in drops:
             q.drop = None
@@ -349,7 +370,8 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
 
 def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tensor, target: torch.Tensor,
                 cfg: ReconConfig, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator,
-                order: torch.Tensor, n: int, bs: int, head: bool, dev: torch.device) -> None:
+                order: torch.Tensor, n: int, bs: int, head: bool, dev: torch.device,
+                weights: Optional[torch.Tensor] = None) -> None:
     """The Adam steps of one unit."""
     search_iters = int(cfg.search_frac * cfg.iters) if any(b.searching for _, b in st.branches.values()) else 0
     warm = int(cfg.warmup * cfg.iters)
@@ -382,7 +404,8 @@ def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tenso
             drop = torch.rand(xb.shape, generator=gen).to(dev) < cfg.fp_input_prob
             xb = torch.where(drop, x_fp[idx], xb)
         out = unit.forward(xb)
-        rec = _unit_loss(out, target[idx], cfg, head)
+        w = None if weights is None else weights if weights.shape[0] == 1 else weights[idx]
+        rec = _unit_loss(out, target[idx], cfg, head, w)
         if cfg.loss_normalize is not None:
             if first_rec is None:
                 first_rec = float(rec.detach())
@@ -459,9 +482,17 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                     x_fp = target
                     continue
                 t_unit = time.perf_counter()
+                weights = None
+                if cfg.loss_weights == "perturbation_hessian" and cfg.iters and not (
+                        unit.kind == HEAD and cfg.head_loss == "kl"):
+                    fp_units = teacher.units if teacher is not None else units
+                    with quant_disabled(source):
+                        weights = perturbation_hessian(fp_units, i, x_fp, temperature=cfg.hessian_temperature,
+                                                       eps=cfg.hessian_eps, chunk=cfg.hessian_chunk,
+                                                       mean=cfg.hessian_mean)
                 layers = unit_layers(model, unit)
                 with torch.enable_grad():
-                    info = _train_unit(unit, layers, x_q, x_fp, target, cfg, i)
+                    info = _train_unit(unit, layers, x_q, x_fp, target, cfg, i, weights)
                 info["seconds"] = round(time.perf_counter() - t_unit, 3)
                 ranks.update(info.pop("ranks"))
                 per_unit.append(info)

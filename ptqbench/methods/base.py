@@ -192,6 +192,9 @@ class Method:
     blockwise: ClassVar[bool] = False
     # False: the method refuses quant.full=true with a ConfigError (`fp`, which quantizes nothing)
     supports_full: ClassVar[bool] = True
+    # True for methods that differentiate the classifier's logits (APHQ-ViT's perturbation Hessian):
+    # tasks without logits (detection) refuse them
+    needs_logits: ClassVar[bool] = False
 
     def __init__(self, config: Any, bits: Bits, quant: Optional[FullQuantConfig] = None) -> None:
         self.config = config

@@ -6,6 +6,7 @@ calls each as `step(qm, calib)` and merges the statistics they return into `meth
 - Reparameterize: per-channel post-LN quantizers -> per-tensor, folded into the LayerNorm and the
   next Linear, with a shared-scale rule (MeanScale: RepQ-ViT; MOSF: DopQ-ViT).
 - Reconstruct: block reconstruction (ptqbench.algorithms.reconstruction).
+- ReluMLPReconstruct: APHQ-ViT's GELU -> ReLU MLP stage, against the FP teacher.
 - WithFPTeacher: run inner steps with an FP copy of the model taken first, which later
   reconstruction stages take their FP inputs and targets from (I&S-ViT trains the FP weights).
 - GPTQSolve / InstallDualUniform / ErrorReduction: weight solvers, unit by unit (GPTQ; ERQ).
@@ -27,6 +28,7 @@ from torch import nn
 from ptqbench.algorithms.error_reduction import SOLVERS, gptq, ridge_correction, wqer
 from ptqbench.algorithms.grid_search import GridSearchConfig, search_model as grid_search_model
 from ptqbench.algorithms.hessian_search import SearchConfig, search_model
+from ptqbench.algorithms.mlp_recon import MLPReconConfig, reconstruct_mlps, relu_mlps
 from ptqbench.algorithms.reconstruction import FPTeacher, ReconConfig, reconstruct
 from ptqbench.algorithms.reparam import SharedScaleFn, mad_inliers, mean_scale, mosf_scale, reparameterize_all
 from ptqbench.algorithms.streaming import GramStats, collect_grams, run_unit, split_chunks, unit_layers, weights_fp
@@ -196,6 +198,23 @@ class Reconstruct:
         stats["recon_batch_size"] = min(self.cfg.batch_size, x.shape[0])
         stats["recon_learn"] = list(self.cfg.learn)
         return {f"{self.prefix}{k}": v for k, v in stats.items()}
+
+
+@dataclass(frozen=True)
+class ReluMLPReconstruct:
+    """APHQ-ViT's MLP stage (ptqbench.algorithms.mlp_recon): every block MLP's GELU becomes a ReLU
+    and fc1/fc2 are retrained against the FP teacher's GELU MLP, quantization off. Needs
+    `qm.fp_teacher` (run it inside WithFPTeacher, before anything changes the weights)."""
+
+    cfg: MLPReconConfig
+
+    def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+        teacher = qm.fp_teacher
+        if teacher is None:
+            raise RuntimeError("ReluMLPReconstruct needs an FP teacher: run it inside WithFPTeacher")
+        relu_mlps(qm.model, qm.units)
+        with quant_disabled(qm.model), quant_disabled(teacher.model), large_blocks_reused():
+            return reconstruct_mlps(qm.units, teacher.units, unit_input(qm, calib), self.cfg)
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,9 @@ class Detection(Task):
             # timm blocks only; mmdet's Swin blocks and the detector heads have no such patch
             raise ConfigError("quant.full=true: the fully quantized roles exist for timm classifiers only; "
                               "use quant.full=false with task=detection")
+        if getattr(method, "needs_logits", False):
+            raise ConfigError(f"method={method.name}: its loss differentiates a classifier's logits, which a "
+                              "detector does not have; run it with task=classification")
 
     def scope(self, settings: JobSettings) -> Optional[str]:
         return SCOPES[settings.task.quantize]
