@@ -48,10 +48,11 @@ from ptqbench.progress import progress as progress_bar
 
 from ptqbench.models.structure import EMBED, HEAD, Unit
 from ptqbench.quant.base import Quantizer
-from ptqbench.quant.calibration import quant_disabled
+from ptqbench.quant.calibration import quant_disabled, switched
 from ptqbench.quant.learnable import AdaRoundQuantizer
 from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantLinear
+from ptqbench.algorithms.fisher_dplr import FISHER_SCHEDULES, DPLRLoss, fisher_rows, refresh_steps
 from ptqbench.algorithms.perturbation_hessian import perturbation_hessian
 from ptqbench.algorithms.streaming import params_frozen, run_unit, split_chunks, unit_layers
 from ptqbench.quant.uniform import UniformQuantizer
@@ -62,7 +63,7 @@ LOSS_REDUCTIONS = ("mean", "sum_dim1")
 BETA_SCHEDULES = ("cosine", "linear")
 ROUNDING_SCHEDULES = ("cosine", "constant")
 HEAD_LOSSES = ("recon", "kl")
-LOSS_WEIGHTS = ("none", "perturbation_hessian")
+LOSS_WEIGHTS = ("none", "perturbation_hessian", "fisher_dplr")
 # learn kind -> (which quantizers, their trainable group, the ReconConfig field of its learning rate)
 QUANTIZER_LEARNING = {
     "act_scale": ("activations", "scale", "lr_act_scale"),
@@ -110,6 +111,11 @@ class ReconConfig:
             computed on the FP model before the unit trains; `hessian_temperature`, `hessian_eps`,
             `hessian_chunk` (images per gradient batch) and `hessian_mean` (one weight tensor
             averaged over the images, else one per image) are its settings (released: 20, 1e-6, 32, true).
+            "fisher_dplr": FIMA-Q's diagonal plus low-rank Fisher loss (ptqbench.algorithms.fisher_dplr),
+            refreshed `fisher_k` times while the unit trains (`fisher_schedule`: "spread" over the
+            steps or the "first" k), weights `fisher_p1` (low rank) and `fisher_p2` (diagonal); it
+            uses `hessian_temperature` and `hessian_chunk` and normalizes itself (leave
+            loss_normalize null).
         curriculum: order samples easy -> hard by their initial per-sample loss and sample from a
             pool that grows from `curriculum_start` of the set to all of it by `curriculum_end` of
             the iterations (AIQViT).
@@ -150,6 +156,10 @@ class ReconConfig:
     hessian_eps: float = 1e-6
     hessian_chunk: int = 32
     hessian_mean: bool = True
+    fisher_k: int = 5
+    fisher_p1: float = 1.0
+    fisher_p2: float = 1.0
+    fisher_schedule: str = "spread"
     curriculum: bool = False
     curriculum_start: float = 0.25
     curriculum_end: float = 0.5
@@ -179,11 +189,14 @@ class ReconConfig:
         if self.units not in ("all", "blocks"):
             raise ValueError(f"units={self.units!r}; choose 'all' or 'blocks'")
         for key, allowed in (("beta_schedule", BETA_SCHEDULES), ("rounding_schedule", ROUNDING_SCHEDULES),
-                             ("head_loss", HEAD_LOSSES), ("loss_weights", LOSS_WEIGHTS)):
+                             ("head_loss", HEAD_LOSSES), ("loss_weights", LOSS_WEIGHTS),
+                             ("fisher_schedule", FISHER_SCHEDULES)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r}; choose one of {allowed}")
         if self.loss_weights != "none" and self.loss != "mse":
             raise ValueError(f"loss_weights={self.loss_weights!r} weighs squared errors; use loss='mse'")
+        if self.loss_weights == "fisher_dplr" and self.iters:
+            refresh_steps(self.iters, self.fisher_k, self.fisher_schedule)  # validates k against iters
         if self.hessian_chunk < 1 or self.hessian_temperature <= 0:
             raise ValueError("hessian_chunk must be >= 1 and hessian_temperature > 0")
         if self.loss_normalize is not None and self.loss_normalize <= 0:
@@ -336,7 +349,7 @@ def _forward_batches(unit: Unit, x: torch.Tensor, bs: int) -> torch.Tensor:
 
 def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_fp: torch.Tensor,
                 target: torch.Tensor, cfg: ReconConfig, index: int,
-                weights: Optional[torch.Tensor] = None) -> dict[str, Any]:
+                weights: Optional[torch.Tensor] = None, fisher: Optional["_Fisher"] = None) -> dict[str, Any]:
     dev = x_q.device
     gen = torch.Generator().manual_seed(cfg.seed * 1000003 + index)
     st = prepare_unit(unit, layers, cfg, gen)
@@ -358,7 +371,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
     for q in drops:
         q.drop = (cfg.act_quant_prob, gen)
     try:
-        _train_loop(unit, st, x_q, x_fp, target, cfg, opt, sched, gen, order, n, bs, head, dev, weights)
+        _train_loop(unit, st, x_q, x_fp, target, cfg, opt, sched, gen, order, n, bs, head, dev, weights, fisher)
     finally:
         for q in drops:
             q.drop = None
@@ -371,7 +384,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
 def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tensor, target: torch.Tensor,
                 cfg: ReconConfig, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator,
                 order: torch.Tensor, n: int, bs: int, head: bool, dev: torch.device,
-                weights: Optional[torch.Tensor] = None) -> None:
+                weights: Optional[torch.Tensor] = None, fisher: Optional["_Fisher"] = None) -> None:
     """The Adam steps of one unit."""
     search_iters = int(cfg.search_frac * cfg.iters) if any(b.searching for _, b in st.branches.values()) else 0
     warm = int(cfg.warmup * cfg.iters)
@@ -403,9 +416,15 @@ def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tenso
         elif cfg.fp_input_prob > 0.0:
             drop = torch.rand(xb.shape, generator=gen).to(dev) < cfg.fp_input_prob
             xb = torch.where(drop, x_fp[idx], xb)
+        if fisher is not None and it in fisher.steps:
+            fisher.loss.refresh(*fisher_rows(unit, fisher.rest, x_fp, target, cfg.hessian_temperature,
+                                             cfg.hessian_chunk))
         out = unit.forward(xb)
-        w = None if weights is None else weights if weights.shape[0] == 1 else weights[idx]
-        rec = _unit_loss(out, target[idx], cfg, head, w)
+        if fisher is not None:
+            rec = fisher.loss(out, target[idx])
+        else:
+            w = None if weights is None else weights if weights.shape[0] == 1 else weights[idx]
+            rec = _unit_loss(out, target[idx], cfg, head, w)
         if cfg.loss_normalize is not None:
             if first_rec is None:
                 first_rec = float(rec.detach())
@@ -435,6 +454,15 @@ def _regroup(st: _UnitState, cfg: ReconConfig) -> list[dict[str, Any]]:
     return groups
 
 
+@dataclass
+class _Fisher:
+    """FIMA-Q's loss of one unit: the DPLR state, the refresh steps and the FP units after it."""
+
+    loss: DPLRLoss
+    steps: set[int]
+    rest: list[Unit]
+
+
 @dataclass(frozen=True)
 class FPTeacher:
     """An FP copy of the model taken before a recipe changed its weights, and its units (parallel to
@@ -442,6 +470,12 @@ class FPTeacher:
 
     model: nn.Module
     units: list[Unit]
+
+
+def _fp(units: list[Unit]) -> Any:
+    """The quantizers of `units` off inside the block (FIMA-Q's refresh runs the units after the
+    training one in FP; nothing of theirs runs during the unit's own steps)."""
+    return switched([m for u in units for m in u.module.modules() if isinstance(m, Quantizer)], False)
 
 
 def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: ReconConfig,
@@ -490,9 +524,14 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                         weights = perturbation_hessian(fp_units, i, x_fp, temperature=cfg.hessian_temperature,
                                                        eps=cfg.hessian_eps, chunk=cfg.hessian_chunk,
                                                        mean=cfg.hessian_mean)
+                fisher = None
+                if cfg.loss_weights == "fisher_dplr" and cfg.iters and not (unit.kind == HEAD and cfg.head_loss == "kl"):
+                    rest = teacher.units[i + 1:] if teacher is not None else units[i + 1:]
+                    fisher = _Fisher(DPLRLoss(cfg.fisher_p1, cfg.fisher_p2),
+                                     refresh_steps(cfg.iters, cfg.fisher_k, cfg.fisher_schedule), rest)
                 layers = unit_layers(model, unit)
-                with torch.enable_grad():
-                    info = _train_unit(unit, layers, x_q, x_fp, target, cfg, i, weights)
+                with torch.enable_grad(), _fp(fisher.rest if fisher is not None else []):
+                    info = _train_unit(unit, layers, x_q, x_fp, target, cfg, i, weights, fisher)
                 info["seconds"] = round(time.perf_counter() - t_unit, 3)
                 ranks.update(info.pop("ranks"))
                 per_unit.append(info)

@@ -12,6 +12,7 @@ calls each as `step(qm, calib)` and merges the statistics they return into `meth
 - GPTQSolve / InstallDualUniform / ErrorReduction: weight solvers, unit by unit (GPTQ; ERQ).
 - HessianSearch: PTQ4ViT's Hessian-guided scale search.
 - GridSearch: the AdaLog / APHQ-ViT family's output-MSE grid search of (scale, zero point) pairs.
+- TokenWiseScales: FIMA-Q's one activation scale per token, after the search.
 - Timed: inner steps, plus their wall time under a key.
 """
 
@@ -31,6 +32,7 @@ from ptqbench.algorithms.hessian_search import SearchConfig, search_model
 from ptqbench.algorithms.mlp_recon import MLPReconConfig, reconstruct_mlps, relu_mlps
 from ptqbench.algorithms.reconstruction import FPTeacher, ReconConfig, reconstruct
 from ptqbench.algorithms.reparam import SharedScaleFn, mad_inliers, mean_scale, mosf_scale, reparameterize_all
+from ptqbench.algorithms.token_scales import expand_token_scales
 from ptqbench.algorithms.streaming import GramStats, collect_grams, run_unit, split_chunks, unit_layers, weights_fp
 from ptqbench.heap import large_blocks_reused
 from ptqbench.methods.base import Step
@@ -264,6 +266,14 @@ class GridSearch:
         with large_blocks_reused():  # ptqbench.heap: about 2x faster than fresh mappings
             stats = grid_search_model(qm.model, qm.units, x, self.cfg, qm.reparam_pairs, self.exact_padding)
         return {**stats, "grid_search_images": int(x.shape[0])}
+
+
+@dataclass(frozen=True)
+class TokenWiseScales:
+    """FIMA-Q's token-wise activation scales (ptqbench.algorithms.token_scales), after calibration."""
+
+    def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
+        return {"token_wise_scales": expand_token_scales(qm.model, calib[:1])}
 
 
 # -- weight solvers --------------------------------------------------------------------------------

@@ -178,12 +178,22 @@ class UniformQuantizer(Quantizer):
         self.version += 1
 
     def _view(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self.channel_axis is None or t.dim() == 0:
-            return t
+        if self.channel_axis is None or t.dim() == 0 or t.dim() == x.dim():
+            return t  # per tensor, or already laid out for x (a scale expanded by `expand_scale`)
         axis = self.channel_axis % x.dim()
         shape = [1] * x.dim()
         shape[axis] = -1
         return t.view(shape)
+
+    def expand_scale(self, shape: tuple[int, ...]) -> None:
+        """Give the scale the broadcast `shape` (e.g. one scale per token, [1, N, 1]), every entry
+        starting at the current value; the zero point keeps its layout (FIMA-Q's
+        `token_channel_wise`: the tokens' scales then train apart in reconstruction)."""
+        if not self.calibrated:
+            raise ValueError("expand_scale needs a calibrated quantizer")
+        s = self._view(self.scale, torch.empty(shape, device="meta")) if self.scale.dim() else self.scale.reshape([1] * len(shape))
+        self.scale = s.expand(shape).clone()
+        self.version += 1
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quant(x, self._view(self.scale, x), self._view(self.zero_point, x), self.qmin, self.qmax,

@@ -131,7 +131,7 @@ def test_every_method_runs_fully_quantized(name):
 def test_fp_refuses_full_and_bad_options_are_config_errors():
     refusing = sorted(n for n, cls in METHODS.items() if not cls.supports_full)
     # fp quantizes nothing; the reconstruction engine and the grid search are unchecked there
-    assert refusing == ["aiq", "aphq", "brecq", "dopq", "fp", "ias", "qdrop"]
+    assert refusing == ["aiq", "aphq", "brecq", "dopq", "fimaq", "fp", "ias", "qdrop"]
     for name in refusing:
         with pytest.raises(ConfigError, match="fully quantized"):
             build_method({"name": name}, Bits(8, 8), FULL)

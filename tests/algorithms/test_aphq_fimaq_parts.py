@@ -1,6 +1,7 @@
-"""APHQ-ViT's parts: the clip percentile, the average perturbation Hessian, the GELU -> ReLU MLP
-stage, the Hessian-weighted block loss, and the method's refusal of detectors. (Bit-identity with
-the released code on DeiT-T: docs/anchors/aphq/compare_mlp_stage.py.)"""
+"""APHQ-ViT's and FIMA-Q's parts (one code family). APHQ-ViT: the clip percentile, the average perturbation Hessian, the GELU -> ReLU MLP
+stage, the Hessian-weighted block loss, and the method's refusal of detectors (bit-identity with
+the released code on DeiT-T: docs/anchors/aphq/compare_mlp_stage.py). FIMA-Q: the DPLR loss, the
+Fisher rows, token-wise scales."""
 
 from __future__ import annotations
 
@@ -120,3 +121,86 @@ def test_aphq_runs_on_a_tiny_vit_and_detection_refuses_it():
     settings = SimpleNamespace(task=SimpleNamespace(quantize="all"))
     with pytest.raises(ConfigError, match="logits"):
         Detection().validate(settings, m)
+
+
+# -- FIMA-Q (the same code family) --------------------------------------------------------------------
+def test_dplr_loss_is_the_released_formula_and_renormalizes_at_each_refresh():
+    from ptqbench.algorithms.fisher_dplr import DPLRLoss, refresh_steps
+
+    torch.manual_seed(0)
+    out, tgt = torch.randn(4, 3, 5), torch.randn(4, 3, 5)
+    g1, d1, g2, d2 = (torch.rand(1, 15) for _ in range(4))
+    loss = DPLRLoss(p1=1.0, p2=1.0)
+    with pytest.raises(RuntimeError, match="refresh"):
+        loss(out, tgt)
+    loss.refresh(g1, d1)
+    assert torch.allclose(loss(out, tgt), torch.tensor(2.0))  # each term over its own first value
+    loss.refresh(g2, d2)
+    G, D = torch.cat([g1, g2]), torch.cat([d1, d2])
+    e = (out - tgt).abs().reshape(4, -1)
+    a = e.unsqueeze(1) @ G.T
+    l1 = (a @ torch.linalg.inv(D @ D.T) @ a.transpose(1, 2)).mean()
+    l2 = (e.pow(2) * G.mean(0)).mean()
+    assert loss.rank == 2 and torch.allclose(loss(out, tgt), torch.tensor(2.0))
+    out2 = out * 0.5
+    e2 = (out2 - tgt).abs().reshape(4, -1)
+    a2 = e2.unsqueeze(1) @ G.T
+    want = (a2 @ torch.linalg.inv(D @ D.T) @ a2.transpose(1, 2)).mean() / l1 + (e2.pow(2) * G.mean(0)).mean() / l2
+    assert torch.allclose(loss(out2, tgt), want)
+    assert refresh_steps(100, 5, "spread") == {0, 20, 40, 60, 80}
+    assert refresh_steps(100, 5, "first") == {0, 1, 2, 3, 4}
+    with pytest.raises(ValueError, match="iters >= k"):
+        refresh_steps(3, 5, "spread")
+
+
+def test_fisher_rows_are_sample_means_of_abs_gradient_and_error():
+    from ptqbench.algorithms.fisher_dplr import fisher_rows
+
+    units, _ = _chain()
+    x = torch.randn(6, 4, 6)
+    with torch.no_grad():
+        y_fp = units[0].forward(x)
+    noisy = Unit("blocks.0", lambda t: units[0].forward(t) * 1.1, units[0].module, BLOCK)
+    g, d = fisher_rows(noisy, units[1:], x, y_fp, temperature=20.0, chunk=4)
+    grads = []
+    for xb, yb in zip(torch.split(x, 4), torch.split(y_fp, 4)):
+        with torch.no_grad():
+            ref = F.softmax(units[1].forward(yb) / 20, -1)
+        y = noisy.forward(xb)
+        loss = F.kl_div(F.log_softmax(units[1].forward(y) / 20, -1), ref, reduction="batchmean")
+        grads.append(torch.autograd.grad(loss, y)[0])
+    assert torch.equal(g, torch.cat(grads).reshape(6, -1).abs().mean(0)[None])
+    with torch.no_grad():
+        assert torch.equal(d, (noisy.forward(x) - y_fp).abs().mean(0).reshape(1, -1))
+
+
+def test_fimaq_gives_every_token_its_scale_and_runs_on_a_tiny_vit():
+    from ptqbench.models import make_quantizable
+    from ptqbench.quant.calibration import quantizers
+
+    m = build_method({"name": "fimaq", "iters": 5, "batch_size": 2, "grid_candidates": 32, "grid_rounds": 0,
+                      "progress": False}, Bits(4, 4))
+    qm = make_quantizable(make_tiny_vit(depth=1), m.plan())
+    x = torch.randn(4, 3, 32, 32)
+    stats = m.quantize(qm, x)
+    assert stats["recon_units"] == 3 and stats["token_wise_scales"] == 8
+    qs = quantizers(qm.model)
+    tokens = qm.model.patch_embed.num_patches + 1
+    assert tuple(qs["blocks.0.mlp.fc2.input_quantizer"].scale.shape) == (1, tokens, 1)
+    assert tuple(qs["blocks.0.attn.matmul_qk.b_quantizer"].scale.shape) == (1, 2, 1, tokens)
+    assert qs["head.input_quantizer"].scale.dim() == 0  # the head's input is 2-D: one scale, as released
+    with torch.no_grad():
+        assert torch.isfinite(qm.model(x)).all()
+    with pytest.raises(ConfigError, match="fisher_k"):
+        build_method({"name": "fimaq", "iters": 3}, Bits(4, 4))
+
+
+def test_an_expanded_scale_quantizes_like_the_per_tensor_one():
+    from ptqbench.quant.uniform import UniformQuantizer
+
+    q = UniformQuantizer(4, "post_gelu")
+    x = torch.randn(2, 7, 5) * 3
+    q.calibrate(x)
+    before = q(x)
+    q.expand_scale((1, 7, 1))
+    assert q.scale.shape == (1, 7, 1) and torch.equal(q(x), before)
