@@ -46,7 +46,7 @@ def _fast(name: str) -> dict:
     """Options that shorten a method's training loops on a tiny model, where it has them."""
     fields = {f.name for f in dataclasses.fields(METHODS[name].Config)}
     fast = {"iters": 2, "batch_size": 2, "progress": False, "search_candidates": 3, "refine_steps": 2,
-            "weight_search": "minmax", "act_search": "minmax"}
+            "weight_search": "minmax", "act_search": "minmax", "fisher_k": 2, "grid_candidates": 32, "grid_rounds": 1}
     return {"name": name, **{k: v for k, v in fast.items() if k in fields}}
 
 
