@@ -86,7 +86,7 @@ def mlp_units(units: list[Unit]) -> list[int]:
                                                                         for a in ("fc1", "act", "fc2"))]
 
 
-def relu_mlps(model: nn.Module, units: list[Unit]) -> int:
+def relu_mlps(units: list[Unit]) -> int:
     """Replace the activation of every block MLP of `units` by a ReLU; returns how many."""
     idx = mlp_units(units)
     for i in idx:

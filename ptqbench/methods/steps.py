@@ -214,7 +214,7 @@ class ReluMLPReconstruct:
         teacher = qm.fp_teacher
         if teacher is None:
             raise RuntimeError("ReluMLPReconstruct needs an FP teacher: run it inside WithFPTeacher")
-        relu_mlps(qm.model, qm.units)
+        relu_mlps(qm.units)
         with quant_disabled(qm.model), quant_disabled(teacher.model), large_blocks_reused():
             return reconstruct_mlps(qm.units, teacher.units, unit_input(qm, calib), self.cfg)
 

@@ -95,7 +95,7 @@ def test_mlp_stage_swaps_gelu_for_relu_and_trains_fc1_fc2_only():
     fam = family_of(student)
     s_units, t_units = fam.units(student), fam.units(teacher)
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    assert relu_mlps(student, s_units) == 2
+    assert relu_mlps(s_units) == 2
     x = fam.unit_input(student, torch.randn(8, 3, 32, 32))
     stats = reconstruct_mlps(s_units, t_units, x, MLPReconConfig(iters=30, batch_size=4, lr=1e-3, progress=False))
     assert stats["mlp_recon_blocks"] == 2
