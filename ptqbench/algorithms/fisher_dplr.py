@@ -45,18 +45,27 @@ def refresh_steps(iters: int, k: int, schedule: str) -> set[int]:
     return set(range(0, iters, every))
 
 
+@torch.no_grad()
+def fp_references(rest: list[Unit], y_fp: torch.Tensor, temperature: float, chunk: int) -> list[torch.Tensor]:
+    """softmax(f_fp / T) per chunk of images: the same at every refresh of a unit, so computed once."""
+    refs = []
+    for yb in torch.split(y_fp, chunk):
+        for u in rest:
+            yb = u.forward(yb)
+        refs.append(F.softmax(yb / temperature, dim=-1))
+    return refs
+
+
 def fisher_rows(unit: Unit, rest: list[Unit], x_fp: torch.Tensor, y_fp: torch.Tensor, temperature: float,
-                chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+                chunk: int, refs: Optional[list[torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(g, d), each [1, N]: the sample means of |dL/dy| and |y_q - y_fp| over the calibration images,
     with `unit` run as it trains on its FP input `x_fp` and `rest` (the FP units after it, ending
-    with the logits) from its output. The caller keeps `rest` in FP."""
+    with the logits) from its output; `refs`: `fp_references(rest, y_fp, ...)`, kept by a caller that
+    refreshes more than once. The caller keeps `rest` in FP."""
+    if refs is None:
+        refs = fp_references(rest, y_fp, temperature, chunk)
     grads, deltas = [], []
-    for xb, yb in zip(torch.split(x_fp, chunk), torch.split(y_fp, chunk)):
-        with torch.no_grad():
-            ref = yb
-            for u in rest:
-                ref = u.forward(ref)
-            ref = F.softmax(ref / temperature, dim=-1)
+    for xb, ref in zip(torch.split(x_fp, chunk), refs):
         with torch.enable_grad():
             y = unit.forward(xb)
             logits = y

@@ -52,7 +52,7 @@ from ptqbench.quant.calibration import quant_disabled, switched
 from ptqbench.quant.learnable import AdaRoundQuantizer
 from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantLinear
-from ptqbench.algorithms.fisher_dplr import FISHER_SCHEDULES, DPLRLoss, fisher_rows, refresh_steps
+from ptqbench.algorithms.fisher_dplr import FISHER_SCHEDULES, DPLRLoss, fisher_rows, fp_references, refresh_steps
 from ptqbench.algorithms.perturbation_hessian import perturbation_hessian
 from ptqbench.algorithms.streaming import params_frozen, run_unit, split_chunks, unit_layers
 from ptqbench.quant.uniform import UniformQuantizer
@@ -417,8 +417,10 @@ def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tenso
             drop = torch.rand(xb.shape, generator=gen).to(dev) < cfg.fp_input_prob
             xb = torch.where(drop, x_fp[idx], xb)
         if fisher is not None and it in fisher.steps:
+            if fisher.refs is None:
+                fisher.refs = fp_references(fisher.rest, target, cfg.hessian_temperature, cfg.hessian_chunk)
             fisher.loss.refresh(*fisher_rows(unit, fisher.rest, x_fp, target, cfg.hessian_temperature,
-                                             cfg.hessian_chunk))
+                                             cfg.hessian_chunk, fisher.refs))
         out = unit.forward(xb)
         if fisher is not None:
             rec = fisher.loss(out, target[idx])
@@ -461,6 +463,7 @@ class _Fisher:
     loss: DPLRLoss
     steps: set[int]
     rest: list[Unit]
+    refs: Optional[list[torch.Tensor]] = None  # the FP softmax per chunk, taken at the first refresh
 
 
 @dataclass(frozen=True)

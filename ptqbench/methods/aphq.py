@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 from ptqbench.algorithms.mlp_recon import MLP_LOSSES, MLPReconConfig
 from ptqbench.algorithms.reconstruction import ReconConfig
 from ptqbench.methods.base import Method, Step, register_method
-from ptqbench.methods.grid_recon import GridReconConfig, GridReconRecipe
-from ptqbench.methods.steps import Calibrate, GridSearch, Reconstruct, ReluMLPReconstruct, Timed, WithFPTeacher, optional
+from ptqbench.methods.grid_recon import GridReconConfig, GridReconRecipe, grid_recon_steps
+from ptqbench.methods.steps import ReluMLPReconstruct, WithFPTeacher, optional
 
 # the released configs/<W>bit/best.py `pct` (the MLP stage's clip percentile); other widths: 0.98
 RELEASED_MLP_PCT = {2: 0.98, 3: 0.99, 4: 0.98}
@@ -97,10 +97,5 @@ class APHQ(GridReconRecipe, Method):
 
     def steps(self) -> Sequence[Step]:
         c: APHQConfig = self.config
-        search = Timed("grid_search_s", (GridSearch(c.search_config(), c.exact_padding, c.search_images),))
-        return (WithFPTeacher((
-            *optional(c.relu_mlp, ReluMLPReconstruct(c.mlp_config(self.bits.w))),
-            Calibrate(),
-            search,
-            *optional(bool(c.iters), Reconstruct(c.engine_config())),
-        )),)
+        mlp = optional(c.relu_mlp, ReluMLPReconstruct(c.mlp_config(self.bits.w)))
+        return (WithFPTeacher((*mlp, *grid_recon_steps(c))),)

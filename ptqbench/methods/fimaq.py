@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 from ptqbench.algorithms.fisher_dplr import FISHER_SCHEDULES
 from ptqbench.algorithms.reconstruction import ReconConfig
 from ptqbench.methods.base import Method, Step, register_method
-from ptqbench.methods.grid_recon import GridReconConfig, GridReconRecipe
-from ptqbench.methods.steps import Calibrate, GridSearch, Reconstruct, Timed, TokenWiseScales, optional
+from ptqbench.methods.grid_recon import GridReconConfig, GridReconRecipe, grid_recon_steps
+from ptqbench.methods.steps import TokenWiseScales, optional
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,4 @@ class FIMAQ(GridReconRecipe, Method):
     needs_logits = True  # the Fisher refresh differentiates the classifier's KL loss
 
     def steps(self) -> Sequence[Step]:
-        c: FIMAQConfig = self.config
-        return (Calibrate(),
-                Timed("grid_search_s", (GridSearch(c.search_config(), c.exact_padding, c.search_images),)),
-                *optional(c.token_wise, TokenWiseScales()),
-                *optional(bool(c.iters), Reconstruct(c.engine_config())))
+        return grid_recon_steps(self.config, after_search=optional(self.config.token_wise, TokenWiseScales()))

@@ -124,8 +124,10 @@ def grid_recon_plan(method: Method, c: GridReconConfig) -> QuantPlan:
     return c.plan(method.weight_spec(), acts)
 
 
-def grid_recon_steps(c: GridReconConfig) -> Sequence[Step]:
-    """Min-max calibration (a starting point), the grid search, block reconstruction."""
+def grid_recon_steps(c: GridReconConfig, after_search: Sequence[Step] = ()) -> Sequence[Step]:
+    """Min-max calibration (a starting point), the grid search, `after_search`, block
+    reconstruction with the config's own engine settings (`c.engine_config()`)."""
     return (Calibrate(),
             Timed("grid_search_s", (GridSearch(c.search_config(), c.exact_padding, c.search_images),)),
+            *after_search,
             *optional(bool(c.iters), Reconstruct(c.engine_config())))
