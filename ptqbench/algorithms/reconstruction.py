@@ -125,6 +125,11 @@ class ReconConfig:
             branches have learned something the loss carries no information about ranks).
         rank_cost: weight of the expected-extra-parameter term (relative to the Linear's size).
         units: "all" units, or "blocks" (transformer blocks and PatchMerging only).
+        holdout: fraction of the calibration images no unit trains on (the same images for every
+            unit, drawn from `seed`): their unit loss before and after training is recorded
+            beside the training images' (`loss_train_*`, `loss_holdout_*`), which shows
+            over-fitting of the learned parameters (the loss weights, APHQ-ViT's Hessian and
+            FIMA-Q's Fisher, still see every image). 0 (default): every image trains.
         seed: batch sampling and initializations.
         progress: show a tqdm bar per unit.
     """
@@ -167,6 +172,7 @@ class ReconConfig:
     search_frac: float = 0.3
     rank_cost: float = 1e-3
     units: str = "all"
+    holdout: float = 0.0
     seed: int = 0
     progress: bool = True
 
@@ -201,6 +207,8 @@ class ReconConfig:
             raise ValueError("hessian_chunk must be >= 1 and hessian_temperature > 0")
         if self.loss_normalize is not None and self.loss_normalize <= 0:
             raise ValueError(f"loss_normalize must be > 0 or null, got {self.loss_normalize}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must lie in [0, 1) (a fraction of the calibration images), got {self.holdout}")
         for key in ("warmup", "fp_input_prob", "act_quant_prob", "curriculum_start", "curriculum_end", "search_frac"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
@@ -347,22 +355,45 @@ def _forward_batches(unit: Unit, x: torch.Tensor, bs: int) -> torch.Tensor:
     return torch.cat(run_unit(unit, split_chunks(x, bs)))
 
 
+def holdout_split(n: int, cfg: ReconConfig) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(training, held-out) image indices, each sorted, for `cfg.holdout` of `n` images; None when
+    nothing is held out. A stream of its own, so batch draws do not depend on the split."""
+    k = int(round(cfg.holdout * n))
+    if k == 0:
+        return None
+    if k >= n:
+        raise ValueError(f"holdout={cfg.holdout} of {n} calibration images leaves none to train on")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + 17))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
 def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_fp: torch.Tensor,
                 target: torch.Tensor, cfg: ReconConfig, index: int,
                 weights: Optional[torch.Tensor] = None, fisher: Optional["_Fisher"] = None) -> dict[str, Any]:
     dev = x_q.device
     gen = torch.Generator().manual_seed(cfg.seed * 1000003 + index)
     st = prepare_unit(unit, layers, cfg, gen)
-    n = x_q.shape[0]
+    split = holdout_split(x_q.shape[0], cfg)
+    base = torch.arange(x_q.shape[0]) if split is None else split[0]  # the images batches come from
+    n = base.shape[0]
     bs = min(cfg.batch_size, n)
     info: dict[str, Any] = {"unit": unit.name, "params": sum(p.numel() for g in st.groups for p in g["params"])}
     x_eval = x_fp if cfg.fp_input_prob >= 1.0 else x_q  # what the unit trains on (the mix: its quantized side)
-    with torch.no_grad():
-        start = _loss(_forward_batches(unit, x_eval, bs), target, cfg.loss, cfg.loss_reduction, per_sample=True)
-    info["loss_start"] = float(start.mean())
-    order = torch.argsort(start.cpu(), stable=True) if cfg.curriculum else torch.arange(n)
+
+    def losses(key: str) -> torch.Tensor:
+        with torch.no_grad():
+            per = _loss(_forward_batches(unit, x_eval, bs), target, cfg.loss, cfg.loss_reduction, per_sample=True)
+        info[f"loss_{key}"] = float(per.mean())
+        if split is not None:
+            info[f"loss_train_{key}"] = float(per[split[0]].mean())
+            info[f"loss_holdout_{key}"] = float(per[split[1]].mean())
+        return per
+
+    start = losses("start")
+    order = base[torch.argsort(start[base].cpu(), stable=True)] if cfg.curriculum else base
     if not st.groups or cfg.iters == 0:
-        info.update(loss_end=info["loss_start"], ranks=finish_unit(st))
+        info.update({k.replace("_start", "_end"): v for k, v in info.items() if k.endswith("_start")})
+        info["ranks"] = finish_unit(st)
         return info
     opt = torch.optim.Adam([{k: v for k, v in g.items() if k != "name"} for g in st.groups])
     sched = _scheduler(opt, st.groups, cfg, cfg.iters)
@@ -371,21 +402,21 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
     for q in drops:
         q.drop = (cfg.act_quant_prob, gen)
     try:
-        _train_loop(unit, st, x_q, x_fp, target, cfg, opt, sched, gen, order, n, bs, head, dev, weights, fisher)
+        _train_loop(unit, st, x_q, x_fp, target, cfg, opt, sched, gen, order, base, bs, head, dev, weights, fisher)
     finally:
         for q in drops:
             q.drop = None
     info["ranks"] = finish_unit(st)
-    with torch.no_grad():
-        info["loss_end"] = float(_loss(_forward_batches(unit, x_eval, bs), target, cfg.loss, cfg.loss_reduction))
+    losses("end")
     return info
 
 
 def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tensor, target: torch.Tensor,
                 cfg: ReconConfig, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator,
-                order: torch.Tensor, n: int, bs: int, head: bool, dev: torch.device,
+                order: torch.Tensor, base: torch.Tensor, bs: int, head: bool, dev: torch.device,
                 weights: Optional[torch.Tensor] = None, fisher: Optional["_Fisher"] = None) -> None:
-    """The Adam steps of one unit."""
+    """The Adam steps of one unit; batches come from the images `base` (in curriculum `order`)."""
+    n = base.shape[0]
     search_iters = int(cfg.search_frac * cfg.iters) if any(b.searching for _, b in st.branches.values()) else 0
     warm = int(cfg.warmup * cfg.iters)
     bar = progress_bar(range(cfg.iters), desc=f"reconstruct {unit.name}", disable=not cfg.progress)
@@ -401,6 +432,8 @@ def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tenso
             for _, br in st.branches.values():
                 br.commit()  # keeps the chosen rank; the optimizer sees the new (smaller) tensors
             groups = _regroup(st, cfg)
+            if not groups:  # every branch of the unit chose rank 0 and nothing else learns
+                break
             opt = torch.optim.Adam([{k: v for k, v in g.items() if k != "name"} for g in groups])
             sched = _scheduler(opt, groups, cfg, cfg.iters - it)
         pool = n
@@ -408,7 +441,7 @@ def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tenso
             span = max(cfg.curriculum_end * cfg.iters, 1)
             frac = min(1.0, cfg.curriculum_start + (1 - cfg.curriculum_start) * it / span)
             pool = max(bs, math.ceil(frac * n))
-        idx = order[torch.randint(0, pool, (bs,), generator=gen)] if pool < n else torch.randperm(n, generator=gen)[:bs]
+        idx = order[torch.randint(0, pool, (bs,), generator=gen)] if pool < n else base[torch.randperm(n, generator=gen)[:bs]]
         idx = idx.to(dev)
         xb = x_q[idx]
         if cfg.fp_input_prob >= 1.0:
@@ -558,6 +591,9 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
         "recon_s_per_iter": round(sum(u["seconds"] for u in trained) / iters, 5) if iters else 0.0,
         "recon_loss_start": round(sum(u["loss_start"] for u in per_unit), 6),
         "recon_loss_end": round(sum(u["loss_end"] for u in per_unit), 6),
+        **{f"recon_{k}": round(sum(u[k] for u in per_unit), 6)
+           for k in ("loss_train_start", "loss_train_end", "loss_holdout_start", "loss_holdout_end")
+           if per_unit and k in per_unit[0]},
         "recon_per_unit": per_unit,
         "lowrank_ranks": ranks,
         "lowrank_extra_params": extra,

@@ -8,13 +8,13 @@ docs/methods/aiq.md):
 
 1. RepQ-ViT's activation side (per-channel post-LN, reparameterized to per-tensor), calibrated in
    one pass; post-softmax gets DFQ (`dfq`; `dfq: false` = RepQ-ViT's log-sqrt2): 0 plus 2^b - 1
-   uniform levels on [b1, b2] (`dfq_below: zero`), the interval initialized by the error of the
-   attention output A @ V over a grid of candidates (`dfq_init: output`); see
-   ptqbench/quant/dynamic_focus.py for the reading and the first one (`dfq_below: clamp`,
-   `dfq_init: mse`).
+   levels on [b1, b2] with values outside mapped to the bounds (`dfq_below: clamp`, the paper's
+   description; `zero` keeps code 0 as exact zero), the interval initialized by the error of the
+   attention output A @ V over a grid of candidates (`dfq_init: output`; `mse`: the MSE on A); see
+   ptqbench/quant/dynamic_focus.py.
 2. Block reconstruction, unit by unit: the weights stay at their calibrated quantized values;
-   what learns is a low-rank branch B A on every Linear (`lowrank`), the DFQ bounds, and the LSQ
-   activation step sizes (`learn_act_scale`).
+   what learns is a low-rank branch B A on every Linear (`lowrank`) and the DFQ bounds, as in the
+   paper; `learn_act_scale: true` also trains the LSQ activation step sizes.
 3. Rank per Linear (`rank_search`): "darts" relaxes the choice over `ranks` with softmax
    architecture logits, trained for the first `search_frac` of the iterations with a cost
    `rank_cost` on the expected extra parameters, then keeps the most probable rank; "fixed" uses
@@ -57,11 +57,13 @@ class AIQConfig(BlockReconConfig):
     dfq_percentiles: candidate initial upper bounds b2 (percentiles of the calibration data).
     dfq_max_fractions: further candidate b2, fractions of the data's maximum.
     dfq_lower_percentiles: candidate initial lower bounds b1 besides 0 (dfq_below="zero" only).
-    dfq_below: "zero" (code 0 is exact zero, the other levels uniform on [b1, b2]) or "clamp"
-        (2^b levels on [b1, b2], values below b1 clamped up to b1).
+    dfq_below: "clamp" (2^b levels on [b1, b2], values outside mapped to the bounds: the paper's
+        description) or "zero" (code 0 is exact zero, the other levels uniform on [b1, b2]).
     dfq_init: pick the initial interval by the error of the attention output A @ V ("output")
         or by the MSE on A ("mse").
     lr_dfq: Adam learning rate of b1, b2.
+    learn_act_scale: also train the LSQ step sizes of the uniform activation quantizers (the paper
+        trains only the low-rank weights and the DFQ bounds: off).
     lowrank: train a low-rank compensation branch on every Linear.
     rank_search: "darts" (relaxed search over `ranks`) or "fixed" (`rank` everywhere).
     ranks / rank: candidate ranks / the fixed rank.
@@ -73,16 +75,17 @@ class AIQConfig(BlockReconConfig):
     """
 
     weight_learning: str = "none"
+    learn_act_scale: bool = False
     dfq: bool = True
     dfq_percentiles: tuple[float, ...] = DEFAULT_UPPER_PERCENTILES
     dfq_max_fractions: tuple[float, ...] = DEFAULT_MAX_FRACTIONS
     dfq_lower_percentiles: tuple[float, ...] = DEFAULT_LOWER_PERCENTILES
-    dfq_below: str = "zero"
+    dfq_below: str = "clamp"
     dfq_init: str = "output"
     lr_dfq: float = 1e-4
     lowrank: bool = True
     rank_search: str = "darts"
-    ranks: tuple[int, ...] = (0, 4, 8, 16, 32)
+    ranks: tuple[int, ...] = (0, 4, 8, 16, 32, 64, 100)
     rank: int = 8
     rank_cost: float = 1e-3
     search_frac: float = 0.3

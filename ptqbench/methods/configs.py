@@ -101,6 +101,8 @@ class BlockReconConfig(ReparamConfig):
     recon_loss: "mse" or "l1".
     recon_units: "all" or "blocks" (skip the patch embedding and the head).
     recon_seed: batch sampling and initializations.
+    recon_holdout: fraction of the calibration images no unit trains on; their unit loss is
+        recorded beside the training images' (an over-fitting check; ReconConfig.holdout).
     progress: tqdm bars per unit.
     """
 
@@ -117,6 +119,7 @@ class BlockReconConfig(ReparamConfig):
     recon_loss: str = "mse"
     recon_units: str = "all"
     recon_seed: int = 0
+    recon_holdout: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -134,7 +137,8 @@ class BlockReconConfig(ReparamConfig):
             iters=iters, batch_size=self.batch_size, learn=kinds, lr_act_scale=self.lr_act_scale,
             lr_weight_scale=self.lr_weight_scale, lr_rounding=self.lr_rounding, warmup=self.warmup,
             round_weight=self.round_weight, fp_input_prob=self.fp_input_prob, loss=self.recon_loss,
-            units=self.recon_units, seed=self.recon_seed, progress=self.progress, **extra,
+            units=self.recon_units, seed=self.recon_seed, holdout=self.recon_holdout, progress=self.progress,
+            **extra,
         )
 
 
@@ -158,6 +162,7 @@ class SmoothOptimizationConfig(ReparamConfig):
     lr: Adam learning rate of the weights and biases (cosine to 0 per unit).
     recon_loss: "mse" or "l1"; loss_reduction: "sum_dim1" (released lp_loss) or "mean".
     recon_seed: batch sampling.
+    recon_holdout: fraction of the calibration images neither stage trains on (ReconConfig.holdout).
     progress: tqdm bars per unit.
     """
 
@@ -170,6 +175,7 @@ class SmoothOptimizationConfig(ReparamConfig):
     recon_loss: str = "mse"
     loss_reduction: str = "sum_dim1"
     recon_seed: int = 0
+    recon_holdout: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -186,7 +192,8 @@ class SmoothOptimizationConfig(ReparamConfig):
         """One stage's engine config: weights and biases train, FP or quantized unit inputs."""
         return ReconConfig(iters=paper_iters(self.iters, bits), batch_size=self.batch_size, learn=("weights",),
                            lr_weights=self.lr, loss=self.recon_loss, loss_reduction=self.loss_reduction,
-                           fp_input_prob=1.0 if fp_inputs else 0.0, units="all", seed=seed, progress=self.progress)
+                           fp_input_prob=1.0 if fp_inputs else 0.0, units="all", seed=seed,
+                           holdout=self.recon_holdout, progress=self.progress)
 
     def smooth_steps(self, bits: Bits, rule: SharedScaleRule = MeanScale()) -> tuple[Step, ...]:
         """The three stages, the reparameterization with the shared-scale `rule`."""

@@ -40,7 +40,8 @@ class GridReconConfig(ReparamConfig):
     round_weight, warmup, beta_start, beta_end: AdaRound's regularizer, beta linear after warmup.
     loss_normalize: reconstruction loss x this / its first value (APHQ-ViT: 2; null: off).
     head_loss: "kl" (released) or "recon" for the head unit.
-    recon_seed: batch sampling and drops; progress: tqdm bars.
+    recon_seed: batch sampling and drops; recon_holdout: fraction of the calibration images no unit
+        trains on, their loss recorded (ReconConfig.holdout); progress: tqdm bars.
     """
 
     patch_input_bits: Optional[int] = None
@@ -66,6 +67,7 @@ class GridReconConfig(ReparamConfig):
     loss_normalize: Optional[float] = 2.0
     head_loss: str = "kl"
     recon_seed: int = 0
+    recon_holdout: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -93,7 +95,7 @@ class GridReconConfig(ReparamConfig):
             warmup=self.warmup, round_weight=self.round_weight, beta_start=self.beta_start, beta_end=self.beta_end,
             fp_input_prob=fp_prob, act_quant_prob=self.drop_prob if qdrop else 1.0, beta_schedule="linear",
             rounding_schedule="constant", head_loss=self.head_loss, loss_normalize=self.loss_normalize,
-            units="all", seed=self.recon_seed, progress=self.progress)
+            units="all", seed=self.recon_seed, holdout=self.recon_holdout, progress=self.progress)
 
 
 class GridReconRecipe:

@@ -5,17 +5,19 @@ information. DFQ instead quantizes uniformly inside a *learned* interval [b1, b2
 resolution goes where the error says it matters. Values above b2 clamp to b2. What happens below
 b1 is the `below` option:
 
-* ``below="zero"`` (default): code 0 is exact zero and the other 2^b - 1 codes are spread
+* ``below="clamp"`` (default): the paper's only description, "values outside the learned interval
+  map to its bounds": 2^b levels on [b1, b2], everything below b1 clamped up to b1,
+  s = (b2 - b1) / (2^b - 1).
+
+* ``below="zero"``: ptqbench's variant, code 0 is exact zero and the other 2^b - 1 codes are spread
   uniformly over [b1, b2]; x is rounded to the nearest of these levels, so values under b1 / 2
   become 0 and values in [b1 / 2, b1) become b1. b1 >= 0 (a negative b1 is read as 0):
 
       x^ = 0                                            if x < b1 / 2
       x^ = b1 + s * round((clamp(x, b1, b2) - b1) / s)  otherwise,   s = (b2 - b1) / (2^b - 2)
 
-* ``below="clamp"``: the first reading, 2^b levels on [b1, b2] and everything below b1 clamped
-  up to b1, s = (b2 - b1) / (2^b - 1).
-
-Why "zero" is the default (measured, docs/methods/aiq.md): a post-softmax row has ~200 entries,
+Why "zero" exists (measured, docs/methods/aiq.md; it was the default until the issue-18 re-read
+made the paper's description the default): a post-softmax row has ~200 entries,
 most of them ~1e-3. With "clamp", zero is on the grid only while b1 is exactly 0; as soon as
 training moves b1 (it does, to about +-2e-3) every small entry is shifted by b1 and a row's mass
 changes by ~200 b1 (+-0.4). And with b1 = 0 a 4-bit grid wide enough not to clip the large
@@ -124,7 +126,7 @@ class DynamicFocusOptions:
     upper_percentiles: tuple[float, ...] = DEFAULT_UPPER_PERCENTILES
     lower_percentiles: tuple[float, ...] = DEFAULT_LOWER_PERCENTILES
     max_fractions: tuple[float, ...] = DEFAULT_MAX_FRACTIONS
-    below: str = "zero"
+    below: str = "clamp"
     init: str = "output"
     max_samples: int = 1 << 20
 
@@ -146,7 +148,7 @@ class DynamicFocusQuantizer(Quantizer):
 
     def __init__(self, bits: int, role: str, upper_percentiles: Sequence[float] = DEFAULT_UPPER_PERCENTILES,
                  lower_percentiles: Sequence[float] = DEFAULT_LOWER_PERCENTILES,
-                 max_fractions: Sequence[float] = DEFAULT_MAX_FRACTIONS, below: str = "zero",
+                 max_fractions: Sequence[float] = DEFAULT_MAX_FRACTIONS, below: str = "clamp",
                  init: str = "output", max_samples: int = 1 << 20) -> None:
         super().__init__(bits, role)
         if not upper_percentiles or any(not 0.5 < float(p) <= 1.0 for p in upper_percentiles):

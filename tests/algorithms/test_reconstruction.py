@@ -103,7 +103,7 @@ def test_dfq_clamp_reading_clamps_outside_its_interval_and_is_uniform_inside():
 
 
 def test_dfq_zero_reading_keeps_zero_and_spreads_the_other_codes_over_the_interval():
-    q = DynamicFocusQuantizer(4, "post_softmax")  # default: below="zero"
+    q = DynamicFocusQuantizer(4, "post_softmax", below="zero")
     q.calibrate(torch.rand(1000))
     with torch.no_grad():
         q.b1.fill_(0.1)
@@ -210,6 +210,35 @@ def test_engine_lowers_block_loss_and_is_deterministic():
         with torch.no_grad():
             finals.append(qm.model(images))
     assert torch.equal(finals[0], finals[1])
+
+
+def test_holdout_images_never_train_and_their_loss_is_recorded():
+    """With `holdout`, replacing the held-out images changes only the held-out losses: the trained
+    model and the training images' losses are bit-identical (images are independent in a ViT)."""
+    from ptqbench.algorithms.reconstruction import holdout_split
+
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    cfg = ReconConfig(iters=10, batch_size=4, learn=("act_scale", "weight_rounding"), fp_input_prob=0.5,
+                      act_quant_prob=0.5, holdout=0.25, progress=False)
+    train, held = holdout_split(16, cfg)
+    assert len(held) == 4 and sorted(torch.cat([train, held]).tolist()) == list(range(16))
+    other = images.clone()
+    other[held] = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    runs = []
+    for x in (images, other):
+        meth, qm = _quantized({"name": "dopq", "reconstruct": False})
+        meth.quantize(qm, images)  # the same calibration for both
+        stats = reconstruct(qm.model, qm.units, x, cfg)
+        with torch.no_grad():
+            runs.append((stats, qm.model(images[train])))
+    (a, out_a), (b, out_b) = runs
+    assert torch.equal(out_a, out_b)
+    assert a["recon_loss_train_end"] == b["recon_loss_train_end"]
+    assert a["recon_loss_holdout_end"] != b["recon_loss_holdout_end"]
+    assert all({"loss_holdout_start", "loss_holdout_end", "loss_train_end"} <= set(u) for u in a["recon_per_unit"])
+    assert holdout_split(16, ReconConfig(holdout=0.0)) is None
+    with pytest.raises(ValueError, match="holdout"):
+        ReconConfig(holdout=1.0)
 
 
 def test_aiq_trains_lowrank_branches_dfq_bounds_and_reports_extra_params():

@@ -96,6 +96,8 @@ def test_repq_w4a4_mean_over_calibration_draws_matches_the_released_code(e2e_res
 # two machines: dopq W4A4 72.77 / 71.15, aiq W4A4 72.85 / 73.46 (74.00 / 74.62 with dfq=false),
 # repq W4A4 68.77 / 70.08. DopQ-ViT's margin over RepQ-ViT at 30 steps per unit is within the
 # cross-machine spread (+4.0 / +1.1), so its test asks only that it stays ahead.
+# AIQViT's defaults before issue 18, which the measured bands below were taken with
+AIQ_BEFORE_ISSUE_18 = ("method.dfq_below=zero", "method.learn_act_scale=true", "method.ranks=[0,4,8,16,32]")
 RECON_CPU = ("method.iters=30", "method.batch_size=8", "method.lr_rounding=1e-2", "method.lr_act_scale=4e-4",
              "method.progress=false")
 
@@ -113,10 +115,11 @@ def test_dopq_w4a4_beats_repq(e2e_results, shared_data):
 
 @pytest.mark.slow
 def test_aiq_w4a4_beats_repq(e2e_results, shared_data):
-    """`pytest -m slow`. AIQViT with the current DFQ reading (dfq_below=zero, dfq_init=output,
-    lr_dfq=1e-4) measured 72.85 / 73.46 against RepQ-ViT's 68.77 / 70.08 at this CPU setting
-    (docs/results.md; the first DFQ reading was 58.46 / 55.23)."""
-    rec = _job(e2e_results, shared_data, "method=aiq", "bits=w4a4", *RECON_CPU)
+    """`pytest -m slow`. AIQViT with the defaults before issue 18 (DFQ `zero` reading, dfq_init=output,
+    lr_dfq=1e-4, LSQ activation steps trained, ranks up to 32) measured 72.85 / 73.46 against
+    RepQ-ViT's 68.77 / 70.08 at this CPU setting (docs/results.md; the first DFQ reading was
+    58.46 / 55.23). The paper-reading defaults (docs/methods/aiq.md) have no measured band yet."""
+    rec = _job(e2e_results, shared_data, "method=aiq", "bits=w4a4", *AIQ_BEFORE_ISSUE_18, *RECON_CPU)
     assert 71.3 <= rec["metrics"]["top1"] <= 74.4, rec["metrics"]
     assert rec["metrics"]["top1"] > _job(e2e_results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 2, rec["metrics"]
     assert rec["method_stats"]["lowrank_extra_params"] > 0
@@ -126,6 +129,7 @@ def test_aiq_w4a4_beats_repq(e2e_results, shared_data):
 def test_aiq_lowrank_with_log_sqrt2_w4a4_beats_repq(e2e_results, shared_data):
     """`pytest -m slow`. AIQViT's low-rank reconstruction on log-sqrt2 post-softmax (dfq=false)
     measured 74.00 / 74.62 against RepQ-ViT's 68.77 / 70.08 (docs/results.md)."""
-    m = _job(e2e_results, shared_data, "method=aiq", "bits=w4a4", "method.dfq=false", *RECON_CPU)["metrics"]
+    m = _job(e2e_results, shared_data, "method=aiq", "bits=w4a4", "method.dfq=false", *AIQ_BEFORE_ISSUE_18,
+             *RECON_CPU)["metrics"]
     assert 72.5 <= m["top1"] <= 75.5, m
     assert m["top1"] > _job(e2e_results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 3, m
