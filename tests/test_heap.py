@@ -33,6 +33,28 @@ def test_large_blocks_freed_inside_the_block_leave_the_resident_set():
     assert grown > 250 and left < 50, out.stdout
 
 
+_REUSE_AFTER_QUANTIZATION = """
+import resource, torch
+from ptqbench import heap
+with heap.large_blocks_unmapped():
+    pass
+for _ in range(10):  # 8 MB blocks, below the 32 MiB threshold fixed on the way out: from the heap
+    torch.ones(2 << 20)  # (the first few may fault while the heap settles)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    torch.ones(2 << 20)  # allocated, written, freed at the top of the heap
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or heap._glibc() is None, reason="glibc only")
+def test_after_quantization_freed_heap_blocks_are_reused_not_faulted_back():
+    # fixing the mmap threshold freezes glibc's trim threshold at 128 KiB unless it is set too:
+    # each 8 MB block would then go back to the OS and fault in again (2048 pages each time)
+    out = subprocess.run([sys.executable, "-c", _REUSE_AFTER_QUANTIZATION], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 2000, out.stdout
+
+
 def test_without_glibc_the_threshold_is_left_alone(monkeypatch):
     heap._glibc.cache_clear()
     monkeypatch.setattr(heap.ctypes.util, "find_library", lambda name: None)
