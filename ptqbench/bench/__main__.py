@@ -218,7 +218,7 @@ def main() -> None:
                                      options=method_options(m, args.recon_iters), compile=args.eval_compile))
                 print(rows[-1], flush=True)
         emit(table(rows, ["model", "method", "bits", "batch", "fp_img_s", "unfused_img_s", "q_img_s", "ratio",
-                          "ratio_median", "fq_ratio", "weights"]
+                          "ratio_median", "fq_ratio", "cpu_ratio", "faults_per_forward", "weights"]
                    + (["compile_s", "compiled_equal", "compiled_max_abs_diff"] if args.eval_compile else [])) + "\n")
     if "profile" in parts:
         emit(f"## Where the fake-quantized forward spends its time (torch.profiler, {args.eval_bits}, batch "

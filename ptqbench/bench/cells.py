@@ -59,11 +59,25 @@ def cost(model: str, method: str, bits: str, calib: int, device: str, options: d
 
 
 def _forward_seconds(model: torch.nn.Module, x: torch.Tensor) -> float:
-    t0 = time.perf_counter()
+    return _forward_cost(model, x)[0]
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (fresh pages the kernel zeroes on first touch: a
+    forward that reuses its heap takes none; ptqbench.heap)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _forward_cost(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds (user + system, all threads) of one forward.
+    On a shared machine the CPU time moves far less with other jobs' load than the wall time."""
+    t0, c0 = time.perf_counter(), time.process_time()
     model(x)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 @torch.no_grad()
@@ -74,7 +88,8 @@ def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, 
     fused kernel because q @ k^T, the softmax and attn @ v must each be quantized) on the same
     batch in one process, measured in turn (FP, quantized, unfused, FP, ...) and reported as the
     best of `repeats`, so a load spike on a shared machine hits every side rather than biasing a
-    ratio. `ratio` = quantized / FP; `fq_ratio` = quantized / unfused, the cost of the fake
+    ratio. `ratio` = quantized / FP; `cpu_ratio` the same in process CPU time (CPU only);
+    `faults_per_forward` the minor page faults per timed forward, all sides together; `fq_ratio` = quantized / unfused, the cost of the fake
     quantization alone. With `compile` the quantized side is `eval.compile`'s torch.compile of the
     model (FP stays eager, the unfused side is left out: switching quantizers off would recompile);
     `compile_s` is its first forward, `compiled_equal` whether its logits equal the eager ones bit
@@ -106,19 +121,25 @@ def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, 
     _forward_seconds(fp, x), _forward_seconds(q, x)  # warm-up (and the weight fake-quant cache)
     if not compile:
         unfused()
-    t_fp, t_q, t_u = [], [], []
+    faults0 = _minor_faults()
+    t_fp, t_q, t_u, c_fp, c_q = [], [], [], [], []
     for _ in range(repeats):
-        t_fp.append(_forward_seconds(fp, x))
-        t_q.append(_forward_seconds(q, x))
+        for times, cpus, m in ((t_fp, c_fp, fp), (t_q, c_q, q)):
+            wall, cpu = _forward_cost(m, x)
+            times.append(wall)
+            cpus.append(cpu)
         if not compile:
             t_u.append(unfused())
+    faults = (_minor_faults() - faults0) / (repeats * (2 if compile else 3))
     best_fp, best_q = min(t_fp), min(t_q)
     best_u = min(t_u) if t_u else None
     return {"model": model, "method": method, "bits": bits, "batch": batch, "weights": weights, "compile": compile,
             "fp_img_s": round(batch / best_fp, 1), "unfused_img_s": best_u and round(batch / best_u, 1),
             "q_img_s": round(batch / best_q, 1), "ratio": round(best_q / best_fp, 2),
             "ratio_median": round(statistics.median_high(t_q) / statistics.median_high(t_fp), 2),
-            "fq_ratio": best_u and round(best_q / best_u, 2), **extra}
+            "fq_ratio": best_u and round(best_q / best_u, 2),
+            "cpu_ratio": round(min(c_q) / min(c_fp), 2) if dev.type == "cpu" else None,
+            "faults_per_forward": round(faults), **extra}
 
 
 def _label_quantizers(model: torch.nn.Module) -> list[Any]:

@@ -21,7 +21,7 @@ def test_bench_eval_part_writes_a_table_with_the_machine(tmp_path):
     assert len(row) == 1 and "failed" not in row[0], text
     header = [c.strip() for c in lines[lines.index(row[0]) - 2].split("|")]
     cells = dict(zip(header, (c.strip() for c in row[0].split("|"))))
-    for col in ("ratio", "fq_ratio"):
+    for col in ("ratio", "fq_ratio", "cpu_ratio"):
         assert 0.5 < float(cells[col]) < 20, cells  # measured numbers, not placeholders
     assert float(cells["fp_img_s"]) > 0 and float(cells["unfused_img_s"]) > 0, cells
 
