@@ -20,10 +20,12 @@ What runs here (`search_model`):
    in [alpha_min, alpha_max], and the current one (kept unless a candidate does better);
    per-channel weights: every output channel picks its own alpha (the hessian and mse distances
    split over output channels, so this is exact; cosine is then taken per output channel); twin uniform post-softmax: split =
-   2^-m, m in 0..candidates-1; twin post-GELU: the positive step scaled by alpha. Metric:
+   2^-m, m in 0..candidates-1; twin post-GELU: the positive step scaled by alpha; a kind with its
+   own `search_candidates` (TSPTQ-ViT's V-2SF: the coarse top alpha x max at the current k, and
+   every k; O-2SF: the ordinary channels' range x alpha, and every outlier ratio's MSE fit). Metric:
    `hessian` (above), `mse` (E[(O^ - O)^2]) or `cosine` (mean cosine similarity per sample or per
    output channel, maximised).
-Quantizers of other kinds (log-sqrt2, V-2SF, the fully quantized roles) keep their calibration.
+Quantizers of other kinds (log-sqrt2, the fully quantized roles) keep their calibration.
 """
 
 from __future__ import annotations
@@ -135,8 +137,16 @@ def _score(out: torch.Tensor, target: torch.Tensor, grad2: Optional[torch.Tensor
     return d.movedim(channel_dim, 0).flatten(1).sum(1)
 
 
+def _searchable(q: Quantizer) -> bool:
+    """A quantizer kind that offers its own candidates (`search_candidates(x, alphas)`,
+    `search_params()`, `apply_search_params(p)`: TSPTQ-ViT's V-2SF and O-2SF)."""
+    return hasattr(q, "search_candidates")
+
+
 def _candidates(q: Quantizer, x: torch.Tensor, cfg: SearchConfig) -> list[Any]:
     """Parameter sets for a per-tensor quantizer seeing `x`; [] = not searched."""
+    if _searchable(q):
+        return q.search_candidates(x, cfg.alphas())
     if isinstance(q, TwinUniformQuantizer):
         return q.candidates(x, n=cfg.search_candidates, alphas=cfg.alphas())
     if isinstance(q, UniformQuantizer) and not q.per_channel:
@@ -148,13 +158,17 @@ def _candidates(q: Quantizer, x: torch.Tensor, cfg: SearchConfig) -> list[Any]:
 def _current(q: Quantizer) -> Any:
     """The quantizer's parameters in the form `_apply` takes (the search keeps them unless a
     candidate does better)."""
+    if _searchable(q):
+        return q.search_params()
     if isinstance(q, TwinUniformQuantizer):
         return {"split": q.split.clone(), "neg_scale": q.neg_scale.clone(), "pos_scale": q.pos_scale.clone()}
     return q.scale.clone().reshape(1), q.zero_point.clone().reshape(1)
 
 
 def _apply(q: Quantizer, params: Any) -> None:
-    if isinstance(q, TwinUniformQuantizer):
+    if _searchable(q):
+        q.apply_search_params(params)
+    elif isinstance(q, TwinUniformQuantizer):
         q.apply_params(params)
     else:
         q.set_params(params[0][0], params[1][0], None)

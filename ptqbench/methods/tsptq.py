@@ -25,15 +25,20 @@ from typing import Any, Sequence
 import torch
 
 from ptqbench.methods.base import Method, ProtocolConfig, Step, register_method
-from ptqbench.methods.steps import Calibrate
+from ptqbench.algorithms.hessian_search import SearchConfig
+from ptqbench.methods.steps import Calibrate, HessianSearch, optional
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 
 
 @dataclass(frozen=True)
-class TSPTQConfig(ProtocolConfig):
-    """Attributes:
+class TSPTQConfig(ProtocolConfig, SearchConfig):
+    """Attributes (besides PTQ4ViT's search knobs, `SearchConfig`: search_metric,
+    search_candidates, search_rounds, alpha_min, alpha_max, chunk_size, search_inputs):
+    search_rounds: 0 (default) fits every quantizer by MSE on its own tensor in the calibration
+        pass; > 0 then runs PTQ4ViT's Hessian-guided search over every layer, V-2SF and O-2SF
+        included (docs/methods/tsptq.md, "The base search").
     v2sf: V-2SF for post-softmax and post-GELU (False: uniform).
     o2sf: O-2SF for LayerNorm outputs (False: uniform per tensor).
     k_max: largest power-of-two ratio 2^k between the two scales tried (both quantizers).
@@ -46,9 +51,11 @@ class TSPTQConfig(ProtocolConfig):
     k_max: int = 6
     outlier_ratios: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
     ln_input_o2sf: bool = True
+    search_rounds: int = 0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        ProtocolConfig.__post_init__(self)
+        SearchConfig.__post_init__(self)
         object.__setattr__(self, "outlier_ratios", tuple(float(r) for r in self.outlier_ratios))
 
 
@@ -77,8 +84,13 @@ class TSPTQViT(Method):
             return self._o2sf(self.quant.bits)
         return super().full_spec(role)
 
+    @property
+    def blockwise(self) -> bool:  # type: ignore[override]
+        """The Hessian-guided search walks the model's units; without it, one calibration pass."""
+        return self.config.search_rounds > 0
+
     def steps(self) -> Sequence[Step]:
-        return (Calibrate(), count_o2sf_outliers)
+        return (Calibrate(), *optional(self.config.search_rounds > 0, HessianSearch(self.config)), count_o2sf_outliers)
 
 
 def count_o2sf_outliers(qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import torch
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch, candidate_ranges, pick_by_mse, subsample
-from ptqbench.quant.uniform import fake_quant, fit_rows, qrange, select_below
+from ptqbench.quant.uniform import fake_quant, fit_rows, params_from_range, qrange, select_below
 
 
 def v2sf_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, shift: torch.Tensor,
@@ -138,6 +138,28 @@ class ValueTwoScaleQuantizer(Quantizer):
         self.calibrated = True
         self.version += 1
 
+    # -- the Hessian-guided search's protocol (ptqbench.algorithms.hessian_search) --
+    def search_params(self) -> tuple[torch.Tensor, ...]:
+        return self.scale.clone(), self.zero_point.clone(), self.shift.clone()
+
+    def apply_search_params(self, params: tuple[torch.Tensor, ...]) -> None:
+        self.set_params(*params)
+
+    def search_candidates(self, x: torch.Tensor, alphas: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Coordinate candidates around the current parameters: the coarse top alpha x max(x) at
+        the current k, and the current top at every k in 1..k_max."""
+        x = x.detach().float()
+        lo, mx = torch.clamp(x.min(), max=0.0), x.max()
+        top_now = self.scale * 2.0 ** self.shift * (self.levels - 1)
+        cands = []
+        for top, k in [(a * mx, self.shift) for a in alphas] + [(top_now, torch.tensor(float(k))) for k in
+                                                               range(1, self.k_max + 1)]:
+            top = top if float(top) > 0 else torch.ones(())
+            scale = (top / (2.0**k * (self.levels - 1))).reshape(())
+            zero = torch.clamp(torch.round(-lo / scale), 0, self.levels - 1)
+            cands.append((scale, zero, k.reshape(()).float()))
+        return cands
+
     @property
     def threshold(self) -> float:
         """Values at or above this go to the coarse region."""
@@ -230,6 +252,35 @@ class OutlierTwoScaleQuantizer(Quantizer):
             if best_err is None or err < best_err:
                 best, best_err, self.ratio = fit, err, ratio
         self.outlier_mask, self.scale, self.zero_point, self.outlier_scale, self.outlier_zero_point = best
+
+    # -- the Hessian-guided search's protocol (ptqbench.algorithms.hessian_search) --
+    def search_params(self) -> tuple[Any, ...]:
+        return (self.outlier_mask.clone(), self.scale.clone(), self.zero_point.clone(), self.outlier_scale.clone(),
+                self.outlier_zero_point.clone(), self.ratio)
+
+    def apply_search_params(self, params: tuple[Any, ...]) -> None:
+        mask, s, z, so, zo, self.ratio = params
+        self.outlier_mask, self.scale, self.zero_point, self.outlier_scale, self.outlier_zero_point = (
+            t.detach().clone().to(self.scale.device) for t in (mask, s, z, so, zo))
+        self.calibrated = True
+        self.version += 1
+
+    def search_candidates(self, x: torch.Tensor, alphas: torch.Tensor) -> list[tuple[Any, ...]]:
+        """Coordinate candidates around the current parameters: the ordinary channels' range
+        scaled by each alpha (outlier scale re-fitted by MSE on the outliers), and the MSE fit of
+        every outlier ratio."""
+        x2 = x.detach().float().reshape(-1, x.shape[-1])
+        mask = self.outlier_mask
+        normal = x2[:, ~mask] if mask.numel() else x2
+        lo, hi = normal.min().reshape(1), normal.max().reshape(1)
+        cands: list[tuple[Any, ...]] = []
+        for a in alphas:
+            s, z = params_from_range(a * lo, a * hi, self.bits, False)
+            so, zo = self._outlier_params(x2[:, mask], s[0]) if mask.numel() and mask.any() else (s[0], z[0])
+            cands.append((mask, s[0], z[0], so, zo, self.ratio))
+        rng = x2.amax(0) - x2.amin(0)
+        cands += [(*self._fit_ratio(x2, rng, r), r) for r in self.ratios]
+        return cands
 
     def _fake_two_scale(self, x, mask, s, z, so, zo) -> torch.Tensor:
         sc = torch.where(mask, so, s)

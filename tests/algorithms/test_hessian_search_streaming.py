@@ -55,3 +55,47 @@ def test_search_with_per_unit_gradients_equals_search_with_all_gradients_kept(mo
     for name in qa:
         sa, sb = qa[name].state_dict(), qb[name].state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+
+
+def test_tsptq_two_scale_quantizers_join_the_hessian_search():
+    """TSPTQ-ViT with `search_rounds`: V-2SF and O-2SF take part in PTQ4ViT's search (their own
+    candidates), and the search moves some of their parameters."""
+    from ptqbench.quant.two_scale import OutlierTwoScaleQuantizer, ValueTwoScaleQuantizer
+
+    torch.set_num_threads(1)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    states = []
+    for rounds in (0, 2):
+        method = build_method({"name": "tsptq", "search_rounds": rounds, "search_candidates": 6, "chunk_size": 3},
+                              Bits(4, 4))
+        qm = make_quantizable(make_tiny_vit(seed=0), method.plan())
+        method.quantize(qm, x)
+        states.append({n: q.search_params() for n, q in quantizers(qm.model).items()
+                       if isinstance(q, (ValueTwoScaleQuantizer, OutlierTwoScaleQuantizer))})
+    plain, searched = states
+    assert plain.keys() == searched.keys() and len(plain) >= 4  # post-softmax, post-GELU, post-LN x blocks
+    moved = [n for n in plain if any(not torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+                                     for a, b in zip(plain[n], searched[n]) if a is not None)]
+    assert moved, "the search kept every two-scale quantizer's calibration"
+
+
+def test_two_scale_search_candidates_round_trip():
+    """A quantizer's current parameters, applied again, quantize identically; every candidate
+    applies and quantizes to finite values."""
+    from ptqbench.quant.two_scale import OutlierTwoScaleQuantizer, ValueTwoScaleQuantizer
+
+    g = torch.Generator().manual_seed(0)
+    post_ln = torch.randn(4, 10, 16, generator=g)
+    post_ln[..., 3] *= 20  # an outlier channel
+    for q, x in ((ValueTwoScaleQuantizer(4, "post_softmax"), torch.softmax(torch.randn(4, 3, 10, 10, generator=g) * 3, -1)),
+                 (OutlierTwoScaleQuantizer(4, "post_ln"), post_ln)):
+        q.calibrate(x)
+        ref = q(x)
+        now = q.search_params()
+        cands = q.search_candidates(x, torch.linspace(0.5, 1.2, 4))
+        assert len(cands) >= 4
+        for c in cands:
+            q.apply_search_params(c)
+            assert torch.isfinite(q(x)).all()
+        q.apply_search_params(now)
+        assert torch.equal(q(x), ref)
