@@ -78,6 +78,12 @@ def focus_fake_quant(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: 
     in b1, b2 (straight-through rounding)."""
     if below == "clamp":
         step = (b2 - b1).clamp(min=1e-8) / (2**bits - 1)
+        if (x.device.type == "cpu" and not torch.compiler.is_compiling()
+                and not (torch.is_grad_enabled() and (x.requires_grad or b1.requires_grad or b2.requires_grad))):
+            # inference on the CPU: the same float operations in the same order, on one buffer
+            # (each out-of-place step allocated an attention-map-sized temporary)
+            lo_, hi_, st = float(b1), float(b2), float(step)
+            return x.clamp(lo_, hi_).sub_(lo_).div_(st).round_().mul_(st).add_(lo_)
         xc = torch.minimum(torch.maximum(x, b1), b2)
         return b1 + step * round_ste((xc - b1) / step)
     if below != "zero":

@@ -156,6 +156,22 @@ def test_focus_zero_nan_and_inf_as_before():
         assert torch.isnan(focus_fake_quant(x, torch.tensor(0.0), b2, bits, "zero")[0])
 
 
+# -- DFQ (AIQViT), below="clamp" --------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("b1,b2", [(0.0, 0.3), (-0.01, 0.3), (0.004, 0.3), (0.3, 0.3), (0.5, 0.2)])
+def test_focus_clamp_inference_matches_the_tensor_formula(bits, b1, b2):
+    b1t, b2t = torch.tensor(b1), torch.tensor(b2)
+    step = (b2t - b1t).clamp(min=1e-8) / (2**bits - 1)
+    x = mixed(ties(float(step), 0, 2**bits + 1) + b1, torch.tensor([b1, b2, b2 * 2]), low=-0.05, high=1.2)
+    with torch.no_grad():
+        got = focus_fake_quant(x, b1t, b2t, bits, "clamp")
+    ref = b1t + step * torch.round((torch.minimum(torch.maximum(x, b1t), b2t) - b1t) / step)
+    assert_same(got, ref)
+    xg = x.clone().requires_grad_(True)  # the autograd path is that formula
+    assert_same(focus_fake_quant(xg, b1t, b2t, bits, "clamp").detach(), ref)
+
+
 # -- uniform: strided input -----------------------------------------------------------------------
 
 def test_uniform_fake_quant_of_a_strided_view_is_contiguous_and_equal():
