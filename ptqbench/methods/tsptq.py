@@ -12,6 +12,8 @@ and why):
   `outlier_ratios` and k from 1..k_max, by MSE.
 - Everything else: the common protocol (per-channel weights, per-tensor activations), ranges by
   RepQ-ViT's MSE over percentiles. One progressive calibration pass.
+- `search_rounds` > 0: afterwards PTQ4ViT's Hessian-guided search over every layer, V-2SF and
+  O-2SF with candidates of their own (docs/methods/tsptq.md; the default 0 keeps the MSE fits).
 - Fully quantized mode (`quant.full=true`, the paper's headline setting): the LayerNorm inputs
   (residual stream) get O-2SF as well (`ln_input_o2sf`, our choice: they have the same outlier
   channels as the LayerNorm outputs), the other fully quantized roles uniform per tensor.
