@@ -1,6 +1,6 @@
 """ptqbench's own spread over reconstruction random streams, from one calibration.
 
-    python docs/anchors/common/recon_spread.py --seeds 0,1,2 [--out spread.json] -- \
+    python docs/anchors/common/recon_spread.py --seeds 0,1,2 [--also brecq] [--out spread.json] -- \
         method=qdrop bits=w4a4 method.iters=100 method.batch_size=8 calib.size=32 calib.seed=0
 
 A released run of the reconstruction family is one draw of its random stream (batch order and
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2", help="method.recon_seed values (comma-separated)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--also", default="", help="other methods (comma-separated, e.g. brecq) whose steps before "
+                   "the last reconstruction equal the job's (checked): their reconstruction runs from the same "
+                   "calibrated model, per seed")
     p.add_argument("overrides", nargs="+", help="the ptqbench job overrides (method=..., bits=..., ...)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -96,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"method={method.name} has no Reconstruct step (method.iters=0?)")
     flat = flat_steps(steps, None)
     before, recon = flat[:last], flat[last]
+    recons = {method.name: recon}
+    for other in filter(None, args.also.split(",")):
+        o_settings = compose_settings(["logger=none", "report.enabled=false", *args.overrides, f"method={other}"])
+        o_flat = flat_steps(job_method(o_settings)[1].steps(), None)
+        o_last = max((i for i, s in enumerate(o_flat) if isinstance(s, Reconstruct)), default=None)
+        if o_last is None or o_flat[:o_last] != before:
+            raise SystemExit(f"--also {other}: its steps before the reconstruction differ from method={method.name}'s")
+        recons[other] = o_flat[o_last]
 
     class Calibrated:  # the method with its steps cut before the last reconstruction
         plan = staticmethod(method.plan)
@@ -118,23 +129,27 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"overrides": args.overrides, "calib_s": round(calib_s, 1),
                            "calib_top1": res["top1"], "calib_top5": res["top5"], "seeds": {}}
     print(f"calibrated in {calib_s:.0f} s: top-1 {res['top1']:.3f} top-5 {res['top5']:.3f}", flush=True)
-    for seed in seeds:
-        q = fresh_copy(qm, FAMILIES, FPTeacher)
-        step = Reconstruct(dataclasses.replace(recon.cfg, seed=seed), recon.prefix)
-        t0 = time.perf_counter()
-        st = step(q, calib.inputs.to(device))
-        r_s = time.perf_counter() - t0
-        r = task.evaluate(q.model, eval_data, f"eval seed {seed}")
-        s_iter = st[f"{recon.prefix}recon_s_per_iter"]
-        out["seeds"][seed] = {"top1": r["top1"], "top5": r["top5"], "recon_s": round(r_s, 1), "s_per_unit_step": s_iter}
-        print(f"recon_seed {seed}: top-1 {r['top1']:.3f} top-5 {r['top5']:.3f} ({r_s:.0f} s, "
-              f"{s_iter:.4f} s per unit step)", flush=True)
-        del q
-    top1 = [v["top1"] for v in out["seeds"].values()]
-    out["mean_top1"] = statistics.mean(top1)
-    out["stdev_top1"] = statistics.stdev(top1) if len(top1) > 1 else 0.0
-    print(f"top-1 over seeds {seeds}: mean {out['mean_top1']:.3f}, sd {out['stdev_top1']:.3f}, "
-          f"min {min(top1):.3f}, max {max(top1):.3f}")
+    for name, rec in recons.items():
+        runs = out["seeds"] if name == method.name else out.setdefault("also", {}).setdefault(name, {})
+        for seed in seeds:
+            q = fresh_copy(qm, FAMILIES, FPTeacher)
+            step = Reconstruct(dataclasses.replace(rec.cfg, seed=seed), rec.prefix)
+            t0 = time.perf_counter()
+            st = step(q, calib.inputs.to(device))
+            r_s = time.perf_counter() - t0
+            r = task.evaluate(q.model, eval_data, f"eval {name} seed {seed}")
+            s_iter = st[f"{rec.prefix}recon_s_per_iter"]
+            runs[seed] = {"top1": r["top1"], "top5": r["top5"], "recon_s": round(r_s, 1), "s_per_unit_step": s_iter}
+            print(f"{name} recon_seed {seed}: top-1 {r['top1']:.3f} top-5 {r['top5']:.3f} ({r_s:.0f} s, "
+                  f"{s_iter:.4f} s per unit step)", flush=True)
+            del q
+        top1 = [v["top1"] for v in runs.values()]
+        sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
+        runs_stats = {"mean_top1": statistics.mean(top1), "stdev_top1": sd}
+        if name == method.name:
+            out.update(runs_stats)
+        print(f"{name} top-1 over seeds {seeds}: mean {runs_stats['mean_top1']:.3f}, sd {sd:.3f}, "
+              f"min {min(top1):.3f}, max {max(top1):.3f}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
     return 0
