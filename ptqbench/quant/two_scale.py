@@ -116,12 +116,14 @@ class ValueTwoScaleQuantizer(Quantizer):
         cands = []
         for top in tops:
             top = torch.where(top > 0, top, torch.ones_like(top))
-            for k in range(1, self.k_max + 1):
-                shift = torch.full_like(top, float(k))
-                scale = top / (2.0**k * (self.levels - 1))
-                zero = torch.clamp(torch.round(-lo / scale), 0, self.levels - 1)
-                cands.append((scale, zero, shift))
+            cands += [self._params(top, lo, k) for k in range(1, self.k_max + 1)]
         return cands
+
+    def _params(self, top: torch.Tensor, lo: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+        """(scale, zero point, shift) for coarse top `top` (> 0), data minimum `lo` <= 0, ratio 2^k."""
+        scale = top / (2.0**k * (self.levels - 1))
+        zero = torch.clamp(torch.round(-lo / scale), 0, self.levels - 1)
+        return scale, zero, torch.full_like(top, float(k))
 
     def _fit(self, x: torch.Tensor) -> None:
         x2d = subsample(x.float().reshape(1, -1), self.search.max_samples)
@@ -150,15 +152,10 @@ class ValueTwoScaleQuantizer(Quantizer):
         the current k, and the current top at every k in 1..k_max."""
         x = x.detach().float()
         lo, mx = torch.clamp(x.min(), max=0.0), x.max()
-        top_now = self.scale * 2.0 ** self.shift * (self.levels - 1)
-        cands = []
-        for top, k in [(a * mx, self.shift) for a in alphas] + [(top_now, torch.tensor(float(k))) for k in
-                                                               range(1, self.k_max + 1)]:
-            top = top if float(top) > 0 else torch.ones(())
-            scale = (top / (2.0**k * (self.levels - 1))).reshape(())
-            zero = torch.clamp(torch.round(-lo / scale), 0, self.levels - 1)
-            cands.append((scale, zero, k.reshape(()).float()))
-        return cands
+        k_now = int(self.shift)
+        top_now = self.scale * 2.0**k_now * (self.levels - 1)
+        pairs = [(a * mx, k_now) for a in alphas] + [(top_now, k) for k in range(1, self.k_max + 1)]
+        return [self._params(top if float(top) > 0 else torch.ones(()), lo, k) for top, k in pairs]
 
     @property
     def threshold(self) -> float:
