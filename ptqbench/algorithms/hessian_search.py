@@ -20,11 +20,12 @@ What runs here (`search_model`):
    in [alpha_min, alpha_max], and the current one (kept unless a candidate does better);
    per-channel weights: every output channel picks its own alpha (the hessian and mse distances
    split over output channels, so this is exact; cosine is then taken per output channel); twin uniform post-softmax: split =
-   2^-m, m in 0..candidates-1; twin post-GELU: the positive step scaled by alpha; a kind with its
-   own `search_candidates` (TSPTQ-ViT's V-2SF: the coarse top alpha x max at the current k, and
+   2^-m, m in 0..candidates-1; twin post-GELU: the positive step scaled by alpha; TSPTQ-ViT's
+   kinds (V-2SF: the coarse top alpha x max at the current k, and
    every k; O-2SF: the ordinary channels' range x alpha, and every outlier ratio's MSE fit). Metric:
    `hessian` (above), `mse` (E[(O^ - O)^2]) or `cosine` (mean cosine similarity per sample or per
-   output channel, maximised).
+   output channel, maximised). Each kind offers its candidates through one protocol
+   (`search_candidates`, `search_params`, `apply_search_params`, next to its fit).
 Quantizers of other kinds (log-sqrt2, the fully quantized roles) keep their calibration.
 """
 
@@ -42,7 +43,6 @@ from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
 from ptqbench.algorithms.streaming import hooks_removed_after, params_frozen, split_chunks
-from ptqbench.quant.twin_uniform import TwinUniformQuantizer
 from ptqbench.quant.uniform import UniformQuantizer, params_from_range
 
 SEARCH_METRICS = ("hessian", "mse", "cosine")
@@ -137,54 +137,24 @@ def _score(out: torch.Tensor, target: torch.Tensor, grad2: Optional[torch.Tensor
     return d.movedim(channel_dim, 0).flatten(1).sum(1)
 
 
-def _searchable(q: Quantizer) -> bool:
-    """A quantizer kind that offers its own candidates (`search_candidates(x, alphas)`,
-    `search_params()`, `apply_search_params(p)`: TSPTQ-ViT's V-2SF and O-2SF)."""
-    return hasattr(q, "search_candidates")
-
-
 def _candidates(q: Quantizer, x: torch.Tensor, cfg: SearchConfig) -> list[Any]:
-    """Parameter sets for a per-tensor quantizer seeing `x`; [] = not searched."""
-    if _searchable(q):
-        return q.search_candidates(x, cfg.alphas())
-    if isinstance(q, TwinUniformQuantizer):
-        return q.candidates(x, n=cfg.search_candidates, alphas=cfg.alphas())
-    if isinstance(q, UniformQuantizer) and not q.per_channel:
-        lo, hi = x.min().reshape(1), x.max().reshape(1)
-        return [params_from_range(a * lo, a * hi, q.bits, q.symmetric) for a in cfg.alphas()]
-    return []
-
-
-def _current(q: Quantizer) -> Any:
-    """The quantizer's parameters in the form `_apply` takes (the search keeps them unless a
-    candidate does better)."""
-    if _searchable(q):
-        return q.search_params()
-    if isinstance(q, TwinUniformQuantizer):
-        return {"split": q.split.clone(), "neg_scale": q.neg_scale.clone(), "pos_scale": q.pos_scale.clone()}
-    return q.scale.clone().reshape(1), q.zero_point.clone().reshape(1)
-
-
-def _apply(q: Quantizer, params: Any) -> None:
-    if _searchable(q):
-        q.apply_search_params(params)
-    elif isinstance(q, TwinUniformQuantizer):
-        q.apply_params(params)
-    else:
-        q.set_params(params[0][0], params[1][0], None)
+    """Parameter sets for quantizer `q` seeing `x`; [] = not searched. A kind takes part by
+    offering `search_candidates(x, alphas)`, `search_params()` and `apply_search_params(p)`
+    (uniform, twin uniform, V-2SF, O-2SF); the others keep their calibration."""
+    return q.search_candidates(x, cfg.alphas()) if hasattr(q, "search_candidates") else []
 
 
 def _search_tensor(q: Quantizer, x: torch.Tensor, run, target, grad2, cfg: SearchConfig) -> None:
     cands = _candidates(q, x, cfg)
     if not cands:
         return
-    best, best_err = _current(q), float(_score(run(), target, grad2, cfg.search_metric, None))
+    best, best_err = q.search_params(), float(_score(run(), target, grad2, cfg.search_metric, None))
     for c in cands:
-        _apply(q, c)
+        q.apply_search_params(c)
         err = float(_score(run(), target, grad2, cfg.search_metric, None))
         if err < best_err:
             best, best_err = c, err
-    _apply(q, best)
+    q.apply_search_params(best)
 
 
 def _search_weight(layer: nn.Module, run, target, grad2, cfg: SearchConfig) -> None:

@@ -106,7 +106,7 @@ class TwinUniformQuantizer(Quantizer):
         self.register_buffer("neg_scale", torch.ones(()))  # gelu
         self.register_buffer("pos_scale", torch.ones(()))  # gelu
 
-    # -- the search interface (also used by the Hessian-guided search) --------------------------
+    # -- the search interface (calibration, and the Hessian-guided search's protocol) ------------
     def candidates(self, x: torch.Tensor, n: int | None = None, alphas: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
         """Parameter sets to try on data `x`: softmax: split = 2^-m for m in 0..min(m_max, n-1);
         GELU: positive step alpha * max / (L-1) for each alpha (or the range-search tops)."""
@@ -122,7 +122,14 @@ class TwinUniformQuantizer(Quantizer):
             tops = [hi[0] for _, hi in candidate_ranges(x2d, self.search)] + [top]
         return [{"neg_scale": neg, "pos_scale": torch.clamp(t, min=1e-8) / (self.levels - 1)} for t in tops]
 
-    def apply_params(self, params: dict[str, torch.Tensor]) -> None:
+    def search_candidates(self, x: torch.Tensor, alphas: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """The Hessian-guided search's candidates: as many as `alphas` (softmax: that many splits)."""
+        return self.candidates(x, n=len(alphas), alphas=alphas)
+
+    def search_params(self) -> dict[str, torch.Tensor]:
+        return {"split": self.split.clone(), "neg_scale": self.neg_scale.clone(), "pos_scale": self.pos_scale.clone()}
+
+    def apply_search_params(self, params: dict[str, torch.Tensor]) -> None:
         """Install searched parameters (not named `apply`: that would shadow nn.Module.apply, which
         e.g. mmengine's BaseModel.to calls on every submodule)."""
         for k, v in params.items():
@@ -141,7 +148,7 @@ class TwinUniformQuantizer(Quantizer):
         cands = self.candidates(x)
         x2d = subsample(x.float().reshape(1, -1), self.search.max_samples)
         errs = [float((self._fake(x2d, c) - x2d).pow(2).mean()) for c in cands]
-        self.apply_params(cands[min(range(len(cands)), key=errs.__getitem__)])  # ties keep the first
+        self.apply_search_params(cands[min(range(len(cands)), key=errs.__getitem__)])  # ties keep the first
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return self._fake(x, {"split": self.split, "neg_scale": self.neg_scale, "pos_scale": self.pos_scale})

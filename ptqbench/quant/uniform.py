@@ -167,6 +167,21 @@ class UniformQuantizer(Quantizer):
             scale, zero_point = scale[0], zero_point[0]
         self.set_params(scale, zero_point, self.channel_axis)
 
+    # -- the Hessian-guided search's interface (ptqbench.algorithms.hessian_search) --------------
+    def search_candidates(self, x: torch.Tensor, alphas: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per tensor: the min-max range of `x` scaled by each alpha. Per channel: none (the
+        search picks a weight quantizer's alpha per output channel itself)."""
+        if self.per_channel:
+            return []
+        lo, hi = x.min().reshape(1), x.max().reshape(1)
+        return [params_from_range(a * lo, a * hi, self.bits, self.symmetric) for a in alphas]
+
+    def search_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scale.clone().reshape(1), self.zero_point.clone().reshape(1)
+
+    def apply_search_params(self, params: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.set_params(params[0][0], params[1][0], None)
+
     def set_params(self, scale: torch.Tensor, zero_point: torch.Tensor, channel_axis: Optional[int]) -> None:
         """Install parameters directly (used by reparameterization, which turns per-channel
         into per-tensor, and by methods that compute scales themselves)."""
