@@ -447,8 +447,10 @@ def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tenso
         if cfg.fp_input_prob >= 1.0:
             xb = x_fp[idx]
         elif cfg.fp_input_prob > 0.0:
-            drop = torch.rand(xb.shape, generator=gen).to(dev) < cfg.fp_input_prob
-            xb = torch.where(drop, x_fp[idx], xb)
+            # quantized where u < 1 - p, as the released QDrop ports draw it (the same masks from the
+            # same generator state: docs/anchors/aphq/unit_spread.py)
+            keep = torch.rand(xb.shape, generator=gen).to(dev) < 1.0 - cfg.fp_input_prob
+            xb = torch.where(keep, xb, x_fp[idx])
         if fisher is not None and it in fisher.steps:
             if fisher.refs is None:
                 fisher.refs = fp_references(fisher.rest, target, cfg.hessian_temperature, cfg.hessian_chunk)

@@ -72,7 +72,9 @@ class Quantizer(nn.Module):
             self.calibrate(x)
         if self.drop is not None and torch.is_grad_enabled():
             keep_prob, gen = self.drop
-            keep = torch.rand(x.shape, generator=gen).to(x.device) < keep_prob
+            # laid out like x (strides kept, as torch.rand_like): the released QDrop ports draw
+            # their masks so, and with the same generator state the masks are then the same
+            keep = torch.empty_like(x, device="cpu").uniform_(generator=gen).to(x.device) < keep_prob
             return torch.where(keep, self.quantize(x), x)
         return self.quantize(x)
 

@@ -36,6 +36,45 @@ def test_qdrop_inside_a_quantizer_mixes_per_element_only_while_training():
     assert torch.equal(q(x), xq)
 
 
+def test_qdrop_masks_are_the_released_ones_for_the_same_generator_state():
+    """The released ports draw `torch.rand_like(x) < p` from the global generator: the same numbers
+    laid out like x (strided q, k^T and v views of the qkv output included) give the same mask."""
+    q = _quantizer()
+    qkv = torch.randn(2, 5, 3 * 2 * 4).reshape(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    k_t = qkv[1].transpose(-2, -1).detach().requires_grad_(True)  # non-contiguous, as attention passes it
+    q.drop = (0.5, torch.Generator().manual_seed(7))
+    y = q(k_t)
+    torch.manual_seed(7)
+    released = torch.where(torch.rand_like(k_t) < 0.5, q.quantize(k_t.detach()), k_t.detach())
+    assert torch.equal(y.detach(), released)
+
+
+def test_qdrop_unit_input_mix_is_the_released_one_for_the_same_generator_state():
+    """Unit inputs: quantized where u < drop_prob (the release's `torch.where(rand_like(x_q) < p,
+    x_q, x_fp)`), u drawn right after the batch indices."""
+    x_q, x_fp = torch.randn(6, 3, 4), torch.randn(6, 3, 4)
+    unit_in = []
+
+    class Unit:
+        name, kind = "blocks.0", "block"
+        module = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            unit_in.append(x.detach().clone())
+            return self.module(x)
+
+    cfg = ReconConfig(iters=1, batch_size=3, learn=(), fp_input_prob=0.5, loss_normalize=None, progress=False)
+    st = rc._UnitState()
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    gen = torch.Generator().manual_seed(11)
+    rc._train_loop(Unit(), st, x_q, x_fp, x_fp, cfg, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0),
+                   gen, torch.arange(6), torch.arange(6), 3, False, torch.device("cpu"))
+    torch.manual_seed(11)
+    idx = torch.randperm(6)[:3]
+    want = torch.where(torch.rand_like(x_q[idx]) < 0.5, x_q[idx], x_fp[idx])
+    assert torch.equal(unit_in[0], want)
+
+
 def test_linear_beta_is_the_released_linear_temp_decay():
     cfg = ReconConfig(iters=10, warmup=0.2, beta_schedule="linear", progress=False)
     # LinearTempDecay(t_max=10, rel_start_decay=0.2, 20, 2) at t = count = it + 1; regularizer off while t < 2
