@@ -10,6 +10,7 @@ do not leak between cells. The parts (docs/benchmarks.md):
     python -m ptqbench.bench --parts recon --recon-models deit_small --recon-batch 8,32
     python -m ptqbench.bench --parts decode --decode-synthetic 50000    # decode vs decoded-array read (docs/cache.md)
     python -m ptqbench.bench --parts det_eval --det-images 2 --det-repeats 2 --det-top-ops 20
+    python -m ptqbench.bench --parts job_eval --threads 1    # a job's FP evaluation: reused heap vs fresh mappings
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def run_cell(kind: str, threads: int | None, **kw: Any) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-PARTS = ("cost", "eval", "sweep", "recon", "decode", "det_eval", "profile")
+PARTS = ("cost", "eval", "sweep", "recon", "decode", "det_eval", "profile", "job_eval")
 
 
 def _cell_main(spec: dict[str, Any]) -> None:
@@ -67,10 +68,11 @@ def _cell_main(spec: dict[str, Any]) -> None:
 
     from ptqbench.bench.decode import decode_speed
     from ptqbench.bench.det_eval import det_eval
+    from ptqbench.bench.job_eval import job_eval
 
     kinds = {"cost": cells.cost, "eval_overhead": cells.eval_overhead, "recon_step": recon_step, "decode": decode_speed,
              "eval_profile": cells.profile_eval,
-             "det_eval": det_eval}
+             "det_eval": det_eval, "job_eval": job_eval}
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     print(json.dumps(kinds[spec["kind"]](**spec["kw"])))
@@ -143,6 +145,8 @@ def main() -> None:
     ap.add_argument("--cost-methods", default="minmax,percentile,repq,ptq4vit,tsptq,gptq,erq,dopq,aiq")
     ap.add_argument("--cost-bits", default="w4a4")
     ap.add_argument("--cost-calib", type=_ints, default=[32], help="calibration sizes, e.g. 32,128")
+    ap.add_argument("--job-eval-batch", type=int, default=100, help="job_eval part: evaluation batch (the job default)")
+    ap.add_argument("--job-eval-limit", type=int, default=None, help="job_eval part: evaluate this many images (all)")
     ap.add_argument("--recon-iters", type=int, default=30, help="iterations per unit for dopq/aiq (cost and eval parts)")
     ap.add_argument("--eval-models", default="deit_tiny,swin_tiny")
     ap.add_argument("--eval-methods", default="repq,minmax,dopq,aiq")
@@ -266,6 +270,17 @@ def main() -> None:
         print(row, flush=True)
         emit(table([row], ["images", "workers", "decode_img_s", "build_s", "read_img_s", "speedup", "synthetic_images",
                            "synthetic_gib", "synthetic_cold_img_s", "synthetic_warm_img_s"]) + "\n")
+    if "job_eval" in parts:
+        emit(f"## A job's evaluation (DeiT-T FP on the shared data, batch {args.job_eval_batch}): heap reused "
+             "(`pipeline.evaluated`) vs fresh mappings for blocks past glibc's 32 MiB ceiling, each in its own process\n")
+        rows = [run_cell("job_eval", args.threads, heap_mode=m, batch=args.job_eval_batch, limit=args.job_eval_limit)
+                for m in ("mapped", "reused")]
+        if all("error" not in r for r in rows):
+            rows[1]["cpu_ratio"] = round(rows[1]["cpu_s"] / rows[0]["cpu_s"], 2)
+            rows[1]["logits_equal"] = rows[0]["logits_sum"] == rows[1]["logits_sum"]
+        print(rows, flush=True)
+        emit(table(rows, ["heap", "batch", "images", "threads", "top1", "wall_s", "cpu_s", "sys_s", "minor_faults",
+                          "peak_rss_mb", "cpu_ratio", "logits_equal"]) + "\n")
     if "det_eval" in parts:
         from ptqbench.bench.det_eval import det_eval_part
 

@@ -94,6 +94,7 @@ def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, 
     model (FP stays eager, the unfused side is left out: switching quantizers off would recompile);
     `compile_s` is its first forward, `compiled_equal` whether its logits equal the eager ones bit
     for bit."""
+    from ptqbench.heap import every_block_reused
     from ptqbench.quant.calibration import quant_disabled
 
     net, weights = load_model(model)
@@ -118,19 +119,20 @@ def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, 
         compiled_logits = q(x)
         extra = {"compile_s": round(time.perf_counter() - t0, 1), "compiled_equal": torch.equal(eager_logits, compiled_logits),
                  "compiled_max_abs_diff": float((eager_logits - compiled_logits).abs().max())}
-    _forward_seconds(fp, x), _forward_seconds(q, x)  # warm-up (and the weight fake-quant cache)
-    if not compile:
-        unfused()
-    faults0 = _minor_faults()
-    t_fp, t_q, t_u, c_fp, c_q = [], [], [], [], []
-    for _ in range(repeats):
-        for times, cpus, m in ((t_fp, c_fp, fp), (t_q, c_q, q)):
-            wall, cpu = _forward_cost(m, x)
-            times.append(wall)
-            cpus.append(cpu)
+    with every_block_reused():  # as a job evaluates (ptqbench.pipeline.evaluated)
+        _forward_seconds(fp, x), _forward_seconds(q, x)  # warm-up (and the weight fake-quant cache)
         if not compile:
-            t_u.append(unfused())
-    faults = (_minor_faults() - faults0) / (repeats * (2 if compile else 3))
+            unfused()
+        faults0 = _minor_faults()
+        t_fp, t_q, t_u, c_fp, c_q = [], [], [], [], []
+        for _ in range(repeats):
+            for times, cpus, m in ((t_fp, c_fp, fp), (t_q, c_q, q)):
+                wall, cpu = _forward_cost(m, x)
+                times.append(wall)
+                cpus.append(cpu)
+            if not compile:
+                t_u.append(unfused())
+        faults = (_minor_faults() - faults0) / (repeats * (2 if compile else 3))
     best_fp, best_q = min(t_fp), min(t_q)
     best_u = min(t_u) if t_u else None
     return {"model": model, "method": method, "bits": bits, "batch": batch, "weights": weights, "compile": compile,
