@@ -4,7 +4,6 @@ large blocks as before: CPU time, page faults and peak RSS of each, in its own p
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import tempfile
 from pathlib import Path
@@ -16,14 +15,13 @@ from ptqbench.paths import REPO_ROOT
 
 
 def job_eval(heap_mode: str, batch: int, limit: int | None) -> dict[str, Any]:
-    """`heap_mode`: "reused" (the job's `evaluated`) or "mapped" (the same evaluation without
-    `heap.every_block_reused`). Logits are summed in float64 so the two rows can be compared."""
+    """`heap_mode`: "reused" (the job's `pipeline.evaluated`) or "mapped" (`task.evaluate` alone,
+    without `heap.every_block_reused`). Logits are summed in float64 so the two rows can be compared."""
     from hydra import compose, initialize_config_dir
 
-    from ptqbench import heap
     from ptqbench.config import job_settings
     from ptqbench.config_store import register_configs
-    from ptqbench.pipeline import job_method
+    from ptqbench.pipeline import evaluated, job_method
     from ptqbench.tasks import get_task
 
     if heap_mode not in ("reused", "mapped"):
@@ -41,7 +39,9 @@ def job_eval(heap_mode: str, batch: int, limit: int | None) -> dict[str, Any]:
     model = task.build_model(settings, device)
     eval_data = task.evaluation_data(settings, data, model, results)
     r0 = resource.getrusage(resource.RUSAGE_SELF)
-    with heap.every_block_reused() if heap_mode == "reused" else contextlib.nullcontext():
+    if heap_mode == "reused":
+        res = evaluated(task, model.module, eval_data, "eval fp")
+    else:
         res = task.evaluate(model.module, eval_data, "eval fp")
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
