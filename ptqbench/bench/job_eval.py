@@ -11,16 +11,12 @@ from typing import Any
 
 import torch
 
-from ptqbench.paths import REPO_ROOT
 
 
 def job_eval(heap_mode: str, batch: int, limit: int | None) -> dict[str, Any]:
     """`heap_mode`: "reused" (the job's `pipeline.evaluated`) or "mapped" (`task.evaluate` alone,
     without `heap.every_block_reused`). Logits are summed in float64 so the two rows can be compared."""
-    from hydra import compose, initialize_config_dir
-
-    from ptqbench.config import job_settings
-    from ptqbench.config_store import register_configs
+    from ptqbench.config import composed_job_settings
     from ptqbench.pipeline import evaluated, job_method
     from ptqbench.tasks import get_task
 
@@ -29,9 +25,7 @@ def job_eval(heap_mode: str, batch: int, limit: int | None) -> dict[str, Any]:
     results = Path(tempfile.mkdtemp(prefix="ptqbench-job-eval-"))
     overrides = ["logger=none", "report.enabled=false", "method=fp", "data.workers=0", f"data.batch_size={batch}",
                  f"results_dir={results}"] + ([f"data.eval_limit={limit}"] if limit else [])
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        settings = job_settings(compose("config", overrides=overrides))
+    settings = composed_job_settings(overrides)
     task = get_task(settings.task.name)
     _, method = job_method(settings)
     device = task.device(settings)

@@ -33,15 +33,9 @@ REPO = Path(__file__).resolve().parents[3]
 
 def compose_settings(overrides: list[str]):
     """The typed settings of the job `python -m ptqbench OVERRIDES` would run."""
-    from hydra import compose, initialize_config_dir
+    from ptqbench.config import composed_job_settings
 
-    from ptqbench.config import job_settings
-    from ptqbench.config_store import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return job_settings(cfg)
+    return composed_job_settings(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
