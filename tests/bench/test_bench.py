@@ -63,9 +63,9 @@ def test_bench_recon_and_cost_grid_parts(tmp_path):
 def test_job_eval_part_compares_the_heaps_on_the_shared_data(shared_data, tmp_path):
     from ptqbench.bench.__main__ import run_cell
 
-    rows = [run_cell("job_eval", 1, heap_mode=m, batch=50, limit=100) for m in ("mapped", "reused")]
+    rows = [run_cell("job_eval", 1, heap_mode=m, batch=100, limit=100) for m in ("mapped", "reused")]
     assert all("error" not in r for r in rows), rows
     mapped, reused = rows
     assert mapped["images"] == reused["images"] == 100
     assert mapped["logits_sum"] == reused["logits_sum"] and mapped["top1"] == reused["top1"]  # only memory moved
-    assert reused["minor_faults"] < mapped["minor_faults"] / 2, rows  # 30 MB MLP blocks at batch 50: mapped
+    assert reused["minor_faults"] < mapped["minor_faults"] / 2, rows  # 60 MB MLP blocks at batch 100: always mapped
