@@ -118,7 +118,8 @@ def every_block_reused() -> Iterator[None]:
     Afterwards mapping is back on, the threshold is the one set before, and the free heap goes
     back to the OS (`malloc_trim`). For evaluation, which allocates the same activations batch
     after batch: at the default eval batch of 100, DeiT-T's MLP hidden activations are 60 MB, so
-    each was a fresh mapping whose pages the kernel zeroed on first touch. Measured on the FP
+    each was a fresh mapping whose pages the kernel zeroed on first touch. Measured (a one-off
+    script; `python -m ptqbench.bench --parts job_eval` measures a whole evaluation) on the FP
     forward of one batch of 100 shared-data images, 1 thread: 444072 minor faults and 0.81 s
     system time per forward with mapping on, 7369 and 0.01 s inside this block (user time
     3.26 s and 3.16 s): 22 % less CPU time. Results are unchanged (only where memory comes from).
