@@ -267,18 +267,6 @@ def _build(cls: type, value: Mapping[str, Any]) -> Any:
     return cls(**vals)
 
 
-def composed_job_settings(overrides: list[str]) -> JobSettings:
-    """The typed settings of the job `python -m ptqbench OVERRIDES` would run (composed from conf/
-    without starting Hydra's app: for tools that run part of a job)."""
-    from hydra import compose, initialize_config_dir
-
-    from ptqbench.config_store import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return job_settings(compose("config", overrides=overrides))
-
-
 def job_settings(cfg: Union[DictConfig, Mapping[str, Any]]) -> JobSettings:
     """The typed settings of a config that passed validation (no checks here beyond the
     dataclasses' own: call `validate_config` for the error messages)."""

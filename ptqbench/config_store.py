@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from ptqbench.config import CONF_DIR, RUN_SCHEMAS, CalibConfig, RunConfig, defaults_of
+from ptqbench.config import CONF_DIR, RUN_SCHEMAS, CalibConfig, JobSettings, RunConfig, defaults_of, job_settings
 
 _registered = False
 
@@ -51,3 +51,13 @@ def register_configs() -> None:
     for path in sorted(EXPERIMENT_CONFIGS.glob("*.yaml")):
         cs.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
     _registered = True
+
+
+def composed_job_settings(overrides: list[str]) -> JobSettings:
+    """The typed settings of the job `python -m ptqbench OVERRIDES` would run (composed from conf/
+    without starting Hydra's app: for tools that run part of a job)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return job_settings(compose("config", overrides=overrides))

@@ -16,7 +16,7 @@ import torch
 def job_eval(heap_mode: str, batch: int, limit: int | None) -> dict[str, Any]:
     """`heap_mode`: "reused" (the job's `pipeline.evaluated`) or "mapped" (`task.evaluate` alone,
     without `heap.every_block_reused`). Logits are summed in float64 so the two rows can be compared."""
-    from ptqbench.config import composed_job_settings
+    from ptqbench.config_store import composed_job_settings
     from ptqbench.pipeline import evaluated, job_method
     from ptqbench.tasks import get_task
 

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def compose_settings(overrides: list[str]):
     """The typed settings of the job `python -m ptqbench OVERRIDES` would run."""
-    from ptqbench.config import composed_job_settings
+    from ptqbench.config_store import composed_job_settings
 
     return composed_job_settings(overrides)
 
