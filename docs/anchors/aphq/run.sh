@@ -84,6 +84,8 @@ if [ -n "${LOAD_CALIB:-}" ]; then
 else
   CALIB_FLAGS=(--calibrate)
 fi
+# a released --seed other than the default gets its own log (several draws share one OUT_DIR)
+[ "$APHQ_SEED" != 3407 ] && TAG=${TAG}_rseed$APHQ_SEED
 LOG=$OUT_DIR/$TAG.log
 CALIB=$OUT_DIR/calib_${MODEL}_n${CALIB_SIZE}_seed${SEED}.pt
 

@@ -85,6 +85,8 @@ if [ -n "${LOAD_CALIB:-}" ]; then
 else
   CALIB_FLAGS=(--calibrate)
 fi
+# a released --seed other than the default gets its own log (several draws share one OUT_DIR)
+[ "$FIMAQ_SEED" != 3407 ] && TAG=${TAG}_rseed$FIMAQ_SEED
 LOG=$OUT_DIR/$TAG.log
 CALIB=$OUT_DIR/calib_${MODEL}_n${CALIB_SIZE}_seed${SEED}.pt
 
