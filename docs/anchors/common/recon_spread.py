@@ -76,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     from export_calib import compose_settings  # same folder
 
     from ptqbench.cache import ContentCache
+    from ptqbench.launch import configure_threads
     from ptqbench.models.families.base import FAMILIES
     from ptqbench.methods.steps import FPTeacher, Reconstruct, run_steps
     from ptqbench.pipeline import job_method, quantize
     from ptqbench.tasks import get_task
 
     settings = compose_settings(["logger=none", "report.enabled=false", *args.overrides])
+    configure_threads(settings.run.threads, None)  # `threads=N` as a job applies it
     task = get_task(settings.task.name)
     if task.name != "classification":
         raise SystemExit("only classification jobs")
