@@ -90,7 +90,7 @@ def eval_module(model: nn.Module, compile: bool) -> nn.Module:
     for m in model.modules():
         if hasattr(m, "quantized_weight"):
             with torch.no_grad():
-                m.quantized_weight()
+                m.inference_weight() if hasattr(m, "inference_weight") else m.quantized_weight()
     return torch.compile(model)
 
 

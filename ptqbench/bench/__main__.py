@@ -223,7 +223,8 @@ def main() -> None:
                 print(rows[-1], flush=True)
         emit(table(rows, ["model", "method", "bits", "batch", "fp_img_s", "unfused_img_s", "q_img_s", "ratio",
                           "ratio_median", "fq_ratio", "cpu_ratio", "faults_per_forward", "weights"]
-                   + (["compile_s", "compiled_equal", "compiled_max_abs_diff"] if args.eval_compile else [])) + "\n")
+                   + (["compile_s", "compiled_equal", "compiled_max_abs_diff"] if args.eval_compile else [])
+                   + (["branch_img_s", "fold_ratio", "fold_max_abs_diff", "fold_fp_max_abs_diff"] if any("fold_ratio" in r for r in rows) else [])) + "\n")
     if "profile" in parts:
         emit(f"## Where the fake-quantized forward spends its time (torch.profiler, {args.eval_bits}, batch "
              f"{args.eval_batch}, {args.eval_repeats} forwards): top ATen ops by self time, and the time inside "

@@ -81,6 +81,20 @@ def _forward_cost(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float
 
 
 @torch.no_grad()
+@torch.no_grad()
+def _fold_logit_diff(q: torch.nn.Module, folding: list[Any], x: torch.Tensor) -> float:
+    """Largest logit difference between `folding`'s layers folded and the same layers on two paths."""
+    folded = q(x)
+    for m in folding:
+        m.fold_compensation = False
+    try:
+        branch = q(x)
+    finally:
+        for m in folding:
+            m.fold_compensation = True
+    return float((folded - branch).abs().max())
+
+
 def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, device: str,
                   options: dict[str, Any] | None = None, compile: bool = False) -> dict[str, Any]:
     """Forward time of the FP model, the fake-quantized model, and the fake-quantized model with
@@ -93,7 +107,12 @@ def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, 
     quantization alone. With `compile` the quantized side is `eval.compile`'s torch.compile of the
     model (FP stays eager, the unfused side is left out: switching quantizers off would recompile);
     `compile_s` is its first forward, `compiled_equal` whether its logits equal the eager ones bit
-    for bit."""
+    for bit. Where layers fold a compensation branch into their weight (AIQViT, `lowrank_eval:
+    folded`), the same layers are also timed with the two-path branch: `branch_img_s`,
+    `fold_ratio` = folded / branch time, `fold_max_abs_diff` between their logits, and
+    `fold_fp_max_abs_diff` the same with the quantizers off (the fold's own rounding; with them on,
+    a rounding difference can move an activation across a code boundary, and the next layers
+    carry that on)."""
     from ptqbench.heap import every_block_reused
     from ptqbench.quant.calibration import quant_disabled
 
@@ -109,6 +128,17 @@ def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, 
         with quant_disabled(q):
             return _forward_seconds(q, x)
 
+    folding = [m for m in q.modules() if hasattr(m, "folds") and m.folds()]
+
+    def branch() -> float:
+        for m in folding:
+            m.fold_compensation = False
+        try:
+            return _forward_seconds(q, x)
+        finally:
+            for m in folding:
+                m.fold_compensation = True
+
     extra: dict[str, Any] = {}
     if compile:
         from ptqbench.pipeline import eval_module
@@ -123,8 +153,12 @@ def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, 
         _forward_seconds(fp, x), _forward_seconds(q, x)  # warm-up (and the weight fake-quant cache)
         if not compile:
             unfused()
+        if folding and not compile:
+            extra["fold_max_abs_diff"] = _fold_logit_diff(q, folding, x)
+            with quant_disabled(q):  # the fold alone: no activation code can flip
+                extra["fold_fp_max_abs_diff"] = _fold_logit_diff(q, folding, x)
         faults0 = _minor_faults()
-        t_fp, t_q, t_u, c_fp, c_q = [], [], [], [], []
+        t_fp, t_q, t_u, t_b, c_fp, c_q = [], [], [], [], [], []
         for _ in range(repeats):
             for times, cpus, m in ((t_fp, c_fp, fp), (t_q, c_q, q)):
                 wall, cpu = _forward_cost(m, x)
@@ -132,7 +166,11 @@ def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, 
                 cpus.append(cpu)
             if not compile:
                 t_u.append(unfused())
-        faults = (_minor_faults() - faults0) / (repeats * (2 if compile else 3))
+            if folding and not compile:
+                t_b.append(branch())
+        faults = (_minor_faults() - faults0) / (repeats * (2 if compile else 3 + bool(t_b)))
+    if t_b:
+        extra.update(branch_img_s=round(batch / min(t_b), 1), fold_ratio=round(min(t_q) / min(t_b), 2))
     best_fp, best_q = min(t_fp), min(t_q)
     best_u = min(t_u) if t_u else None
     return {"model": model, "method": method, "bits": bits, "batch": batch, "weights": weights, "compile": compile,

@@ -23,8 +23,9 @@ docs/methods/aiq.md):
    drawn from a pool that grows from `curriculum_start` of the set to all of it by
    `curriculum_end` of the iterations.
 5. At inference the branch stays an FP side branch on the layer's quantized input
-   (`lowrank_merge: false`, the paper's intent: the compensation survives); `true` adds B A to the
-   weight and re-quantizes it (no extra parameters, most of the compensation lost). The record
+   (`lowrank_merge: false`, the paper's intent: the compensation survives), computed as one matmul
+   with Q(W) + B A (`lowrank_eval: folded`; `branch`: two paths, as in training); `true` adds B A
+   to the weight and re-quantizes it (no extra parameters, most of the compensation lost). The record
    states the extra parameter count (`lowrank_extra_params`).
 """
 
@@ -48,6 +49,7 @@ from ptqbench.quant.modules import QuantLinear
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 
 RANK_SEARCHES = ("darts", "fixed")
+LOWRANK_EVALS = ("folded", "branch")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ class AIQConfig(BlockReconConfig):
     search_frac: fraction of the iterations spent searching.
     lr_lowrank / lr_arch: Adam learning rates of B, A and of the architecture logits.
     lowrank_merge: fold B A into the weight and re-quantize at the end (False: FP side branch).
+    lowrank_eval: how an FP side branch is computed at evaluation: "folded" (one matmul with
+        Q(W) + B A, cached: the same function, rounded differently from the sum of two paths, for
+        the branch's cost) or "branch" (xq Q(W)^T + (xq A^T) B^T, as in training).
     curriculum / curriculum_start / curriculum_end: easy-to-hard sample schedule.
     """
 
@@ -92,6 +97,7 @@ class AIQConfig(BlockReconConfig):
     lr_lowrank: float = 1e-3
     lr_arch: float = 1e-2
     lowrank_merge: bool = False
+    lowrank_eval: str = "folded"
     curriculum: bool = True
     curriculum_start: float = 0.25
     curriculum_end: float = 0.5
@@ -113,6 +119,8 @@ class AIQConfig(BlockReconConfig):
             raise ConfigError(f"method.dfq_max_fractions={list(self.dfq_max_fractions)}: each must lie in (0, 1]")
         if self.lr_dfq < 0:
             raise ConfigError(f"method.lr_dfq={self.lr_dfq}: must be >= 0")
+        if self.lowrank_eval not in LOWRANK_EVALS:
+            raise ConfigError(f"method.lowrank_eval={self.lowrank_eval!r}; choose one of {LOWRANK_EVALS}")
         if self.rank_search not in RANK_SEARCHES:
             raise ValueError(f"rank_search={self.rank_search!r}; choose one of {RANK_SEARCHES}")
         if self.rank < 0 or not self.ranks or min(self.ranks) < 0:
@@ -151,22 +159,29 @@ class AIQViT(Method):
         return (Calibrate(),
                 *optional(c.reparam, c.reparameterize(), RECALIBRATE),
                 Reconstruct(recon),
-                PlaceLowRank(merge=c.lowrank and c.lowrank_merge, merged=c.lowrank_merge))
+                PlaceLowRank(merge=c.lowrank and c.lowrank_merge, merged=c.lowrank_merge,
+                             fold=c.lowrank_eval == "folded"))
 
 
 @dataclass(frozen=True)
 class PlaceLowRank:
     """Where the trained low-rank branches end up: folded into the weights (`merge`) or left as FP
-    side branches; the record says which (`merged`: lowrank_merge was asked for)."""
+    side branches; the record says which (`merged`: lowrank_merge was asked for). Side branches
+    are evaluated as one matmul with Q(W) + B A where `fold` (QuantLinear.fold_compensation)."""
 
     merge: bool
     merged: bool
+    fold: bool = True
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
         stats: dict[str, Any] = {}
         if self.merge:
             stats["lowrank_merged_layers"] = merge_lowrank(qm.model)
             stats["lowrank_extra_params"] = 0
+        else:
+            for m in qm.model.modules():
+                if isinstance(m, QuantLinear) and isinstance(m.compensation, LowRankBranch):
+                    m.fold_compensation = self.fold
         stats["lowrank_placement"] = "merged" if self.merged else "fp_side_branch"
         return stats
 

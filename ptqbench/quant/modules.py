@@ -86,16 +86,47 @@ class QuantLinear(nn.Linear, _WeightQuantMixin):
     """nn.Linear with an input quantizer (activation) and a weight quantizer; either may be None.
 
     `compensation` (None unless a method sets it, e.g. AIQViT's low-rank branch) is an FP side
-    branch applied to the same quantized input and added to the output.
+    branch applied to the same quantized input and added to the output. With `fold_compensation`
+    (set by the method once training is over) and a branch that is linear in its input (it has
+    `delta()`, the [Cout, Cin] matrix it applies), inference computes xq (Q(W) + delta)^T as one
+    matmul: the same function as the two-path sum, with its own float rounding, and no second
+    pass over the activations. Training (gradients on) always runs the two paths.
     """
 
     def __init__(self, linear: nn.Linear, input_quantizer: Optional[Quantizer], weight_quantizer: Optional[Quantizer]):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         self._adopt(linear, input_quantizer, weight_quantizer)
         self.compensation: Optional[nn.Module] = None
+        self.fold_compensation = False
+        self._folded: Optional[torch.Tensor] = None
+        self._folded_key: Optional[tuple] = None
+
+    def folded_weight(self) -> torch.Tensor:
+        """Q(W) + the compensation's delta, cached until the weight, its quantizer or the branch's
+        parameters change (inference only)."""
+        if torch.compiler.is_compiling() and self._folded is not None:
+            return self._folded  # filled before compiling (ptqbench.pipeline.eval_module)
+        wq = self.quantized_weight()
+        params = tuple((p.data_ptr(), p._version) for p in self.compensation.parameters())
+        key = (wq.data_ptr(), wq._version, self._wq_key, params)
+        if self._folded_key != key or self._folded is None:
+            with torch.no_grad():
+                self._folded = wq.reshape(self.out_features, -1) + self.compensation.delta()
+            self._folded_key = key
+        return self._folded
+
+    def folds(self) -> bool:
+        """Whether inference multiplies by `folded_weight()` (the fold is on and the branch can fold)."""
+        return self.fold_compensation and self.compensation is not None and hasattr(self.compensation, "delta")
+
+    def inference_weight(self) -> torch.Tensor:
+        """The weight an inference forward multiplies by."""
+        return self.folded_weight() if self.folds() else self.quantized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq = self._quant_input(x)
+        if not torch.is_grad_enabled() and self.folds():
+            return F.linear(xq, self.folded_weight(), self.bias)
         out = F.linear(xq, self.quantized_weight(), self.bias)
         if self.compensation is not None:
             comp = self.compensation(xq)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tests.conftest import make_tiny_vit
 from torch import nn
 
@@ -15,6 +16,7 @@ from ptqbench.models.adapter import make_quantizable
 from ptqbench.algorithms.reparam import reparameterize
 from ptqbench.models.structure import ReparamPair
 from ptqbench.quant import QuantLinear, RangeSearch, UniformQuantizer
+from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.dynamic_focus import DynamicFocusQuantizer, focus_fake_quant
 from ptqbench.quant.learnable import AdaRoundQuantizer
 from ptqbench.quant.lowrank import LowRankBranch
@@ -262,6 +264,43 @@ def test_aiq_merge_folds_the_branch_into_quantized_weights():
     stats = meth.quantize(qm, images)
     assert stats["lowrank_extra_params"] == 0 and stats["lowrank_placement"] == "merged"
     assert all(m.compensation is None for m in qm.model.modules() if isinstance(m, QuantLinear))
+
+
+def test_aiq_side_branches_evaluate_folded_as_the_same_function_and_branch_keeps_two_paths():
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    outs, layers = {}, {}
+    for mode in ("folded", "branch"):
+        meth, qm = _quantized({"name": "aiq", "iters": 5, "batch_size": 4, "rank_search": "fixed", "rank": 4,
+                               "lowrank_eval": mode, "curriculum": False, "progress": False})
+        meth.quantize(qm, images)
+        layers[mode] = [m for m in qm.model.modules() if isinstance(m, QuantLinear)]
+        with torch.no_grad(), quant_disabled(qm.model):  # activation codes cannot flip: the fold's own rounding
+            outs[mode] = qm.model(images)
+        if mode == "folded":
+            with torch.no_grad():
+                qm.model(images)  # the cached fold is reused, not recomputed
+            lin = layers[mode][0]
+            before = lin._folded
+            with torch.no_grad():
+                qm.model(images)
+            assert lin._folded is before
+            with torch.no_grad():  # a changed branch refreshes the fold
+                lin.compensation.B.add_(0.5)
+                x = torch.randn(5, lin.in_features)
+                want = F.linear(lin._quant_input(x), lin.quantized_weight(), lin.bias) + lin.compensation(lin._quant_input(x))
+                torch.testing.assert_close(lin(x), want, rtol=1e-5, atol=1e-5)
+            with torch.enable_grad():  # training runs the two paths: gradients reach B and A
+                lin(x).sum().backward()
+            assert lin.compensation.B.grad is not None and lin.compensation.A.grad is not None
+    assert all(m.fold_compensation for m in layers["folded"]) and not any(m.fold_compensation for m in layers["branch"])
+    assert all(m.compensation.rank == 4 for m in layers["folded"])
+    # same branches on both sides (same seeds): the outputs differ by float rounding only
+    torch.testing.assert_close(outs["folded"], outs["branch"], rtol=1e-5, atol=1e-5)
+
+
+def test_aiq_rejects_an_unknown_lowrank_eval():
+    with pytest.raises(ConfigError, match="lowrank_eval"):
+        build_method({"name": "aiq", "lowrank_eval": "fused"}, Bits(4, 4))
 
 
 @pytest.mark.parametrize("method, bad", [
