@@ -23,9 +23,10 @@ docs/methods/aiq.md):
    drawn from a pool that grows from `curriculum_start` of the set to all of it by
    `curriculum_end` of the iterations.
 5. At inference the branch stays an FP side branch on the layer's quantized input
-   (`lowrank_merge: false`, the paper's intent: the compensation survives), computed as one matmul
-   with Q(W) + B A (`lowrank_eval: folded`; `branch`: two paths, as in training); `true` adds B A
-   to the weight and re-quantizes it (no extra parameters, most of the compensation lost). The record
+   (`lowrank_merge: false`, the paper's intent: the compensation survives), computed on two paths
+   as in training (`lowrank_eval: branch`) or as one matmul with Q(W) + B A (`folded`: faster, the
+   same function rounded differently); `true` adds B A to the weight and re-quantizes it (no extra
+   parameters, most of the compensation lost). The record
    states the extra parameter count (`lowrank_extra_params`).
 """
 
@@ -73,9 +74,11 @@ class AIQConfig(BlockReconConfig):
     search_frac: fraction of the iterations spent searching.
     lr_lowrank / lr_arch: Adam learning rates of B, A and of the architecture logits.
     lowrank_merge: fold B A into the weight and re-quantize at the end (False: FP side branch).
-    lowrank_eval: how an FP side branch is computed at evaluation: "folded" (one matmul with
-        Q(W) + B A, cached: the same function, rounded differently from the sum of two paths, for
-        the branch's cost) or "branch" (xq Q(W)^T + (xq A^T) B^T, as in training).
+    lowrank_eval: how an FP side branch is computed at evaluation: "branch" (xq Q(W)^T +
+        (xq A^T) B^T, as in training: bit-identical to every earlier result) or "folded" (one
+        matmul with Q(W) + B A, cached: the same function rounded differently, without the
+        branch's cost; at W4A4 the rounding moves activations across code boundaries, so about
+        5 % of the images change outcome: docs/benchmarks.md).
     curriculum / curriculum_start / curriculum_end: easy-to-hard sample schedule.
     """
 
@@ -97,7 +100,7 @@ class AIQConfig(BlockReconConfig):
     lr_lowrank: float = 1e-3
     lr_arch: float = 1e-2
     lowrank_merge: bool = False
-    lowrank_eval: str = "folded"
+    lowrank_eval: str = "branch"
     curriculum: bool = True
     curriculum_start: float = 0.25
     curriculum_end: float = 0.5
@@ -171,7 +174,7 @@ class PlaceLowRank:
 
     merge: bool
     merged: bool
-    fold: bool = True
+    fold: bool = False
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
         stats: dict[str, Any] = {}

@@ -298,7 +298,8 @@ def test_aiq_side_branches_evaluate_folded_as_the_same_function_and_branch_keeps
     torch.testing.assert_close(outs["folded"], outs["branch"], rtol=1e-5, atol=1e-5)
 
 
-def test_aiq_rejects_an_unknown_lowrank_eval():
+def test_aiq_evaluates_on_two_paths_by_default_and_rejects_an_unknown_lowrank_eval():
+    assert build_method({"name": "aiq"}, Bits(4, 4)).config.lowrank_eval == "branch"  # earlier results, bit for bit
     with pytest.raises(ConfigError, match="lowrank_eval"):
         build_method({"name": "aiq", "lowrank_eval": "fused"}, Bits(4, 4))
 
