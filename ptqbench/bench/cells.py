@@ -81,7 +81,6 @@ def _forward_cost(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float
 
 
 @torch.no_grad()
-@torch.no_grad()
 def _fold_logit_diff(q: torch.nn.Module, folding: list[Any], x: torch.Tensor) -> float:
     """Largest logit difference between `folding`'s layers folded and the same layers on two paths."""
     folded = q(x)
@@ -95,6 +94,7 @@ def _fold_logit_diff(q: torch.nn.Module, folding: list[Any], x: torch.Tensor) ->
     return float((folded - branch).abs().max())
 
 
+@torch.no_grad()  # as a job evaluates: no autograd graph, and the layers' inference paths (weight cache, folds)
 def eval_overhead(model: str, method: str, bits: str, batch: int, repeats: int, device: str,
                   options: dict[str, Any] | None = None, compile: bool = False) -> dict[str, Any]:
     """Forward time of the FP model, the fake-quantized model, and the fake-quantized model with

@@ -19,6 +19,7 @@ matmul calls `see_matmul_operand`, as AIQViT's DFQ does).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -40,20 +41,43 @@ def tan_levels(bits: int, theta: float) -> torch.Tensor:
     return (0.5 + torch.atan(u * math.tan(theta / 2)) / theta).float()
 
 
+def _dequantize_(codes: torch.Tensor, theta: float, bits: int) -> torch.Tensor:
+    """Codes (floats 0..2^b-1) to values in [0, 1], in place: the inverse warp."""
+    n = 2**bits - 1
+    codes.mul_(2.0 / n).sub_(1).mul_(math.tan(theta / 2)).atan_().div_(theta)
+    return codes.add_(0.5)
+
+
+@functools.lru_cache(maxsize=256)
+def _dequant_table(theta: float, bits: int, dtype: torch.dtype, device: torch.device) -> Optional[torch.Tensor]:
+    """`_dequantize_` of every code, computed by the same ops in the same dtype, so looking a code
+    up gives the bits the ops give. CPU kernels run the arctangent vectorized on full SIMD blocks
+    and scalar on a tensor's tail, which may differ in the last bit: the table is computed both
+    ways and used only where they agree (else None: the arithmetic path)."""
+    n = 2**bits - 1
+    codes = torch.arange(n + 1, dtype=dtype, device=device)
+    vectorized = _dequantize_(codes.repeat(64), theta, bits)[: n + 1].clone()
+    scalar = torch.cat([_dequantize_(codes[i : i + 1].clone(), theta, bits) for i in range(n + 1)])
+    return vectorized if torch.equal(vectorized, scalar) else None
+
+
 def tan_fake_quant(x: torch.Tensor, theta: float, bits: int) -> torch.Tensor:
     """Quantize-dequantize `x` (clamped to [0, 1]) on the TanQ grid; straight-through under autograd.
 
     Without autograd the same operations, in the same order, run in place on one allocation:
     attention maps are a ViT's largest activations, and each out-of-place step is one more
-    allocation and pass over them (docs/benchmarks.md)."""
+    allocation and pass over them; on CPU the 2^b dequantized values come from a table of the
+    same operations' results (docs/benchmarks.md)."""
     n = 2**bits - 1
     t = math.tan(theta / 2)
     if not (torch.is_grad_enabled() and x.requires_grad):
         y = x.clamp(0.0, 1.0)
         y.sub_(0.5).mul_(theta).tan_().div_(t)
         y.add_(1).mul_(n / 2).round_().clamp_(0, n)
-        y.mul_(2.0 / n).sub_(1).mul_(t).atan_().div_(theta)
-        return y.add_(0.5)
+        levels = _dequant_table(theta, bits, y.dtype, y.device) if y.device.type == "cpu" else None
+        if levels is not None and not y.sum().isnan():  # a NaN code has no entry (the arithmetic keeps it NaN); a sum is the cheapest test
+            return levels.index_select(0, y.to(torch.int32).view(-1)).view_as(y)  # one gather, no arctangent
+        return _dequantize_(y, theta, bits)
     u = torch.tan(theta * (x.clamp(0.0, 1.0) - 0.5)) / t
     codes = torch.clamp(round_ste((u + 1) * (n / 2)), 0, n)
     uq = codes * (2.0 / n) - 1

@@ -82,3 +82,31 @@ def test_eval_cell_times_folded_low_rank_branches_against_two_paths():
     assert r["fold_fp_max_abs_diff"] < 1e-3, r  # quantizers off: the same function up to float rounding
     # quantizers on, a rounding difference may flip a 4-bit activation code and spread: measured, not bounded
     assert 0 <= r["fold_max_abs_diff"] < float("inf"), r
+
+
+def test_eval_cell_times_inference_forwards_without_autograd(monkeypatch):
+    """The eval cell times forwards as a job runs them (ptqbench.tasks.classification: no_grad):
+    with autograd on, every side would build a graph and the layers would skip their inference
+    paths (the weight fake-quant cache, folded branches), so the ratios would measure the wrong thing."""
+    import types
+
+    import torch
+    from ptqbench.bench import cells
+
+    seen: list[bool] = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return x.mean() * self.w
+
+    monkeypatch.setattr(cells, "load_model", lambda name: (Probe(), "random"))
+    monkeypatch.setattr(cells, "calibration_images", lambda model, size: (torch.zeros(1), "random"))
+    monkeypatch.setattr(cells, "_quantized", lambda *a, **k: (types.SimpleNamespace(model=Probe()), None, 0))
+    r = cells.eval_overhead("deit_tiny", "minmax", "w4a4", batch=1, repeats=2, device="cpu")
+    assert r["ratio"] > 0
+    assert seen and not any(seen), seen  # FP, quantized and unfused forwards, warm-ups included

@@ -211,10 +211,11 @@ def ref_v2sf(x, scale, zero_point, shift, levels):
 
 # 40-60 s each on 2 busy cores with their searches and reconstruction: slow; the kernel tests above
 # are the default suite's check of the same paths
-@pytest.mark.parametrize("name", ["minmax", *(pytest.param(n, marks=pytest.mark.slow) for n in ("ptq4vit", "tsptq", "aiq"))])
+@pytest.mark.parametrize("name", ["minmax", *(pytest.param(n, marks=pytest.mark.slow) for n in ("ptq4vit", "tsptq", "aiq", "dopq"))])
 def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypatch):
     import ptqbench.quant.dynamic_focus as dfq
     import ptqbench.quant.ptf as ptf
+    import ptqbench.quant.tan as tan
     import ptqbench.quant.twin_uniform as twin
     import ptqbench.quant.two_scale as two
     import ptqbench.quant.uniform as uni
@@ -223,7 +224,8 @@ def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypat
     from tests.conftest import make_tiny_vit
 
     fast = {"minmax": {}, "ptq4vit": {"search_candidates": 3, "search_rounds": 1},
-            "tsptq": {}, "aiq": {"iters": 2, "batch_size": 2, "progress": False}}[name]
+            "tsptq": {}, "aiq": {"iters": 2, "batch_size": 2, "progress": False},
+            "dopq": {"iters": 2, "batch_size": 2, "progress": False}}[name]
     model = make_tiny_vit()
     torch.manual_seed(1)
     calib, x = torch.randn(4, 3, 32, 32), torch.randn(3, 3, 32, 32)
@@ -244,6 +246,7 @@ def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypat
     monkeypatch.setattr(twin, "twin_gelu_fake_quant", ref_twin_gelu)
     monkeypatch.setattr(two, "v2sf_fake_quant", ref_v2sf)
     monkeypatch.setattr(dfq, "_focus_zero_inplace", ref_focus_zero_masked)
+    monkeypatch.setattr(tan, "tan_fake_quant", ref_tan_fake_quant)
     for m in qm.model.modules():  # the weight caches refill through the reference formulas
         if hasattr(m, "_wq_cache"):
             m._wq_cache = None
@@ -261,3 +264,37 @@ def test_select_below_matches_where():
         ref = torch.where(x < b, torch.tensor(0.011), torch.tensor(0.5))
         ref[torch.isnan(x)] = math.nan
         assert_same(select_below(x, boundary, 0.011, 0.5), ref)
+
+
+# -- TanQ (DopQ-ViT) ------------------------------------------------------------------------------
+
+def ref_tan_fake_quant(x: torch.Tensor, theta: float, bits: int) -> torch.Tensor:
+    """The warp, uniform codes in the warped space and the inverse warp, out of place."""
+    n, t = 2**bits - 1, math.tan(theta / 2)
+    codes = torch.clamp(torch.round((torch.tan((x.clamp(0.0, 1.0) - 0.5) * theta) / t + 1) * (n / 2)), 0, n)
+    return torch.atan((codes * (2.0 / n) - 1) * t) / theta + 0.5
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+def test_tan_inference_lookup_matches_the_formula(bits, threads):
+    """The table lookup of the dequantized codes gives the arithmetic's bits, on every candidate
+    theta, on tensors whose sizes leave scalar tails (per thread chunk) beside the SIMD blocks, and
+    keeps NaN as NaN. (Where the table's SIMD and scalar results differ, `_dequant_table` is None
+    and the arithmetic runs: on this machine's CPU every default theta and width has a table.)"""
+    from ptqbench.quant.tan import DEFAULT_THETAS, tan_fake_quant
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for theta in DEFAULT_THETAS:
+            n = 2**bits - 1
+            codes = torch.arange(n + 1, dtype=torch.float64)
+            borders = (0.5 + torch.atan(((codes + 0.5) * (2.0 / n) - 1) * math.tan(theta / 2)) / theta).float()
+            for size in (4000, 70_001):
+                x = mixed(borders, n=size, low=-0.1, high=1.1)
+                for inp in (x, x.nan_to_num(nan=0.5)):  # with a NaN: the arithmetic path; without: the table
+                    with torch.no_grad():
+                        assert_same(tan_fake_quant(inp, theta, bits), ref_tan_fake_quant(inp, theta, bits))
+    finally:
+        torch.set_num_threads(before)
