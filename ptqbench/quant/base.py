@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ptqbench.errors import CalibrationError
+from ptqbench.quant.streamed_search import EachInput
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +82,25 @@ class Quantizer(nn.Module):
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:
         """Fit the quantization parameters on `x`; refuses NaN/inf with a message naming the tensor."""
+        self._fit(self._finite(x))
+        self.calibrated = True
+        self.version += 1
+
+    def streams(self, numel: int) -> bool:
+        """Whether this quantizer fits on an input of `numel` values read chunk by chunk
+        (`calibrate_streamed`) rather than whole. Streamed calibration asks before it holds the
+        input, so only a quantizer whose search needs bounded memory says yes."""
+        return False
+
+    @torch.no_grad()
+    def calibrate_streamed(self, each_input: EachInput, numel: int) -> None:
+        """`calibrate` on an input of `numel` values given as chunks, read as often as the fit needs
+        (`ptqbench.quant.streamed_search`); only where `streams(numel)` said so."""
+        self._fit_streamed(lambda fn: each_input(lambda chunk: fn(self._finite(chunk))), numel)
+        self.calibrated = True
+        self.version += 1
+
+    def _finite(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach()
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
@@ -89,9 +109,7 @@ class Quantizer(nn.Module):
                 f"(role {self.role}) during calibration; the model or its input is broken upstream "
                 "(check the checkpoint, the input normalisation, and any earlier reparameterization)"
             )
-        self._fit(x)
-        self.calibrated = True
-        self.version += 1
+        return x
 
     def reset(self) -> None:
         """Forget the fitted parameters (e.g. after the weights they were fitted on changed)."""
@@ -100,6 +118,9 @@ class Quantizer(nn.Module):
 
     def _fit(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _fit_streamed(self, each_input: EachInput, numel: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{self.kind} quantizers fit on their whole input")
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

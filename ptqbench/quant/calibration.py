@@ -12,12 +12,14 @@ from ptqbench.errors import CalibrationError
 from ptqbench.progress import progress
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.roles import WEIGHT
+from ptqbench.quant.streamed_search import EachInput
 
 # Images per chunk of streamed calibration. A chunk's pass through one unit is the transient memory
 # on top of the captured quantizer input (ViT-B, 8 images: ~50 MB of attention maps); larger chunks
 # run fewer, larger matrix products (each quantizer of a unit costs one partial pass over all
 # chunks). 8 is also the chunk size of the other streamed passes (ERQ, GPTQ). Results do not depend
-# on it: every quantizer fits on its whole input, joined from the chunks.
+# on it: every quantizer fits on its whole input, joined from the chunks, or read chunk by chunk
+# when it fits streamed (`Quantizer.streams`).
 CALIBRATION_CHUNK = 8
 
 
@@ -68,7 +70,9 @@ def calibrate(model: nn.Module, images: torch.Tensor, desc: str = "calibrate",
     With `units` (the model's forward as a sequence of steps, `QuantizedModel.units`) the images
     stream through in chunks of `chunk_size` (`calibrate_streamed`): memory holds one unit's input
     and one quantizer's input for all images instead of the whole forward pass of the batch, and
-    every quantizer gets exactly the tensor the one pass would give it. Without units (models
+    every quantizer gets exactly the tensor the one pass would give it. A quantizer that fits
+    streamed (per-tensor uniform and log-sqrt2 above `RangeSearch.max_samples` values) is never
+    given its input whole: it reads it chunk by chunk, so memory stays flat in the number of images. Without units (models
     whose family gives none, e.g. the mmdet detectors, or a calibration input that is not one
     image tensor) the whole batch goes through at once (`calibrate_one_pass`).
     """
@@ -125,8 +129,13 @@ class _Capture:
     (and the other matmul operand, for quantizers that calibrate on it) is kept for each chunk and
     the forward stops there."""
 
-    def __init__(self, pending: list[Quantizer], on_fit: Callable[[Quantizer], None]) -> None:
+    def __init__(self, pending: list[Quantizer], on_fit: Callable[[Quantizer], None], images_per_first_chunk: float
+                 ) -> None:
         self.target: Optional[Quantizer] = None
+        # set on the first chunk when the target's whole input (first chunk's values x images per
+        # first chunk's images) is one it fits streamed: nothing is kept, the capture pass stops
+        self.streamed_numel: Optional[int] = None
+        self._scale = images_per_first_chunk
         self.inputs: list[torch.Tensor] = []
         self.operands: list[tuple[torch.Tensor, bool]] = []
         self._seen: dict[int, tuple[torch.Tensor, bool]] = {}
@@ -152,6 +161,10 @@ class _Capture:
             return
         if self.target is None:
             self.target = q
+            numel = round(x.numel() * self._scale)
+            if not _sees_operands(q) and q.streams(numel):
+                self.streamed_numel = numel
+                raise _Reached
         elif q is not self.target:
             raise CalibrationError(
                 f"quantizer {q.qname or q.role!r} was reached before {self.target.qname or self.target.role!r} on a "
@@ -211,28 +224,31 @@ def calibrate_streamed(model: nn.Module, units: Sequence[UnitLike], images: torc
         return 0
     bar, tick = _ticking(pending, desc)
     chunks = list(torch.split(images, chunk_size))
+    scale = images.shape[0] / chunks[0].shape[0]
     try:
         for unit in units:
-            chunks = _calibrate_unit(unit, chunks, pending, tick)
+            chunks = _calibrate_unit(unit, chunks, pending, tick, scale)
     finally:
         bar.close()
     return sum(q.calibrated for q in pending)
 
 
 def _calibrate_unit(unit: UnitLike, chunks: list[torch.Tensor], pending: list[Quantizer],
-                    tick: Callable[..., None]) -> list[torch.Tensor]:
+                    tick: Callable[..., None], images_per_first_chunk: float) -> list[torch.Tensor]:
     """Fit the pending quantizers `unit` reaches, in order; returns the unit's outputs."""
     while True:
         waiting = [q for q in pending if q.enabled and not q.calibrated]
         if not waiting:
             return [unit.forward(c) for c in chunks]
-        cap = _Capture(waiting, tick)
+        cap = _Capture(waiting, tick, images_per_first_chunk)
         first_out = None
         try:
             for i, c in enumerate(chunks):
                 try:
                     out = unit.forward(c)
                 except _Reached:
+                    if cap.streamed_numel is not None:
+                        break
                     continue
                 if cap.target is not None:
                     raise CalibrationError(
@@ -245,5 +261,30 @@ def _calibrate_unit(unit: UnitLike, chunks: list[torch.Tensor], pending: list[Qu
         if cap.target is None:
             rest = [unit.forward(c) for c in chunks[1:]]
             return [first_out, *rest]
-        _fit_captured(cap.target, cap.inputs, cap.operands)
+        if cap.streamed_numel is not None:
+            cap.target.calibrate_streamed(_inputs_of(cap.target, unit, chunks), cap.streamed_numel)
+        else:
+            _fit_captured(cap.target, cap.inputs, cap.operands)
         tick()
+
+
+def _inputs_of(q: Quantizer, unit: UnitLike, chunks: list[torch.Tensor]) -> EachInput:
+    """A pass over `q`'s input chunk by chunk: each chunk runs through `unit` until it reaches `q`
+    (everything before `q` is calibrated), hands `q`'s input on and stops there."""
+    def each(fn: Callable[[torch.Tensor], None]) -> None:
+        def hand_on(_: nn.Module, args: tuple) -> None:
+            fn(args[0].detach())
+            raise _Reached
+        handle = q.register_forward_pre_hook(hand_on)
+        try:
+            for i, c in enumerate(chunks):
+                try:
+                    unit.forward(c)
+                except _Reached:
+                    continue
+                raise CalibrationError(
+                    f"quantizer {q.qname or q.role!r} was not reached on calibration chunk {i}: "
+                    "the model's forward depends on the data; pass units=None to calibrate() for one pass")
+        finally:
+            handle.remove()
+    return each

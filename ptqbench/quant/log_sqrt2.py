@@ -8,7 +8,7 @@ percentiles of x by MSE. Levels are dense near 0, where most attention probabili
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch, pick_by_mse, quantiles, subsample
+from ptqbench.quant.streamed_search import EachInput, over_slices, streamed_candidates, streamed_pick_by_mse, tails_fit
 
 
 def log_sqrt2_fake_quant(x: torch.Tensor, delta: torch.Tensor, bits: int, per_octave: int = 2) -> torch.Tensor:
@@ -39,6 +40,11 @@ def log_sqrt2_fake_quant(x: torch.Tensor, delta: torch.Tensor, bits: int, per_oc
     return y.mul_(delta)
 
 
+def _positive(cands: list[tuple[torch.Tensor]]) -> list[tuple[torch.Tensor]]:
+    """An all-zero input has no positive scale to find: any delta encodes it exactly (1 then)."""
+    return [(torch.where(c[0] > 0, c[0], torch.ones_like(c[0])),) for c in cands]
+
+
 @register_kind("log_sqrt2", search=True)
 class LogSqrt2Quantizer(Quantizer):
     """Log-sqrt2 quantizer for non-negative activations (attention probabilities)."""
@@ -50,9 +56,19 @@ class LogSqrt2Quantizer(Quantizer):
         self.search = search
         self.register_buffer("delta", torch.ones(()))
 
-    def _fit(self, x: torch.Tensor) -> None:
+    def _check_non_negative(self, x: torch.Tensor) -> None:
         if (x < 0).any():
             raise ValueError(f"log-sqrt2 quantizer {self.qname!r} needs non-negative input (post-softmax)")
+
+    def streams(self, numel: int) -> bool:
+        """Above `search.max_samples` values: the exact search over chunks (`ptqbench.quant.streamed_search`)."""
+        return numel > self.search.max_samples and tails_fit(numel, self.search, False)
+
+    def _fit(self, x: torch.Tensor) -> None:
+        self._check_non_negative(x)
+        if self.streams(x.numel()):  # whole already, read in slices: the same search as streamed
+            self._fit_streamed(over_slices(x, self.search.max_samples), x.numel())
+            return
         x2d = subsample(x.float().reshape(1, -1), self.search.max_samples)
         if self.search.method == "minmax":
             cands = [(x2d.amax(dim=1),)]
@@ -60,10 +76,18 @@ class LogSqrt2Quantizer(Quantizer):
             ps = list(self.search.percentiles) if self.search.method == "mse" else [self.search.percentiles[0]]
             qs = quantiles(x2d, ps)
             cands = [(qs[i],) for i in range(len(ps))]
-        # an all-zero input has no positive scale to find: any delta encodes it exactly
-        cands = [(torch.where(c[0] > 0, c[0], torch.ones_like(c[0])),) for c in cands]
-        (delta,) = pick_by_mse(x2d, cands, lambda v, d: log_sqrt2_fake_quant(v, d[:, None], self.bits))
+        (delta,) = pick_by_mse(x2d, _positive(cands), self._quantize_rows)
         self.delta = delta[0].detach().clone()
+
+    def _fit_streamed(self, each_input: EachInput, numel: int) -> None:
+        def checked(fn: Callable[[torch.Tensor], None]) -> None:
+            each_input(lambda chunk: (self._check_non_negative(chunk), fn(chunk)))
+        cands = streamed_candidates(checked, numel, self.search, two_sided=False)
+        (delta,) = streamed_pick_by_mse(each_input, _positive(cands), self._quantize_rows)
+        self.delta = delta[0].detach().clone()
+
+    def _quantize_rows(self, v: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return log_sqrt2_fake_quant(v, delta[:, None], self.bits)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return log_sqrt2_fake_quant(x, self.delta, self.bits)

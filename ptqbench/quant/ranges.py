@@ -31,8 +31,10 @@ class RangeSearch:
             or "mse" (try every percentile in `percentiles`, keep the one with least squared
             quantization error, per group; RepQ-ViT's search).
         percentiles: upper percentiles in (0, 1]; the lower clip is 1 - p.
-        max_samples: per-tensor data above this many elements is subsampled (seeded) before the
-            search, so calibration memory and time stay bounded for large calibration sets.
+        max_samples: above this many elements, per-tensor uniform and log-sqrt2 quantizers run the
+            exact search over slices of at most this size (`quant.streamed_search`, the same
+            result as on the whole input); the other kinds subsample (seeded) to this size, so
+            calibration memory stays bounded for large calibration sets.
     """
 
     method: str = "mse"
@@ -56,21 +58,41 @@ def quantiles(x2d: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
 
     Exact for any row length (no 2**24 limit): sorts short rows, uses kthvalue on long ones.
     """
-    g, m = x2d.shape
-    if m <= TORCH_QUANTILE_LIMIT:  # torch.quantile: rank = q * (m - 1) in the data's dtype
-        ranks = torch.tensor(list(qs), dtype=x2d.dtype) * (m - 1)
-        lo_idx, hi_idx = ranks.long(), ranks.ceil().long()
-        weight = (ranks - lo_idx.to(x2d.dtype)).to(x2d.device)
-    else:  # np.percentile(x, 100 q): float64 arithmetic
-        pos = torch.tensor([q * 100 / 100 * (m - 1) for q in qs], dtype=torch.float64)
-        lo_idx, hi_idx = pos.floor().long(), pos.ceil().long()
-        weight = (pos - lo_idx.double()).to(x2d.device)
-    picked = _order_statistics(x2d, sorted(set(lo_idx.tolist()) | set(hi_idx.tolist())))
-    lo = torch.stack([picked[i] for i in lo_idx.tolist()])
-    hi = torch.stack([picked[i] for i in hi_idx.tolist()])
-    if m <= TORCH_QUANTILE_LIMIT:
-        return torch.lerp(lo, hi, weight[:, None].expand_as(lo))
-    return torch.lerp(lo.double(), hi.double(), weight[:, None].expand_as(lo)).to(x2d.dtype)
+    plan = QuantileRanks(x2d.shape[1], qs, x2d.dtype)
+    return plan.interpolate(_order_statistics(x2d, plan.needed()))
+
+
+class QuantileRanks:
+    """Which order statistics the quantiles `qs` of `m` values need, and how they are interpolated:
+    torch.quantile's arithmetic up to 2**24 values (rank q (m - 1) and weight in `dtype`, torch.lerp),
+    np.percentile's above (float64). Shared by `quantiles` and the streamed search
+    (`ptqbench.quant.streamed_search`), which finds the same order statistics without the whole row."""
+
+    def __init__(self, m: int, qs: Sequence[float], dtype: torch.dtype) -> None:
+        self.m, self.dtype = m, dtype
+        self.numpy = m > TORCH_QUANTILE_LIMIT
+        if not self.numpy:
+            ranks = torch.tensor(list(qs), dtype=dtype) * (m - 1)
+            lo, hi = ranks.long(), ranks.ceil().long()
+            self.weight = ranks - lo.to(dtype)
+        else:  # np.percentile(x, 100 q): float64 arithmetic
+            pos = torch.tensor([q * 100 / 100 * (m - 1) for q in qs], dtype=torch.float64)
+            lo, hi = pos.floor().long(), pos.ceil().long()
+            self.weight = pos - lo.double()
+        self.lo, self.hi = lo.tolist(), hi.tolist()
+
+    def needed(self) -> list[int]:
+        """The 0-based ranks (ascending order) the quantiles interpolate between."""
+        return sorted(set(self.lo) | set(self.hi))
+
+    def interpolate(self, picked: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The quantiles, shape [len(qs), G], from the order statistics `picked` (rank -> [G])."""
+        lo = torch.stack([picked[i] for i in self.lo])
+        hi = torch.stack([picked[i] for i in self.hi])
+        weight = self.weight.to(lo.device)[:, None].expand_as(lo)
+        if not self.numpy:
+            return torch.lerp(lo, hi, weight)
+        return torch.lerp(lo.double(), hi.double(), weight).to(self.dtype)
 
 
 def _order_statistics(x2d: torch.Tensor, needed: list[int]) -> dict[int, torch.Tensor]:

@@ -12,6 +12,7 @@ from torch import nn
 from ptqbench.quant.base import Quantizer, round_ste
 from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch, candidate_ranges, pick_by_mse, subsample
+from ptqbench.quant.streamed_search import EachInput, over_slices, streamed_candidates, streamed_pick_by_mse, tails_fit
 
 # A range narrower than this fraction of its magnitude is a constant channel (e.g. a LayerNorm
 # channel with weight 0). Such a channel gets the range [min(x, 0), max(x, 0)], so its constant
@@ -103,15 +104,19 @@ def params_from_range(
     return scale, zero_point
 
 
-def fit_rows(x2d: torch.Tensor, bits: int, symmetric: bool, search: RangeSearch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point per row of `x2d` ([groups, samples]) by `search`."""
+def _range_quantizer(bits: int, symmetric: bool):
+    """`quantize(v, lo, hi)`: rows of `v` fake-quantized with the ranges [lo, hi] (one per row)."""
     qmin, qmax = qrange(bits, symmetric)
 
     def quantize_2d(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         s, z = params_from_range(lo, hi, bits, symmetric)
         return fake_quant(v, s[:, None], z[:, None], qmin, qmax)
+    return quantize_2d
 
-    lo, hi = pick_by_mse(x2d, candidate_ranges(x2d, search), quantize_2d)
+
+def fit_rows(x2d: torch.Tensor, bits: int, symmetric: bool, search: RangeSearch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per row of `x2d` ([groups, samples]) by `search`."""
+    lo, hi = pick_by_mse(x2d, candidate_ranges(x2d, search), _range_quantizer(bits, symmetric))
     return params_from_range(lo, hi, bits, symmetric)
 
 
@@ -158,7 +163,21 @@ class UniformQuantizer(Quantizer):
             return x.reshape(1, -1)
         return x.movedim(self.channel_axis, 0).reshape(x.shape[self.channel_axis], -1)
 
+    def streams(self, numel: int) -> bool:
+        """Per tensor, above `search.max_samples` values: the exact search over chunks
+        (`ptqbench.quant.streamed_search`), with memory for one chunk."""
+        return not self.per_channel and numel > self.search.max_samples and tails_fit(numel, self.search, True)
+
+    def _fit_streamed(self, each_input: EachInput, numel: int) -> None:
+        candidates = streamed_candidates(each_input, numel, self.search, two_sided=True)
+        lo, hi = streamed_pick_by_mse(each_input, candidates, _range_quantizer(self.bits, self.symmetric))
+        scale, zero_point = params_from_range(lo, hi, self.bits, self.symmetric)
+        self.set_params(scale[0], zero_point[0], None)
+
     def _fit(self, x: torch.Tensor) -> None:
+        if self.streams(x.numel()):  # whole already, read in slices: the same search as streamed
+            self._fit_streamed(over_slices(x, self.search.max_samples), x.numel())
+            return
         x2d = self._as_2d(x.float())
         if not self.per_channel:
             x2d = subsample(x2d, self.search.max_samples)
