@@ -86,16 +86,17 @@ class Quantizer(nn.Module):
         self.calibrated = True
         self.version += 1
 
-    def streams(self, numel: int) -> bool:
+    def streams(self, numel: int, example: torch.Tensor) -> bool:
         """Whether this quantizer fits on an input of `numel` values read chunk by chunk
-        (`calibrate_streamed`) rather than whole. Streamed calibration asks before it holds the
-        input, so only a quantizer whose search needs bounded memory says yes."""
+        (`calibrate_streamed`) rather than whole; `example` is one chunk (its shape gives the
+        groups). Streamed calibration asks before it holds the input, so only a quantizer whose
+        search needs bounded memory says yes."""
         return False
 
     @torch.no_grad()
     def calibrate_streamed(self, each_input: EachInput, numel: int) -> None:
         """`calibrate` on an input of `numel` values given as chunks, read as often as the fit needs
-        (`ptqbench.quant.streamed_search`); only where `streams(numel)` said so."""
+        (`ptqbench.quant.streamed_search`); only where `streams` said so."""
         self._fit_streamed(lambda fn: each_input(lambda chunk: fn(self._finite(chunk))), numel)
         self.calibrated = True
         self.version += 1

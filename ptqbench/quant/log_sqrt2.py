@@ -60,13 +60,13 @@ class LogSqrt2Quantizer(Quantizer):
         if (x < 0).any():
             raise ValueError(f"log-sqrt2 quantizer {self.qname!r} needs non-negative input (post-softmax)")
 
-    def streams(self, numel: int) -> bool:
+    def streams(self, numel: int, example: torch.Tensor) -> bool:
         """Above `search.max_samples` values: the exact search over chunks (`ptqbench.quant.streamed_search`)."""
         return numel > self.search.max_samples and tails_fit(numel, self.search, False)
 
     def _fit(self, x: torch.Tensor) -> None:
         self._check_non_negative(x)
-        if self.streams(x.numel()):  # whole already, read in slices: the same search as streamed
+        if self.streams(x.numel(), x):  # whole already, read in slices: the same search as streamed
             self._fit_streamed(over_slices(x, self.search.max_samples), x.numel())
             return
         x2d = subsample(x.float().reshape(1, -1), self.search.max_samples)

@@ -31,7 +31,7 @@ class RangeSearch:
             or "mse" (try every percentile in `percentiles`, keep the one with least squared
             quantization error, per group; RepQ-ViT's search).
         percentiles: upper percentiles in (0, 1]; the lower clip is 1 - p.
-        max_samples: above this many elements, per-tensor uniform and log-sqrt2 quantizers run the
+        max_samples: above this many elements, uniform and log-sqrt2 quantizers run the
             exact search over slices of at most this size (`quant.streamed_search`, the same
             result as on the whole input); the other kinds subsample (seeded) to this size, so
             calibration memory stays bounded for large calibration sets.

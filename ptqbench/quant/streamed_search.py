@@ -1,14 +1,17 @@
-"""The clipping-range search of a per-tensor quantizer over an input too large to hold whole.
+"""The clipping-range search of a quantizer over an input too large to hold whole.
 
 Streamed calibration (`ptqbench.quant.calibration`) hands such a quantizer its input as a
 sequence of chunks that it can read several times (`EachInput`), never joined. The search then
-makes one pass for the candidates and one for their errors, with memory for one chunk:
+makes one pass for the candidates and one for their errors, with memory for one chunk. Each chunk
+is seen as rows, one per group the quantizer scales (`Rows`: one row per tensor, or one per
+channel or head); every row's search is independent:
 
 - quantiles: the candidates are high percentiles (0.999 and up, and their mirrors), so the order
   statistics they interpolate lie in the input's tails. Each chunk's k largest and k smallest
-  values are merged into running tails; the quantiles interpolate those order statistics with
-  the arithmetic of `ranges.quantiles` (np.percentile's above 2**24 values). Exact, for any size.
-- mean squared error: summed chunk by chunk in float64, compared with the strict `<` of
+  values per row are merged into running tails; the quantiles interpolate those order statistics
+  with the arithmetic of `ranges.quantiles` (np.percentile's above 2**24 values per row). Exact,
+  for any size.
+- mean squared error: summed chunk by chunk in float64 per row, compared with the strict `<` of
   `ranges.pick_by_mse` (earlier candidate on ties).
 
 These are the statistics the released RepQ-ViT family computes on its whole input (torch.quantile,
@@ -26,19 +29,30 @@ from ptqbench.quant.ranges import QuantileRanks, RangeSearch
 
 # A pass over a quantizer's input: calls the given function on each chunk (any shape), in order.
 EachInput = Callable[[Callable[[torch.Tensor], None]], None]
+# A chunk as a [groups, values] matrix: the rows the quantizer fits one range each on.
+Rows = Callable[[torch.Tensor], torch.Tensor]
+
+
+def one_row(chunk: torch.Tensor) -> torch.Tensor:
+    """Per-tensor quantizers: the whole chunk is one row."""
+    return chunk.reshape(1, -1)
 
 # The tails the quantiles need may hold at most this fraction of the input; a search needing more
 # (percentiles closer to the median) joins the input instead (`tails_fit`).
 MAX_TAIL_FRACTION = 1 / 16
 
 
-def over_slices(x: torch.Tensor, size: int) -> EachInput:
-    """`x` read as consecutive flat slices of `size` elements: bounds the temporaries of a search on
-    a tensor that is already whole (the one-pass calibration)."""
-    flat = x.reshape(-1)
+def over_slices(x: torch.Tensor, size: int, dim: Optional[int] = None) -> EachInput:
+    """`x` read in consecutive slices of at most about `size` elements: bounds the temporaries of a
+    search on a tensor that is already whole (the one-pass calibration). Flat slices, or with
+    `dim` whole slices along that dimension (so each slice keeps every channel)."""
+    if dim is None:
+        parts = x.reshape(-1).split(size)
+    else:
+        parts = x.split(max(1, size * x.shape[dim] // max(1, x.numel())), dim)
 
     def each(fn: Callable[[torch.Tensor], None]) -> None:
-        for part in flat.split(size):
+        for part in parts:
             fn(part)
     return each
 
@@ -65,7 +79,7 @@ def tails_fit(m: int, search: RangeSearch, two_sided: bool) -> bool:
 
 
 class _Tails:
-    """The `low` smallest and `high` largest values seen so far, and how many values were seen."""
+    """Per row, the `low` smallest and `high` largest values seen so far, and how many were seen."""
 
     def __init__(self, low: int, high: int) -> None:
         self.low, self.high = low, high
@@ -74,48 +88,67 @@ class _Tails:
         self.count = 0
 
     @staticmethod
-    def _merge(kept: Optional[torch.Tensor], chunk: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
-        part = torch.topk(chunk, min(k, chunk.numel()), largest=largest, sorted=False).values
-        both = part if kept is None else torch.cat([kept, part])
-        return torch.topk(both, min(k, both.numel()), largest=largest, sorted=False).values
+    def _merge(kept: Optional[torch.Tensor], rows: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+        part = torch.topk(rows, min(k, rows.shape[1]), dim=1, largest=largest, sorted=False).values
+        both = part if kept is None else torch.cat([kept, part], dim=1)
+        return torch.topk(both, min(k, both.shape[1]), dim=1, largest=largest, sorted=False).values
 
-    def add(self, chunk: torch.Tensor) -> None:
-        flat = chunk.reshape(-1).float()
-        self.count += flat.numel()
+    def add(self, rows: torch.Tensor) -> None:
+        self.count += rows.shape[1]
         if self.low:
-            self.small = self._merge(self.small, flat, self.low, largest=False)
+            self.small = self._merge(self.small, rows, self.low, largest=False)
         if self.high:
-            self.large = self._merge(self.large, flat, self.high, largest=True)
+            self.large = self._merge(self.large, rows, self.high, largest=True)
 
     def order_statistics(self, m: int, needed: list[int]) -> dict[int, torch.Tensor]:
-        """Rank (0-based, ascending, among all m values) -> that value, shape [1]."""
-        small = torch.sort(self.small).values if self.small is not None else None
-        large = torch.sort(self.large).values if self.large is not None else None
-        out = {}
-        for i in needed:
-            out[i] = (small[i] if i < m // 2 else large[i - (m - self.high)]).reshape(1)
-        return out
+        """Rank (0-based, ascending, among a row's m values) -> that value in every row, shape [G]."""
+        small = torch.sort(self.small, dim=1).values if self.small is not None else None
+        large = torch.sort(self.large, dim=1).values if self.large is not None else None
+        return {i: (small[:, i] if i < m // 2 else large[:, i - (m - self.high)]) for i in needed}
 
 
-def streamed_candidates(each_input: EachInput, m: int, search: RangeSearch, two_sided: bool
-                        ) -> list[tuple[torch.Tensor, ...]]:
-    """The candidates `ranges.candidate_ranges` gives for the whole input (two-sided: (lo, hi) per
-    candidate; one-sided: (hi,), the upper quantiles only), each of shape [1], in one pass."""
+def _groups(numel: int, chunk_rows: torch.Tensor) -> tuple[int, int]:
+    """(groups, values per group) of an input of `numel` values whose chunks have these rows."""
+    g = chunk_rows.shape[0]
+    if numel % g:
+        raise CalibrationError(f"the streamed calibration input has {numel} values, not a multiple of its {g} groups")
+    return g, numel // g
+
+
+def streamed_candidates(each_input: EachInput, numel: int, search: RangeSearch, two_sided: bool,
+                        rows: Rows = one_row) -> list[tuple[torch.Tensor, ...]]:
+    """The candidates `ranges.candidate_ranges` gives for the whole input's rows (two-sided:
+    (lo, hi) per candidate; one-sided: (hi,), the upper quantiles only), each of shape [G], in one
+    pass over an input of `numel` values in all."""
     if search.method == "minmax":
-        lo, hi = torch.tensor([float("inf")]), torch.tensor([float("-inf")])
+        lo: Optional[torch.Tensor] = None
+        hi: Optional[torch.Tensor] = None
 
         def extremes(chunk: torch.Tensor) -> None:
             nonlocal lo, hi
-            lo = torch.minimum(lo.to(chunk.device), chunk.min().float().reshape(1))
-            hi = torch.maximum(hi.to(chunk.device), chunk.max().float().reshape(1))
+            r = rows(chunk).float()
+            lo = r.amin(dim=1) if lo is None else torch.minimum(lo, r.amin(dim=1))
+            hi = r.amax(dim=1) if hi is None else torch.maximum(hi, r.amax(dim=1))
         each_input(extremes)
+        if lo is None or hi is None:
+            raise CalibrationError("the streamed calibration input had no chunks")
         return [(lo, hi)] if two_sided else [(hi,)]
     levels = _quantile_levels(search, two_sided)
-    plan = QuantileRanks(m, levels, torch.float32)
-    tails = _Tails(*_tail_sizes(m, levels, torch.float32))
-    each_input(tails.add)
+    state: dict[str, object] = {}
+
+    def collect(chunk: torch.Tensor) -> None:
+        r = rows(chunk).float()
+        if not state:
+            g, m = _groups(numel, r)
+            state.update(m=m, plan=QuantileRanks(m, levels, torch.float32),
+                         tails=_Tails(*_tail_sizes(m, levels, torch.float32)))
+        state["tails"].add(r)
+    each_input(collect)
+    if not state:
+        raise CalibrationError("the streamed calibration input had no chunks")
+    m, plan, tails = state["m"], state["plan"], state["tails"]
     if tails.count != m:
-        raise CalibrationError(f"the streamed calibration input has {tails.count} values, {m} were expected: "
+        raise CalibrationError(f"the streamed calibration input has {tails.count} values per group, {m} were expected: "
                                "the quantizer's input does not scale with the number of images")
     qs = plan.interpolate(tails.order_statistics(m, plan.needed()))
     if not two_sided:
@@ -125,20 +158,25 @@ def streamed_candidates(each_input: EachInput, m: int, search: RangeSearch, two_
 
 
 def streamed_pick_by_mse(each_input: EachInput, candidates: Sequence[tuple[torch.Tensor, ...]],
-                         quantize: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """`ranges.pick_by_mse` for one row read in chunks: `quantize(chunk_2d, *candidate)` with the
-    chunk as a [1, n] row; squared errors summed in float64; ties keep the earlier candidate."""
+                         quantize: Callable[..., torch.Tensor], rows: Rows = one_row) -> tuple[torch.Tensor, ...]:
+    """`ranges.pick_by_mse` on rows read in chunks: `quantize(chunk_rows, *candidate)`; squared
+    errors summed per row in float64; ties keep the earlier candidate."""
     if len(candidates) == 1:
         return tuple(candidates[0])
-    sse = torch.zeros(len(candidates), dtype=torch.float64)
+    sse: Optional[torch.Tensor] = None
 
     def accumulate(chunk: torch.Tensor) -> None:
-        row = chunk.reshape(1, -1).float()
-        for k, cand in enumerate(candidates):
-            sse[k] += (quantize(row, *cand) - row).pow(2).sum(dtype=torch.float64).cpu()
+        nonlocal sse
+        r = rows(chunk).float()
+        errs = torch.stack([(quantize(r, *cand) - r).pow(2).sum(dim=1, dtype=torch.float64) for cand in candidates])
+        sse = errs if sse is None else sse + errs
     each_input(accumulate)
-    best = 0
+    if sse is None:
+        raise CalibrationError("the streamed calibration input had no chunks")
+    best = [c.clone() for c in candidates[0]]
+    best_err = sse[0]
     for k in range(1, len(candidates)):
-        if sse[k] < sse[best]:
-            best = k
-    return tuple(c.clone() for c in candidates[best])
+        better = sse[k] < best_err
+        best_err = torch.where(better, sse[k], best_err)
+        best = [torch.where(better, c, b) for c, b in zip(candidates[k], best)]
+    return tuple(best)

@@ -163,20 +163,31 @@ class UniformQuantizer(Quantizer):
             return x.reshape(1, -1)
         return x.movedim(self.channel_axis, 0).reshape(x.shape[self.channel_axis], -1)
 
-    def streams(self, numel: int) -> bool:
-        """Per tensor, above `search.max_samples` values: the exact search over chunks
-        (`ptqbench.quant.streamed_search`), with memory for one chunk."""
-        return not self.per_channel and numel > self.search.max_samples and tails_fit(numel, self.search, True)
+    def streams(self, numel: int, example: torch.Tensor) -> bool:
+        """Above `search.max_samples` values: the exact search over chunks
+        (`ptqbench.quant.streamed_search`), with memory for one chunk, per tensor or per channel."""
+        groups = example.shape[self.channel_axis] if self.per_channel else 1
+        return numel > self.search.max_samples and tails_fit(numel // groups, self.search, True)
 
     def _fit_streamed(self, each_input: EachInput, numel: int) -> None:
-        candidates = streamed_candidates(each_input, numel, self.search, two_sided=True)
-        lo, hi = streamed_pick_by_mse(each_input, candidates, _range_quantizer(self.bits, self.symmetric))
+        candidates = streamed_candidates(each_input, numel, self.search, two_sided=True, rows=self._as_2d)
+        lo, hi = streamed_pick_by_mse(each_input, candidates, _range_quantizer(self.bits, self.symmetric),
+                                      rows=self._as_2d)
         scale, zero_point = params_from_range(lo, hi, self.bits, self.symmetric)
-        self.set_params(scale[0], zero_point[0], None)
+        if not self.per_channel:
+            scale, zero_point = scale[0], zero_point[0]
+        self.set_params(scale, zero_point, self.channel_axis)
+
+    def _slice_dim(self, x: torch.Tensor) -> Optional[int]:
+        """Per channel: the first dimension that is not the channel axis (slices keep every channel)."""
+        if not self.per_channel:
+            return None
+        axis = self.channel_axis % x.dim()
+        return 1 if axis == 0 else 0
 
     def _fit(self, x: torch.Tensor) -> None:
-        if self.streams(x.numel()):  # whole already, read in slices: the same search as streamed
-            self._fit_streamed(over_slices(x, self.search.max_samples), x.numel())
+        if self.streams(x.numel(), x):  # whole already, read in slices: the same search as streamed
+            self._fit_streamed(over_slices(x, self.search.max_samples, self._slice_dim(x)), x.numel())
             return
         x2d = self._as_2d(x.float())
         if not self.per_channel:

@@ -60,7 +60,7 @@ def test_an_input_above_max_samples_is_fitted_exactly_not_subsampled(make):
     the one a search without a subsample limit gives."""
     x = _row(60_000, seed=5).abs().reshape(30, 2000)
     small, unlimited = make(RangeSearch(max_samples=4_096)), make(RangeSearch(max_samples=1 << 30))
-    assert small.streams(x.numel()) and not unlimited.streams(x.numel())
+    assert small.streams(x.numel(), x) and not unlimited.streams(x.numel(), x)
     small.calibrate(x)
     unlimited.calibrate(x)
     for k, v in unlimited.state_dict().items():
@@ -70,7 +70,41 @@ def test_an_input_above_max_samples_is_fitted_exactly_not_subsampled(make):
 def test_tails_bound_what_streams():
     assert tails_fit(10**8, RangeSearch("mse"), True)
     assert not tails_fit(10**6, RangeSearch("percentile", (0.6,)), True)  # 40 % tails: joined instead
-    assert not UniformQuantizer(4, "act", channel_axis=0, search=RangeSearch(max_samples=10)).streams(10**6)
+    # per channel the tails are a row's: 1000 channels of 10 values need 2 of 10 on each side
+    example = torch.zeros(1, 10, 1000)
+    per_channel = UniformQuantizer(4, "act", channel_axis=-1, search=RangeSearch(max_samples=10))
+    assert per_channel.streams(10**8, example) and not per_channel.streams(10**4, example)
+
+
+def _channels(n: int, c: int, seed: int = 0) -> torch.Tensor:
+    """[n, c] activations, channels of very different spread (post-LayerNorm-like)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, c, generator=g) ** 3) * torch.logspace(-1, 1, c) + torch.linspace(-1, 1, c)
+
+
+@pytest.mark.parametrize("search", SEARCHES, ids=[s.method for s in SEARCHES])
+def test_streamed_candidates_and_pick_per_channel_are_the_whole_rows(search):
+    x = _channels(20_011, 12)
+    rows = lambda chunk: chunk.reshape(-1, 12).t()  # noqa: E731
+    whole = candidate_ranges(rows(x), search)
+    streamed = streamed_candidates(over_slices(x, 12 * 997, dim=0), x.numel(), search, True, rows=rows)
+    for (lo, hi), (slo, shi) in zip(whole, streamed):
+        assert torch.equal(lo, slo) and torch.equal(hi, shi)
+    quantize = lambda v, lo, hi: torch.clamp(v, lo[:, None], hi[:, None]).mul(2).round().div(2)  # noqa: E731
+    picked = streamed_pick_by_mse(over_slices(x, 12 * 997, dim=0), whole, quantize, rows=rows)
+    assert all(torch.equal(a, b) for a, b in zip(pick_by_mse(rows(x), whole, quantize), picked))
+
+
+@pytest.mark.parametrize("axis", [-1, 1], ids=["per_channel", "per_head"])
+def test_a_per_channel_input_above_max_samples_is_fitted_exactly(axis):
+    x = _channels(6_000, 8, seed=2).reshape(50, 120, 8) if axis == -1 else _channels(6_000, 8).reshape(10, 8, 600)
+    small = UniformQuantizer(4, "act", channel_axis=axis, search=RangeSearch(max_samples=4_096))
+    unlimited = UniformQuantizer(4, "act", channel_axis=axis, search=RangeSearch(max_samples=1 << 30))
+    assert small.streams(x.numel(), x)
+    small.calibrate(x)
+    unlimited.calibrate(x)
+    assert small.scale.shape == (8,)
+    assert torch.equal(small.scale, unlimited.scale) and torch.equal(small.zero_point, unlimited.zero_point)
 
 
 def test_a_streamed_chunk_with_nan_or_a_negative_probability_is_refused():
@@ -82,7 +116,7 @@ def test_a_streamed_chunk_with_nan_or_a_negative_probability_is_refused():
     neg = torch.rand(4000) - 0.001
     with pytest.raises(ValueError, match="non-negative"):
         LogSqrt2Quantizer(4, "post_softmax", search=RangeSearch(max_samples=100)).calibrate(neg)
-    with pytest.raises(CalibrationError, match="values, 5000 were expected"):
+    with pytest.raises(CalibrationError, match="4000 values per group, 5000 were expected"):
         q.calibrate_streamed(over_slices(torch.rand(4000), 1000), 5000)
 
 
@@ -95,7 +129,7 @@ def _with_max_samples(qm, n: int):
 
 @pytest.mark.parametrize("method", ["repq", "minmax", "percentile"])
 def test_streamed_calibration_streams_large_inputs_and_equals_one_pass(monkeypatch, method):
-    """With a low `max_samples` the per-tensor quantizers of a tiny ViT stream: their input is read
+    """With a low `max_samples` the range-searched quantizers of a tiny ViT stream: their input is read
     chunk by chunk through the unit and never captured whole; the fit equals the one pass's."""
     torch.set_num_threads(1)
     model = make_tiny_vit()
