@@ -11,6 +11,7 @@ from torch import nn
 from ptqbench.errors import CalibrationError
 from ptqbench.progress import progress
 from ptqbench.quant.base import Quantizer
+from ptqbench.quant.modules import drop_cached_weights
 from ptqbench.quant.roles import WEIGHT
 from ptqbench.quant.streamed_search import EachInput
 
@@ -211,7 +212,9 @@ def calibrate_streamed(model: nn.Module, units: Sequence[UnitLike], images: torc
     """`calibrate` unit by unit over chunks of images. Inside a unit the pending quantizers are
     fitted one at a time in forward order: the chunks run through the unit until the next pending
     quantizer, its input is captured on every chunk, joined and fitted; then the next one. The
-    unit's outputs (everything upstream calibrated and active) are the next unit's input.
+    unit's outputs (everything upstream calibrated and active) are the next unit's input. A unit
+    done, its layers' cached fake-quantized weights are freed (the pass does not come back to it;
+    evaluation refills them), so at most one unit's are held.
 
     `units` must reproduce `model(images)` when run in order (`ptqbench.models.units`)."""
     if not isinstance(images, torch.Tensor):
@@ -228,6 +231,7 @@ def calibrate_streamed(model: nn.Module, units: Sequence[UnitLike], images: torc
     try:
         for unit in units:
             chunks = _calibrate_unit(unit, chunks, pending, tick, scale)
+            drop_cached_weights(model)
     finally:
         bar.close()
     return sum(q.calibrated for q in pending)

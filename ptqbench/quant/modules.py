@@ -66,6 +66,11 @@ class _WeightQuantMixin:
     def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_quantizer(x) if self.input_quantizer is not None else x
 
+    def drop_cached_weights(self) -> None:
+        """Free the cached fake-quantized weight (refilled on the next inference forward): a pass
+        that will not come back to this layer need not hold it."""
+        self._wq_cache, self._wq_key = None, None
+
     def quantized_weight(self) -> torch.Tensor:
         wq = self.weight_quantizer
         if wq is None or not wq.enabled:
@@ -100,6 +105,10 @@ class QuantLinear(nn.Linear, _WeightQuantMixin):
         self.fold_compensation = False
         self._folded: Optional[torch.Tensor] = None
         self._folded_key: Optional[tuple] = None
+
+    def drop_cached_weights(self) -> None:
+        super().drop_cached_weights()
+        self._folded, self._folded_key = None, None
 
     def folded_weight(self) -> torch.Tensor:
         """Q(W) + the compensation's delta, cached until the weight, its quantizer or the branch's
@@ -166,3 +175,10 @@ class QuantMatMul(nn.Module):
             self.b_quantizer.see_matmul_operand(a_in, left=False)
             b = self.b_quantizer(b_in)
         return a @ b
+
+
+def drop_cached_weights(model: nn.Module) -> None:
+    """Free every layer's cached fake-quantized weights (`_WeightQuantMixin.drop_cached_weights`)."""
+    for m in model.modules():
+        if isinstance(m, _WeightQuantMixin):
+            m.drop_cached_weights()

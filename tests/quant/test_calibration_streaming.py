@@ -52,6 +52,23 @@ def test_streamed_calibration_equals_one_pass_on_tiny_vit(method, opts):
         assert torch.equal(one.model(x), streamed.model(x))
 
 
+def test_streamed_calibration_holds_no_unit_s_quantized_weights_after_it():
+    """Each unit's cached fake-quantized weights are freed once the pass leaves it; the next
+    inference forward refills them with the same values."""
+    from ptqbench.quant.modules import QuantLinear
+
+    torch.set_num_threads(1)
+    model, x = make_tiny_vit(), _images()
+    qm = _patched(model, "repq")
+    calibrate(qm.model, x, units=qm.units, chunk_size=3)
+    layers = [m for m in qm.model.modules() if isinstance(m, QuantLinear)]
+    assert layers and all(m._wq_cache is None for m in layers)
+    with torch.no_grad():
+        before = qm.model(x)
+        assert all(m._wq_cache is not None for m in layers if m.weight_quantizer is not None)
+        assert torch.equal(before, qm.model(x))
+
+
 def test_streamed_calibration_equals_one_pass_on_tiny_swin():
     torch.set_num_threads(1)
     model, x = make_tiny_swin(), _images(5)
