@@ -51,7 +51,7 @@ from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled, switched
 from ptqbench.quant.learnable import AdaRoundQuantizer
 from ptqbench.quant.lowrank import LowRankBranch
-from ptqbench.quant.modules import QuantLinear
+from ptqbench.quant.modules import QuantLinear, drop_cached_weights
 from ptqbench.algorithms.fisher_dplr import FISHER_SCHEDULES, DPLRLoss, fisher_rows, fp_references, refresh_steps
 from ptqbench.algorithms.perturbation_hessian import perturbation_hessian
 from ptqbench.algorithms.streaming import params_frozen, run_unit, split_chunks, unit_layers
@@ -575,6 +575,7 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                 per_unit.append(info)
                 with torch.no_grad():
                     x_q = _forward_batches(unit, x_q, bs)
+                drop_cached_weights(unit.module)  # the loop does not come back to this unit; evaluation refills them
                 x_fp = target
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
