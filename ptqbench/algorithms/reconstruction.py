@@ -287,7 +287,11 @@ def prepare_unit(unit: Unit, layers: dict[str, nn.Module], cfg: ReconConfig, gen
 @torch.no_grad()
 def finish_unit(st: _UnitState) -> dict[str, int]:
     """Freeze what the unit learned: scales back to buffers, hard rounding written into the weight,
-    DFQ bounds fixed, zero-rank branches removed."""
+    DFQ bounds fixed, zero-rank branches removed. The gradients of the last step are dropped: a
+    trained weight would otherwise hold a gradient of its own size to the end of the run."""
+    for group in st.groups:
+        for p in group["params"]:
+            p.grad = None
     for p in st.weights:
         p.requires_grad_(False)
     for q in st.training:

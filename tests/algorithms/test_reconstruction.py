@@ -289,6 +289,9 @@ def test_aiq_side_branches_evaluate_folded_as_the_same_function_and_branch_keeps
                 x = torch.randn(5, lin.in_features)
                 want = F.linear(lin._quant_input(x), lin.quantized_weight(), lin.bias) + lin.compensation(lin._quant_input(x))
                 torch.testing.assert_close(lin(x), want, rtol=1e-5, atol=1e-5)
+            lin.compensation.A.requires_grad_(True)  # frozen after its unit; a training step unfreezes it
+            lin.compensation.B.requires_grad_(True)
+            assert lin.compensation.B.grad is None  # the finished unit's last gradient was dropped
             with torch.enable_grad():  # training runs the two paths: gradients reach B and A
                 lin(x).sum().backward()
             assert lin.compensation.B.grad is not None and lin.compensation.A.grad is not None
