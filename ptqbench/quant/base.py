@@ -81,8 +81,14 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:
-        """Fit the quantization parameters on `x`; refuses NaN/inf with a message naming the tensor."""
-        self._fit(self._finite(x))
+        """Fit the quantization parameters on `x`; refuses NaN/inf with a message naming the tensor.
+        An input the quantizer would fit streamed is read in slices (`_slices`): the same search
+        as streamed calibration runs, whichever pass gave the input."""
+        x = self._finite(x)
+        if self.streams(x.numel(), x):
+            self._fit_streamed(self._slices(x), x.numel())
+        else:
+            self._fit(x)
         self.calibrated = True
         self.version += 1
 
@@ -121,6 +127,10 @@ class Quantizer(nn.Module):
         raise NotImplementedError
 
     def _fit_streamed(self, each_input: EachInput, numel: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{self.kind} quantizers fit on their whole input")
+
+    def _slices(self, x: torch.Tensor) -> EachInput:  # pragma: no cover - abstract
+        """A whole input read as the chunks `_fit_streamed` takes (only where `streams` says yes)."""
         raise NotImplementedError(f"{self.kind} quantizers fit on their whole input")
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

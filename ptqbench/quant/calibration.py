@@ -72,9 +72,9 @@ def calibrate(model: nn.Module, images: torch.Tensor, desc: str = "calibrate",
     stream through in chunks of `chunk_size` (`calibrate_streamed`): memory holds one unit's input
     and one quantizer's input for all images instead of the whole forward pass of the batch, and
     every quantizer gets exactly the tensor the one pass would give it. A quantizer that fits
-    streamed (uniform and log-sqrt2 above `RangeSearch.max_samples` values) is never
-    given its input whole: it reads it chunk by chunk, so memory stays flat in the number of images. Without units (models
-    whose family gives none, e.g. the mmdet detectors, or a calibration input that is not one
+    streamed (uniform and log-sqrt2 above `RangeSearch.max_samples` values) is never given its
+    input whole: it reads it chunk by chunk, so memory stays flat in the number of images.
+    Without units (models whose family gives none, e.g. the mmdet detectors, or a calibration input that is not one
     image tensor) the whole batch goes through at once (`calibrate_one_pass`).
     """
     if units:

@@ -64,11 +64,11 @@ class LogSqrt2Quantizer(Quantizer):
         """Above `search.max_samples` values: the exact search over chunks (`ptqbench.quant.streamed_search`)."""
         return numel > self.search.max_samples and tails_fit(numel, self.search, False)
 
+    def _slices(self, x: torch.Tensor) -> EachInput:
+        return over_slices(x, self.search.max_samples)
+
     def _fit(self, x: torch.Tensor) -> None:
         self._check_non_negative(x)
-        if self.streams(x.numel(), x):  # whole already, read in slices: the same search as streamed
-            self._fit_streamed(over_slices(x, self.search.max_samples), x.numel())
-            return
         x2d = subsample(x.float().reshape(1, -1), self.search.max_samples)
         if self.search.method == "minmax":
             cands = [(x2d.amax(dim=1),)]

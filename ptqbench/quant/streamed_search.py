@@ -57,9 +57,9 @@ def over_slices(x: torch.Tensor, size: int, dim: Optional[int] = None) -> EachIn
     return each
 
 
-def _tail_sizes(m: int, qs: Sequence[float], dtype: torch.dtype) -> tuple[int, int]:
+def _tail_sizes(plan: QuantileRanks) -> tuple[int, int]:
     """How many smallest and largest values hold every order statistic the quantiles need."""
-    needed = QuantileRanks(m, qs, dtype).needed()
+    m, needed = plan.m, plan.needed()
     low = [i for i in needed if i < m // 2]
     high = [i for i in needed if i >= m // 2]
     return (max(low) + 1 if low else 0), (m - min(high) if high else 0)
@@ -74,7 +74,7 @@ def tails_fit(m: int, search: RangeSearch, two_sided: bool) -> bool:
     """Whether the streamed search can run `search` on `m` values with tails of bounded size."""
     if search.method == "minmax":
         return True
-    low, high = _tail_sizes(m, _quantile_levels(search, two_sided), torch.float32)
+    low, high = _tail_sizes(QuantileRanks(m, _quantile_levels(search, two_sided), torch.float32))
     return max(low, high) <= m * MAX_TAIL_FRACTION
 
 
@@ -140,8 +140,8 @@ def streamed_candidates(each_input: EachInput, numel: int, search: RangeSearch, 
         r = rows(chunk).float()
         if not state:
             g, m = _groups(numel, r)
-            state.update(m=m, plan=QuantileRanks(m, levels, torch.float32),
-                         tails=_Tails(*_tail_sizes(m, levels, torch.float32)))
+            plan = QuantileRanks(m, levels, torch.float32)
+            state.update(m=m, plan=plan, tails=_Tails(*_tail_sizes(plan)))
         state["tails"].add(r)
     each_input(collect)
     if not state:

@@ -178,17 +178,14 @@ class UniformQuantizer(Quantizer):
             scale, zero_point = scale[0], zero_point[0]
         self.set_params(scale, zero_point, self.channel_axis)
 
-    def _slice_dim(self, x: torch.Tensor) -> Optional[int]:
-        """Per channel: the first dimension that is not the channel axis (slices keep every channel)."""
+    def _slices(self, x: torch.Tensor) -> EachInput:
+        """Flat slices per tensor; per channel, slices along the first other dimension (each keeps
+        every channel)."""
         if not self.per_channel:
-            return None
-        axis = self.channel_axis % x.dim()
-        return 1 if axis == 0 else 0
+            return over_slices(x, self.search.max_samples)
+        return over_slices(x, self.search.max_samples, 1 if self.channel_axis % x.dim() == 0 else 0)
 
     def _fit(self, x: torch.Tensor) -> None:
-        if self.streams(x.numel(), x):  # whole already, read in slices: the same search as streamed
-            self._fit_streamed(over_slices(x, self.search.max_samples, self._slice_dim(x)), x.numel())
-            return
         x2d = self._as_2d(x.float())
         if not self.per_channel:
             x2d = subsample(x2d, self.search.max_samples)
