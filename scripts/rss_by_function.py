@@ -1,0 +1,54 @@
+"""Peak RSS of the bench cost cell, by the ptqbench function running: a thread samples the
+process's RSS every 5 ms and tags each sample with the innermost ptqbench frame of the main
+thread. Prints the cell's figures, then the 15 highest peaks by function.
+
+Usage: python scripts/rss_by_function.py vit_base repq 128
+"""
+import collections
+import os
+import sys
+import threading
+import time
+
+import torch
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _innermost_ptqbench_frame(thread_id: int) -> str | None:
+    f = sys._current_frames().get(thread_id)
+    while f is not None:
+        name = f.f_code.co_filename
+        if "/ptqbench/" in name:
+            return f"{name.split('/ptqbench/')[-1]}:{f.f_code.co_name}"
+        f = f.f_back
+    return None
+
+
+def main() -> None:
+    model, method, calib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.set_num_threads(1)
+    from ptqbench.bench import cells
+
+    main_id, peaks, done = threading.get_ident(), collections.defaultdict(float), threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            rss, tag = _rss_mb(), _innermost_ptqbench_frame(main_id)
+            peaks[tag] = max(peaks[tag], rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    print(cells.cost(model, method, "w4a4", calib, "cpu", {}))
+    done.set()
+    sampler.join()
+    for tag, mb in sorted(peaks.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"{mb:8.0f}  {tag}")
+
+
+if __name__ == "__main__":
+    main()
