@@ -1,4 +1,4 @@
-"""Peak RSS of the bench cost cell, by the ptqbench function running: a thread samples the
+"""Peak RSS of the bench cost cell (the bench's method settings with `--recon-iters 30`), by the ptqbench function running: a thread samples the
 process's RSS every 5 ms and tags each sample with the innermost ptqbench frame of the main
 thread. Prints the cell's figures, then the 15 highest peaks by function.
 
@@ -43,7 +43,9 @@ def main() -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    print(cells.cost(model, method, "w4a4", calib, "cpu", {}))
+    from ptqbench.bench.__main__ import method_options
+
+    print(cells.cost(model, method, "w4a4", calib, "cpu", method_options(method, 30)))
     done.set()
     sampler.join()
     for tag, mb in sorted(peaks.items(), key=lambda kv: -kv[1])[:15]:

@@ -8,12 +8,21 @@ the layer output, taken on the FP model over the calibration images.
 What runs here (`search_model`):
 1. Gradients: an FP forward/backward over the calibration batch (in chunks), loss = cross
    entropy against the FP model's own top-1 prediction (no labels needed); the gradient of every
-   QuantLinear / QuantConv2d / QuantMatMul output of the unit being searched is kept. One pass per
-   unit: every layer's gradients at once would hold 0.8 GB for DeiT-T and 32 images.
+   QuantLinear / QuantConv2d / QuantMatMul output of the unit being searched is kept, one unit at a
+   time (every layer's gradients at once would hold 0.8 GB for DeiT-T and 32 images). For a
+   classifier (no `loss` given) the backward runs unit by unit (`UnitGradients`): one reverse sweep
+   keeps dL/d(each unit's output), and each unit's layer gradients come from that unit's graph
+   alone, so memory holds one unit's autograd graph instead of the whole model's, and the model is
+   differentiated once instead of once per unit. The gradients are the ones the whole-model
+   backward gives, bit for bit (tests/algorithms/test_hessian_search_streaming.py). A detector's
+   loss (`loss`) reaches the backbone through its neck, which is not a chain of units: there each
+   unit's gradients come from a whole-model backward (`output_grads`).
 2. Units (embedding, each block, head; the caller passes them) in forward order. Per unit, the FP
    stream gives each layer's FP output O; per layer, in forward order, its input is read from the
    *quantized* stream (upstream layers already searched and quantized) with `search_inputs=quantized`,
-   or from the FP stream (`search_inputs=fp`, the default, as the released code calibrates).
+   or from the FP stream (`search_inputs=fp`, the default, as the released code calibrates). A
+   layer's FP input and output are captured just before it is searched (one partial FP pass of the
+   unit each), so memory holds one layer's, not the whole unit's.
 3. Per layer, `rounds` alternating rounds: the input (or first operand's) quantizer's candidates
    with the weight (second operand) fixed, then the weight's with the input fixed. Candidates:
    uniform: the min-max range of the tensor scaled by `candidates` values of alpha evenly spaced
@@ -119,17 +128,76 @@ def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int,
     return {m: torch.cat(g) for m, g in parts.items() if g}
 
 
+class UnitGradients:
+    """dL/dO of each unit's layers on the FP model, for a classifier whose `units` chain from the
+    images to the logits (module docstring, step 1). Memory: one chunk's unit outputs, dL/d(each
+    unit's output) over the calibration batch, and one unit's autograd graph at a time.
+
+    Call `layer_grads` for every unit in forward order, once each: it also advances the chunks'
+    FP stream to the next unit's input."""
+
+    def __init__(self, model: nn.Module, units: list[Unit], calib: torch.Tensor, chunk_size: int):
+        self.model, self.units = model, units
+        self._inputs = split_chunks(calib, chunk_size)  # each chunk's FP input of the next unit
+        self._next = 0
+        with params_frozen(model), quant_disabled(model):
+            self._out_grads = self._reverse_sweep()
+
+    def _reverse_sweep(self) -> list[list[torch.Tensor]]:
+        """Per unit, per chunk: dL/d(the unit's output), by backpropagating unit by unit from the
+        logits with each unit's graph rebuilt from its saved input (activation checkpointing)."""
+        out: list[list[torch.Tensor]] = [[] for _ in self.units]
+        for x in self._inputs:
+            with torch.no_grad():
+                ins = [x]
+                for unit in self.units[:-1]:
+                    ins.append(unit.forward(ins[-1]))
+                logits = self.units[-1].forward(ins[-1]).requires_grad_(True)
+            with torch.enable_grad():
+                loss = F.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
+                (g,) = torch.autograd.grad(loss, logits)
+                for k in range(len(self.units) - 1, -1, -1):
+                    out[k].append(g)
+                    if k:
+                        xk = ins[k].detach().requires_grad_(True)
+                        (g,) = torch.autograd.grad(self.units[k].forward(xk), xk, g)
+        return out
+
+    def layer_grads(self, unit: Unit, layers: list[nn.Module]) -> dict[nn.Module, torch.Tensor]:
+        """dL/dO of each of `layers` (in `unit`) over the calibration batch, from the unit's graph
+        alone; then the chunks move on to the next unit's input."""
+        k = self._next
+        if k >= len(self.units) or self.units[k] is not unit:
+            raise RuntimeError("UnitGradients.layer_grads: call it for every unit, in forward order, once each")
+        parts: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
+
+        def fwd_hook(mod: nn.Module, _args: Any, out: torch.Tensor) -> None:
+            out.register_hook(lambda g: parts[mod].append(g.detach()))
+
+        with params_frozen(self.model), quant_disabled(self.model):
+            if layers:
+                with torch.enable_grad(), hooks_removed_after([m.register_forward_hook(fwd_hook) for m in layers]):
+                    for x, g in zip(self._inputs, self._out_grads[k]):
+                        unit.forward(x.detach().requires_grad_(True)).backward(g)
+            self._out_grads[k] = []
+            with torch.no_grad():
+                self._inputs = [unit.forward(x) for x in self._inputs]
+        self._next += 1
+        return {m: torch.cat(g) for m, g in parts.items() if g}
+
+
 def _score(out: torch.Tensor, target: torch.Tensor, grad2: Optional[torch.Tensor], metric: str,
            channel_dim: Optional[int]) -> torch.Tensor:
     """Distance to minimise: a scalar, or one per output channel when `channel_dim` is set;
-    `grad2` = (dL/dO)^2, the Hessian weighting."""
+    `grad2` = (dL/dO)^2, the Hessian weighting. `out` (a fresh layer output) is overwritten by the
+    squared error, so that a candidate's score holds no second output-sized tensor."""
     if metric == "cosine":
         if channel_dim is None:
             return -F.cosine_similarity(out.flatten(1), target.flatten(1), dim=1).mean()
         o = out.movedim(channel_dim, 0).flatten(1)
         t = target.movedim(channel_dim, 0).flatten(1)
         return -F.cosine_similarity(o, t, dim=1)
-    d = (out - target).pow_(2)
+    d = out.sub_(target).pow_(2)
     if metric == "hessian" and grad2 is not None:
         d.mul_(grad2)
     if channel_dim is None:
@@ -177,14 +245,16 @@ def _search_weight(layer: nn.Module, run, target, grad2, cfg: SearchConfig) -> N
     wq.set_params(best_s, best_z, 0)
 
 
-def search_layer(layer: nn.Module, inputs: tuple, target: torch.Tensor, grad: Optional[torch.Tensor],
+def search_layer(layer: nn.Module, inputs: tuple, target: torch.Tensor, grad2: Optional[torch.Tensor],
                  cfg: SearchConfig) -> None:
-    """Alternating rounds over the layer's two quantizers (see the module docstring)."""
+    """Alternating rounds over the layer's two quantizers (see the module docstring); `grad2`:
+    (dL/dO)^2 of the layer's output, used by the hessian metric."""
 
     def run() -> torch.Tensor:
         return layer(*inputs)
 
-    grad2 = grad.pow(2) if grad is not None and cfg.search_metric == "hessian" else None  # once, not per candidate
+    if cfg.search_metric != "hessian":
+        grad2 = None
 
     for _ in range(cfg.search_rounds):
         if isinstance(layer, QuantMatMul):
@@ -197,34 +267,32 @@ def search_layer(layer: nn.Module, inputs: tuple, target: torch.Tensor, grad: Op
             _search_weight(layer, run, target, grad2, cfg)
 
 
-def _forward_order(unit_fn, unit_module: nn.Module, x: torch.Tensor
-                   ) -> tuple[list[nn.Module], dict[nn.Module, tuple], dict[nn.Module, torch.Tensor], torch.Tensor]:
-    """One pass of the unit on `x`: its layers in call order, each one's inputs and output, and
-    the unit's output (the next unit's input)."""
+def _forward_order(unit_fn, unit_module: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], torch.Tensor]:
+    """One pass of the unit on `x`: its layers in call order and the unit's output (the next
+    unit's input)."""
     order: list[nn.Module] = []
-    ins: dict[nn.Module, tuple] = {}
-    outs: dict[nn.Module, torch.Tensor] = {}
 
-    def hook(mod, args, out):
-        if mod not in outs:
+    def hook(mod, _args, _out):
+        if mod not in order:
             order.append(mod)
-            ins[mod] = tuple(a.detach() for a in args)
-            outs[mod] = out.detach()
 
     layers = [m for m in unit_module.modules() if isinstance(m, Layer)]
     with hooks_removed_after([m.register_forward_hook(hook) for m in layers]):
         y = unit_fn(x)
-    return order, ins, outs, y
+    return order, y
 
 
-def _layer_inputs(unit_fn, layer: nn.Module, x: torch.Tensor) -> tuple:
-    got: list[tuple] = []
+def _layer_call(unit_fn, layer: nn.Module, x: torch.Tensor, output: bool = True) -> tuple[tuple, Optional[torch.Tensor]]:
+    """The inputs and output of `layer`'s first call when the unit runs on `x` (the unit stops
+    there). `output=False`: the inputs only, taken before the layer runs (its quantizers may be on)."""
+    got: list[tuple[tuple, Optional[torch.Tensor]]] = []
 
-    def hook(_mod, args):
-        got.append(tuple(a.detach() for a in args))
+    def hook(_mod, args, out=None):
+        got.append((tuple(a.detach() for a in args), None if out is None else out.detach()))
         raise _Stop
 
-    with hooks_removed_after([layer.register_forward_pre_hook(hook)]):
+    handle = layer.register_forward_hook(hook) if output else layer.register_forward_pre_hook(hook)
+    with hooks_removed_after([handle]):
         try:
             unit_fn(x)
         except _Stop:
@@ -244,22 +312,26 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
         raise ValueError("search_model needs the model's units in forward order (QuantizedModel.units); got none")
     x_q, x_fp = calib, calib
     searched = 0
+    hessian = cfg.search_metric == "hessian"
+    unit_grads = UnitGradients(model, units, calib, cfg.chunk_size) if hessian and loss is None else None
     for unit in units:
-        # this unit's gradients only: one FP forward/backward per unit instead of one in all, so
-        # memory holds one unit's layer outputs' gradients, not every layer's (the same values:
-        # the FP model and the chunks are the same in every pass)
+        # this unit's gradients only (memory: one unit's layer outputs' gradients, not every layer's)
+        layers = [m for m in unit.module.modules() if isinstance(m, Layer)]
         grads = {}
-        if cfg.search_metric == "hessian":
-            grads = output_grads(model, calib, cfg.chunk_size, loss,
-                                 [m for m in unit.module.modules() if isinstance(m, Layer)])
-        with quant_disabled(model):  # one FP pass: every layer's FP inputs and output, the next unit's input
-            order, fp_ins, fp_outs, x_next = _forward_order(unit.forward, unit.module, x_fp)
+        if unit_grads is not None:
+            grads = unit_grads.layer_grads(unit, layers)
+        elif hessian:
+            grads = output_grads(model, calib, cfg.chunk_size, loss, layers)
+        with quant_disabled(model):  # one FP pass: the layers' call order, the next unit's input
+            order, x_next = _forward_order(unit.forward, unit.module, x_fp)
         for layer in order:
-            inputs = fp_ins[layer] if cfg.search_inputs == "fp" else _layer_inputs(unit.forward, layer, x_q)
-            search_layer(layer, inputs, fp_outs[layer], grads.get(layer), cfg)
+            with quant_disabled(model):
+                fp_in, fp_out = _layer_call(unit.forward, layer, x_fp)
+            inputs = fp_in if cfg.search_inputs == "fp" else _layer_call(unit.forward, layer, x_q, output=False)[0]
+            grad = grads.pop(layer, None)
+            search_layer(layer, inputs, fp_out, None if grad is None else grad.pow_(2), cfg)  # squared in place
             searched += 1
-            grads.pop(layer, None)
-        del fp_ins, fp_outs
+            del fp_in, fp_out, inputs, grad
         if cfg.search_inputs != "fp":
             x_q = unit.forward(x_q)
         x_fp = x_next

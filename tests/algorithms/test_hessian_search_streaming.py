@@ -1,12 +1,17 @@
-"""The Hessian-guided search computes each unit's output gradients in its own FP pass: the same
-gradients, so the same search result, as one pass that keeps every layer's gradients."""
+"""The Hessian-guided search computes each unit's layer gradients from that unit's graph alone and
+captures each layer's FP input and output just before searching it: the same gradients and the
+same tensors, so the same search result, as one pass that keeps every layer's gradients and every
+layer's input and output."""
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 import ptqbench.algorithms.hessian_search as hs
 from ptqbench.methods import Bits, build_method
 from ptqbench.models import make_quantizable
 from ptqbench.quant import quantizers
+from ptqbench.quant.calibration import quant_disabled
 from tests.conftest import make_tiny_vit
 
 
@@ -33,28 +38,90 @@ def test_a_units_gradients_alone_equal_those_of_the_pass_over_every_layer():
             assert torch.equal(g, every[layer])
 
 
-def test_search_with_per_unit_gradients_equals_search_with_all_gradients_kept(monkeypatch):
+def test_unit_by_unit_backward_gives_the_whole_model_backward_s_gradients_bit_for_bit():
+    torch.set_num_threads(1)
+    qm, x = _calibrated()
+    every = hs.output_grads(qm.model, x, chunk_size=4)
+    per_unit = hs.UnitGradients(qm.model, qm.units, x, chunk_size=4)
+    seen = {}
+    for unit in qm.units:
+        seen.update(per_unit.layer_grads(unit, _unit_layers(unit)))
+    assert seen.keys() == every.keys()
+    assert all(torch.equal(seen[m], every[m]) for m in every)
+
+
+def test_unit_gradients_refuse_units_out_of_order():
+    qm, x = _calibrated()
+    per_unit = hs.UnitGradients(qm.model, qm.units, x, chunk_size=4)
+    with pytest.raises(RuntimeError, match="forward order"):
+        per_unit.layer_grads(qm.units[1], _unit_layers(qm.units[1]))
+
+
+def test_a_layer_s_inputs_and_output_captured_alone_equal_those_of_one_pass_over_the_unit():
+    qm, x = _calibrated()
+    y = x
+    with quant_disabled(qm.model):
+        for unit in qm.units:
+            seen = {}
+
+            def keep(mod, args, out):
+                seen.setdefault(mod, (tuple(a.detach() for a in args), out.detach()))
+
+            handles = [m.register_forward_hook(keep) for m in _unit_layers(unit)]
+            y_next = unit.forward(y)
+            for h in handles:
+                h.remove()
+            for layer, (args, out) in seen.items():
+                alone_args, alone_out = hs._layer_call(unit.forward, layer, y)
+                assert torch.equal(alone_out, out) and all(torch.equal(a, b) for a, b in zip(alone_args, args))
+            y = y_next
+
+
+def test_search_equals_the_search_with_the_whole_model_s_gradients(monkeypatch):
     torch.set_num_threads(1)
     cfg = hs.SearchConfig(search_candidates=4, search_rounds=1, chunk_size=4)
     per_unit, x = _calibrated()
     kept, _ = _calibrated()
-    calls = []
-    real = hs.output_grads
     stats = hs.search_model(per_unit.model, per_unit.units, x, cfg)
 
-    everything = real(kept.model, x, cfg.chunk_size)  # the former single pass, before any search
+    everything = hs.output_grads(kept.model, x, cfg.chunk_size)  # the whole model's backward, before any search
+    calls = []
 
-    def from_the_single_pass(model, calib, chunk_size, loss=None, layers=None):
-        calls.append(len(layers))
-        return {m: everything[m] for m in layers if m in everything}
+    class FromTheWholeModel:
+        def __init__(self, *args):
+            pass
 
-    monkeypatch.setattr(hs, "output_grads", from_the_single_pass)
+        def layer_grads(self, unit, layers):
+            calls.append(len(layers))
+            return {m: everything[m] for m in layers if m in everything}
+
+    monkeypatch.setattr(hs, "UnitGradients", FromTheWholeModel)
     assert hs.search_model(kept.model, kept.units, x, cfg) == stats
     assert len(calls) == len(kept.units) and stats["searched_layers"] == sum(calls)
     qa, qb = quantizers(per_unit.model), quantizers(kept.model)
     for name in qa:
         sa, sb = qa[name].state_dict(), qb[name].state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+
+
+def test_a_given_loss_takes_the_whole_model_backward_for_each_unit(monkeypatch):
+    """A detector's loss reaches the backbone through its neck: not a chain of units."""
+    cfg = hs.SearchConfig(search_candidates=2, search_rounds=1, chunk_size=4)
+    qm, x = _calibrated()
+    calls = []
+    real = hs.output_grads
+
+    def counted(model, calib, chunk_size, loss=None, layers=None):
+        calls.append(loss)
+        return real(model, calib, chunk_size, loss, layers)
+
+    def loss(chunk):
+        logits = qm.model(chunk)
+        return F.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
+
+    monkeypatch.setattr(hs, "output_grads", counted)
+    hs.search_model(qm.model, qm.units, x, cfg, loss)
+    assert len(calls) == len(qm.units) and all(c is loss for c in calls)
 
 
 def test_tsptq_two_scale_quantizers_join_the_hessian_search():
@@ -99,3 +166,29 @@ def test_two_scale_search_candidates_round_trip():
             assert torch.isfinite(q(x)).all()
         q.apply_search_params(now)
         assert torch.equal(q(x), ref)
+
+
+def test_quantized_input_search_reads_each_layer_s_input_from_the_quantized_stream(monkeypatch):
+    """`search_inputs=quantized`: a layer is searched on the input the (already searched)
+    quantized upstream layers give, taken before the layer runs, not on its FP input."""
+    torch.set_num_threads(1)
+    cfg = hs.SearchConfig(search_candidates=2, search_rounds=1, chunk_size=4, search_inputs="quantized")
+    qm, x = _calibrated()
+    layer = qm.model.blocks[0].mlp.fc2
+    seen = {}
+    real = hs.search_layer
+
+    def spy(lyr, inputs, target, grad2, c):
+        if lyr is layer:
+            with torch.no_grad():
+                block_in = qm.units[0].forward(x)
+                seen["quantized"] = hs._layer_call(qm.units[1].forward, layer, block_in, output=False)[0][0]
+                with quant_disabled(qm.model):
+                    seen["fp"] = hs._layer_call(qm.units[1].forward, layer, block_in)[0][0]
+            seen["searched"] = inputs[0]
+        return real(lyr, inputs, target, grad2, c)
+
+    monkeypatch.setattr(hs, "search_layer", spy)
+    hs.search_model(qm.model, qm.units, x, cfg)
+    assert torch.equal(seen["searched"], seen["quantized"])
+    assert not torch.equal(seen["searched"], seen["fp"])

@@ -173,7 +173,7 @@ def test_hessian_search_does_not_increase_the_layer_distance():
         for metric in ("hessian", "mse"):  # cosine is per output channel for weights: not monotone in the total
             g2 = grads[layer].pow(2)
             before = float(_score(layer(seen["x"]), target, g2, metric, None))
-            search_layer(layer, (seen["x"],), target, grads[layer], SearchConfig(search_metric=metric, search_candidates=8, search_rounds=2))
+            search_layer(layer, (seen["x"],), target, g2, SearchConfig(search_metric=metric, search_candidates=8, search_rounds=2))
             after = float(_score(layer(seen["x"]), target, g2, metric, None))
             assert after <= before + 1e-9, (metric, before, after)
 
