@@ -9,28 +9,44 @@ import pytest
 from ptqbench import heap
 
 
-_FRESH_PROCESS_CHECK = """
+_BLOCKS_FREED = """
 import psutil, torch
 from ptqbench import heap
 rss = lambda: psutil.Process().memory_info().rss / 2**20
-with heap.large_blocks_unmapped():
+with heap.{block}():
     start = rss()
     blocks = [torch.ones(2 << 20) for _ in range(40)]  # 40 x 8 MB, under glibc's 32 MB dynamic maximum
     grown = rss() - start
+    kept = blocks[len(blocks) - {kept}:]  # kept at the heap top, they pin the space below them
     del blocks
+    held = rss() - start
+    {then}
     left = rss() - start
-assert heap.set_mmap_threshold(heap.GLIBC_DYNAMIC_MAX)
-print(round(grown), round(left))
+print(round(grown), round(held), round(left))
 """
+
+
+def _freed_in_a_fresh_process(block: str, kept: int = 0, then: str = "pass") -> tuple[int, int, int]:
+    """RSS MB above the start with 40 blocks of 8 MB allocated, after they are freed (but `kept`),
+    and after `then`.
+    A fresh process: in a long-lived one, earlier frees leave large chunks in malloc's bins, which
+    serve new blocks before the mmap threshold is consulted."""
+    code = _BLOCKS_FREED.format(block=block, kept=kept, then=then)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grown, held, left = (int(v) for v in out.stdout.split())
+    return grown, held, left
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or heap._glibc() is None, reason="glibc only")
 def test_large_blocks_freed_inside_the_block_leave_the_resident_set():
-    # a fresh process: in a long-lived one, earlier frees leave large chunks in malloc's bins,
-    # which serve new blocks before the mmap threshold is consulted
-    out = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_CHECK], capture_output=True, text=True, check=True)
-    grown, left = (int(v) for v in out.stdout.split())
-    assert grown > 250 and left < 50, out.stdout
+    grown, held, _ = _freed_in_a_fresh_process("large_blocks_unmapped")
+    assert grown > 250 and held < 50, (grown, held)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or heap._glibc() is None, reason="glibc only")
+def test_free_heap_under_a_live_block_goes_back_to_the_os():
+    grown, held, left = _freed_in_a_fresh_process("large_blocks_reused", kept=1, then="heap.free_heap_returned()")
+    assert grown > 250 and held > 250 and left < 50, (grown, held, left)
 
 
 _REUSE_AFTER_QUANTIZATION = """

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from ptqbench.progress import progress as progress_bar
+from ptqbench.heap import free_heap_returned
 
 from ptqbench.models.structure import EMBED, HEAD, Unit
 from ptqbench.quant.base import Quantizer
@@ -580,6 +581,7 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                 with torch.no_grad():
                     x_q = _forward_batches(unit, x_q, bs)
                 drop_cached_weights(unit.module)  # the loop does not come back to this unit; evaluation refills them
+                free_heap_returned()  # this unit's freed blocks would otherwise stay resident (ptqbench.heap)
                 x_fp = target
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
