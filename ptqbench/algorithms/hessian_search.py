@@ -11,9 +11,10 @@ What runs here (`search_model`):
    QuantLinear / QuantConv2d / QuantMatMul output of the unit being searched is kept, one unit at a
    time (every layer's gradients at once would hold 0.8 GB for DeiT-T and 32 images). For a
    classifier (no `loss` given) the backward runs unit by unit (`UnitGradients`): one reverse sweep
-   keeps dL/d(each unit's output), and each unit's layer gradients come from that unit's graph
-   alone, so memory holds one unit's autograd graph instead of the whole model's, and the model is
-   differentiated once instead of once per unit. The gradients are the ones the whole-model
+   keeps dL/d(each unit's output), and each layer's gradient comes from its unit's graph alone,
+   backpropagated only as far as that layer's output, just before the layer is searched: memory
+   holds one unit's autograd graph instead of the whole model's, and one layer's gradients
+   instead of its unit's. The gradients are the ones the whole-model
    backward gives, bit for bit (tests/algorithms/test_hessian_search_streaming.py). A detector's
    loss (`loss`) reaches the backbone through its neck, which is not a chain of units: there each
    unit's gradients come from a whole-model backward (`output_grads`).
@@ -131,10 +132,11 @@ def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int,
 class UnitGradients:
     """dL/dO of each unit's layers on the FP model, for a classifier whose `units` chain from the
     images to the logits (module docstring, step 1). Memory: one chunk's unit outputs, dL/d(each
-    unit's output) over the calibration batch, and one unit's autograd graph at a time.
+    unit's output) over the calibration batch, one unit's autograd graph and one layer's
+    gradients at a time.
 
-    Call `layer_grads` for every unit in forward order, once each: it also advances the chunks'
-    FP stream to the next unit's input."""
+    Ask `layer_grad` for a unit's layers, then call `unit_done`, for every unit in forward order:
+    it moves the chunks' FP stream on to the next unit's input."""
 
     def __init__(self, model: nn.Module, units: list[Unit], calib: torch.Tensor, chunk_size: int):
         self.model, self.units = model, units
@@ -163,27 +165,39 @@ class UnitGradients:
                         (g,) = torch.autograd.grad(self.units[k].forward(xk), xk, g)
         return out
 
-    def layer_grads(self, unit: Unit, layers: list[nn.Module]) -> dict[nn.Module, torch.Tensor]:
-        """dL/dO of each of `layers` (in `unit`) over the calibration batch, from the unit's graph
-        alone; then the chunks move on to the next unit's input."""
+    def layer_grad(self, unit: Unit, layer: nn.Module) -> Optional[torch.Tensor]:
+        """dL/dO of `layer`'s output (its first call in `unit`) over the calibration batch, from
+        the unit's graph alone, backpropagated only as far as that output (None: the loss does not
+        depend on it). One layer's at a time: a block's every layer's gradients (63 MB for DeiT-T
+        at 32 images) would sit beside the first layer's search."""
+        k = self._unit_index(unit)
+        parts: list[torch.Tensor] = []
+        with params_frozen(self.model), quant_disabled(self.model), torch.enable_grad():
+            for x, g in zip(self._inputs, self._out_grads[k]):
+                out: list[torch.Tensor] = []
+                with hooks_removed_after([layer.register_forward_hook(lambda _m, _a, o: out.append(o) if not out else None)]):
+                    y = unit.forward(x.detach().requires_grad_(True))
+                if not out:
+                    return None
+                (grad,) = torch.autograd.grad(y, out[0], g, allow_unused=True)
+                if grad is None:
+                    return None
+                parts.append(grad)
+        return torch.cat(parts)
+
+    def unit_done(self, unit: Unit) -> None:
+        """Free `unit`'s output gradients and move the chunks on to the next unit's input."""
+        k = self._unit_index(unit)
+        self._out_grads[k] = []
+        with quant_disabled(self.model), torch.no_grad():
+            self._inputs = [unit.forward(x) for x in self._inputs]
+        self._next += 1
+
+    def _unit_index(self, unit: Unit) -> int:
         k = self._next
         if k >= len(self.units) or self.units[k] is not unit:
-            raise RuntimeError("UnitGradients.layer_grads: call it for every unit, in forward order, once each")
-        parts: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
-
-        def fwd_hook(mod: nn.Module, _args: Any, out: torch.Tensor) -> None:
-            out.register_hook(lambda g: parts[mod].append(g.detach()))
-
-        with params_frozen(self.model), quant_disabled(self.model):
-            if layers:
-                with torch.enable_grad(), hooks_removed_after([m.register_forward_hook(fwd_hook) for m in layers]):
-                    for x, g in zip(self._inputs, self._out_grads[k]):
-                        unit.forward(x.detach().requires_grad_(True)).backward(g)
-            self._out_grads[k] = []
-            with torch.no_grad():
-                self._inputs = [unit.forward(x) for x in self._inputs]
-        self._next += 1
-        return {m: torch.cat(g) for m, g in parts.items() if g}
+            raise RuntimeError("UnitGradients: pass the units in forward order, each once (unit_done moves on)")
+        return k
 
 
 def _score(out: torch.Tensor, target: torch.Tensor, grad2: Optional[torch.Tensor], metric: str,
@@ -315,23 +329,22 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
     hessian = cfg.search_metric == "hessian"
     unit_grads = UnitGradients(model, units, calib, cfg.chunk_size) if hessian and loss is None else None
     for unit in units:
-        # this unit's gradients only (memory: one unit's layer outputs' gradients, not every layer's)
-        layers = [m for m in unit.module.modules() if isinstance(m, Layer)]
-        grads = {}
-        if unit_grads is not None:
-            grads = unit_grads.layer_grads(unit, layers)
-        elif hessian:
-            grads = output_grads(model, calib, cfg.chunk_size, loss, layers)
+        grads = {}  # a detector's: this unit's layers' gradients, from one whole-model backward
+        if hessian and unit_grads is None:
+            grads = output_grads(model, calib, cfg.chunk_size, loss,
+                                 [m for m in unit.module.modules() if isinstance(m, Layer)])
         with quant_disabled(model):  # one FP pass: the layers' call order, the next unit's input
             order, x_next = _forward_order(unit.forward, unit.module, x_fp)
         for layer in order:
             with quant_disabled(model):
                 fp_in, fp_out = _layer_call(unit.forward, layer, x_fp)
             inputs = fp_in if cfg.search_inputs == "fp" else _layer_call(unit.forward, layer, x_q, output=False)[0]
-            grad = grads.pop(layer, None)
+            grad = unit_grads.layer_grad(unit, layer) if unit_grads is not None else grads.pop(layer, None)
             search_layer(layer, inputs, fp_out, None if grad is None else grad.pow_(2), cfg)  # squared in place
             searched += 1
             del fp_in, fp_out, inputs, grad
+        if unit_grads is not None:
+            unit_grads.unit_done(unit)
         if cfg.search_inputs != "fp":
             x_q = unit.forward(x_q)
         x_fp = x_next
