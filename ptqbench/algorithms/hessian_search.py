@@ -172,11 +172,17 @@ class UnitGradients:
         at 32 images) would sit beside the first layer's search."""
         k = self._unit_index(unit)
         parts: list[torch.Tensor] = []
-        with params_frozen(self.model), quant_disabled(self.model), torch.enable_grad():
+        out: list[torch.Tensor] = []  # the layer's output in this chunk's pass (its first call)
+
+        def keep_first(_mod: nn.Module, _args: Any, o: torch.Tensor) -> None:
+            if not out:
+                out.append(o)
+
+        with params_frozen(self.model), quant_disabled(self.model), torch.enable_grad(), \
+                hooks_removed_after([layer.register_forward_hook(keep_first)]):
             for x, g in zip(self._inputs, self._out_grads[k]):
-                out: list[torch.Tensor] = []
-                with hooks_removed_after([layer.register_forward_hook(lambda _m, _a, o: out.append(o) if not out else None)]):
-                    y = unit.forward(x.detach().requires_grad_(True))
+                out.clear()
+                y = unit.forward(x.detach().requires_grad_(True))
                 if not out:
                     return None
                 (grad,) = torch.autograd.grad(y, out[0], g, allow_unused=True)

@@ -44,8 +44,8 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ptqbench.progress import progress as progress_bar
 from ptqbench.heap import free_heap_returned
+from ptqbench.progress import progress as progress_bar
 
 from ptqbench.models.structure import EMBED, HEAD, Unit
 from ptqbench.quant.base import Quantizer
