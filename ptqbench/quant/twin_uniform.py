@@ -110,10 +110,10 @@ class TwinUniformQuantizer(Quantizer):
     def candidates(self, x: torch.Tensor, n: int | None = None, alphas: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
         """Parameter sets to try on data `x`: softmax: split = 2^-m for m in 0..min(m_max, n-1);
         GELU: positive step alpha * max / (L-1) for each alpha (or the range-search tops)."""
-        x2d = subsample(x.detach().float().reshape(1, -1), self.search.max_samples)
         if self.mode == "softmax":
             m_hi = self.m_max if n is None else min(self.m_max, n - 1)
             return [{"split": torch.tensor(2.0**-m)} for m in range(m_hi + 1)]
+        x2d = subsample(x.detach().float().reshape(1, -1), self.search.max_samples)
         neg = torch.clamp(-x2d.min(), min=1e-8) / (self.levels - 1)
         top = torch.clamp(x2d.max(), min=1e-8)
         if alphas is not None:
@@ -145,8 +145,8 @@ class TwinUniformQuantizer(Quantizer):
     def _fit(self, x: torch.Tensor) -> None:
         if self.mode == "softmax" and (x < 0).any():
             raise ValueError(f"twin uniform softmax quantizer {self.qname!r} needs non-negative input")
-        cands = self.candidates(x)
         x2d = subsample(x.float().reshape(1, -1), self.search.max_samples)
+        cands = self.candidates(x2d)  # subsampling x2d again would return it as is: one draw, not two
         errs = [float((self._fake(x2d, c) - x2d).pow(2).mean()) for c in cands]
         self.apply_search_params(cands[min(range(len(cands)), key=errs.__getitem__)])  # ties keep the first
 

@@ -200,3 +200,28 @@ def test_fractional_zero_point_is_quantized_as_written():
         assert torch.equal(q(x), (torch.clamp(torch.round(x / s) + z, 0, 15) - z) * s)
     q.set_params(s, torch.tensor(7.0), None)
     assert q.integral_zero_point
+
+
+def test_subsample_keeps_the_columns_of_the_int64_permutation():
+    """`subsample` draws its permutation in int32 to halve its memory; CPU randperm gives the same
+    numbers in either dtype, so the kept columns are the ones an int64 draw picks."""
+    x = torch.randn(3, 1000)
+    idx = torch.randperm(1000, generator=torch.Generator().manual_seed(5))[:200]
+    assert torch.equal(ranges.subsample(x, 600, seed=5), x[:, idx])
+    assert ranges.subsample(x, 3000) is x  # under the limit: the input itself
+
+
+def test_twin_gelu_fit_on_a_subsample_picks_what_the_two_draw_search_picked():
+    """The GELU twin quantizer subsamples its input once and takes its candidates from that sample;
+    before, `candidates` drew the same seeded sample a second time. Same candidates, same pick."""
+    from ptqbench.quant.twin_uniform import TwinUniformQuantizer
+
+    torch.manual_seed(0)
+    x = torch.nn.functional.gelu(torch.randn(4, 50, 64) * 3)
+    q = TwinUniformQuantizer(4, "post_gelu", mode="gelu", search=RangeSearch(max_samples=2000))
+    q.calibrate(x)
+    cands = q.candidates(x)  # draws its own sample of x, as the old fit did
+    x2d = ranges.subsample(x.reshape(1, -1), 2000)
+    errs = [float((q._fake(x2d, c) - x2d).pow(2).mean()) for c in cands]
+    best = cands[min(range(len(cands)), key=errs.__getitem__)]
+    assert torch.equal(q.pos_scale, best["pos_scale"].reshape(())) and torch.equal(q.neg_scale, best["neg_scale"].reshape(()))
