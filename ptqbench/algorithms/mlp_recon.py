@@ -135,12 +135,14 @@ def reconstruct_mlps(student_units: list[Unit], teacher_units: list[Unit], x: to
             w = perturbation_hessian(teacher_units, i, x, site=t_unit.module.mlp, temperature=cfg.temperature,
                                      eps=cfg.eps, chunk=cfg.hessian_chunk, mean=True)
             w = w * torch.sqrt(w.numel() / w.pow(2).sum())
+        t_train = time.perf_counter()
         info = _train_mlp(student_units[i], X, Y, w, ub, cfg, i)
-        info.update(unit=student_units[i].name, ub=ub, seconds=round(time.perf_counter() - t_block, 3))
+        info.update(unit=student_units[i].name, ub=ub, seconds=round(time.perf_counter() - t_block, 3),
+                    train_s=round(time.perf_counter() - t_train, 4))
         per_block.append(info)
         x = x_next
     return {"mlp_recon_blocks": len(per_block), "mlp_recon_s": round(time.perf_counter() - t0, 3),
-            "mlp_recon_per_block": per_block}
+            "mlp_recon_iters": cfg.iters, "mlp_recon_per_block": per_block}
 
 
 def _train_mlp(unit: Unit, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, ub: float,

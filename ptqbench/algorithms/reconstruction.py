@@ -406,11 +406,17 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
     drops = [q for q in _activation_quantizers(unit) if q.calibrated] if cfg.act_quant_prob < 1.0 else []
     for q in drops:
         q.drop = (cfg.act_quant_prob, gen)
+    t_train = time.perf_counter()
     try:
         _train_loop(unit, st, x_q, x_fp, target, cfg, opt, sched, gen, order, base, bs, head, dev, weights, fisher)
     finally:
         for q in drops:
             q.drop = None
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    info["train_s"] = round(time.perf_counter() - t_train, 4)  # the steps alone (a unit's seconds add its setup)
+    if fisher is not None:
+        info.update(fisher_refreshes=len(fisher.steps), fisher_refresh_s=round(fisher.refresh_s, 4))
     info["ranks"] = finish_unit(st)
     losses("end")
     return info
@@ -457,10 +463,12 @@ def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tenso
             keep = torch.rand(xb.shape, generator=gen).to(dev) < 1.0 - cfg.fp_input_prob
             xb = torch.where(keep, xb, x_fp[idx])
         if fisher is not None and it in fisher.steps:
+            t_refresh = time.perf_counter()
             if fisher.refs is None:
                 fisher.refs = fp_references(fisher.rest, target, cfg.hessian_temperature, cfg.hessian_chunk)
             fisher.loss.refresh(*fisher_rows(unit, fisher.rest, x_fp, target, cfg.hessian_temperature,
                                              cfg.hessian_chunk, fisher.refs))
+            fisher.refresh_s += time.perf_counter() - t_refresh
         out = unit.forward(xb)
         if fisher is not None:
             rec = fisher.loss(out, target[idx])
@@ -504,6 +512,7 @@ class _Fisher:
     steps: set[int]
     rest: list[Unit]
     refs: Optional[list[torch.Tensor]] = None  # the FP softmax per chunk, taken at the first refresh
+    refresh_s: float = 0.0  # seconds spent refreshing: `fisher_k` refreshes per unit whatever the step budget
 
 
 @dataclass(frozen=True)

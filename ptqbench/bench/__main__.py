@@ -49,8 +49,8 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads; load average at start {load}; {time.strftime('%Y-%m-%d %H:%M')}")
 
 
-def run_cell(kind: str, threads: int | None, **kw: Any) -> dict[str, Any]:
-    """One measurement in a fresh process; a failure is a row saying why, not a dead suite."""
+def run_cell(kind: str, threads: int | None, **kw: Any) -> Any:
+    """One measurement in a fresh process (the cell's row, or rows); a failure is a row saying why, not a dead suite."""
     cmd = [sys.executable, "-m", "ptqbench.bench", "--cell", json.dumps({"kind": kind, "kw": kw, "threads": threads})]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -164,10 +164,10 @@ def main() -> None:
     ap.add_argument("--sweep-eval-limit", type=int, default=200)
     ap.add_argument("--sweep-calib", type=int, default=32)
     ap.add_argument("--recon-models", default="deit_small,vit_base")
-    ap.add_argument("--recon-methods", default="dopq,aiq")
+    ap.add_argument("--recon-methods", default=None, help="default: every method with a block reconstruction")
     ap.add_argument("--recon-batch", type=_ints, default=[8, 32], help="batch sizes, e.g. 8,32")
-    ap.add_argument("--recon-steps", type=int, default=5, help="timed reconstruction steps per cell")
-    ap.add_argument("--recon-warmup", type=int, default=1, help="untimed steps before them")
+    ap.add_argument("--recon-steps", type=int, default=10, help="reconstruction steps per unit (method.iters) in each cell")
+    ap.add_argument("--recon-calib", type=int, default=32, help="random calibration images per recon cell")
     ap.add_argument("--decode-images", type=int, default=0, help="real evaluation images for the decode part (0: all)")
     ap.add_argument("--decode-synthetic", type=int, default=0, help="also read a random uint8 array of N 224x224 images")
     ap.add_argument("--decode-batch", type=int, default=100)
@@ -252,16 +252,21 @@ def main() -> None:
                            args.sweep_calib, args.threads)
         emit(table(rows, ["phase", "jobs", "wall_s", "rc", "records_ok", "fp_cache_hits_in_records"]) + "\n")
     if "recon" in parts:
-        emit(f"## Reconstruction step time: seconds per block per iteration (forward + backward + Adam), "
-             f"mean of {args.recon_steps} steps after {args.recon_warmup} untimed, random weights and images\n")
+        from ptqbench.bench.recon_step import reconstructing_methods
+
+        emit(f"## Reconstruction step time: seconds per transformer-block step (forward, the method's loss, backward, "
+             f"Adam) of each stage of the method's recipe, its searches left out; {args.recon_steps} steps per unit on "
+             f"{args.recon_calib} random images, random weights; median over the blocks (min-max beside it)\n")
         rows = []
         for model in _csv(args.recon_models):
-            for m in _csv(args.recon_methods):
+            for m in _csv(args.recon_methods) if args.recon_methods else reconstructing_methods():
                 for b in args.recon_batch:
-                    rows.append(run_cell("recon_step", args.threads, model=model, method=m, batch=b,
-                                         iters=args.recon_steps, warmup=args.recon_warmup, device=args.device))
-                    print(rows[-1], flush=True)
-        emit(table(rows, ["model", "method", "batch", "iters", "s_per_block_iter"]) + "\n")
+                    got = run_cell("recon_step", args.threads, model=model, method=m, batch=b,
+                                   iters=args.recon_steps, calib=args.recon_calib, device=args.device)
+                    rows += got if isinstance(got, list) else [got]
+                    print(got, flush=True)
+        emit(table(rows, ["model", "method", "batch", "stage", "blocks", "iters", "s_per_block_step", "min_max",
+                          "refreshes_per_block", "s_per_refresh"]) + "\n")
     if "decode" in parts:
         from ptqbench.launch import resolve_workers
 

@@ -1,62 +1,113 @@
-"""Seconds per block per reconstruction iteration (forward + backward + Adam step) of the shared
-block-reconstruction engine: what a reconstruction setting (iterations x units x batch) will cost
-before a sweep commits to it. One cell of `python -m ptqbench.bench --parts recon`."""
+"""Seconds per reconstruction step of a transformer block, under each reconstructing method's own
+recipe: what a reconstruction budget (steps x units x batch) will cost before a sweep commits to
+it. One cell of `python -m ptqbench.bench --parts recon`.
+
+A step is what the method's training loop does per iteration for one unit: forward, loss (the
+method's: QDrop masks, APHQ-ViT's Hessian weights, FIMA-Q's Fisher), backward and Adam step.
+FIMA-Q's Fisher refreshes are timed apart (a fixed number per block). A unit's setup (APHQ-ViT's
+Hessian, the FP targets) is not in either. The method's steps run as a job runs them, every stage
+(I&S-ViT's and DopQ-ViT's three stages, APHQ-ViT's MLP stage), except its searches (the grid
+search, PTQ4ViT's Hessian search): those set quantizer values, which do not change a step's time,
+and would cost most of the cell. Weights and images are random for the same reason."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import dataclasses
+import re
+import statistics
+from typing import Any, Iterable
 
 import torch
+from torch import nn
 
-# The parameter sets each method's reconstruction learns by default (ReconConfig.learn).
-LEARN = {"dopq": ("act_scale", "weight_rounding"), "aiq": ("act_scale", "dfq", "lowrank")}
+from ptqbench.methods.steps import GridSearch, HessianSearch, Step, run_steps
+
+SEARCHES = (GridSearch, HessianSearch)
+BLOCK_UNIT = re.compile(r"(^|\.)blocks\.\d+$")  # ViT/DeiT "blocks.3", Swin "layers.0.blocks.1"; not the embedding or head
 
 
-def recon_step(model: str, method: str, batch: int, iters: int, warmup: int, device: str) -> dict[str, Any]:
-    """Mean seconds of one reconstruction step of the first transformer block, random weights and
-    images (the time does not depend on their values); the first `warmup` steps are not timed."""
-    from ptqbench.algorithms.reconstruction import ReconConfig, prepare_unit
-    from ptqbench.algorithms.streaming import unit_layers
+def without_searches(steps: Iterable[Step]) -> tuple[Step, ...]:
+    """`steps` with every search removed, also inside the steps that wrap others (WithFPTeacher,
+    WeightsFP, Timed: every dataclass step with a `steps` field)."""
+    out: list[Step] = []
+    for s in steps:
+        if isinstance(s, SEARCHES):
+            continue
+        if dataclasses.is_dataclass(s) and any(f.name == "steps" for f in dataclasses.fields(s)):
+            s = dataclasses.replace(s, steps=without_searches(s.steps))
+        out.append(s)
+    return tuple(out)
+
+
+def stage_step_times(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per reconstruction stage in `stats` (a method's statistics: `<prefix>recon_per_unit` of each
+    Reconstruct, `mlp_recon_per_block` of APHQ-ViT's MLP stage), the seconds per step of its
+    transformer blocks: the median of each block's training-loop seconds over its steps. FIMA-Q's
+    Fisher refreshes (`fisher_k` per block, whatever the number of steps) are taken out of the steps
+    and given apart, seconds per refresh."""
+    rows = []
+    for key, per_unit in stats.items():
+        if key == "mlp_recon_per_block":
+            stage, iters = "mlp", stats.get("mlp_recon_iters")
+        elif key.endswith("recon_per_unit"):
+            prefix = key[: -len("recon_per_unit")]
+            stage, iters = prefix.rstrip("_") or "recon", stats.get(f"{prefix}recon_iters")
+        else:
+            continue
+        blocks = [u for u in per_unit if BLOCK_UNIT.search(u["unit"]) and "train_s" in u]
+        if not blocks or not iters:
+            continue
+        per_step = [(u["train_s"] - u.get("fisher_refresh_s", 0.0)) / iters for u in blocks]
+        row = {"stage": stage, "blocks": len(blocks), "iters": iters,
+               "s_per_block_step": round(statistics.median(per_step), 4),
+               "min_max": f"{min(per_step):.4f}-{max(per_step):.4f}"}
+        if "fisher_refresh_s" in blocks[0]:  # FIMA-Q: k refreshes per block whatever the budget, so apart
+            row.update(refreshes_per_block=blocks[0]["fisher_refreshes"],
+                       s_per_refresh=round(statistics.median(u["fisher_refresh_s"] / u["fisher_refreshes"] for u in blocks), 4))
+        rows.append(row)
+    return rows
+
+
+def recipe_step_times(module: nn.Module, method: Any, images: torch.Tensor) -> list[dict[str, Any]]:
+    """Quantize `module` (patched here) with `method`'s steps less its searches on `images`, and
+    return the seconds per block step of each reconstruction stage (`stage_step_times`)."""
+    from ptqbench.models import make_quantizable
+
+    steps = without_searches(method.steps())
+    qm = make_quantizable(module, method.plan())
+    stats = run_steps(steps, qm, images)
+    rows = stage_step_times(stats)
+    if not rows:
+        raise ValueError(f"method {method.name!r} trained no transformer block (no reconstruction in its recipe, "
+                         "or method.iters=0): the recon part times reconstruction methods")
+    return rows
+
+
+def reconstructing_methods() -> list[str]:
+    """The registered methods with a block reconstruction: those whose config has the `iters` and
+    `batch_size` of its training loop."""
+    from ptqbench.methods import METHODS
+
+    return sorted(n for n, cls in METHODS.items() if {"iters", "batch_size"} <= {f.name for f in dataclasses.fields(cls.Config)})
+
+
+def recon_step(model: str, method: str, batch: int, iters: int, calib: int, device: str,
+               options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The cell: `model` with random weights, `calib` random images, `method` at W4A4 with `iters`
+    steps per unit at `batch` (its `iters` / `batch_size` options, which every reconstructing
+    method has) plus `options`; one row per reconstruction stage."""
     from ptqbench.methods import Bits, build_method
-    from ptqbench.models import create_model, make_quantizable, model_entry
-    from ptqbench.models.units import model_units
-    from ptqbench.quant.calibration import calibrate
+    from ptqbench.models import create_model, model_entry
 
-    if method not in LEARN:
-        raise ValueError(f"reconstruction step time of {method!r}: choose one of {sorted(LEARN)}")
-    if batch < 1 or iters < 1 or warmup < 0:
-        raise ValueError(f"batch={batch}, iters={iters}, warmup={warmup}: use batch >= 1, iters >= 1, warmup >= 0")
+    if method not in reconstructing_methods():
+        raise ValueError(f"reconstruction step time of {method!r}: choose one of {reconstructing_methods()}")
+    if batch < 1 or iters < 1 or calib < batch:
+        raise ValueError(f"batch={batch}, iters={iters}, calib={calib}: use batch >= 1, iters >= 1, calib >= batch")
+    meth = build_method({"name": method, "iters": iters, "batch_size": batch, **(options or {})}, Bits(4, 4))
     dev = torch.device(device)
     torch.manual_seed(0)
     net = create_model(model_entry(model), pretrained=False)[0].eval().to(dev)
-    # dopq's PTQ stage only: the timed steps below are the reconstruction
-    meth = build_method({"name": method, "reconstruct": False} if method == "dopq" else {"name": method}, Bits(4, 4))
-    qm = make_quantizable(net, meth.plan())
-    images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(dev)
-    calibrate(qm.model, images)
-    units = model_units(qm.model)
-    with torch.no_grad():
-        x = units[0].forward(images)
-        target = units[1].forward(x)
-    for p in qm.model.parameters():
-        p.requires_grad_(False)
-    unit = units[1]
-    cfg = ReconConfig(learn=LEARN[method], lowrank_ranks=(0, 4, 8, 16, 32))
-    state = prepare_unit(unit, unit_layers(qm.model, unit), cfg, torch.Generator().manual_seed(0))
-    opt = torch.optim.Adam([{k: v for k, v in g.items() if k != "name"} for g in state.groups])
-    times = []
-    for i in range(warmup + iters):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t = time.perf_counter()
-        loss = (unit.forward(x) - target).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return {"model": model, "method": method, "batch": batch, "iters": iters,
-            "s_per_block_iter": round(sum(times) / len(times), 4)}
+    images = torch.randn(calib, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(dev)
+    rows = recipe_step_times(net, meth, images)
+    return [{"model": model, "method": method, "batch": batch, **r} for r in rows]
+

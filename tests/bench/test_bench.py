@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from tests.conftest import REPO
 
 
@@ -39,8 +40,47 @@ def test_unknown_part_is_refused_with_the_valid_ones(monkeypatch, capsys):
 def test_recon_step_refuses_a_method_without_reconstruction():
     from ptqbench.bench.recon_step import recon_step
 
-    with pytest.raises(ValueError, match=r"'repq': choose one of \['aiq', 'dopq'\]"):
-        recon_step("deit_tiny", "repq", 1, 1, 0, "cpu")
+    with pytest.raises(ValueError, match=r"'repq': choose one of \['aiq', 'aphq', 'brecq', 'dopq', 'fimaq', 'ias', 'qdrop'\]"):
+        recon_step("deit_tiny", "repq", 1, 1, 1, "cpu")
+
+
+def test_recon_cell_drops_the_searches_and_keeps_every_other_step():
+    """APHQ-ViT's recipe nests its grid search inside WithFPTeacher and Timed: it goes, the MLP stage
+    and the reconstruction stay, in order."""
+    from ptqbench.bench.recon_step import without_searches
+    from ptqbench.methods import Bits, build_method
+    from ptqbench.methods.steps import GridSearch, HessianSearch, Reconstruct, ReluMLPReconstruct, WithFPTeacher
+
+    def flat(steps):
+        for s in steps:
+            yield s
+            yield from flat(getattr(s, "steps", ()))
+
+    aphq = build_method({"name": "aphq", "iters": 3, "batch_size": 2}, Bits(4, 4))
+    before, after = list(flat(aphq.steps())), list(flat(without_searches(aphq.steps())))
+    assert any(isinstance(s, GridSearch) for s in before)
+    assert not any(isinstance(s, (GridSearch, HessianSearch)) for s in after)
+    kept = [type(s) for s in after if isinstance(s, (WithFPTeacher, ReluMLPReconstruct, Reconstruct))]
+    assert kept == [WithFPTeacher, ReluMLPReconstruct, Reconstruct]
+    assert len(after) == len(before) - 1
+
+
+@pytest.mark.parametrize("method, stages", [("ias", ["stage_one", "stage_three"]), ("aphq", ["mlp", "recon"]),
+                                            ("fimaq", ["recon"])])
+def test_recon_cell_times_every_stage_of_the_recipe_on_a_tiny_vit(method, stages):
+    from ptqbench.bench.recon_step import recipe_step_times
+    from ptqbench.methods import Bits, build_method
+    from tests.conftest import make_tiny_vit
+
+    net = make_tiny_vit().eval()
+    size = net.patch_embed.img_size
+    meth = build_method({"name": method, "iters": 5, "batch_size": 2}, Bits(4, 4))
+    rows = recipe_step_times(net, meth, torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(0)))
+    assert [r["stage"] for r in rows] == stages
+    for r in rows:
+        assert r["blocks"] == 2 and r["iters"] == 5 and r["s_per_block_step"] > 0, rows
+    if method == "fimaq":  # k = 5 Fisher refreshes per block, timed apart from the steps
+        assert rows[0]["refreshes_per_block"] == 5 and rows[0]["s_per_refresh"] > 0, rows
 
 
 @pytest.mark.slow
@@ -48,13 +88,14 @@ def test_bench_recon_and_cost_grid_parts(tmp_path):
     """The parts that replaced benchmarks/recon_step_time.py and benchmarks/quantize_cost.py."""
     out = tmp_path / "bench.md"
     res = subprocess.run([sys.executable, "-m", "ptqbench.bench", "--parts", "recon,cost", "--recon-models", "deit_tiny",
-                          "--recon-methods", "dopq", "--recon-batch", "1,2", "--recon-steps", "1", "--recon-warmup", "0",
+                          "--recon-methods", "dopq", "--recon-batch", "1,2", "--recon-steps", "1", "--recon-calib", "2",
                           "--cost-models", "deit_tiny", "--cost-methods", "minmax", "--cost-calib", "2,4", "--threads", "1",
                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = out.read_text().splitlines()
-    recon = [ln for ln in lines if ln.startswith("| deit_tiny | dopq |")]
-    assert len(recon) == 2 and all(float(ln.split("|")[5]) > 0 for ln in recon), lines
+    recon = [ln.split("|") for ln in lines if ln.startswith("| deit_tiny | dopq |")]
+    assert [(c[3].strip(), c[4].strip()) for c in recon] == [(b, s) for b in "12" for s in ("stage_one", "stage_three")], lines
+    assert all(c[5].strip() == "12" and float(c[7]) > 0 for c in recon), lines  # DeiT-T's 12 blocks, timed
     cost = [ln for ln in lines if ln.startswith("| deit_tiny | minmax |")]
     assert [ln.split("|")[4].strip() for ln in cost] == ["2", "4"] and not any("failed" in ln for ln in cost), lines
 
