@@ -18,20 +18,24 @@ import statistics
 from typing import Any, Iterable
 
 import torch
-from torch import nn
+from ptqbench.methods.steps import RECALIBRATE, GridSearch, HessianSearch, Reparameterize, Step, run_steps
 
-from ptqbench.methods.steps import GridSearch, HessianSearch, Step, run_steps
-
-SEARCHES = (GridSearch, HessianSearch)
 BLOCK_UNIT = re.compile(r"(^|\.)blocks\.\d+$")  # ViT/DeiT "blocks.3", Swin "layers.0.blocks.1"; not the embedding or head
 
 
 def without_searches(steps: Iterable[Step]) -> tuple[Step, ...]:
-    """`steps` with every search removed, also inside the steps that wrap others (WithFPTeacher,
-    WeightsFP, Timed: every dataclass step with a `steps` field)."""
+    """`steps` without their searches, also inside the steps that wrap others (WithFPTeacher,
+    WeightsFP, Timed: every dataclass step with a `steps` field). A grid search becomes the
+    reparameterization it does on the way (float32, rounded zero point) and a calibration of the
+    folded weights, so the post-LN quantizers the reconstruction trains are per tensor, as after
+    the search."""
     out: list[Step] = []
     for s in steps:
-        if isinstance(s, SEARCHES):
+        if isinstance(s, GridSearch):
+            out += [Reparameterize(round_zero_point=True, exact_padding=s.exact_padding, arithmetic="float32"),
+                    RECALIBRATE]
+            continue
+        if isinstance(s, HessianSearch):
             continue
         if dataclasses.is_dataclass(s) and any(f.name == "steps" for f in dataclasses.fields(s)):
             s = dataclasses.replace(s, steps=without_searches(s.steps))
@@ -68,14 +72,10 @@ def stage_step_times(stats: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def recipe_step_times(module: nn.Module, method: Any, images: torch.Tensor) -> list[dict[str, Any]]:
-    """Quantize `module` (patched here) with `method`'s steps less its searches on `images`, and
-    return the seconds per block step of each reconstruction stage (`stage_step_times`)."""
-    from ptqbench.models import make_quantizable
-
-    steps = without_searches(method.steps())
-    qm = make_quantizable(module, method.plan())
-    stats = run_steps(steps, qm, images)
+def recipe_step_times(qm: Any, method: Any, images: torch.Tensor) -> list[dict[str, Any]]:
+    """Run `method`'s steps less its searches on `qm` (the model patched for `method.plan()`) with
+    `images`, and return the seconds per block step of each reconstruction stage (`stage_step_times`)."""
+    stats = run_steps(without_searches(method.steps()), qm, images)
     rows = stage_step_times(stats)
     if not rows:
         raise ValueError(f"method {method.name!r} trained no transformer block (no reconstruction in its recipe, "
@@ -97,7 +97,7 @@ def recon_step(model: str, method: str, batch: int, iters: int, calib: int, devi
     steps per unit at `batch` (its `iters` / `batch_size` options, which every reconstructing
     method has) plus `options`; one row per reconstruction stage."""
     from ptqbench.methods import Bits, build_method
-    from ptqbench.models import create_model, model_entry
+    from ptqbench.models import create_model, make_quantizable, model_entry
 
     if method not in reconstructing_methods():
         raise ValueError(f"reconstruction step time of {method!r}: choose one of {reconstructing_methods()}")
@@ -108,6 +108,6 @@ def recon_step(model: str, method: str, batch: int, iters: int, calib: int, devi
     torch.manual_seed(0)
     net = create_model(model_entry(model), pretrained=False)[0].eval().to(dev)
     images = torch.randn(calib, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(dev)
-    rows = recipe_step_times(net, meth, images)
+    rows = recipe_step_times(make_quantizable(net, meth.plan()), meth, images)
     return [{"model": model, "method": method, "batch": batch, **r} for r in rows]
 

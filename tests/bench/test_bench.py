@@ -45,11 +45,12 @@ def test_recon_step_refuses_a_method_without_reconstruction():
 
 
 def test_recon_cell_drops_the_searches_and_keeps_every_other_step():
-    """APHQ-ViT's recipe nests its grid search inside WithFPTeacher and Timed: it goes, the MLP stage
-    and the reconstruction stay, in order."""
+    """APHQ-ViT's recipe nests its grid search inside WithFPTeacher and Timed: it becomes the
+    reparameterization it does on the way; the MLP stage and the reconstruction stay, in order."""
     from ptqbench.bench.recon_step import without_searches
     from ptqbench.methods import Bits, build_method
-    from ptqbench.methods.steps import GridSearch, HessianSearch, Reconstruct, ReluMLPReconstruct, WithFPTeacher
+    from ptqbench.methods.steps import (GridSearch, HessianSearch, Reconstruct, ReluMLPReconstruct, Reparameterize,
+                                        WithFPTeacher)
 
     def flat(steps):
         for s in steps:
@@ -60,9 +61,9 @@ def test_recon_cell_drops_the_searches_and_keeps_every_other_step():
     before, after = list(flat(aphq.steps())), list(flat(without_searches(aphq.steps())))
     assert any(isinstance(s, GridSearch) for s in before)
     assert not any(isinstance(s, (GridSearch, HessianSearch)) for s in after)
-    kept = [type(s) for s in after if isinstance(s, (WithFPTeacher, ReluMLPReconstruct, Reconstruct))]
-    assert kept == [WithFPTeacher, ReluMLPReconstruct, Reconstruct]
-    assert len(after) == len(before) - 1
+    kept = [type(s) for s in after if isinstance(s, (WithFPTeacher, ReluMLPReconstruct, Reparameterize, Reconstruct))]
+    assert kept == [WithFPTeacher, ReluMLPReconstruct, Reparameterize, Reconstruct]
+    assert len(after) == len(before) + 1  # the search's place: its reparameterization, then the weights' calibration
 
 
 @pytest.mark.parametrize("method, stages", [("ias", ["stage_one", "stage_three"]), ("aphq", ["mlp", "recon"]),
@@ -70,12 +71,16 @@ def test_recon_cell_drops_the_searches_and_keeps_every_other_step():
 def test_recon_cell_times_every_stage_of_the_recipe_on_a_tiny_vit(method, stages):
     from ptqbench.bench.recon_step import recipe_step_times
     from ptqbench.methods import Bits, build_method
+    from ptqbench.models import make_quantizable
     from tests.conftest import make_tiny_vit
 
     net = make_tiny_vit().eval()
     size = net.patch_embed.img_size
     meth = build_method({"name": method, "iters": 5, "batch_size": 2}, Bits(4, 4))
-    rows = recipe_step_times(net, meth, torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(0)))
+    qm = make_quantizable(net, meth.plan())
+    rows = recipe_step_times(qm, meth, torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(0)))
+    if method in ("aphq", "fimaq"):  # the grid search's reparameterization ran: post-LN inputs per tensor
+        assert qm.reparam_pairs and all(not p.linear.input_quantizer.per_channel for p in qm.reparam_pairs)
     assert [r["stage"] for r in rows] == stages
     for r in rows:
         assert r["blocks"] == 2 and r["iters"] == 5 and r["s_per_block_step"] > 0, rows
