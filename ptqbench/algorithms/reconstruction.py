@@ -44,10 +44,10 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ptqbench.heap import free_heap_returned
-from ptqbench.progress import progress as progress_bar
 
+from ptqbench.heap import free_heap_returned
 from ptqbench.models.structure import EMBED, HEAD, Unit
+from ptqbench.progress import progress as progress_bar
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled, switched
 from ptqbench.quant.learnable import AdaRoundQuantizer

@@ -99,6 +99,19 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _check_recon_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The recon part's settings, refused before any cell runs."""
+    from ptqbench.bench.recon_step import reconstructing_methods
+
+    known = reconstructing_methods()
+    bad = [m for m in _csv(args.recon_methods or "") if m not in known]
+    if bad:
+        ap.error(f"--recon-methods: {', '.join(bad)} has no block reconstruction; choose from {','.join(known)}")
+    if args.recon_steps < 1 or not args.recon_batch or min(args.recon_batch) < 1 or args.recon_calib < max(args.recon_batch):
+        ap.error(f"--recon-steps {args.recon_steps}, --recon-batch {args.recon_batch}, --recon-calib {args.recon_calib}: "
+                 "use at least 1 step, batches of at least 1, and at least as many images as the largest batch")
+
+
 def method_options(method: str, recon_iters: int) -> dict[str, Any]:
     """The bench's bounded settings: dopq/aiq with `recon_iters` reconstruction steps per unit at
     batch 8 (the papers' 1000 steps x 1024 images are a GPU job), aiq evaluated folded
@@ -193,6 +206,8 @@ def main() -> None:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
         ap.error(f"--parts {args.parts!r}: unknown {', '.join(unknown) or 'empty list'}; choose from {','.join(PARTS)}")
+    if "recon" in parts:
+        _check_recon_args(ap, args)
     out = [f"# ptqbench benchmark ({args.device})", "", f"Machine: {machine()}", "",
            f"Command: `python -m ptqbench.bench {' '.join(sys.argv[1:])}`", ""]
 

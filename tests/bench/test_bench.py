@@ -156,3 +156,16 @@ def test_eval_cell_times_inference_forwards_without_autograd(monkeypatch):
     r = cells.eval_overhead("deit_tiny", "minmax", "w4a4", batch=1, repeats=2, device="cpu")
     assert r["ratio"] > 0
     assert seen and not any(seen), seen  # FP, quantized and unfused forwards, warm-ups included
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recon-methods", "dopq,repq"], "repq has no block reconstruction"),
+    (["--recon-batch", "8", "--recon-calib", "4"], "at least as many images as the largest batch"),
+])
+def test_recon_part_refuses_bad_settings_before_any_cell(monkeypatch, capsys, args, message):
+    from ptqbench.bench.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["ptqbench.bench", "--parts", "recon", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2 and message in capsys.readouterr().err
