@@ -30,6 +30,8 @@ class GridReconConfig(ReparamConfig):
     grid_candidates / grid_rounds: the calibration grid (`eq_n` 128, `search_round` 3).
     search_images: the grid search runs on the first this many calibration images (the release's
         `calib_size` 128, the first 128 of its 1024 `optim_size` images); null = all.
+    search_image_chunk: images whose candidate scores one sum adds up (the release's
+        `calib_batch_size`, 32: the order of the sums decides near-ties; GridSearchConfig.image_chunk).
     iters: Adam steps per unit (released 20000); batch_size: images per step (32).
     inputs: unit inputs during reconstruction: "qdrop" (each element from the quantized model with
         probability `drop_prob`, else FP), "quantized" or "fp".
@@ -54,6 +56,7 @@ class GridReconConfig(ReparamConfig):
     grid_candidates: int = 128
     grid_rounds: int = 3
     search_images: Optional[int] = 128
+    search_image_chunk: int = 32
     iters: Optional[int] = 20000
     batch_size: int = 32
     inputs: str = "qdrop"
@@ -79,12 +82,12 @@ class GridReconConfig(ReparamConfig):
             raise ValueError(f"head_loss={self.head_loss!r}; choose one of {HEAD_LOSSES}")
         if not 0.0 <= self.drop_prob <= 1.0:
             raise ValueError(f"drop_prob must lie in [0, 1], got {self.drop_prob}")
-        GridSearchConfig(self.grid_candidates, self.grid_rounds)  # validates
+        self.search_config()  # validates
         if self.search_images is not None and self.search_images < 1:
             raise ValueError(f"search_images must be >= 1 or null (all), got {self.search_images}")
 
     def search_config(self) -> GridSearchConfig:
-        return GridSearchConfig(self.grid_candidates, self.grid_rounds)
+        return GridSearchConfig(self.grid_candidates, self.grid_rounds, image_chunk=self.search_image_chunk)
 
     def engine_config(self) -> ReconConfig:
         qdrop = self.inputs == "qdrop"

@@ -10,6 +10,7 @@ from tests.conftest import make_tiny_swin, make_tiny_vit
 
 from ptqbench.algorithms import grid_search as gs
 from ptqbench.algorithms.grid_search import GridSearchConfig
+from ptqbench.errors import ConfigError
 from ptqbench.methods import Bits, build_method
 from ptqbench.methods.steps import Calibrate, GridSearch
 from ptqbench.models import make_quantizable
@@ -142,3 +143,15 @@ def test_search_result_does_not_depend_on_the_chunking():
     assert results[0].keys() == results[1].keys()
     for n in results[0]:
         torch.testing.assert_close(results[0][n], results[1][n], msg=n)
+
+
+@pytest.mark.parametrize("name", ["qdrop", "brecq", "aphq", "fimaq"])
+def test_the_image_chunk_is_a_method_key_and_zero_is_refused(name):
+    def flat(steps):  # WithFPTeacher and Timed wrap their steps
+        return [leaf for s in steps for leaf in (flat(s.steps) if hasattr(s, "steps") else (s,))]
+
+    m = build_method({"name": name, "iters": 0, "search_image_chunk": 8}, Bits(4, 4))
+    searches = [s for s in flat(m.steps()) if isinstance(s, GridSearch)]
+    assert len(searches) == 1 and searches[0].cfg.image_chunk == 8
+    with pytest.raises(ConfigError, match="image_chunk"):
+        build_method({"name": name, "search_image_chunk": 0}, Bits(4, 4))
