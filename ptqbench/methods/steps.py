@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -395,7 +395,15 @@ def optional(condition: bool, *steps: Step) -> tuple[Step, ...]:
     return steps if condition else ()
 
 
+def walk_steps(steps: Iterable[Step]) -> Iterator[Step]:
+    """Every step in run order: each wrapping step (WithFPTeacher, WeightsFP, Timed), then the
+    steps it wraps."""
+    for s in steps:
+        yield s
+        yield from walk_steps(getattr(s, "steps", ()))
+
+
 __all__ = ["Calibrate", "ErrorReduction", "GPTQSolve", "GridSearch", "HessianSearch", "InstallDualUniform", "MOSF", "MeanScale",
            "RECALIBRATE", "Reconstruct", "Reparameterize", "SharedScaleRule", "Timed", "WeightsFP", "WithFPTeacher",
            "optional",
-           "run_steps"]
+           "run_steps", "walk_steps"]

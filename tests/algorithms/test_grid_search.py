@@ -12,7 +12,7 @@ from ptqbench.algorithms import grid_search as gs
 from ptqbench.algorithms.grid_search import GridSearchConfig
 from ptqbench.errors import ConfigError
 from ptqbench.methods import Bits, build_method
-from ptqbench.methods.steps import Calibrate, GridSearch
+from ptqbench.methods.steps import Calibrate, GridSearch, walk_steps
 from ptqbench.models import make_quantizable
 from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.modules import QuantLinear, QuantMatMul
@@ -147,11 +147,8 @@ def test_search_result_does_not_depend_on_the_chunking():
 
 @pytest.mark.parametrize("name", ["qdrop", "brecq", "aphq", "fimaq"])
 def test_the_image_chunk_is_a_method_key_and_zero_is_refused(name):
-    def flat(steps):  # WithFPTeacher and Timed wrap their steps
-        return [leaf for s in steps for leaf in (flat(s.steps) if hasattr(s, "steps") else (s,))]
-
     m = build_method({"name": name, "iters": 0, "search_image_chunk": 8}, Bits(4, 4))
-    searches = [s for s in flat(m.steps()) if isinstance(s, GridSearch)]
+    searches = [s for s in walk_steps(m.steps()) if isinstance(s, GridSearch)]
     assert len(searches) == 1 and searches[0].cfg.image_chunk == 8
     with pytest.raises(ConfigError, match="image_chunk"):
         build_method({"name": name, "search_image_chunk": 0}, Bits(4, 4))

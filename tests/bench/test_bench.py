@@ -50,15 +50,10 @@ def test_recon_cell_drops_the_searches_and_keeps_every_other_step():
     from ptqbench.bench.recon_step import without_searches
     from ptqbench.methods import Bits, build_method
     from ptqbench.methods.steps import (GridSearch, HessianSearch, Reconstruct, ReluMLPReconstruct, Reparameterize,
-                                        WithFPTeacher)
-
-    def flat(steps):
-        for s in steps:
-            yield s
-            yield from flat(getattr(s, "steps", ()))
+                                        WithFPTeacher, walk_steps)
 
     aphq = build_method({"name": "aphq", "iters": 3, "batch_size": 2}, Bits(4, 4))
-    before, after = list(flat(aphq.steps())), list(flat(without_searches(aphq.steps())))
+    before, after = list(walk_steps(aphq.steps())), list(walk_steps(without_searches(aphq.steps())))
     assert any(isinstance(s, GridSearch) for s in before)
     assert not any(isinstance(s, (GridSearch, HessianSearch)) for s in after)
     kept = [type(s) for s in after if isinstance(s, (WithFPTeacher, ReluMLPReconstruct, Reparameterize, Reconstruct))]

@@ -202,6 +202,13 @@ def test_fractional_zero_point_is_quantized_as_written():
     assert q.integral_zero_point
 
 
+def test_subsample_keeps_the_columns_of_the_seeded_permutation():
+    x = torch.randn(3, 1000)
+    idx = torch.randperm(1000, generator=torch.Generator().manual_seed(5))[:200]
+    assert torch.equal(ranges.subsample(x, 600, seed=5), x[:, idx])
+    assert ranges.subsample(x, 3000) is x  # under the limit: the input itself
+
+
 def test_twin_gelu_fit_on_a_subsample_picks_what_the_two_draw_search_picked():
     """The GELU twin quantizer subsamples its input once and takes its candidates from that sample;
     before, `candidates` drew the same seeded sample a second time. Same candidates, same pick."""
