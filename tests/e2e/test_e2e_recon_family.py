@@ -6,8 +6,8 @@ Each band holds the released code's draws and ptqbench's own (docs/anchors/*/REA
 docs/results.md), widened by the spread seen for one job across CPUs (about 1.3 top-1 for RepQ-ViT
 W4A4, tests/e2e/test_e2e_imagenet.py). Each lower bound also excludes the same pipeline with its
 reconstruction doing nothing: the calibrated model before reconstruction scores 67.85 (QDrop /
-BRECQ / FIMA-Q calibration), 69.85 (I&S-ViT with one step per stage), and APHQ-ViT's ReLU model
-before training 26.46 after calibration.
+BRECQ / FIMA-Q calibration, both sides), 69.85 (I&S-ViT's released code with one step per stage),
+and 26.46 / 26.15 (APHQ-ViT after its MLP stage and calibration, released / ptqbench).
 """
 
 import pytest
