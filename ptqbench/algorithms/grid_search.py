@@ -58,9 +58,44 @@ MIN_ACT_SCALE = 1e-4  # linear.py: calculate_percentile_activation_candidates cl
 
 
 @dataclass(frozen=True)
+class GridShape:
+    """Where the candidates lie, as released (APHQ-ViT `quant_layers/*.py`); keys so that the shape
+    can be ablated, the defaults being the release's:
+    zero_points: integer zero points of a Linear's weight and input grids, centred on 2^(b-1)
+        (`min(16, 2^b)`; even, so the grid is centred).
+    narrow_quantile: q of the narrowest Linear scale, the (1 - q, q)-quantile width (0.9); the
+        widest is the min-max width.
+    conv_percentiles: the patch embedding's percentile range (0.99, 0.9999), spaced by
+        i^conv_spacing (0.5: a square root) over the candidates, plus 1.0.
+    matmul_quantiles: the matmul operands' upper quantile range (0.99, 0.99999), the lower one
+        mirrored (0.01, 0.00001), spaced evenly.
+    """
+
+    zero_points: int = 16
+    narrow_quantile: float = 0.9
+    conv_percentiles: tuple[float, float] = (0.99, 0.9999)
+    conv_spacing: float = 0.5
+    matmul_quantiles: tuple[float, float] = (0.99, 0.99999)
+
+    def __post_init__(self) -> None:
+        for key in ("conv_percentiles", "matmul_quantiles"):
+            pair = tuple(float(v) for v in getattr(self, key))
+            if len(pair) != 2 or not 0.5 < pair[0] < pair[1] <= 1.0:
+                raise ValueError(f"{key}={list(pair)}: give two quantiles, 0.5 < low < high <= 1")
+            object.__setattr__(self, key, pair)
+        if self.zero_points < 2 or self.zero_points % 2:
+            raise ValueError(f"zero_points={self.zero_points}: the grid is centred on 2^(b-1), give an even number >= 2")
+        if not 0.5 < self.narrow_quantile < 1.0:
+            raise ValueError(f"narrow_quantile={self.narrow_quantile}: must lie in (0.5, 1)")
+        if self.conv_spacing <= 0:
+            raise ValueError(f"conv_spacing={self.conv_spacing}: must be > 0")
+
+
+@dataclass(frozen=True)
 class GridSearchConfig:
     """Attributes:
-    candidates: grid size per quantizer (the release's `eq_n`; 128; at least 32).
+    candidates: grid size per quantizer (the release's `eq_n`; 128; at least two scales per zero
+        point: 32 for the release's 16).
     rounds: alternating search rounds per layer (`search_round`; 3).
     image_chunk: images whose scores one sum adds up (the release's `calib_batch_size`, 32: with
         it the scores are summed in the release's order, which decides near-ties).
@@ -68,17 +103,22 @@ class GridSearchConfig:
         candidate). 16: below glibc's 32 MiB mmap threshold the chunks reuse heap blocks; measured
         on the first two DeiT-T units, 1 thread: 8 MB 117 s, 16 MB 106 s, 24 MB 129 s, 128 MB 254 s
         (152 s of it page faults of fresh mappings).
+    shape: where the candidates lie (GridShape, the release's by default).
     """
 
     candidates: int = 128
     rounds: int = 3
     image_chunk: int = 32
     budget_mb: int = 16
+    shape: GridShape = GridShape()
 
     def __post_init__(self) -> None:
-        # at >= 4 bits the grid has 16 zero points; 32 candidates give each the narrowest and the widest scale
-        if self.candidates < 32 or self.rounds < 0 or self.image_chunk < 1 or self.budget_mb < 1:
-            raise ValueError("grid search needs candidates >= 32, rounds >= 0, image_chunk >= 1 and budget_mb >= 1")
+        # each zero point needs its narrowest and its widest scale
+        if self.candidates < 2 * self.shape.zero_points:
+            raise ValueError(f"grid search needs candidates >= 2 x zero_points ({2 * self.shape.zero_points}), "
+                             f"got {self.candidates}")
+        if self.rounds < 0 or self.image_chunk < 1 or self.budget_mb < 1:
+            raise ValueError("grid search needs rounds >= 0, image_chunk >= 1 and budget_mb >= 1")
 
 
 def _slices(total: int, per_item: int, budget_elems: int) -> Iterator[slice]:
@@ -104,18 +144,19 @@ def quantile_mean(rows: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 # -- grids -------------------------------------------------------------------------------------------
-def _zero_point_grid(bits: int, candidates: int) -> tuple[int, int, torch.Tensor]:
+def _zero_point_grid(bits: int, candidates: int, zero_points: int) -> tuple[int, int, torch.Tensor]:
     levels = 2**bits
-    num_zp = min(16, levels)
+    num_zp = min(zero_points, levels)
     num_scale = candidates // num_zp
     zps = torch.arange(levels // 2 - num_zp // 2, levels // 2 + num_zp // 2, dtype=torch.float32)
     return num_zp, num_scale, zps.repeat_interleave(num_scale)
 
 
-def weight_grid(w2d: torch.Tensor, bits: int, candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_grid(w2d: torch.Tensor, bits: int, candidates: int,
+                shape: GridShape = GridShape()) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (scale, zero point) candidates of a Linear weight [rows, in]: [P, rows, 1] each."""
-    num_zp, num_scale, zps = _zero_point_grid(bits, candidates)
-    pct = torch.tensor([0.9, 1.0])
+    num_zp, num_scale, zps = _zero_point_grid(bits, candidates, shape.zero_points)
+    pct = torch.tensor([shape.narrow_quantile, 1.0])
     up = torch.quantile(w2d, pct, dim=-1)
     lo = torch.quantile(w2d, 1 - pct, dim=-1)
     d_min, d_max = up[0] - lo[0], up[1] - lo[1]
@@ -124,10 +165,11 @@ def weight_grid(w2d: torch.Tensor, bits: int, candidates: int) -> tuple[torch.Te
     return scales[..., None], zps[:, None, None].expand_as(scales[..., None]).contiguous()
 
 
-def act_grid(x: torch.Tensor, bits: int, candidates: int, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def act_grid(x: torch.Tensor, bits: int, candidates: int, per_channel: bool,
+             shape: GridShape = GridShape()) -> tuple[torch.Tensor, torch.Tensor]:
     """Input (scale, zero point) candidates: [C, P + 1] per channel (last axis), [1, P + 1] per tensor."""
-    num_zp, num_scale, zps = _zero_point_grid(bits, candidates)
-    pct = torch.tensor([0.9, 1.0])
+    num_zp, num_scale, zps = _zero_point_grid(bits, candidates, shape.zero_points)
+    pct = torch.tensor([shape.narrow_quantile, 1.0])
     if per_channel:
         x2 = x.reshape(-1, x.shape[-1])
         up = torch.quantile(x2, pct, dim=0).T
@@ -144,16 +186,18 @@ def act_grid(x: torch.Tensor, bits: int, candidates: int, per_channel: bool) -> 
     return scales, torch.cat([z, z[..., -1:]], dim=-1)
 
 
-def conv_bounds(w2d: torch.Tensor, candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+def conv_bounds(w2d: torch.Tensor, candidates: int,
+                shape: GridShape = GridShape()) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output-channel upper and lower candidates of a conv weight [oc, fan_in]: [P + 1, oc, 1]."""
-    lo_p, hi_p, k = 0.99, 0.9999, 0.5
+    (lo_p, hi_p), k = shape.conv_percentiles, shape.conv_spacing
     pct = torch.tensor([lo_p + (hi_p - lo_p) * (i / (candidates - 1)) ** k for i in range(candidates)] + [1.0])
     return torch.quantile(w2d, pct, dim=-1)[..., None], torch.quantile(w2d, 1 - pct, dim=-1)[..., None]
 
 
-def matmul_bounds(x: torch.Tensor, candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+def matmul_bounds(x: torch.Tensor, candidates: int,
+                  shape: GridShape = GridShape()) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head (dim 1) upper and lower candidates of a matmul operand: [P + 1, 1, H, 1, 1]."""
-    pct = torch.tensor([0.99, 0.99999])
+    pct = torch.tensor(list(shape.matmul_quantiles))
     heads = x.transpose(0, 1).reshape(x.shape[1], -1)
     up = quantile_mean(heads, pct)
     lo = quantile_mean(heads, 1 - pct)
@@ -292,11 +336,11 @@ def search_linear(layer: QuantLinear, x: torch.Tensor, out: torch.Tensor, cfg: G
     search_a = isinstance(aq, UniformQuantizer) and not aq.per_channel
     w2d = layer.weight.detach()
     if search_w:
-        ws, wz = weight_grid(w2d, wq.bits, cfg.candidates)
+        ws, wz = weight_grid(w2d, wq.bits, cfg.candidates, cfg.shape)
         best = sr.weight_self(w2d, ws, wz, wq.qmax)
         wq.set_params(_gather(ws, best).reshape(-1), _gather(wz, best).reshape(-1), 0)
     if search_a:
-        a_s, a_z = (t[:, :cfg.candidates] for t in act_grid(x, aq.bits, cfg.candidates, per_channel=False))
+        a_s, a_z = (t[:, :cfg.candidates] for t in act_grid(x, aq.bits, cfg.candidates, per_channel=False, shape=cfg.shape))
         _set_linear_input(aq, a_s, a_z, sr.act_self(x, a_s, a_z, aq.qmax, per_channel=False))
     for _ in range(cfg.rounds):
         if search_w:
@@ -313,7 +357,7 @@ def search_post_ln(layer: QuantLinear, pair: ReparamPair, x: torch.Tensor, out: 
     transformed input. Returns that input."""
     aq = layer.input_quantizer
     sr = _Searcher(cfg)
-    a_s, a_z = (t[:, :cfg.candidates] for t in act_grid(x, aq.bits, cfg.candidates, per_channel=True))
+    a_s, a_z = (t[:, :cfg.candidates] for t in act_grid(x, aq.bits, cfg.candidates, per_channel=True, shape=cfg.shape))
     best = sr.act_self(x, a_s, a_z, aq.qmax, per_channel=True)
     s = torch.gather(a_s, 1, best[:, None]).reshape(-1)
     z = torch.gather(a_z, 1, best[:, None]).reshape(-1)
@@ -334,7 +378,7 @@ def search_conv(layer: QuantConv2d, x: torch.Tensor, out: torch.Tensor, cfg: Gri
     if not (isinstance(wq, UniformQuantizer) and wq.channel_axis == 0):
         return
     sr = _Searcher(cfg)
-    upper, lower = conv_bounds(layer.weight.detach().reshape(layer.weight.shape[0], -1), cfg.candidates)
+    upper, lower = conv_bounds(layer.weight.detach().reshape(layer.weight.shape[0], -1), cfg.candidates, cfg.shape)
 
     def run(up: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
         s, z = (t[:cfg.candidates] for t in pairs_from_bounds(up, lo, wq.bits))  # the last one is never tried
@@ -354,7 +398,7 @@ def search_matmul(layer: QuantMatMul, a: torch.Tensor, b: torch.Tensor, out: tor
     if not all(isinstance(q, UniformQuantizer) and q.channel_axis == 1 for q in (qa, qb)):
         return
     sr = _Searcher(cfg)
-    bounds = {True: matmul_bounds(a, cfg.candidates), False: matmul_bounds(b, cfg.candidates)}
+    bounds = {True: matmul_bounds(a, cfg.candidates, cfg.shape), False: matmul_bounds(b, cfg.candidates, cfg.shape)}
 
     def install(q: UniformQuantizer, s: torch.Tensor, z: torch.Tensor, idx: torch.Tensor) -> None:
         q.set_params(_gather(s.reshape(s.shape[0], -1), idx).reshape(-1),

@@ -18,9 +18,10 @@ reconstructed blocks before it):
   (ptqbench.algorithms.perturbation_hessian), rescaled to a root mean square of 1;
 - `iters` Adam steps (lr 4e-5, cosine to 0) on fc1's and fc2's weights and biases, `batch_size`
   images per step drawn without replacement, loss
-      sum_tokens(w (mlp(x) - Y)^2) / 10  +  quant_weight * sum_tokens(w (fc2(clip(relu(fc1 x), 0, ub)) - Y)^2) / 10
+      sum_tokens(w (mlp(x) - Y)^2) / d  +  quant_weight * sum_tokens(w (fc2(clip(relu(fc1 x), 0, ub)) - Y)^2) / d
   averaged over the batch (`loss="hessian"`), or the same without w (`loss="mse"`, the release's
-  `recon_metric='mse'`).
+  `recon_metric='mse'`); d = `loss_divisor` (the release's 10; Adam is invariant to the loss's
+  scale but for its eps).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class MLPReconConfig:
     """Attributes (released defaults): iters (20000) and batch_size (32) per block; lr (4e-5);
     pct: percentile of the clip bound ub (0.98 at 4 bits, 0.99 at 3 in the released `best.py`);
     quant_weight: weight of the clipped branch's loss (2.0); loss: "hessian" or "mse";
+    loss_divisor: both terms divided by it (10, as released);
     temperature / eps / hessian_chunk: the perturbation Hessian's (20, 1e-6, 32); seed; progress."""
 
     iters: int = 20000
@@ -54,6 +56,7 @@ class MLPReconConfig:
     pct: float = 0.98
     quant_weight: float = 2.0
     loss: str = "hessian"
+    loss_divisor: float = 10.0
     temperature: float = 20.0
     eps: float = 1e-6
     hessian_chunk: int = 32
@@ -67,6 +70,8 @@ class MLPReconConfig:
             raise ValueError(f"pct must lie in (0, 1], got {self.pct}")
         if self.loss not in MLP_LOSSES:
             raise ValueError(f"loss={self.loss!r}; choose one of {MLP_LOSSES}")
+        if not self.loss_divisor > 0:
+            raise ValueError(f"loss_divisor must be > 0, got {self.loss_divisor}")
 
 
 def positive_percentile(t: torch.Tensor, pct: float) -> float:
@@ -106,11 +111,11 @@ def _capture(unit: Unit, x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, tor
     return torch.cat(got["x"]), torch.cat(got["g"]), torch.cat(got["y"]), torch.cat(outs)
 
 
-def _weighted_error(out: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+def _weighted_error(out: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None, divisor: float) -> torch.Tensor:
     e = (out - target).pow(2)
     if w is not None:
         e = e * w
-    return e.sum(1).mean() / 10
+    return e.sum(1).mean() / divisor
 
 
 def reconstruct_mlps(student_units: list[Unit], teacher_units: list[Unit], x: torch.Tensor,
@@ -152,9 +157,9 @@ def _train_mlp(unit: Unit, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | N
     params = [p for p in params if p is not None]
 
     def loss_on(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        rec = _weighted_error(mlp(xb), yb, w)
+        rec = _weighted_error(mlp(xb), yb, w, cfg.loss_divisor)
         clipped = mlp.fc2(torch.clamp(mlp.act(mlp.fc1(xb)), 0, ub))
-        return rec + cfg.quant_weight * _weighted_error(clipped, yb, w)
+        return rec + cfg.quant_weight * _weighted_error(clipped, yb, w, cfg.loss_divisor)
 
     with torch.no_grad():
         start = float(loss_on(X, Y))

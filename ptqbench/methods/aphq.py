@@ -36,7 +36,8 @@ class APHQConfig(GridReconConfig):
         `batch_size`; the release uses one budget for both).
     mlp_lr: Adam on fc1/fc2 (4e-5, cosine); mlp_pct: the clip percentile (null: the released
         value for the weight width, RELEASED_MLP_PCT); mlp_quant_weight: weight of the clipped
-        branch (2.0); mlp_loss: "hessian" (released `recon_metric`) or "mse".
+        branch (2.0); mlp_loss: "hessian" (released `recon_metric`) or "mse"; mlp_loss_divisor:
+        the MLP loss divided by it (the release's 10).
     hessian_weighted: weight the block reconstruction's squared error by the perturbation
         Hessian (released `optim_metric: hessian_perturb`; false: `mse`, QDrop's port).
     hessian_mean: one weight tensor averaged over the images (`use_mean_hessian`, true).
@@ -51,6 +52,7 @@ class APHQConfig(GridReconConfig):
     mlp_pct: Optional[float] = None
     mlp_quant_weight: float = 2.0
     mlp_loss: str = "hessian"
+    mlp_loss_divisor: float = 10.0
     hessian_weighted: bool = True
     hessian_mean: bool = True
     hessian_temperature: float = 20.0
@@ -74,6 +76,7 @@ class APHQConfig(GridReconConfig):
             iters=(self.iters or 0) if self.mlp_iters is None else self.mlp_iters,
             batch_size=self.batch_size if self.mlp_batch_size is None else self.mlp_batch_size,
             lr=self.mlp_lr, pct=pct, quant_weight=self.mlp_quant_weight, loss=self.mlp_loss,
+            loss_divisor=self.mlp_loss_divisor,
             temperature=self.hessian_temperature, eps=self.hessian_eps, hessian_chunk=self.hessian_chunk,
             seed=self.recon_seed, progress=self.progress)
 

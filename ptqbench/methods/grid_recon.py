@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ptqbench.algorithms.grid_search import GridSearchConfig
+from ptqbench.algorithms.grid_search import GridSearchConfig, GridShape
 from ptqbench.algorithms.reconstruction import HEAD_LOSSES, ReconConfig
 from ptqbench.methods.base import Method, Step
 from ptqbench.methods.configs import ReparamConfig, check_recon_options
@@ -32,6 +32,9 @@ class GridReconConfig(ReparamConfig):
         `calib_size` 128, the first 128 of its 1024 `optim_size` images); null = all.
     search_image_chunk: images whose candidate scores one sum adds up (the release's
         `calib_batch_size`, 32: the order of the sums decides near-ties; GridSearchConfig.image_chunk).
+    grid_zero_points / grid_narrow_quantile / grid_conv_percentiles / grid_conv_spacing /
+        grid_matmul_quantiles: where the candidates lie (GridShape; the release's 16 zero points,
+        0.9-quantile narrowest scale, conv 0.99-0.9999 by a square root, matmul 0.99-0.99999).
     iters: Adam steps per unit (released 20000); batch_size: images per step (32).
     inputs: unit inputs during reconstruction: "qdrop" (each element from the quantized model with
         probability `drop_prob`, else FP), "quantized" or "fp".
@@ -57,6 +60,11 @@ class GridReconConfig(ReparamConfig):
     grid_rounds: int = 3
     search_images: Optional[int] = 128
     search_image_chunk: int = 32
+    grid_zero_points: int = 16
+    grid_narrow_quantile: float = 0.9
+    grid_conv_percentiles: tuple[float, float] = (0.99, 0.9999)
+    grid_conv_spacing: float = 0.5
+    grid_matmul_quantiles: tuple[float, float] = (0.99, 0.99999)
     iters: Optional[int] = 20000
     batch_size: int = 32
     inputs: str = "qdrop"
@@ -82,12 +90,17 @@ class GridReconConfig(ReparamConfig):
             raise ValueError(f"head_loss={self.head_loss!r}; choose one of {HEAD_LOSSES}")
         if not 0.0 <= self.drop_prob <= 1.0:
             raise ValueError(f"drop_prob must lie in [0, 1], got {self.drop_prob}")
-        self.search_config()  # validates
+        try:
+            self.search_config()
+        except ValueError as e:  # GridShape names its fields; the user set method.grid_<field>
+            raise ValueError(f"grid search (keys method.grid_*, method.search_image_chunk): {e}") from e
         if self.search_images is not None and self.search_images < 1:
             raise ValueError(f"search_images must be >= 1 or null (all), got {self.search_images}")
 
     def search_config(self) -> GridSearchConfig:
-        return GridSearchConfig(self.grid_candidates, self.grid_rounds, image_chunk=self.search_image_chunk)
+        shape = GridShape(self.grid_zero_points, self.grid_narrow_quantile, tuple(self.grid_conv_percentiles),
+                          self.grid_conv_spacing, tuple(self.grid_matmul_quantiles))
+        return GridSearchConfig(self.grid_candidates, self.grid_rounds, image_chunk=self.search_image_chunk, shape=shape)
 
     def engine_config(self) -> ReconConfig:
         qdrop = self.inputs == "qdrop"

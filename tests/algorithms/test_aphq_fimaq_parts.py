@@ -107,6 +107,30 @@ def test_mlp_stage_swaps_gelu_for_relu_and_trains_fc1_fc2_only():
     assert changed == {f"blocks.{i}.mlp.{fc}.{p}" for i in range(2) for fc in ("fc1", "fc2") for p in ("weight", "bias")}
 
 
+
+def test_the_mlp_loss_divisor_scales_the_loss_and_is_a_method_key():
+    import copy
+
+    torch.manual_seed(0)
+    teacher = make_tiny_vit(depth=1)
+    x = None
+    starts = []
+    for divisor in (10.0, 5.0):
+        student = copy.deepcopy(teacher)
+        fam = family_of(student)
+        s_units, t_units = fam.units(student), fam.units(teacher)
+        relu_mlps(s_units)
+        if x is None:
+            x = fam.unit_input(student, torch.randn(4, 3, 32, 32))
+        cfg = MLPReconConfig(iters=0, batch_size=4, loss_divisor=divisor, progress=False)
+        starts.append(reconstruct_mlps(s_units, t_units, x, cfg)["mlp_recon_per_block"][0]["loss_start"])
+    assert starts[1] == pytest.approx(2 * starts[0], rel=1e-5)  # the release divides by 10
+    m = build_method({"name": "aphq", "mlp_loss_divisor": 5.0}, Bits(4, 4))
+    assert m.config.mlp_config(4).loss_divisor == 5.0
+    assert build_method({"name": "aphq"}, Bits(4, 4)).config.mlp_config(4).loss_divisor == 10.0
+    with pytest.raises(ConfigError, match="loss_divisor"):
+        build_method({"name": "aphq", "mlp_loss_divisor": 0}, Bits(4, 4))
+
 def test_aphq_runs_on_a_tiny_vit_and_detection_refuses_it():
     from ptqbench.models import make_quantizable
     from ptqbench.tasks.detection import Detection

@@ -152,3 +152,39 @@ def test_the_image_chunk_is_a_method_key_and_zero_is_refused(name):
     assert len(searches) == 1 and searches[0].cfg.image_chunk == 8
     with pytest.raises(ConfigError, match="image_chunk"):
         build_method({"name": name, "search_image_chunk": 0}, Bits(4, 4))
+
+
+def test_the_grid_shape_moves_each_grid_where_its_keys_say():
+    torch.manual_seed(5)
+    w = torch.randn(3, 50)
+    shape = gs.GridShape(zero_points=4, narrow_quantile=0.8, conv_percentiles=(0.9, 0.999), conv_spacing=1.0,
+                         matmul_quantiles=(0.95, 0.999))
+    s, z = gs.weight_grid(w, 4, 32, shape)
+    assert sorted(set(z[:, 0, 0].tolist())) == [6.0, 7.0, 8.0, 9.0]  # 4 zero points centred on 8
+    narrowest = (torch.quantile(w, 0.8, dim=1) - torch.quantile(w, 1 - torch.tensor(0.8), dim=1)) / 15
+    torch.testing.assert_close(s[0, :, 0], narrowest)
+    torch.testing.assert_close(s[7, :, 0], (w.amax(1) - w.amin(1)) / 15)  # 32 / 4 = 8 scales per zero point
+    up, lo = gs.conv_bounds(w, 32, shape)
+    torch.testing.assert_close(up[0, :, 0], torch.quantile(w, 0.9, dim=1))
+    torch.testing.assert_close(up[16, :, 0], torch.quantile(w, torch.tensor(0.9 + 0.099 * 16 / 31), dim=1))  # linear
+    a = torch.randn(2, 2, 6, 4)
+    upper, lower = gs.matmul_bounds(a, 32, shape)
+    heads = a.transpose(0, 1).reshape(2, -1)
+    torch.testing.assert_close(upper[0].flatten(), torch.quantile(heads, 0.95, dim=1))
+    torch.testing.assert_close(lower[0].flatten(), torch.quantile(heads, 1 - torch.tensor(0.999), dim=1))
+    assert not torch.equal(gs.weight_grid(w, 4, 32)[0], s)  # the default shape is another grid
+
+
+@pytest.mark.parametrize("name", ["qdrop", "brecq", "aphq", "fimaq"])
+def test_the_grid_shape_is_method_keys_and_a_bad_one_is_refused(name):
+    m = build_method({"name": name, "iters": 0, "grid_zero_points": 8, "grid_narrow_quantile": 0.8,
+                      "grid_conv_percentiles": [0.95, 0.999], "grid_conv_spacing": 1.0,
+                      "grid_matmul_quantiles": [0.98, 0.9999]}, Bits(4, 4))
+    (search,) = [s for s in walk_steps(m.steps()) if isinstance(s, GridSearch)]
+    assert search.cfg.shape == gs.GridShape(8, 0.8, (0.95, 0.999), 1.0, (0.98, 0.9999))
+    assert build_method({"name": name}, Bits(4, 4)).config.search_config().shape == gs.GridShape()  # the release's
+    for bad, match in (({"grid_zero_points": 3}, "zero_points"), ({"grid_conv_percentiles": [0.999, 0.99]}, "conv_percentiles"),
+                       ({"grid_zero_points": 16, "grid_candidates": 16}, "candidates"),
+                       ({"grid_narrow_quantile": 1.0}, "narrow_quantile")):
+        with pytest.raises(ConfigError, match=match):
+            build_method({"name": name, **bad}, Bits(4, 4))
