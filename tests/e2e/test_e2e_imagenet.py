@@ -7,7 +7,8 @@ default run on tiny models (tests/algorithms/test_error_reduction.py, tests/quan
 ::test_every_method_runs_fully_quantized, tests/test_cli.py::test_erq_ablation_runs_both_settings_under_two_keys).
 
 Bounds were set from measured runs (see docs/results.md): FP 81.54; RepQ-ViT W6A6 80.08 and
-W4A4 68.77 with calib.seed=0. The released RepQ-ViT code scores 81.62 / 80.38 / 69.15 here.
+W4A4 68.77 with calib.seed=0. The released RepQ-ViT code scored 81.62 / 80.38 / 69.15 on its own
+calibration draw, and 69.49 on average over ptqbench's draws 0-2 (docs/anchors/repq/).
 A broken reparameterization, log-sqrt2 quantizer or range search lands far outside them.
 ERQ measured 74.31 (W4A4) / 65.92 (W3A4) against the released ERQ code's 74.23 / 66.23; RepQ-ViT
 W3A4 38.54 and GPTQ 52.38 / 71.62 (docs/results.md). With RepQ-ViT's weight clipping grid instead
@@ -43,7 +44,7 @@ def test_repq_w6a6_is_near_lossless(e2e_results, shared_data):
 def test_repq_w4a4_within_a_point_and_a_half_of_the_released_code(e2e_results, shared_data):
     rec = _job(e2e_results, shared_data, "method=repq", "bits=w4a4")
     m = rec["metrics"]
-    assert 67.3 <= m["top1"] <= 72.0, m  # anchor 69.15; a quantizer that does nothing would score ~81
+    assert 67.3 <= m["top1"] <= 72.0, m  # released 69.23 on this draw; a quantizer that does nothing would score ~81
     assert rec["method_stats"]["reparameterized_pairs"] == 24
     assert rec["quantized_modules"]["quantizers.post_softmax"] == 12
 
@@ -84,11 +85,20 @@ def test_gptq_w4a4_between_repq_and_erq(e2e_results, shared_data):
     assert m["top1"] < _job(e2e_results, shared_data, "method=erq", "bits=w4a4")["metrics"]["top1"], m
 
 
+# The released RepQ-ViT code on ptqbench's calibration draws 0, 1, 2 and the same 1300 images
+# (docs/anchors/repq/, `run.sh 4 4 SEED`, 2026-12-04). ptqbench with the release's arithmetic keys
+# gave these same numbers on every draw on that machine; its defaults 69.15 / 69.69 / 70.62.
+REPQ_RELEASED_W4A4 = {0: 69.23, 1: 69.92, 2: 69.31}
+
+
 @pytest.mark.slow
 def test_repq_w4a4_mean_over_calibration_draws_matches_the_released_code(e2e_results, shared_data):
-    """`pytest -m slow`: three calibration draws; their mean must sit within 1 point of 69.15."""
-    top1 = [_job(e2e_results, shared_data, "method=repq", "bits=w4a4", f"calib.seed={s}")["metrics"]["top1"] for s in (0, 1, 2)]
-    assert abs(sum(top1) / 3 - 69.15) <= 1.0, top1
+    """`pytest -m slow`: the mean over three calibration draws within 1 point of the released code's
+    mean over the same draws (69.49)."""
+    top1 = [_job(e2e_results, shared_data, "method=repq", "bits=w4a4", f"calib.seed={s}")["metrics"]["top1"]
+            for s in REPQ_RELEASED_W4A4]
+    released = sum(REPQ_RELEASED_W4A4.values()) / len(REPQ_RELEASED_W4A4)
+    assert abs(sum(top1) / len(top1) - released) <= 1.0, (top1, released)
 
 
 # DopQ-ViT / AIQViT at the CPU reconstruction setting of +experiment=recon_deit_tiny (the papers'
