@@ -33,6 +33,8 @@ class RunConfig:
     threads: Optional[int] = None       # torch intra-op threads (None: torch's default or the launcher's)
     results_dir: str = "${oc.env:PTQBENCH_RESULTS,results}"   # runs/ (records), cache/, logs/, wandb/
     resume: bool = True                 # skip jobs whose record says ok; false reruns them
+    heap_reuse_mib: int = 32            # heap blocks kept for reuse while a method trains or searches
+                                        # (ptqbench.heap.set_reuse_limit): lower = less memory, more time
 
 
 @dataclass(frozen=True)

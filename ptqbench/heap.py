@@ -79,6 +79,18 @@ def set_mmap_threshold(nbytes: int) -> bool:
 
 
 _threshold = GLIBC_DYNAMIC_MAX  # the value this module last set (glibc cannot be asked)
+_reuse_limit = GLIBC_DYNAMIC_MAX  # what large_blocks_reused sets (set_reuse_limit; the run's heap_reuse_mib)
+
+
+def set_reuse_limit(mib: int) -> None:
+    """The mmap threshold that `large_blocks_reused` sets, in MiB (1..32; 32 by default): blocks
+    below it are kept and reused while a method trains or searches. Lower trades time for memory.
+    Measured on AIQViT's DeiT-T reconstruction (docs/benchmarks.md): 32 MiB peaked at 1057-1077
+    MB, 2 MiB at 1000 MB for 1.49x the reconstruction time, 1 MiB at 914 MB for 1.87x."""
+    global _reuse_limit
+    if not (isinstance(mib, int) and 1 <= mib <= GLIBC_DYNAMIC_MAX >> 20):
+        raise ValueError(f"heap reuse limit {mib!r} MiB: give an integer in 1..{GLIBC_DYNAMIC_MAX >> 20}")
+    _reuse_limit = mib << 20
 
 
 @contextlib.contextmanager
@@ -104,10 +116,10 @@ def large_blocks_unmapped(threshold: int = QUANTIZE_MMAP_THRESHOLD) -> Iterator[
 
 @contextlib.contextmanager
 def large_blocks_reused() -> Iterator[None]:
-    """Inside the block, the threshold is glibc's dynamic maximum again (heap blocks up to 32 MiB
-    are kept and reused: the fast setting for loops that repeat their allocations); afterwards it
-    is what it was before."""
-    with _threshold_set(GLIBC_DYNAMIC_MAX, after=0):
+    """Inside the block, the threshold is the reuse limit (by default glibc's dynamic maximum:
+    heap blocks up to 32 MiB are kept and reused, the fast setting for loops that repeat their
+    allocations; `set_reuse_limit`); afterwards it is what it was before."""
+    with _threshold_set(_reuse_limit, after=0):
         yield
 
 

@@ -34,8 +34,10 @@ def run_job(cfg: DictConfig, group: str = "single", launcher: Optional[Mapping[s
     """Run (or skip) the job `cfg` describes and return its record. First the whole config is
     validated and the results folder checked (ConfigError / StorageError: nothing run, nothing
     recorded); then the torch threads are set (`launcher`: Hydra's launcher config, which shares
-    the cores among parallel jobs). The job's lock is held throughout: a concurrent sweep that
-    reaches the same job waits, then skips it if it finished."""
+    the cores among parallel jobs) and the heap's reuse limit (`heap_reuse_mib`). The job's lock
+    is held throughout: a concurrent sweep that reaches the same job waits, then skips it if it
+    finished."""
+    from ptqbench.heap import set_reuse_limit
     from ptqbench.launch import configure_threads
     from ptqbench.validate import validate_config
 
@@ -43,6 +45,7 @@ def run_job(cfg: DictConfig, group: str = "single", launcher: Optional[Mapping[s
     results_dir = Path(settings.run.results_dir).expanduser()
     check_writable(results_dir / "runs")
     configure_threads(settings.run.threads, launcher)
+    set_reuse_limit(settings.run.heap_reuse_mib)
     with job_lock(results_dir, run_key(cfg)):
         return _run_job(cfg, settings, group)
 

@@ -93,6 +93,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "threads": (_or_null(_int(1)), "null (the launcher decides) or an integer >= 1"),
     "results_dir": (_text, "a folder path"),
     "resume": (_bool, "true or false"),
+    "heap_reuse_mib": (_int(1, 32), "an integer in 1..32 (MiB; glibc keeps no larger heap blocks)"),
     "cache.enabled": (_bool, "true or false"),
     "cache.dir": (_or_null(_text), "null (<results_dir>/cache) or a folder path"),
     "cache.max_gb": (_number(positive=True), "a number of GiB > 0 (or cache.enabled=false)"),

@@ -4,8 +4,8 @@ unit trains) in memory, against the price of the alternatives in time. Runs the 
 of DeiT-T, 32 images, W4A4, 30 steps per unit, batch 8, 1 thread.
 
 Usage: python scripts/recon_heap_threshold.py METHOD MODE
-  MODE  threshold:N  the loop's mmap threshold is N MiB instead of 32 (N=1 maps and unmaps every
-                     block of 1 MiB or more, as the calibration does)
+  MODE  threshold:N  the loop's mmap threshold is N MiB instead of 32, as a job's `heap_reuse_mib=N`
+                     (N=1 maps and unmaps every block of 1 MiB or more, as the calibration does)
         trim:K       the 32 MiB threshold, and the free heap handed back to the OS
                      (`malloc_trim`) after every K optimizer steps
 """
@@ -25,7 +25,7 @@ def main() -> None:
     from ptqbench.profiling import PhaseMeter
 
     if kind == "threshold":
-        heap.GLIBC_DYNAMIC_MAX = int(value) << 20  # what large_blocks_reused sets for the loop
+        heap.set_reuse_limit(int(value))  # a job's heap_reuse_mib
     elif kind == "trim":
         every, adam_step, count = int(value), torch.optim.Adam.step, [0]
 

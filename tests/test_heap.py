@@ -96,6 +96,22 @@ def test_reused_blocks_inside_an_unmapped_block_restore_the_unmapped_threshold(m
                      heap.GLIBC_DYNAMIC_MAX]
 
 
+def test_the_reuse_limit_is_what_reused_blocks_set(monkeypatch):
+    # heap_reuse_mib: the memory-for-time setting of the training and search loops
+    calls: list[int] = []
+    monkeypatch.setattr(heap, "set_mmap_threshold", lambda n: calls.append(n) or True)
+    monkeypatch.setattr(heap, "_reuse_limit", heap._reuse_limit)
+    heap.set_reuse_limit(2)
+    with heap.large_blocks_unmapped():
+        with heap.large_blocks_reused():
+            assert heap._threshold == 2 << 20
+        assert heap._threshold == heap.QUANTIZE_MMAP_THRESHOLD
+    assert calls[1] == 2 << 20
+    for bad in (0, 33, 1.5):
+        with pytest.raises(ValueError, match="give an integer in 1..32"):
+            heap.set_reuse_limit(bad)
+
+
 _EVALUATION_BLOCKS = """
 import resource, torch
 from ptqbench import heap
@@ -124,3 +140,30 @@ def test_inside_an_evaluation_even_blocks_past_the_mmap_ceiling_are_reused():
     out = subprocess.run([sys.executable, "-c", _EVALUATION_BLOCKS], capture_output=True, text=True, check=True)
     mapped, reused, after = (int(v) for v in out.stdout.split())
     assert mapped > 100000 and reused < 2000 and after > 100000, out.stdout
+
+
+def test_the_reuse_limit_changes_no_result(monkeypatch):
+    """A reconstruction (AIQViT, tiny ViT, 3 steps a unit) with every block of 4 KiB or more mapped
+    afresh (the tiny model's tensors stay below 1 MiB, so the limit is set below what
+    heap_reuse_mib allows) against the default 32 MiB: the same quantized model to the bit."""
+    import copy
+
+    from ptqbench.methods import Bits, build_method
+    from ptqbench.pipeline import quantize
+    from tests.conftest import make_tiny_vit
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    monkeypatch.setattr(heap, "_reuse_limit", heap._reuse_limit)
+    model = make_tiny_vit()
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    outs, set_to, real_set = [], [], heap.set_mmap_threshold
+    monkeypatch.setattr(heap, "set_mmap_threshold", lambda n: set_to.append(n) or real_set(n))
+    for limit in (4 << 10, 32 << 20):
+        monkeypatch.setattr(heap, "_reuse_limit", limit)
+        method = build_method({"name": "aiq", "iters": 3, "batch_size": 4, "progress": False}, Bits(4, 4))
+        qm, _, _ = quantize(method, copy.deepcopy(model), x, torch.device("cpu"))
+        with torch.no_grad():
+            outs.append(qm.model(x))
+    assert set_to.count(4 << 10) >= 1  # the reconstruction ran under the limit
+    assert torch.equal(outs[0], outs[1])

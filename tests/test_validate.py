@@ -52,6 +52,7 @@ BAD = [
     (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
     (["data.workers=-2"], "data.workers=-2: must be auto or an integer >= 0"),
     (["threads=0"], "threads=0: must be null (the launcher decides) or an integer >= 1"),
+    (["heap_reuse_mib=64"], "heap_reuse_mib=64: must be an integer in 1..32 (MiB; glibc keeps no larger heap blocks)"),
     (["seed=1.5"], "seed=1.5: must be an integer >= 0"),
     (["resume=maybe"], "resume=maybe: must be true or false"),
     (["device=gpu"], "device=gpu: must be auto, cpu, cuda or cuda:N"),
@@ -149,3 +150,21 @@ def test_too_many_calibration_images_fail_before_the_fp_evaluation(tiny_imagenet
     with pytest.raises(DataNotFoundError, match=r"calib.size=99 but .*train has 16 images; use calib.size=1..16"):
         run_job(cfg)
     assert not (tmp_path / "cache" / "fp_eval").exists()
+
+
+def test_the_heap_reuse_limit_is_set_per_job_and_kept_out_of_the_run_key(tiny_imagenet, tmp_path, monkeypatch):
+    """heap_reuse_mib changes where memory comes from, never a result: set before the job's work
+    starts (here the job then stops at its data check), and two jobs that differ only in it share
+    one record."""
+    from ptqbench import heap
+    from ptqbench.errors import DataNotFoundError
+    from ptqbench.run import run_job
+
+    monkeypatch.setattr(heap, "_reuse_limit", heap._reuse_limit)
+    common = (f"data.root={tiny_imagenet}", f"results_dir={tmp_path}", "logger=none", "model.pretrained=false",
+              "calib.size=99", "data.workers=0", "method=minmax")
+    cfg = _compose(*common, "heap_reuse_mib=4")
+    with pytest.raises(DataNotFoundError):
+        run_job(cfg)
+    assert heap._reuse_limit == 4 << 20
+    assert run_key(cfg) == run_key(_compose(*common))
