@@ -98,8 +98,8 @@ class GridReconConfig(ReparamConfig):
             raise ValueError(f"search_images must be >= 1 or null (all), got {self.search_images}")
 
     def search_config(self) -> GridSearchConfig:
-        shape = GridShape(self.grid_zero_points, self.grid_narrow_quantile, tuple(self.grid_conv_percentiles),
-                          self.grid_conv_spacing, tuple(self.grid_matmul_quantiles))
+        shape = GridShape(self.grid_zero_points, self.grid_narrow_quantile, self.grid_conv_percentiles,
+                          self.grid_conv_spacing, self.grid_matmul_quantiles)  # GridShape makes the lists tuples
         return GridSearchConfig(self.grid_candidates, self.grid_rounds, image_chunk=self.search_image_chunk, shape=shape)
 
     def engine_config(self) -> ReconConfig:

@@ -107,7 +107,6 @@ def test_mlp_stage_swaps_gelu_for_relu_and_trains_fc1_fc2_only():
     assert changed == {f"blocks.{i}.mlp.{fc}.{p}" for i in range(2) for fc in ("fc1", "fc2") for p in ("weight", "bias")}
 
 
-
 def test_the_mlp_loss_divisor_scales_the_loss_and_is_a_method_key():
     import copy
 
@@ -130,6 +129,7 @@ def test_the_mlp_loss_divisor_scales_the_loss_and_is_a_method_key():
     assert build_method({"name": "aphq"}, Bits(4, 4)).config.mlp_config(4).loss_divisor == 10.0
     with pytest.raises(ConfigError, match="loss_divisor"):
         build_method({"name": "aphq", "mlp_loss_divisor": 0}, Bits(4, 4))
+
 
 def test_aphq_runs_on_a_tiny_vit_and_detection_refuses_it():
     from ptqbench.models import make_quantizable

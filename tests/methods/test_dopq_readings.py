@@ -8,7 +8,7 @@ import torch
 
 from ptqbench.algorithms.reparam import mosf_scale
 from ptqbench.methods import Bits, build_method
-from ptqbench.methods.steps import MOSF, Reconstruct, Reparameterize, WithFPTeacher
+from ptqbench.methods.steps import MOSF, Reconstruct, Reparameterize, WithFPTeacher, walk_steps
 from ptqbench.quant.calibration import calibrate
 from ptqbench.quant.modules import QuantMatMul
 from ptqbench.quant.tan import TanQuantizer, tan_fake_quant
@@ -50,26 +50,18 @@ def test_mosf_median_and_inlier_mean():
         mosf_scale(statistic="mode")
 
 
-def _flatten(steps):
-    for st in steps:
-        inner = getattr(st, "steps", None)
-        yield st
-        if inner is not None:
-            yield from _flatten(inner)
-
-
 def test_dopq_runs_i_and_s_vit_three_stages_with_its_own_quantizer_and_scale():
     m = build_method({"name": "dopq"}, Bits(4, 4))
-    steps = list(_flatten(m.steps()))
+    steps = list(walk_steps(m.steps()))
     assert isinstance(steps[0], WithFPTeacher)
     rep = next(s for s in steps if isinstance(s, Reparameterize))
     assert rep.rule == MOSF(statistic="median") and rep.round_zero_point is False
     assert sum(isinstance(s, Reconstruct) for s in steps) == 2
     assert m.plan().for_role("post_softmax").kind == "tan"
     assert m.plan().for_role("post_softmax").options.metric == "output"
-    no_train = list(_flatten(build_method({"name": "dopq", "reconstruct": False}, Bits(4, 4)).steps()))
+    no_train = list(walk_steps(build_method({"name": "dopq", "reconstruct": False}, Bits(4, 4)).steps()))
     assert not any(isinstance(s, (Reconstruct, WithFPTeacher)) for s in no_train)
-    engine = list(_flatten(build_method({"name": "dopq", "pipeline": "engine"}, Bits(4, 4)).steps()))
+    engine = list(walk_steps(build_method({"name": "dopq", "pipeline": "engine"}, Bits(4, 4)).steps()))
     assert [type(s).__name__ for s in engine] == ["Calibrate", "Reparameterize", "Calibrate", "Reconstruct"]
     assert engine[-1].cfg.learn == ("act_scale", "weight_rounding") and engine[-1].cfg.loss_reduction == "sum_dim1"
     with pytest.raises(Exception, match="pipeline"):
