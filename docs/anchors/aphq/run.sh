@@ -57,6 +57,7 @@ fi
 
 COMMIT=84c9fde5fbdf9fc85561ab7c0898b75c8e5ec381
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$HERE/../common/checkout.sh"
 REPO_ROOT=$(cd "$HERE/../../.." && pwd)
 APHQ_REPO=${APHQ_REPO:-https://github.com/GoatWu/APHQ-ViT}
 export PTQBENCH_DATA=${PTQBENCH_DATA:-$REPO_ROOT/../shared/data}
@@ -98,18 +99,10 @@ fi
 cleanup() { if [ "${KEEP_SRC:-0}" != 1 ]; then rm -rf "$SRC"; fi; }
 trap cleanup EXIT
 
-git clone -q "$APHQ_REPO" "$SRC"
-git -C "$SRC" checkout -q "$COMMIT"
-for p in "$HERE"/patches/*.diff; do
-  git -C "$SRC" apply --whitespace=nowarn "$p"
-done
-echo "patched checkout: $SRC ($(ls "$HERE"/patches/*.diff | wc -l) patches on $COMMIT)"
+patched_checkout "$APHQ_REPO" "$COMMIT" "$SRC" "$HERE/patches"
 [ -f "$SRC/configs/${W}bit/$CONFIG.py" ] || { echo "no released config configs/${W}bit/$CONFIG.py" >&2; exit 2; }
 
-if [ ! -f "$CALIB" ]; then
-  (cd "$REPO_ROOT" && "$PYTHON" "$HERE/../common/export_calib.py" --model "$MODEL" --size "$CALIB_SIZE" \
-      --seed "$SEED" --out "$CALIB" --check)
-fi
+export_calib_once "$PYTHON" "$REPO_ROOT" "$MODEL" "$CALIB_SIZE" "$SEED" "$CALIB"
 
 {
   echo "# $TAG  $(date -u +%Y-%m-%dT%H:%M:%SZ)  host $(hostname)  load $(cut -d' ' -f1-3 /proc/loadavg)"

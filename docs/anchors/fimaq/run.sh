@@ -58,6 +58,7 @@ fi
 
 COMMIT=64c4b00a368d7cbbea635cb26bc7f3ab56fb1b26
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$HERE/../common/checkout.sh"
 REPO_ROOT=$(cd "$HERE/../../.." && pwd)
 FIMAQ_REPO=${FIMAQ_REPO:-https://github.com/ShiheWang/FIMA-Q}
 export PTQBENCH_DATA=${PTQBENCH_DATA:-$REPO_ROOT/../shared/data}
@@ -100,18 +101,10 @@ fi
 cleanup() { if [ "${KEEP_SRC:-0}" != 1 ]; then rm -rf "$SRC"; [ -n "${TMP_PARENT:-}" ] && rmdir "$TMP_PARENT" 2>/dev/null; fi; return 0; }
 trap cleanup EXIT
 
-git clone -q "$FIMAQ_REPO" "$SRC"
-git -C "$SRC" checkout -q "$COMMIT"
-for p in "$HERE"/patches/*.diff; do
-  git -C "$SRC" apply --whitespace=nowarn "$p"
-done
-echo "patched checkout: $SRC ($(ls "$HERE"/patches/*.diff | wc -l) patches on $COMMIT)"
+patched_checkout "$FIMAQ_REPO" "$COMMIT" "$SRC" "$HERE/patches"
 [ -f "$SRC/configs/${W}bit/$CONFIG.py" ] || { echo "no released config configs/${W}bit/$CONFIG.py" >&2; exit 2; }
 
-if [ ! -f "$CALIB" ]; then
-  (cd "$REPO_ROOT" && "$PYTHON" "$HERE/../common/export_calib.py" --model "$MODEL" --size "$CALIB_SIZE" \
-      --seed "$SEED" --out "$CALIB" --check)
-fi
+export_calib_once "$PYTHON" "$REPO_ROOT" "$MODEL" "$CALIB_SIZE" "$SEED" "$CALIB"
 
 {
   echo "# $TAG  $(date -u +%Y-%m-%dT%H:%M:%SZ)  host $(hostname)  load $(cut -d' ' -f1-3 /proc/loadavg)"

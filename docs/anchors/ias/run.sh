@@ -14,6 +14,8 @@
 #   SKIP_STAGE1_EVAL  1 skips the released stage-1 evaluation (default 1 here; 0 keeps it)
 #   PYTHON            the interpreter (default: python of the active environment)
 #   KEEP_SRC          1 keeps the patched checkout (its path is printed)
+#   STREAM_SEED       the release's global --seed (batch order, random init; default 0): one draw of
+#                     its random stream, as ptqbench's method.recon_seed is one draw of its own
 set -euo pipefail
 
 if [ $# -lt 3 ]; then
@@ -24,6 +26,7 @@ W=$1; A=$2; SEED=$3; ITERS=${4:-100}; BATCH=${5:-8}
 
 COMMIT=9300cea8db6292d9d3d6727321c7f1100360e191
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$HERE/../common/checkout.sh"
 REPO_ROOT=$(cd "$HERE/../../.." && pwd)
 IAS_REPO=${IAS_REPO:-https://github.com/zysxmu/IaS-ViT}
 export PTQBENCH_DATA=${PTQBENCH_DATA:-$REPO_ROOT/../shared/data}
@@ -38,7 +41,9 @@ PYTHON=${PYTHON:-python}
 
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
+STREAM_SEED=${STREAM_SEED:-0}
 TAG=ias_${MODEL}_w${W}a${A}_seed${SEED}_it${ITERS}_b${BATCH}_n${CALIB_SIZE}
+if [ "$STREAM_SEED" != 0 ]; then TAG=${TAG}_stream${STREAM_SEED}; fi
 LOG=$OUT_DIR/$TAG.log
 CALIB=$OUT_DIR/calib_${MODEL}_n${CALIB_SIZE}_seed${SEED}.pt
 
@@ -46,17 +51,9 @@ SRC=$(mktemp -d "${TMPDIR:-/tmp}/ias_anchor.XXXXXX")
 cleanup() { if [ "${KEEP_SRC:-0}" != 1 ]; then rm -rf "$SRC"; fi; }
 trap cleanup EXIT
 
-git clone -q "$IAS_REPO" "$SRC/IaS-ViT"
-git -C "$SRC/IaS-ViT" checkout -q "$COMMIT"
-for p in "$HERE"/patches/*.diff; do
-  git -C "$SRC/IaS-ViT" apply --whitespace=nowarn "$p"
-done
-echo "patched checkout: $SRC/IaS-ViT ($(ls "$HERE"/patches/*.diff | wc -l) patches on $COMMIT)"
+patched_checkout "$IAS_REPO" "$COMMIT" "$SRC/IaS-ViT" "$HERE/patches"
 
-if [ ! -f "$CALIB" ]; then
-  (cd "$REPO_ROOT" && "$PYTHON" "$HERE/../common/export_calib.py" --model "$MODEL" --size "$CALIB_SIZE" \
-      --seed "$SEED" --out "$CALIB" --check)
-fi
+export_calib_once "$PYTHON" "$REPO_ROOT" "$MODEL" "$CALIB_SIZE" "$SEED" "$CALIB"
 
 {
   echo "# $TAG  $(date -u +%Y-%m-%dT%H:%M:%SZ)  host $(hostname)  load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -66,7 +63,7 @@ cd "$SRC/IaS-ViT"
 set +e
 /usr/bin/time -v "$PYTHON" test_quant.py --model "$MODEL" --dataset "$PTQBENCH_DATA/imagenet-mini" \
   --w_bits "$W" --a_bits "$A" --w_cw --iter "$ITERS" --batch "$BATCH" --calib-file "$CALIB" \
-  --device cpu --num-workers 2 --seed 0 >> "$LOG" 2>&1
+  --device cpu --num-workers 2 --seed "$STREAM_SEED" >> "$LOG" 2>&1
 rc=$?
 set -e
 grep -E "^ANCHOR_RESULT|Elapsed \(wall clock\)|Maximum resident set size" "$LOG" || true
