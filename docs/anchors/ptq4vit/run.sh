@@ -40,6 +40,7 @@ W=$1; A=$2; SEED=$3
 
 COMMIT=b42c790c2811e7835d435a9f9a6c64a079a7483a
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$HERE/../common/checkout.sh"
 REPO_ROOT=$(cd "$HERE/../../.." && pwd)
 PTQ4VIT_REPO=${PTQ4VIT_REPO:-https://github.com/hahnyuan/PTQ4ViT}
 export PTQBENCH_DATA=${PTQBENCH_DATA:-$REPO_ROOT/../shared/data}
@@ -86,17 +87,9 @@ fi
 cleanup() { if [ "${KEEP_SRC:-0}" != 1 ]; then rm -rf "$SRC"; [ -n "${TMP_PARENT:-}" ] && rmdir "$TMP_PARENT" 2>/dev/null; fi; return 0; }
 trap cleanup EXIT
 
-git clone -q "$PTQ4VIT_REPO" "$SRC"
-git -C "$SRC" checkout -q "$COMMIT"
-for p in "$HERE"/patches/*.diff; do
-  git -C "$SRC" apply --whitespace=nowarn "$p"
-done
-echo "patched checkout: $SRC ($(ls "$HERE"/patches/*.diff | wc -l) patches on $COMMIT)"
+patched_checkout "$PTQ4VIT_REPO" "$COMMIT" "$SRC" "$HERE/patches"
 
-if [ ! -f "$CALIB" ]; then
-  (cd "$REPO_ROOT" && "$PYTHON" "$HERE/../common/export_calib.py" --model "$MODEL" --size "$CALIB_SIZE" \
-      --seed "$SEED" --out "$CALIB" --check)
-fi
+export_calib_once "$PYTHON" "$REPO_ROOT" "$MODEL" "$CALIB_SIZE" "$SEED" "$CALIB"
 
 {
   echo "# $TAG  $(date -u +%Y-%m-%dT%H:%M:%SZ)  host $(hostname)  load $(cut -d' ' -f1-3 /proc/loadavg)"
