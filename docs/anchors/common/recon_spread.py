@@ -61,6 +61,32 @@ def fresh_copy(qm: Any, families: Any, teacher_cls: Any) -> Any:
     return q
 
 
+def open_job(overrides: list[str]) -> tuple[Any, ...]:
+    """The classification job `python -m ptqbench OVERRIDES` would run, up to quantization (no cache,
+    no logger): (settings, task, method, device, model, eval_data, calib)."""
+    sys.path.insert(0, str(REPO))
+    from export_calib import compose_settings  # same folder
+
+    from ptqbench.cache import ContentCache
+    from ptqbench.launch import configure_threads
+    from ptqbench.pipeline import job_method
+    from ptqbench.tasks import get_task
+
+    settings = compose_settings(["logger=none", "report.enabled=false", *overrides])
+    configure_threads(settings.run.threads, None)  # `threads=N` as a job applies it
+    task = get_task(settings.task.name)
+    if task.name != "classification":
+        raise SystemExit("only classification jobs")
+    _, method = job_method(settings)
+    torch.manual_seed(settings.run.seed)
+    device = task.device(settings)
+    data = task.open_data(settings, method)
+    model = task.build_model(settings, device)
+    eval_data = task.evaluation_data(settings, data, model, Path("/tmp"))
+    calib = task.calibration_data(settings, data, model, ContentCache(Path("/nonexistent"), enabled=False))
+    return settings, task, method, device, model, eval_data, calib
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2", help="method.recon_seed values (comma-separated)")
@@ -72,28 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    sys.path.insert(0, str(REPO))
     from export_calib import compose_settings  # same folder
 
-    from ptqbench.cache import ContentCache
-    from ptqbench.launch import configure_threads
     from ptqbench.models.families.base import FAMILIES
     from ptqbench.methods.steps import FPTeacher, Reconstruct, run_steps
     from ptqbench.pipeline import job_method, quantize
-    from ptqbench.tasks import get_task
 
-    settings = compose_settings(["logger=none", "report.enabled=false", *args.overrides])
-    configure_threads(settings.run.threads, None)  # `threads=N` as a job applies it
-    task = get_task(settings.task.name)
-    if task.name != "classification":
-        raise SystemExit("only classification jobs")
-    bits, method = job_method(settings)
-    torch.manual_seed(settings.run.seed)
-    device = task.device(settings)
-    data = task.open_data(settings, method)
-    model = task.build_model(settings, device)
-    eval_data = task.evaluation_data(settings, data, model, Path("/tmp"))
-    calib = task.calibration_data(settings, data, model, ContentCache(Path("/nonexistent"), enabled=False))
+    settings, task, method, device, model, eval_data, calib = open_job(args.overrides)
 
     steps = list(method.steps())
     last = max((i for i, s in enumerate(flat_steps(steps, None)) if isinstance(s, Reconstruct)), default=None)

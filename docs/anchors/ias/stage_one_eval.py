@@ -25,29 +25,17 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv: list[str]) -> int:
-    from export_calib import compose_settings  # docs/anchors/common
+    from recon_spread import open_job  # docs/anchors/common
 
-    from ptqbench.cache import ContentCache
-    from ptqbench.launch import configure_threads
     from ptqbench.methods.steps import WeightsFP, WithFPTeacher, run_steps
-    from ptqbench.pipeline import job_method, quantize
+    from ptqbench.pipeline import quantize
     from ptqbench.quant.calibration import quantizers, switched
-    from ptqbench.tasks import get_task
 
-    settings = compose_settings(["logger=none", "report.enabled=false", *argv])
-    configure_threads(settings.run.threads, None)
-    task = get_task(settings.task.name)
-    _, method = job_method(settings)
+    settings, task, method, device, model, eval_data, calib = open_job(argv)
     steps = method.steps()
     if not (steps and isinstance(steps[0], WithFPTeacher) and isinstance(steps[0].steps[0], WeightsFP)):
         raise SystemExit(f"method={method.name}: expected WithFPTeacher(WeightsFP(...), ...) as I&S-ViT's steps")
     stage_one = WithFPTeacher((steps[0].steps[0],))
-    torch.manual_seed(settings.run.seed)
-    device = task.device(settings)
-    data = task.open_data(settings, method)
-    model = task.build_model(settings, device)
-    eval_data = task.evaluation_data(settings, data, model, Path("/tmp"))
-    calib = task.calibration_data(settings, data, model, ContentCache(Path("/nonexistent"), enabled=False))
 
     class StageOne:  # the method with its steps cut after stage one
         plan = staticmethod(method.plan)
