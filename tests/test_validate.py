@@ -65,6 +65,9 @@ BAD = [
     (["model=mask_rcnn_swin_t"], "model=mask_rcnn_swin_t is a detector: run it with task=detection"),
     (["task=detection", "quant.full=true"], "quant.full=true: the fully quantized roles exist for timm classifiers only"),
     (["data=coco"], "data=coco: task=classification evaluates on data=imagenet"),
+    (["task=detection", "method=ptq4vit", "method.grad_loss=kl"],
+     "method=ptq4vit: its loss differentiates a classifier's logits, which a detector does not have; set method.grad_loss=ce"),
+    (["method=ptq4vit", "method.accept=maybe"], "bad option for method 'ptq4vit': accept='maybe'; choose one of"),
 ]
 
 

@@ -37,26 +37,40 @@ What runs here (`search_model`):
    output channel, maximised). Each kind offers its candidates through one protocol
    (`search_candidates`, `search_params`, `apply_search_params`, next to its fit).
 Quantizers of other kinds (log-sqrt2, the fully quantized roles) keep their calibration.
+The released PTQ4ViT code's choices that differ from the above (per-tensor weights, per-head
+operands, weight first, best candidate always installed, KL-residual gradients, the split scored
+with v FP, the released initial steps) are `SearchConfig` keys.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+import math
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ptqbench.models.structure import Unit
+from ptqbench.progress import progress as progress_bar
 from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
+from ptqbench.quant.twin_uniform import TwinUniformQuantizer
 from ptqbench.algorithms.streaming import hooks_removed_after, params_frozen, split_chunks
 from ptqbench.quant.uniform import UniformQuantizer, params_from_range
 
 SEARCH_METRICS = ("hessian", "mse", "cosine")
 SEARCH_INPUTS = ("fp", "quantized")
+WEIGHT_GRANULARITIES = ("channel", "tensor")
+OPERAND_GRANULARITIES = ("tensor", "head")
+SEARCH_ORDERS = ("input_first", "weight_first")
+SEARCH_INITS = ("calibrated", "max")
+RELEASED_INITIAL_SPLIT = 0.01  # the released twin softmax's split before its search
+ACCEPTS = ("improve", "best")
+GRAD_LOSSES = ("ce", "kl")
 Layer = (QuantLinear, QuantConv2d, QuantMatMul)
 
 
@@ -77,6 +91,28 @@ class SearchConfig:
             both; with quantized inputs the greedy search fits each layer to the upstream error
             (accuracy after each searched block, 100 images: 43 % after block 4, 12 % after
             block 7), with FP inputs every layer is fitted to its own quantization error only.
+        weight_granularity: "channel": each output channel of a weight picks its own alpha;
+            "tensor": one alpha per weight tensor, per q / k / v block of a fused qkv weight, the
+            patch-embedding conv still per output channel (the released PTQ4ViT's `n_V=1`).
+        operand_granularity: uniform matmul operands (q, k, v): "tensor": one alpha each; "head":
+            one per attention head, each head picking its own (the released `n_G = heads`).
+        search_order: within a round, a Linear's / conv's "input_first" or "weight_first" (the
+            released order); a matmul always searches its first operand first.
+        accept: "improve": a candidate replaces the current parameters only if it scores better
+            (the current ones compete only when they have the searched granularity: a per-channel
+            calibration does not, for `weight_granularity=tensor`); "best": the best candidate is
+            installed whatever the current ones scored (released).
+        grad_loss: the loss whose output gradients weight the hessian metric: "ce", cross entropy
+            against the FP model's own top-1; "kl", the released KL divergence between the FP
+            prediction of the whole batch and that of each chunk of `chunk_size` images, taken at
+            its minimum: its gradients are float rounding residuals (classifiers only).
+        split_fp_operand: a twin softmax's split is scored with the second operand (v) FP, as
+            released (False: v through its current quantizer).
+        search_init: what each quantizer holds before a layer's first round (it scores the other
+            quantizer's first search; with `accept=improve` it also competes): "calibrated",
+            the `Calibrate` step's ranges; "max", the released `_initialize_intervals`: step
+            max|x| / (2^(b-1) - 0.5) (per head / per weight block as the granularities say),
+            the twin softmax split 0.01, the post-GELU positive step max / (2^(b-1) - 0.5).
     """
 
     search_metric: str = "hessian"
@@ -86,12 +122,21 @@ class SearchConfig:
     alpha_max: float = 1.2
     chunk_size: int = 8
     search_inputs: str = "fp"
+    weight_granularity: str = "channel"
+    operand_granularity: str = "tensor"
+    search_order: str = "input_first"
+    accept: str = "improve"
+    grad_loss: str = "ce"
+    split_fp_operand: bool = False
+    search_init: str = "calibrated"
 
     def __post_init__(self) -> None:
-        if self.search_inputs not in SEARCH_INPUTS:
-            raise ValueError(f"search_inputs={self.search_inputs!r}; choose one of {SEARCH_INPUTS}")
-        if self.search_metric not in SEARCH_METRICS:
-            raise ValueError(f"search_metric={self.search_metric!r}; choose one of {SEARCH_METRICS}")
+        for key, choices in (("search_inputs", SEARCH_INPUTS), ("search_metric", SEARCH_METRICS),
+                             ("weight_granularity", WEIGHT_GRANULARITIES),
+                             ("operand_granularity", OPERAND_GRANULARITIES), ("search_order", SEARCH_ORDERS),
+                             ("accept", ACCEPTS), ("grad_loss", GRAD_LOSSES), ("search_init", SEARCH_INITS)):
+            if getattr(self, key) not in choices:
+                raise ValueError(f"{key}={getattr(self, key)!r}; choose one of {choices}")
         if self.search_candidates < 1 or self.search_rounds < 0 or not 0 < self.alpha_min <= self.alpha_max:
             raise ValueError("need search_candidates >= 1, search_rounds >= 0 and 0 < alpha_min <= alpha_max")
 
@@ -138,26 +183,40 @@ class UnitGradients:
     Ask `layer_grad` for a unit's layers, then call `unit_done`, for every unit in forward order:
     it moves the chunks' FP stream on to the next unit's input."""
 
-    def __init__(self, model: nn.Module, units: list[Unit], calib: torch.Tensor, chunk_size: int):
+    def __init__(self, model: nn.Module, units: list[Unit], calib: torch.Tensor, chunk_size: int,
+                 grad_loss: str = "ce"):
         self.model, self.units = model, units
         self._inputs = split_chunks(calib, chunk_size)  # each chunk's FP input of the next unit
         self._next = 0
         with params_frozen(model), quant_disabled(model):
+            self._targets = self._kl_targets(calib) if grad_loss == "kl" else None
             self._out_grads = self._reverse_sweep()
+
+    @torch.no_grad()
+    def _kl_targets(self, calib: torch.Tensor) -> list[torch.Tensor]:
+        """Per chunk: the FP softmax of the whole batch's single pass (the released `raw_pred`)."""
+        x = calib
+        for unit in self.units:
+            x = unit.forward(x)
+        return list(F.softmax(x, dim=-1).split([len(c) for c in self._inputs]))
+
+    def _loss(self, logits: torch.Tensor, k: int) -> torch.Tensor:
+        if self._targets is None:
+            return F.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
+        return F.kl_div(F.log_softmax(logits, dim=-1), self._targets[k], reduction="batchmean")
 
     def _reverse_sweep(self) -> list[list[torch.Tensor]]:
         """Per unit, per chunk: dL/d(the unit's output), by backpropagating unit by unit from the
         logits with each unit's graph rebuilt from its saved input (activation checkpointing)."""
         out: list[list[torch.Tensor]] = [[] for _ in self.units]
-        for x in self._inputs:
+        for c, x in enumerate(self._inputs):
             with torch.no_grad():
                 ins = [x]
                 for unit in self.units[:-1]:
                     ins.append(unit.forward(ins[-1]))
                 logits = self.units[-1].forward(ins[-1]).requires_grad_(True)
             with torch.enable_grad():
-                loss = F.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
-                (g,) = torch.autograd.grad(loss, logits)
+                (g,) = torch.autograd.grad(self._loss(logits, c), logits)
                 for k in range(len(self.units) - 1, -1, -1):
                     out[k].append(g)
                     if k:
@@ -236,7 +295,9 @@ def _search_tensor(q: Quantizer, x: torch.Tensor, run, target, grad2, cfg: Searc
     cands = _candidates(q, x, cfg)
     if not cands:
         return
-    best, best_err = q.search_params(), float(_score(run(), target, grad2, cfg.search_metric, None))
+    best, best_err = q.search_params(), math.inf
+    if cfg.accept == "improve":
+        best_err = float(_score(run(), target, grad2, cfg.search_metric, None))
     for c in cands:
         q.apply_search_params(c)
         err = float(_score(run(), target, grad2, cfg.search_metric, None))
@@ -245,30 +306,102 @@ def _search_tensor(q: Quantizer, x: torch.Tensor, run, target, grad2, cfg: Searc
     q.apply_search_params(best)
 
 
-def _search_weight(layer: nn.Module, run, target, grad2, cfg: SearchConfig) -> None:
-    """Per output channel alpha for a per-channel uniform weight quantizer."""
-    wq = layer.weight_quantizer
-    if not isinstance(wq, UniformQuantizer) or wq.channel_axis != 0:
-        return
-    w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
-    lo, hi = w.min(1).values, w.max(1).values
-    channel_dim = 1 if isinstance(layer, QuantConv2d) else -1
-    best_s, best_z = wq.scale.clone(), wq.zero_point.clone()
-    best_err = _score(run(), target, grad2, cfg.search_metric, channel_dim)
+def _pick_per_group(q: UniformQuantizer, axis: int, lo: torch.Tensor, hi: torch.Tensor, run, target, grad2,
+                    cfg: SearchConfig, channel_dim: int, groups: int) -> None:
+    """Alpha per group of rows of the quantizer's `axis` (each group's rows share its range
+    [lo, hi], given per row): the scores per output channel `channel_dim` summed over each group,
+    every group keeping its own best (exact: the groups' outputs are disjoint)."""
+
+    def grouped(err: torch.Tensor) -> torch.Tensor:
+        return err.reshape(groups, -1).sum(1).repeat_interleave(err.numel() // groups)
+
+    rows = lo.numel()
+    best_s = q.scale.expand(rows).clone() if q.scale.dim() == 0 else q.scale.clone()
+    best_z = q.zero_point.expand(rows).clone() if q.zero_point.dim() == 0 else q.zero_point.clone()
+    # the current parameters compete only where they already have the searched granularity (a
+    # per-channel calibration kept by a per-tensor search would leave neither)
+    shared = bool((best_s.reshape(groups, -1) == best_s.reshape(groups, -1)[:, :1]).all())
+    if cfg.accept == "improve" and shared:
+        best_err = grouped(_score(run(), target, grad2, cfg.search_metric, channel_dim))
+    else:
+        best_s, best_z = torch.ones(rows), torch.zeros(rows)
+        best_err = torch.full((rows,), math.inf)
     for a in cfg.alphas():
-        s, z = params_from_range(a * lo, a * hi, wq.bits, wq.symmetric)
-        wq.set_params(s, z, 0)
-        err = _score(run(), target, grad2, cfg.search_metric, channel_dim)
+        s, z = params_from_range(a * lo, a * hi, q.bits, q.symmetric)
+        q.set_params(s, z, axis)
+        err = grouped(_score(run(), target, grad2, cfg.search_metric, channel_dim))
         better = err < best_err
         best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
         best_err = torch.where(better, err, best_err)
-    wq.set_params(best_s, best_z, 0)
+    q.set_params(best_s, best_z, axis)
+
+
+def _search_weight(layer: nn.Module, run, target, grad2, cfg: SearchConfig, blocks: int = 1) -> None:
+    """Alpha per output channel of a per-channel uniform weight quantizer, or (`weight_granularity
+    = tensor`, not a conv) per weight tensor / per each of its `blocks` row blocks (a fused qkv)."""
+    wq = layer.weight_quantizer
+    if not isinstance(wq, UniformQuantizer) or wq.channel_axis != 0:
+        return
+    lo, hi, groups = _weight_ranges(layer, cfg, blocks)
+    _pick_per_group(wq, 0, lo, hi, run, target, grad2, cfg, 1 if isinstance(layer, QuantConv2d) else -1, groups)
+
+
+def _weight_ranges(layer: nn.Module, cfg: SearchConfig, blocks: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per output row: the min and max of the row's group (a row, a block of rows or the whole
+    weight, by `weight_granularity`; a conv always per row), and the number of groups."""
+    w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    groups = w.shape[0] if isinstance(layer, QuantConv2d) or cfg.weight_granularity == "channel" else blocks
+    per_row = w.shape[0] // groups
+    return (w.reshape(groups, -1).min(1).values.repeat_interleave(per_row),
+            w.reshape(groups, -1).max(1).values.repeat_interleave(per_row), groups)
+
+
+def _released_alpha(q: Quantizer) -> float:
+    """The alpha that puts `q`'s step at the released initial max / (2^(b-1) - 0.5)."""
+    top = q.levels - 1 if isinstance(q, TwinUniformQuantizer) else q.qmax
+    return top / (top + 0.5)
+
+
+def _init_at_max(layer: nn.Module, inputs: tuple, cfg: SearchConfig, blocks: int) -> None:
+    """`search_init=max`: every quantizer the search handles starts at the released initial step."""
+    pairs = ((layer.a_quantizer, inputs[0]), (layer.b_quantizer, inputs[1])) if isinstance(layer, QuantMatMul) \
+        else ((layer.input_quantizer, inputs[0]),)
+    for q, x in pairs:
+        if q is None:
+            continue
+        if isinstance(q, TwinUniformQuantizer) and q.mode == "softmax":
+            q.apply_search_params({"split": torch.tensor(RELEASED_INITIAL_SPLIT)})
+        elif type(q) is UniformQuantizer and cfg.operand_granularity == "head" and isinstance(layer, QuantMatMul) \
+                and x.dim() == 4:
+            xh = x.transpose(0, 1).reshape(x.shape[1], -1)
+            a = _released_alpha(q)
+            q.set_params(*params_from_range(a * xh.min(1).values, a * xh.max(1).values, q.bits, q.symmetric), 1)
+        elif hasattr(q, "search_candidates") and not getattr(q, "per_channel", False):
+            q.apply_search_params(q.search_candidates(x, torch.tensor([_released_alpha(q)]))[0])
+    wq = getattr(layer, "weight_quantizer", None)
+    if isinstance(wq, UniformQuantizer) and wq.channel_axis == 0:
+        lo, hi, _ = _weight_ranges(layer, cfg, blocks)
+        a = _released_alpha(wq)
+        wq.set_params(*params_from_range(a * lo, a * hi, wq.bits, wq.symmetric), 0)
+
+
+def _search_heads(q: Quantizer, x: torch.Tensor, run, target, grad2, cfg: SearchConfig) -> bool:
+    """One alpha per attention head (axis 1 of the operand and of the product) for a per-tensor
+    uniform operand quantizer; False if `q` is of another kind (searched per tensor)."""
+    if type(q) is not UniformQuantizer or x.dim() != 4:
+        return False
+    if q.channel_axis not in (None, 1):
+        return False
+    xh = x.transpose(0, 1).reshape(x.shape[1], -1)
+    _pick_per_group(q, 1, xh.min(1).values, xh.max(1).values, run, target, grad2, cfg, 1, x.shape[1])
+    return True
 
 
 def search_layer(layer: nn.Module, inputs: tuple, target: torch.Tensor, grad2: Optional[torch.Tensor],
-                 cfg: SearchConfig) -> None:
+                 cfg: SearchConfig, weight_blocks: int = 1) -> None:
     """Alternating rounds over the layer's two quantizers (see the module docstring); `grad2`:
-    (dL/dO)^2 of the layer's output, used by the hessian metric."""
+    (dL/dO)^2 of the layer's output, used by the hessian metric; `weight_blocks`: row blocks of
+    the weight that `weight_granularity=tensor` scales apart (3 for a fused qkv)."""
 
     def run() -> torch.Tensor:
         return layer(*inputs)
@@ -276,15 +409,49 @@ def search_layer(layer: nn.Module, inputs: tuple, target: torch.Tensor, grad2: O
     if cfg.search_metric != "hessian":
         grad2 = None
 
+    def operand(q: Optional[Quantizer], x: torch.Tensor, other: Optional[Quantizer]) -> None:
+        if q is None:
+            return
+        if cfg.operand_granularity == "head" and _search_heads(q, x, run, target, grad2, cfg):
+            return
+        fp_other = cfg.split_fp_operand and other is not None and getattr(q, "mode", None) == "softmax"
+        with _disabled(other if fp_other else None):
+            _search_tensor(q, x, run, target, grad2, cfg)
+
+    def linear_input() -> None:
+        if layer.input_quantizer is not None:
+            _search_tensor(layer.input_quantizer, inputs[0], run, target, grad2, cfg)
+
+    def weight() -> None:
+        _search_weight(layer, run, target, grad2, cfg, weight_blocks)
+
+    if cfg.search_init == "max" and cfg.search_rounds > 0:
+        _init_at_max(layer, inputs, cfg, weight_blocks)
     for _ in range(cfg.search_rounds):
         if isinstance(layer, QuantMatMul):
-            for q, x in ((layer.a_quantizer, inputs[0]), (layer.b_quantizer, inputs[1])):
-                if q is not None:
-                    _search_tensor(q, x, run, target, grad2, cfg)
+            operand(layer.a_quantizer, inputs[0], layer.b_quantizer)
+            operand(layer.b_quantizer, inputs[1], None)
         else:
-            if layer.input_quantizer is not None:
-                _search_tensor(layer.input_quantizer, inputs[0], run, target, grad2, cfg)
-            _search_weight(layer, run, target, grad2, cfg)
+            for step in ((weight, linear_input) if cfg.search_order == "weight_first" else (linear_input, weight)):
+                step()
+
+
+@contextmanager
+def _disabled(q: Optional[Quantizer]) -> Iterator[None]:
+    """`q` (if any) is the identity inside the block."""
+    if q is None:
+        yield
+        return
+    was, q.enabled = q.enabled, False
+    try:
+        yield
+    finally:
+        q.enabled = was
+
+
+def _qkv_layers(module: nn.Module) -> set[int]:
+    """ids of the fused qkv Linears (three row blocks: q, k, v) of the attention modules in `module`."""
+    return {id(m.qkv) for m in module.modules() if isinstance(getattr(m, "qkv", None), QuantLinear)}
 
 
 def _forward_order(unit_fn, unit_module: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], torch.Tensor]:
@@ -333,20 +500,24 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
     x_q, x_fp = calib, calib
     searched = 0
     hessian = cfg.search_metric == "hessian"
-    unit_grads = UnitGradients(model, units, calib, cfg.chunk_size) if hessian and loss is None else None
-    for unit in units:
+    if hessian and cfg.grad_loss == "kl" and loss is not None:
+        raise ValueError("grad_loss=kl needs a classifier (the FP prediction's KL); use grad_loss=ce here")
+    unit_grads = UnitGradients(model, units, calib, cfg.chunk_size, cfg.grad_loss) if hessian and loss is None else None
+    for unit in progress_bar(units, desc="hessian search", unit="unit"):
         grads = {}  # a detector's: this unit's layers' gradients, from one whole-model backward
         if hessian and unit_grads is None:
             grads = output_grads(model, calib, cfg.chunk_size, loss,
                                  [m for m in unit.module.modules() if isinstance(m, Layer)])
         with quant_disabled(model):  # one FP pass: the layers' call order, the next unit's input
             order, x_next = _forward_order(unit.forward, unit.module, x_fp)
+        qkv = _qkv_layers(unit.module)
         for layer in order:
             with quant_disabled(model):
                 fp_in, fp_out = _layer_call(unit.forward, layer, x_fp)
             inputs = fp_in if cfg.search_inputs == "fp" else _layer_call(unit.forward, layer, x_q, output=False)[0]
             grad = unit_grads.layer_grad(unit, layer) if unit_grads is not None else grads.pop(layer, None)
-            search_layer(layer, inputs, fp_out, None if grad is None else grad.pow_(2), cfg)  # squared in place
+            search_layer(layer, inputs, fp_out, None if grad is None else grad.pow_(2), cfg,  # squared in place
+                         3 if id(layer) in qkv else 1)
             searched += 1
             del fp_in, fp_out, inputs, grad
         if unit_grads is not None:

@@ -193,8 +193,9 @@ class Method:
     # False: the method refuses quant.full=true with a ConfigError (`fp`, which quantizes nothing)
     supports_full: ClassVar[bool] = True
     # True for methods that differentiate the classifier's logits (APHQ-ViT's perturbation Hessian):
-    # tasks without logits (detection) refuse them
+    # tasks without logits (detection) refuse them, naming `logits_fix`
     needs_logits: ClassVar[bool] = False
+    logits_fix: ClassVar[str] = "run it with task=classification"
 
     def __init__(self, config: Any, bits: Bits, quant: Optional[FullQuantConfig] = None) -> None:
         self.config = config

@@ -11,10 +11,14 @@ Recipe (ptqbench/quant/twin_uniform.py, ptqbench/algorithms/hessian_search.py):
    quantized: `search_rounds` alternating rounds over each layer's input and weight (or the two
    matmul operands), `search_candidates` scales each, metric `search_metric`.
 
-Where this differs from PTQ4ViT: weights get one scale per output channel (the common protocol)
-and each channel picks its own alpha (PTQ4ViT: one per tensor); the gradients come from the
-cross entropy against the FP model's own prediction; 20 candidates in [0.01, 1.2] by default
-instead of 100 so the search finishes in minutes on CPU (knobs).
+Where the defaults differ from the released PTQ4ViT code, each a key that gives the release's
+(docs/anchors/ptq4vit/README.md lists the released line of each): weights one scale per output
+channel (`weight_granularity`), q/k/v one per tensor (`operand_granularity`), input before weight
+(`search_order`), a candidate kept only if it improves (`accept`), cross-entropy gradients
+(`grad_loss`; the release's KL at its minimum gives rounding residuals), the split scored with v
+quantized (`split_fp_operand`), the twin softmax selecting one region (`twin_sum_regions`), the
+post-GELU negative step from the data (`gelu_neg_step`), the calibrated start (`search_init`);
+and 20 candidates in [0.01, 1.2] instead of 100, so the search finishes in minutes on CPU.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class PTQ4ViTConfig(ProtocolConfig, SearchConfig):
     twin: twin uniform for post-softmax and post-GELU (False: uniform).
     symmetric: signed symmetric uniform codes for weights and activations (PTQ4ViT's).
     twin_m_max: largest split exponent of the twin post-softmax initialisation (PTQ4ViT: 19).
+    twin_sum_regions: the released twin softmax arithmetic, the two regions' values added
+        (quant/twin_uniform.py; False: each value takes its own region's, as the paper describes).
+    gelu_neg_step: > 0: post-GELU negative step fixed at this / 2^(b-1) with 2^(b-1) negative
+        codes (released: 0.16997124254703522); 0: |min| / (2^(b-1) - 1) from the data.
     """
 
     weight_search: str = "minmax"
@@ -44,6 +52,8 @@ class PTQ4ViTConfig(ProtocolConfig, SearchConfig):
     twin: bool = True
     symmetric: bool = True
     twin_m_max: int = 19
+    twin_sum_regions: bool = False
+    gelu_neg_step: float = 0.0
 
     def __post_init__(self) -> None:
         ProtocolConfig.__post_init__(self)
@@ -55,6 +65,14 @@ class PTQ4ViT(Method):
     """PTQ4ViT; see the module docstring."""
 
     Config = PTQ4ViTConfig
+
+    logits_fix = "set method.grad_loss=ce (the detector's loss), or run it with task=classification"
+
+    @property
+    def needs_logits(self) -> bool:  # type: ignore[override]
+        """grad_loss=kl compares the classifier's FP softmax outputs."""
+        c = self.config
+        return c.grad_loss == "kl" and c.search_metric == "hessian" and c.search_rounds > 0
 
     @property
     def blockwise(self) -> bool:  # type: ignore[override]
@@ -71,8 +89,10 @@ class PTQ4ViT(Method):
         acts = {r: (None if s is None else QuantizerSpec(s.bits, symmetric=self.config.symmetric, search=s.search))
                 for r, s in base.activations.items()}
         if self.config.twin:
-            acts[roles.POST_SOFTMAX] = self.act_spec(kind="twin_softmax", options=(("m_max", self.config.twin_m_max),))
-            acts[roles.POST_GELU] = self.act_spec(kind="twin_gelu")
+            c = self.config
+            acts[roles.POST_SOFTMAX] = self.act_spec(kind="twin_softmax", options=(
+                ("m_max", c.twin_m_max), ("sum_regions", c.twin_sum_regions)))
+            acts[roles.POST_GELU] = self.act_spec(kind="twin_gelu", options=(("gelu_neg_step", c.gelu_neg_step),))
         return QuantPlan(base.weight, acts)
 
     def steps(self) -> Sequence[Step]:

@@ -7,8 +7,15 @@ released PTQ4ViT code:
   the largest probability), R1 = [0, split) with the step split/(L-1); split = 2^-m, so the two
   steps differ by the power of two 2^m (PTQ4ViT's Delta_R2 = 2^m Delta_R1 constraint).
 - post-GELU (`mode="gelu"`): negative values with the step |min|/(L-1) (GELU's minimum is
-  -0.17; PTQ4ViT fixes this step), non-negative values with their own step `pos_scale`
-  (L-1 levels above 0).
+  -0.17), non-negative values with their own step `pos_scale` (L-1 levels above 0).
+
+Two options give the released code's arithmetic (`quant_layers/matmul.py:SoSPTQSL*.quant_input_A`,
+`quant_layers/linear.py:PostGeluPTQSL*`):
+- `sum_regions` (softmax): the code adds the two regions' values, each of x clamped to its region,
+  instead of selecting one: above the split the low region contributes the split itself, and
+  below it the high region contributes round(split (L-1)) / (L-1) (0 for split < 1/(2(L-1))).
+- `gelu_neg_step` > 0 (GELU): the negative step is fixed at gelu_neg_step / L with L negative
+  codes (released: 0.16997124254703522, GELU's minimum), not fitted to the data.
 
 `_fit` picks m (softmax, m in 0..m_max) or the positive range (GELU, top in {max, search
 percentiles}) by MSE; PTQ4ViT's Hessian-guided search (ptqbench.algorithms.hessian_search) then
@@ -49,8 +56,12 @@ def _fast(x: torch.Tensor, *params: torch.Tensor) -> bool:
             and all(p.dim() == 0 for p in params))
 
 
-def twin_softmax_fake_quant(x: torch.Tensor, split: torch.Tensor, levels: int) -> torch.Tensor:
+def twin_softmax_fake_quant(x: torch.Tensor, split: torch.Tensor, levels: int, sum_regions: bool = False) -> torch.Tensor:
     high_scale = torch.full_like(split, 1.0 / (levels - 1))
+    if sum_regions:
+        zero = torch.zeros_like(split)
+        high = fake_quant(torch.clamp(x, min=split, max=1.0), high_scale, zero, 0, levels - 1)
+        return high.add_(fake_quant(torch.clamp(x, min=0.0, max=split), split / (levels - 1), zero, 0, levels - 1))
     if _fast(x, split):
         return _two_region_fake_quant(x, split, split / (levels - 1), high_scale, 0, levels - 1)
     zero = torch.zeros_like(split)
@@ -59,22 +70,29 @@ def twin_softmax_fake_quant(x: torch.Tensor, split: torch.Tensor, levels: int) -
     return torch.where(x < split, low, high)
 
 
-def twin_gelu_fake_quant(x: torch.Tensor, neg_scale: torch.Tensor, pos_scale: torch.Tensor, levels: int) -> torch.Tensor:
+def twin_gelu_fake_quant(x: torch.Tensor, neg_scale: torch.Tensor, pos_scale: torch.Tensor, levels: int,
+                         neg_levels: int | None = None) -> torch.Tensor:
+    """`neg_levels`: negative codes -neg_levels..0 (default L-1)."""
+    neg_min = -(levels - 1 if neg_levels is None else neg_levels)
     if _fast(x, neg_scale, pos_scale):
-        # one clamp [-(L-1), L-1] serves both regions: a negative x has a code <= 0, a
+        # one clamp [neg_min, L-1] serves both regions: a negative x has a code <= 0, a
         # non-negative one a code >= 0, so each region's other bound is never reached
-        return _two_region_fake_quant(x, torch.zeros(()), neg_scale, pos_scale, -(levels - 1), levels - 1)
+        return _two_region_fake_quant(x, torch.zeros(()), neg_scale, pos_scale, neg_min, levels - 1)
     zero = torch.zeros_like(pos_scale)
     pos = fake_quant(x, pos_scale, zero, 0, levels - 1)
-    neg = fake_quant(x, neg_scale, torch.zeros_like(neg_scale), -(levels - 1), 0)
+    neg = fake_quant(x, neg_scale, torch.zeros_like(neg_scale), neg_min, 0)
     return torch.where(x < 0, neg, pos)
 
 
 @dataclass(frozen=True)
 class TwinOptions:
-    """m_max: softmax mode: the largest split exponent tried (split = 2^-m)."""
+    """m_max: softmax mode: the largest split exponent tried (split = 2^-m).
+    sum_regions: softmax mode: the released code's sum of the two regions (module docstring).
+    gelu_neg_step: GELU mode: > 0 fixes the negative step at this / L with L negative codes."""
 
     m_max: int = 19
+    sum_regions: bool = False
+    gelu_neg_step: float = 0.0
 
 
 @register_kind("twin_softmax", options=TwinOptions, search=True, preset={"mode": "softmax"})
@@ -92,8 +110,13 @@ class TwinUniformQuantizer(Quantizer):
 
     kind = "twin_uniform"
 
-    def __init__(self, bits: int, role: str, mode: str, m_max: int = 19, search: RangeSearch = RangeSearch()) -> None:
+    def __init__(self, bits: int, role: str, mode: str, m_max: int = 19, sum_regions: bool = False,
+                 gelu_neg_step: float = 0.0, search: RangeSearch = RangeSearch()) -> None:
         super().__init__(bits, role)
+        if gelu_neg_step < 0:
+            raise ValueError(f"gelu_neg_step={gelu_neg_step}; give 0 (fitted) or a positive fixed range")
+        self.sum_regions = bool(sum_regions)
+        self.gelu_neg_step = float(gelu_neg_step)
         if mode not in TWIN_MODES:
             raise ValueError(f"twin uniform mode {mode!r}; choose one of {TWIN_MODES}")
         if self.bits < 2:
@@ -114,7 +137,10 @@ class TwinUniformQuantizer(Quantizer):
             m_hi = self.m_max if n is None else min(self.m_max, n - 1)
             return [{"split": torch.tensor(2.0**-m)} for m in range(m_hi + 1)]
         x2d = subsample(x.detach().float().reshape(1, -1), self.search.max_samples)
-        neg = torch.clamp(-x2d.min(), min=1e-8) / (self.levels - 1)
+        if self.gelu_neg_step > 0:
+            neg = torch.tensor(self.gelu_neg_step / self.levels)
+        else:
+            neg = torch.clamp(-x2d.min(), min=1e-8) / (self.levels - 1)
         top = torch.clamp(x2d.max(), min=1e-8)
         if alphas is not None:
             tops = [top * a for a in alphas]
@@ -139,8 +165,9 @@ class TwinUniformQuantizer(Quantizer):
 
     def _fake(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.mode == "softmax":
-            return twin_softmax_fake_quant(x, p["split"], self.levels)
-        return twin_gelu_fake_quant(x, p["neg_scale"], p["pos_scale"], self.levels)
+            return twin_softmax_fake_quant(x, p["split"], self.levels, self.sum_regions)
+        return twin_gelu_fake_quant(x, p["neg_scale"], p["pos_scale"], self.levels,
+                                    self.levels if self.gelu_neg_step > 0 else None)
 
     def _fit(self, x: torch.Tensor) -> None:
         if self.mode == "softmax" and (x < 0).any():
@@ -155,6 +182,9 @@ class TwinUniformQuantizer(Quantizer):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes in [0, 2^b - 1]: region (top bit) times L plus the level magnitude."""
+        if self.sum_regions or self.gelu_neg_step > 0:
+            raise ValueError(f"{self.qname!r}: the released arithmetic (sum_regions / gelu_neg_step) has no "
+                             "region-bit code here; encode needs the defaults")
         L = self.levels
         if self.mode == "softmax":
             high = x >= self.split

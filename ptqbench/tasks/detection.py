@@ -167,7 +167,7 @@ class Detection(Task):
                               "use quant.full=false with task=detection")
         if getattr(method, "needs_logits", False):
             raise ConfigError(f"method={method.name}: its loss differentiates a classifier's logits, which a "
-                              "detector does not have; run it with task=classification")
+                              f"detector does not have; {method.logits_fix}")
 
     def scope(self, settings: JobSettings) -> Optional[str]:
         return SCOPES[settings.task.quantize]

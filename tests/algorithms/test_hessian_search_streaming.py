@@ -185,7 +185,7 @@ def test_quantized_input_search_reads_each_layer_s_input_from_the_quantized_stre
     seen = {}
     real = hs.search_layer
 
-    def spy(lyr, inputs, target, grad2, c):
+    def spy(lyr, inputs, target, grad2, c, *rest):
         if lyr is layer:
             with torch.no_grad():
                 block_in = qm.units[0].forward(x)
@@ -193,7 +193,7 @@ def test_quantized_input_search_reads_each_layer_s_input_from_the_quantized_stre
                 with quant_disabled(qm.model):
                     seen["fp"] = hs._layer_call(qm.units[1].forward, layer, block_in)[0][0]
             seen["searched"] = inputs[0]
-        return real(lyr, inputs, target, grad2, c)
+        return real(lyr, inputs, target, grad2, c, *rest)
 
     monkeypatch.setattr(hs, "search_layer", spy)
     hs.search_model(qm.model, qm.units, x, cfg)
