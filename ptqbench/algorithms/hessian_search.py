@@ -363,7 +363,8 @@ def _released_alpha(q: Quantizer) -> float:
 
 
 def _init_at_max(layer: nn.Module, inputs: tuple, cfg: SearchConfig, blocks: int) -> None:
-    """`search_init=max`: every quantizer the search handles starts at the released initial step."""
+    """`search_init=max`: every uniform and twin uniform quantizer the search handles starts at the
+    released initial step."""
     pairs = ((layer.a_quantizer, inputs[0]), (layer.b_quantizer, inputs[1])) if isinstance(layer, QuantMatMul) \
         else ((layer.input_quantizer, inputs[0]),)
     for q, x in pairs:
@@ -376,8 +377,9 @@ def _init_at_max(layer: nn.Module, inputs: tuple, cfg: SearchConfig, blocks: int
             xh = x.transpose(0, 1).reshape(x.shape[1], -1)
             a = _released_alpha(q)
             q.set_params(*params_from_range(a * xh.min(1).values, a * xh.max(1).values, q.bits, q.symmetric), 1)
-        elif hasattr(q, "search_candidates") and not getattr(q, "per_channel", False):
+        elif isinstance(q, (UniformQuantizer, TwinUniformQuantizer)) and not getattr(q, "per_channel", False):
             q.apply_search_params(q.search_candidates(x, torch.tensor([_released_alpha(q)]))[0])
+        # other kinds (TSPTQ-ViT's two-scale ones) have no released initial step: they keep theirs
     wq = getattr(layer, "weight_quantizer", None)
     if isinstance(wq, UniformQuantizer) and wq.channel_axis == 0:
         lo, hi, _ = _weight_ranges(layer, cfg, blocks)

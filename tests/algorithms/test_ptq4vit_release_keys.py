@@ -181,3 +181,11 @@ def test_search_init_max_starts_every_quantizer_at_the_released_initial_step():
     h = torch.nn.functional.gelu(torch.randn(5, 8))
     hs._init_at_max(fc2, (h,), cfg, 1)
     assert float(gelu.pos_scale) == pytest.approx(float(h.max()) / 7.5)
+
+
+def test_search_init_max_leaves_kinds_without_a_released_step_alone():
+    torch.set_num_threads(1)
+    method = build_method({"name": "tsptq", "search_candidates": 3, "search_rounds": 1, "search_init": "max"}, Bits(4, 4))
+    qm = make_quantizable(make_tiny_vit(seed=0), method.plan())
+    method.quantize(qm, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
+    assert all(torch.isfinite(p).all() for p in qm.model.state_dict().values() if p.is_floating_point())
