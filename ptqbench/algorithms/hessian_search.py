@@ -372,11 +372,9 @@ def _init_at_max(layer: nn.Module, inputs: tuple, cfg: SearchConfig, blocks: int
             continue
         if isinstance(q, TwinUniformQuantizer) and q.mode == "softmax":
             q.apply_search_params({"split": torch.tensor(RELEASED_INITIAL_SPLIT)})
-        elif type(q) is UniformQuantizer and cfg.operand_granularity == "head" and isinstance(layer, QuantMatMul) \
-                and x.dim() == 4:
-            xh = x.transpose(0, 1).reshape(x.shape[1], -1)
+        elif cfg.operand_granularity == "head" and isinstance(layer, QuantMatMul) and (heads := _head_ranges(q, x)):
             a = _released_alpha(q)
-            q.set_params(*params_from_range(a * xh.min(1).values, a * xh.max(1).values, q.bits, q.symmetric), 1)
+            q.set_params(*params_from_range(a * heads[0], a * heads[1], q.bits, q.symmetric), 1)
         elif isinstance(q, (UniformQuantizer, TwinUniformQuantizer)) and not getattr(q, "per_channel", False):
             q.apply_search_params(q.search_candidates(x, torch.tensor([_released_alpha(q)]))[0])
         # other kinds (TSPTQ-ViT's two-scale ones) have no released initial step: they keep theirs
@@ -387,15 +385,23 @@ def _init_at_max(layer: nn.Module, inputs: tuple, cfg: SearchConfig, blocks: int
         wq.set_params(*params_from_range(a * lo, a * hi, wq.bits, wq.symmetric), 0)
 
 
-def _search_heads(q: Quantizer, x: torch.Tensor, run, target, grad2, cfg: SearchConfig) -> bool:
-    """One alpha per attention head (axis 1 of the operand and of the product) for a per-tensor
-    uniform operand quantizer; False if `q` is of another kind (searched per tensor)."""
-    if type(q) is not UniformQuantizer or x.dim() != 4:
-        return False
-    if q.channel_axis not in (None, 1):
-        return False
+def _head_ranges(q: Quantizer, x: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Min and max of each attention head (axis 1 of a (batch, heads, tokens, dim) operand) for a
+    per-tensor (or already per-head) uniform quantizer; None for other kinds and shapes, which
+    the search handles per tensor."""
+    if type(q) is not UniformQuantizer or x.dim() != 4 or q.channel_axis not in (None, 1):
+        return None
     xh = x.transpose(0, 1).reshape(x.shape[1], -1)
-    _pick_per_group(q, 1, xh.min(1).values, xh.max(1).values, run, target, grad2, cfg, 1, x.shape[1])
+    return xh.min(1).values, xh.max(1).values
+
+
+def _search_heads(q: Quantizer, x: torch.Tensor, run, target, grad2, cfg: SearchConfig) -> bool:
+    """One alpha per attention head (axis 1 of the operand and of the product); False where
+    `_head_ranges` has none (searched per tensor)."""
+    heads = _head_ranges(q, x)
+    if heads is None:
+        return False
+    _pick_per_group(q, 1, heads[0], heads[1], run, target, grad2, cfg, 1, x.shape[1])
     return True
 
 

@@ -153,6 +153,41 @@ def test_eval_cell_times_inference_forwards_without_autograd(monkeypatch):
     assert seen and not any(seen), seen  # FP, quantized and unfused forwards, warm-ups included
 
 
+
+def test_profile_part_profiles_forwards_under_the_evaluation_heap(monkeypatch):
+    """The profile explains the eval part's ratios, so its forwards run where a job's do: inside
+    `heap.every_block_reused` (on glibc's default heap every map-sized tensor takes fresh pages,
+    and the profile then charges page faults to whichever op allocates)."""
+    import contextlib
+    import types
+
+    from ptqbench import heap
+    from ptqbench.bench import cells
+
+    state = {"inside": False}
+    seen: list[bool] = []
+
+    @contextlib.contextmanager
+    def reused():
+        state["inside"] = True
+        try:
+            yield
+        finally:
+            state["inside"] = False
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(state["inside"])
+            return x.mean()
+
+    monkeypatch.setattr(heap, "every_block_reused", reused)
+    monkeypatch.setattr(cells, "load_model", lambda name: (Probe(), "random"))
+    monkeypatch.setattr(cells, "calibration_images", lambda model, size: (torch.zeros(1), "random"))
+    monkeypatch.setattr(cells, "_quantized", lambda *a, **k: (types.SimpleNamespace(model=Probe()), None, 0))
+    r = cells.profile_eval("deit_tiny", "minmax", "w4a4", batch=1, repeats=2, device="cpu")
+    assert r["forward_ms"] > 0
+    assert seen == [True, True, True], seen  # the warm-up and both profiled forwards
+
 @pytest.mark.parametrize("args, message", [
     (["--recon-methods", "dopq,repq"], "repq has no block reconstruction"),
     (["--recon-batch", "8", "--recon-calib", "4"], "at least as many images as the largest batch"),
