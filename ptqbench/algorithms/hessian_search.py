@@ -46,8 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +55,7 @@ from torch import nn
 from ptqbench.models.structure import Unit
 from ptqbench.progress import progress as progress_bar
 from ptqbench.quant.base import Quantizer
-from ptqbench.quant.calibration import quant_disabled
+from ptqbench.quant.calibration import quant_disabled, switched
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
 from ptqbench.quant.twin_uniform import TwinUniformQuantizer
 from ptqbench.algorithms.streaming import hooks_removed_after, params_frozen, split_chunks
@@ -423,7 +422,7 @@ def search_layer(layer: nn.Module, inputs: tuple, target: torch.Tensor, grad2: O
         if cfg.operand_granularity == "head" and _search_heads(q, x, run, target, grad2, cfg):
             return
         fp_other = cfg.split_fp_operand and other is not None and getattr(q, "mode", None) == "softmax"
-        with _disabled(other if fp_other else None):
+        with switched([other] if fp_other else [], False):
             _search_tensor(q, x, run, target, grad2, cfg)
 
     def linear_input() -> None:
@@ -442,19 +441,6 @@ def search_layer(layer: nn.Module, inputs: tuple, target: torch.Tensor, grad2: O
         else:
             for step in ((weight, linear_input) if cfg.search_order == "weight_first" else (linear_input, weight)):
                 step()
-
-
-@contextmanager
-def _disabled(q: Optional[Quantizer]) -> Iterator[None]:
-    """`q` (if any) is the identity inside the block."""
-    if q is None:
-        yield
-        return
-    was, q.enabled = q.enabled, False
-    try:
-        yield
-    finally:
-        q.enabled = was
 
 
 def _qkv_layers(module: nn.Module) -> set[int]:
