@@ -68,6 +68,11 @@ BAD = [
     (["task=detection", "method=ptq4vit", "method.grad_loss=kl"],
      "method=ptq4vit: its loss differentiates a classifier's logits, which a detector does not have; set method.grad_loss=ce"),
     (["method=ptq4vit", "method.accept=maybe"], "bad option for method 'ptq4vit': accept='maybe'; choose one of"),
+    # keys the configured search never reads: TSPTQ-ViT's default is no search (search_rounds=0)
+    (["method=tsptq", "method.search_candidates=100"],
+     "bad option for method 'tsptq': search_candidates=100 would change nothing: search_rounds=0 runs no search"),
+    (["method=ptq4vit", "method.search_metric=mse", "method.grad_loss=kl"],
+     "bad option for method 'ptq4vit': grad_loss='kl' would change nothing: grad_loss weights only search_metric=hessian"),
 ]
 
 
@@ -77,6 +82,11 @@ def test_bad_value_is_refused_with_key_value_and_valid_range(overrides, message)
     assert len(problems) == 1 and problems[0].startswith(message), problems
     with pytest.raises(ConfigError, match="Nothing was run or recorded"):
         validate_config(_compose(*overrides))
+
+
+def test_search_keys_are_accepted_where_the_search_reads_them():
+    assert _problems("method=tsptq", "method.search_rounds=3", "method.search_candidates=100", "method.grad_loss=kl") == []
+    assert _problems("method=ptq4vit", "method.search_rounds=0") == []
 
 
 def test_every_problem_is_reported_at_once():

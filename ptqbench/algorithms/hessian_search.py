@@ -44,6 +44,7 @@ with v FP, the released initial steps) are `SearchConfig` keys.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 import math
 from typing import Any, Callable, Optional
@@ -80,7 +81,8 @@ class SearchConfig:
     Attributes:
         search_metric: hessian | mse | cosine.
         search_candidates: scales tried per quantizer and round (PTQ4ViT: 100).
-        search_rounds: alternating input/weight rounds per layer (PTQ4ViT: 3; 0 = no search).
+        search_rounds: alternating input/weight rounds per layer (PTQ4ViT: 3; 0 = no search, and
+            the other search keys are then refused away from their defaults: `inert_keys`).
         alpha_min, alpha_max: candidate scales = alpha x the min-max range (PTQ4ViT: 0.01..1.2).
         chunk_size: images per forward/backward chunk of the gradient pass (memory only).
         search_inputs: "fp": each layer is searched on its FP inputs against its FP output, as the
@@ -138,6 +140,24 @@ class SearchConfig:
                 raise ValueError(f"{key}={getattr(self, key)!r}; choose one of {choices}")
         if self.search_candidates < 1 or self.search_rounds < 0 or not 0 < self.alpha_min <= self.alpha_max:
             raise ValueError("need search_candidates >= 1, search_rounds >= 0 and 0 < alpha_min <= alpha_max")
+        inert = self.inert_keys()
+        if inert:
+            raise ValueError(f"{', '.join(f'{k}={getattr(self, k)!r}' for k in inert)} would change nothing: "
+                             + ("search_rounds=0 runs no search; set method.search_rounds (PTQ4ViT: 3) or drop them "
+                                 "(a sweep over search_rounds runs 0 as a command of its own)"
+                                if self.search_rounds == 0 else
+                                f"grad_loss weights only search_metric=hessian (here {self.search_metric!r}); drop it"))
+
+    def inert_keys(self) -> list[str]:
+        """The search keys set away from their defaults that the configured search never reads: all
+        of them without a search (search_rounds=0), grad_loss without the hessian metric. Refused,
+        so that a sweep over them does not record identical runs under different settings."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = [f.name for f in dataclasses.fields(SearchConfig)
+                   if f.name != "search_rounds" and getattr(self, f.name) != defaults[f.name]]
+        if self.search_rounds == 0:
+            return changed
+        return ["grad_loss"] if "grad_loss" in changed and self.search_metric != "hessian" else []
 
     def alphas(self) -> torch.Tensor:
         return torch.linspace(self.alpha_min, self.alpha_max, self.search_candidates)
