@@ -38,7 +38,7 @@ CALIB = 2
 SMALL: dict[str, dict[str, Any]] = {
     "minmax": {}, "percentile": {}, "repq": {}, "tsptq": {}, "gptq": {},
     "erq": {"refine_steps": 10},
-    "ptq4vit": {"search_candidates": 2, "search_rounds": 1},
+    "ptq4vit": {"search_candidates": 8, "search_rounds": 1},
     "dopq": {"iters": 2, "batch_size": 2, "progress": False},
     "aiq": {"iters": 2, "batch_size": 2, "progress": False},
 }

@@ -66,11 +66,11 @@ BAD = [
     (["task=detection", "quant.full=true"], "quant.full=true: the fully quantized roles exist for timm classifiers only"),
     (["data=coco"], "data=coco: task=classification evaluates on data=imagenet"),
     (["task=detection", "method=ptq4vit", "method.grad_loss=kl"],
-     "method=ptq4vit: its loss differentiates a classifier's logits, which a detector does not have; set method.grad_loss=ce"),
+     "method=ptq4vit: its loss differentiates a classifier's logits, which a detector does not have; set method.grad_loss=auto or ce"),
     (["method=ptq4vit", "method.accept=maybe"], "bad option for method 'ptq4vit': accept='maybe'; choose one of"),
     # keys the configured search never reads: TSPTQ-ViT's default is no search (search_rounds=0)
-    (["method=tsptq", "method.search_candidates=100"],
-     "bad option for method 'tsptq': search_candidates=100 would change nothing: search_rounds=0 runs no search"),
+    (["method=tsptq", "method.search_candidates=20"],
+     "bad option for method 'tsptq': search_candidates=20 would change nothing: search_rounds=0 runs no search"),
     (["method=ptq4vit", "method.search_metric=mse", "method.grad_loss=kl"],
      "bad option for method 'ptq4vit': grad_loss='kl' would change nothing: grad_loss weights only search_metric=hessian"),
 ]
@@ -85,7 +85,7 @@ def test_bad_value_is_refused_with_key_value_and_valid_range(overrides, message)
 
 
 def test_search_keys_are_accepted_where_the_search_reads_them():
-    assert _problems("method=tsptq", "method.search_rounds=3", "method.search_candidates=100", "method.grad_loss=kl") == []
+    assert _problems("method=tsptq", "method.search_rounds=3", "method.search_candidates=20", "method.grad_loss=kl") == []
     assert _problems("method=ptq4vit", "method.search_rounds=0") == []
 
 

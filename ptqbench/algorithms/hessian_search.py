@@ -70,21 +70,34 @@ SEARCH_ORDERS = ("input_first", "weight_first")
 SEARCH_INITS = ("calibrated", "max")
 RELEASED_INITIAL_SPLIT = 0.01  # the released twin softmax's split before its search
 ACCEPTS = ("improve", "best")
-GRAD_LOSSES = ("ce", "kl")
+GRAD_LOSSES = ("auto", "ce", "kl")
+ALPHA_GRIDS = ("released", "linspace")
 Layer = (QuantLinear, QuantConv2d, QuantMatMul)
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Knobs of the search (PTQ4ViT's method config derives from this).
+    """Knobs of the search (PTQ4ViT's and TSPTQ-ViT's method configs derive from this). The
+    defaults are the released PTQ4ViT code's search (docs/anchors/ptq4vit/README.md, "Released
+    recipe vs ptqbench"); ptqbench's earlier reading is `search_candidates=20
+    alpha_grid=linspace chunk_size=8 weight_granularity=channel operand_granularity=tensor
+    search_order=input_first accept=improve grad_loss=ce split_fp_operand=false
+    search_init=calibrated`.
 
     Attributes:
         search_metric: hessian | mse | cosine.
         search_candidates: scales tried per quantizer and round (PTQ4ViT: 100).
         search_rounds: alternating input/weight rounds per layer (PTQ4ViT: 3; 0 = no search, and
             the other search keys are then refused away from their defaults: `inert_keys`).
-        alpha_min, alpha_max: candidate scales = alpha x the min-max range (PTQ4ViT: 0.01..1.2).
-        chunk_size: images per forward/backward chunk of the gradient pass (memory only).
+        alpha_min, alpha_max: the candidates' range (PTQ4ViT: 0.01..1.2), see `alpha_grid`.
+        alpha_grid: "released": alpha_min + (alpha_max - alpha_min) i / n for i = 0..n-1 (the
+            end excluded), each times the release's initial step max / (2^(b-1) - 0.5) (b: the
+            searched quantizer's bits): the released `eq_alpha`, `eq_beta`, `eq_n` grid;
+            "linspace": n values from alpha_min to alpha_max, both included, times the min-max
+            range (step max / (2^(b-1) - 1) for signed codes).
+        chunk_size: images per forward/backward chunk of the gradient pass (the release's
+            sub-batch, 4). Memory only, except with the KL loss, whose chunk-against-batch
+            residuals depend on it.
         search_inputs: "fp": each layer is searched on its FP inputs against its FP output, as the
             released PTQ4ViT code calibrates (`sequential=False`); "quantized": on the inputs the
             already-searched upstream layers produce. Measured on DeiT-T W4A4, one round, 1300
@@ -103,10 +116,12 @@ class SearchConfig:
             (the current ones compete only when they have the searched granularity: a per-channel
             calibration does not, for `weight_granularity=tensor`); "best": the best candidate is
             installed whatever the current ones scored (released).
-        grad_loss: the loss whose output gradients weight the hessian metric: "ce", cross entropy
-            against the FP model's own top-1; "kl", the released KL divergence between the FP
-            prediction of the whole batch and that of each chunk of `chunk_size` images, taken at
-            its minimum: its gradients are float rounding residuals (classifiers only).
+        grad_loss: the loss whose output gradients weight the hessian metric: "kl", the released
+            KL divergence between the FP prediction of the whole batch and that of each chunk of
+            `chunk_size` images, taken at its minimum: its gradients are float rounding residuals
+            (classifiers only); "ce", cross entropy against the FP classifier's own top-1, and on
+            a detector the detector's own loss; "auto", "kl" on a classifier and the detector's
+            loss on a detector (PTQ4ViT released no detection code).
         split_fp_operand: a twin softmax's split is scored with the second operand (v) FP, as
             released (False: v through its current quantizer).
         search_init: what each quantizer holds before a layer's first round (it scores the other
@@ -117,25 +132,27 @@ class SearchConfig:
     """
 
     search_metric: str = "hessian"
-    search_candidates: int = 20
+    search_candidates: int = 100
     search_rounds: int = 3
     alpha_min: float = 0.01
     alpha_max: float = 1.2
-    chunk_size: int = 8
+    alpha_grid: str = "released"
+    chunk_size: int = 4
     search_inputs: str = "fp"
-    weight_granularity: str = "channel"
-    operand_granularity: str = "tensor"
-    search_order: str = "input_first"
-    accept: str = "improve"
-    grad_loss: str = "ce"
-    split_fp_operand: bool = False
-    search_init: str = "calibrated"
+    weight_granularity: str = "tensor"
+    operand_granularity: str = "head"
+    search_order: str = "weight_first"
+    accept: str = "best"
+    grad_loss: str = "auto"
+    split_fp_operand: bool = True
+    search_init: str = "max"
 
     def __post_init__(self) -> None:
         for key, choices in (("search_inputs", SEARCH_INPUTS), ("search_metric", SEARCH_METRICS),
                              ("weight_granularity", WEIGHT_GRANULARITIES),
                              ("operand_granularity", OPERAND_GRANULARITIES), ("search_order", SEARCH_ORDERS),
-                             ("accept", ACCEPTS), ("grad_loss", GRAD_LOSSES), ("search_init", SEARCH_INITS)):
+                             ("accept", ACCEPTS), ("grad_loss", GRAD_LOSSES), ("search_init", SEARCH_INITS),
+                             ("alpha_grid", ALPHA_GRIDS)):
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key}={getattr(self, key)!r}; choose one of {choices}")
         if self.search_candidates < 1 or self.search_rounds < 0 or not 0 < self.alpha_min <= self.alpha_max:
@@ -159,8 +176,14 @@ class SearchConfig:
             return changed
         return ["grad_loss"] if "grad_loss" in changed and self.search_metric != "hessian" else []
 
-    def alphas(self) -> torch.Tensor:
-        return torch.linspace(self.alpha_min, self.alpha_max, self.search_candidates)
+    def alphas(self, bits: int) -> torch.Tensor:
+        """The candidates' multiples of a `bits`-bit quantizer's min-max range (see `alpha_grid`)."""
+        if self.alpha_grid == "linspace":
+            return torch.linspace(self.alpha_min, self.alpha_max, self.search_candidates)
+        i = torch.arange(self.search_candidates, dtype=torch.float64)
+        released = self.alpha_min + (self.alpha_max - self.alpha_min) * i / self.search_candidates
+        levels = 2 ** (bits - 1)
+        return (released * (levels - 1) / (levels - 0.5)).float()
 
 
 class _Stop(Exception):
@@ -307,7 +330,7 @@ def _candidates(q: Quantizer, x: torch.Tensor, cfg: SearchConfig) -> list[Any]:
     """Parameter sets for quantizer `q` seeing `x`; [] = not searched. A kind takes part by
     offering `search_candidates(x, alphas)`, `search_params()` and `apply_search_params(p)`
     (uniform, twin uniform, V-2SF, O-2SF); the others keep their calibration."""
-    return q.search_candidates(x, cfg.alphas()) if hasattr(q, "search_candidates") else []
+    return q.search_candidates(x, cfg.alphas(q.bits)) if hasattr(q, "search_candidates") else []
 
 
 def _search_tensor(q: Quantizer, x: torch.Tensor, run, target, grad2, cfg: SearchConfig) -> None:
@@ -345,7 +368,7 @@ def _pick_per_group(q: UniformQuantizer, axis: int, lo: torch.Tensor, hi: torch.
     else:
         best_s, best_z = torch.ones(rows), torch.zeros(rows)
         best_err = torch.full((rows,), math.inf)
-    for a in cfg.alphas():
+    for a in cfg.alphas(q.bits):
         s, z = params_from_range(a * lo, a * hi, q.bits, q.symmetric)
         q.set_params(s, z, axis)
         err = grouped(_score(run(), target, grad2, cfg.search_metric, channel_dim))
@@ -515,8 +538,9 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
     searched = 0
     hessian = cfg.search_metric == "hessian"
     if hessian and cfg.grad_loss == "kl" and loss is not None:
-        raise ValueError("grad_loss=kl needs a classifier (the FP prediction's KL); use grad_loss=ce here")
-    unit_grads = UnitGradients(model, units, calib, cfg.chunk_size, cfg.grad_loss) if hessian and loss is None else None
+        raise ValueError("grad_loss=kl needs a classifier (the FP prediction's KL); use grad_loss=ce or auto here")
+    grad_loss = "kl" if cfg.grad_loss == "auto" else cfg.grad_loss  # a detector (`loss`) ignores it
+    unit_grads = UnitGradients(model, units, calib, cfg.chunk_size, grad_loss) if hessian and loss is None else None
     for unit in progress_bar(units, desc="hessian search", unit="unit"):
         grads = {}  # a detector's: this unit's layers' gradients, from one whole-model backward
         if hessian and unit_grads is None:

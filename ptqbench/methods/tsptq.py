@@ -13,7 +13,8 @@ and why):
 - Everything else: the common protocol (per-channel weights, per-tensor activations), ranges by
   RepQ-ViT's MSE over percentiles. One progressive calibration pass.
 - `search_rounds` > 0: afterwards PTQ4ViT's Hessian-guided search over every layer, V-2SF and
-  O-2SF with candidates of their own (docs/methods/tsptq.md; the default 0 keeps the MSE fits).
+  O-2SF with candidates of their own, on the released PTQ4ViT search's keys (the `SearchConfig`
+  defaults; docs/methods/tsptq.md; the default 0 keeps the MSE fits, and refuses search keys).
 - Fully quantized mode (`quant.full=true`, the paper's headline setting): the LayerNorm inputs
   (residual stream) get O-2SF as well (`ln_input_o2sf`, our choice: they have the same outlier
   channels as the LayerNorm outputs), the other fully quantized roles uniform per tensor.

@@ -1,11 +1,13 @@
 """The keys that give the released PTQ4ViT's recipe (docs/anchors/ptq4vit/README.md, "Released
-recipe vs ptqbench"): each does what the release does, and the defaults stay as they were."""
+recipe vs ptqbench"): each does what the release does, the defaults are the release's, and
+ptqbench's earlier reading (`READING_KEYS`) stays reachable."""
 
 import pytest
 import torch
 
 import ptqbench.algorithms.hessian_search as hs
 from ptqbench.methods import Bits, build_method
+from ptqbench.methods.ptq4vit import READING_KEYS
 from ptqbench.models import make_quantizable
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
 from ptqbench.quant.twin_uniform import TwinUniformQuantizer, twin_gelu_fake_quant, twin_softmax_fake_quant
@@ -43,8 +45,27 @@ def test_released_keys_give_per_tensor_weights_qkv_per_block_and_per_head_operan
                     assert isinstance(q, TwinUniformQuantizer) and q.split.dim() == 0
 
 
-def test_default_keys_keep_per_channel_weights_and_per_tensor_operands():
-    qm = _searched()
+def test_the_defaults_are_the_released_keys():
+    released = {**RELEASE, "grad_loss": "auto", "search_candidates": 100, "search_rounds": 3, "alpha_grid": "released",
+                "chunk_size": 4, "search_init": "max", "search_inputs": "fp", "patch_input_bits": None}
+    config = build_method({"name": "ptq4vit"}, Bits(4, 4)).config
+    assert {k: getattr(config, k) for k in released} == released
+
+
+def test_released_alpha_grid_is_the_release_eq_grid_in_its_step_unit():
+    """The release tries alpha_i = 0.01 + 1.19 i / 100, i < 100, times max / (2^(b-1) - 0.5); the
+    min-max range's step is max / (2^(b-1) - 1)."""
+    cfg = hs.SearchConfig()
+    for bits in (3, 4, 8):
+        levels = 2 ** (bits - 1)
+        want = torch.tensor([(0.01 + 1.19 * i / 100) * (levels - 1) / (levels - 0.5) for i in range(100)])
+        assert torch.allclose(cfg.alphas(bits), want, rtol=1e-6, atol=0)
+    assert torch.equal(hs.SearchConfig(alpha_grid="linspace", search_candidates=5).alphas(4),
+                       torch.linspace(0.01, 1.2, 5))
+
+
+def test_reading_keys_keep_per_channel_weights_and_per_tensor_operands():
+    qm = _searched(**{k: v for k, v in READING_KEYS.items() if k != "search_candidates"})
     qkv = next(m for n, m in qm.model.named_modules() if n.endswith("qkv"))
     assert qkv.weight_quantizer.scale.unique().numel() > 3
     for m in qm.model.modules():
@@ -66,7 +87,7 @@ def _one_layer():
 def test_accept_best_installs_the_best_candidate_even_when_the_current_step_is_better(accept, keeps):
     layer, inputs, target = _one_layer()
     cfg = hs.SearchConfig(search_candidates=3, search_rounds=1, alpha_min=0.3, alpha_max=0.5, accept=accept,
-                          search_metric="mse")
+                          search_metric="mse", search_init="calibrated")  # "max" would replace the current step
     with torch.no_grad():
         hs.search_layer(layer, inputs, target, None, cfg)
     assert (float(layer.input_quantizer.scale) == 1.0) == keeps
@@ -100,7 +121,7 @@ def test_split_fp_operand_scores_the_split_with_v_unquantized(monkeypatch):
     other._fit(b)
     with torch.no_grad():
         hs.search_layer(mm, (a, b), a @ b, None, hs.SearchConfig(search_candidates=3, search_rounds=1,
-                                                                  split_fp_operand=True))
+                                                                  split_fp_operand=True, operand_granularity="tensor"))
     assert seen == [("softmax", False), ("uniform", True)]
 
 
