@@ -79,10 +79,8 @@ Layer = (QuantLinear, QuantConv2d, QuantMatMul)
 class SearchConfig:
     """Knobs of the search (PTQ4ViT's and TSPTQ-ViT's method configs derive from this). The
     defaults are the released PTQ4ViT code's search (docs/anchors/ptq4vit/README.md, "Released
-    recipe vs ptqbench"); ptqbench's earlier reading is `search_candidates=20
-    alpha_grid=linspace chunk_size=8 weight_granularity=channel operand_granularity=tensor
-    search_order=input_first accept=improve grad_loss=ce split_fp_operand=false
-    search_init=calibrated`.
+    recipe vs ptqbench"); ptqbench's earlier reading is `READING_KEYS` in
+    ptqbench/methods/ptq4vit.py.
 
     Attributes:
         search_metric: hessian | mse | cosine.
