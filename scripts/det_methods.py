@@ -36,7 +36,7 @@ SCALE = (256, 160)
 CALIB = 2
 # the iteration knobs of each method kept small (CPU); everything else is the method's default
 SMALL: dict[str, dict[str, Any]] = {
-    "minmax": {}, "percentile": {}, "repq": {}, "tsptq": {}, "gptq": {},
+    "minmax": {}, "percentile": {}, "repq": {}, "tsptq": {"search_candidates": 8, "search_rounds": 1}, "gptq": {},
     "erq": {"refine_steps": 10},
     "ptq4vit": {"search_candidates": 8, "search_rounds": 1},
     "dopq": {"iters": 2, "batch_size": 2, "progress": False},

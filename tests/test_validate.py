@@ -68,8 +68,8 @@ BAD = [
     (["task=detection", "method=ptq4vit", "method.grad_loss=kl"],
      "method=ptq4vit: its loss differentiates a classifier's logits, which a detector does not have; set method.grad_loss=auto or ce"),
     (["method=ptq4vit", "method.accept=maybe"], "bad option for method 'ptq4vit': accept='maybe'; choose one of"),
-    # keys the configured search never reads: TSPTQ-ViT's default is no search (search_rounds=0)
-    (["method=tsptq", "method.search_candidates=20"],
+    # keys the configured search never reads: search_rounds=0 runs none
+    (["method=tsptq", "method.search_rounds=0", "method.search_candidates=20"],
      "bad option for method 'tsptq': search_candidates=20 would change nothing: search_rounds=0 runs no search"),
     (["method=ptq4vit", "method.search_metric=mse", "method.grad_loss=kl"],
      "bad option for method 'ptq4vit': grad_loss='kl' would change nothing: grad_loss weights only search_metric=hessian"),

@@ -115,12 +115,13 @@ def _check_recon_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> 
 def method_options(method: str, recon_iters: int) -> dict[str, Any]:
     """The bench's bounded settings: dopq/aiq with `recon_iters` reconstruction steps per unit at
     batch 8 (the papers' 1000 steps x 1024 images are a GPU job), aiq evaluated folded
-    (`lowrank_eval`), ptq4vit with one search round of 20 candidates (its default: 3 of 100)."""
+    (`lowrank_eval`), ptq4vit and tsptq with one search round of 20 candidates (their default:
+    3 of 100)."""
     if method == "aiq":  # the fast evaluation; the eval cell also times the two-path default beside it
         return {"iters": recon_iters, "batch_size": 8, "lowrank_eval": "folded"}
     if method == "dopq":
         return {"iters": recon_iters, "batch_size": 8}
-    return {"search_rounds": 1, "search_candidates": 20} if method == "ptq4vit" else {}
+    return {"search_rounds": 1, "search_candidates": 20} if method in ("ptq4vit", "tsptq") else {}
 
 
 def sweep_times(models: str, methods: str, bits: str, eval_limit: int, calib: int, threads: int | None) -> list[dict[str, Any]]:

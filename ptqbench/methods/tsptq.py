@@ -11,10 +11,12 @@ and why):
   multiple of the median channel range share the scale s * 2^k; the multiple from
   `outlier_ratios` and k from 1..k_max, by MSE.
 - Everything else: the common protocol (per-channel weights, per-tensor activations), ranges by
-  RepQ-ViT's MSE over percentiles. One progressive calibration pass.
-- `search_rounds` > 0: afterwards PTQ4ViT's Hessian-guided search over every layer, V-2SF and
+  RepQ-ViT's MSE over percentiles, one progressive calibration pass; the patch embedding's input
+  FP, as in PTQ4ViT, which TSPTQ-ViT extends.
+- Then PTQ4ViT's Hessian-guided search over every layer (`search_rounds`, default 3), V-2SF and
   O-2SF with candidates of their own, on the released PTQ4ViT search's keys (the `SearchConfig`
-  defaults; docs/methods/tsptq.md; the default 0 keeps the MSE fits, and refuses search keys).
+  defaults, as `method=ptq4vit`'s). `search_rounds=0` keeps the MSE fits (minutes instead of
+  about 40 min for DeiT-T on one CPU core; docs/methods/tsptq.md has both).
 - Fully quantized mode (`quant.full=true`, the paper's headline setting): the LayerNorm inputs
   (residual stream) get O-2SF as well (`ln_input_o2sf`, our choice: they have the same outlier
   channels as the LayerNorm outputs), the other fully quantized roles uniform per tensor.
@@ -23,7 +25,7 @@ and why):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -39,9 +41,10 @@ from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 class TSPTQConfig(ProtocolConfig, SearchConfig):
     """Attributes (besides PTQ4ViT's search knobs, `SearchConfig`: search_metric,
     search_candidates, search_rounds, alpha_min, alpha_max, chunk_size, search_inputs):
-    search_rounds: 0 (default) fits every quantizer by MSE on its own tensor in the calibration
-        pass; > 0 then runs PTQ4ViT's Hessian-guided search over every layer, V-2SF and O-2SF
-        included (docs/methods/tsptq.md, "The base search").
+    search_rounds: > 0 (default 3) runs PTQ4ViT's Hessian-guided search over every layer after
+        the calibration pass, V-2SF and O-2SF included; 0 keeps every quantizer's MSE fit on its
+        own tensor (docs/methods/tsptq.md, "On the released PTQ4ViT recipe").
+    patch_input_bits: null (default): the patch embedding's input FP, as PTQ4ViT's release.
     v2sf: V-2SF for post-softmax and post-GELU (False: uniform).
     o2sf: O-2SF for LayerNorm outputs (False: uniform per tensor).
     k_max: largest power-of-two ratio 2^k between the two scales tried (both quantizers).
@@ -54,7 +57,7 @@ class TSPTQConfig(ProtocolConfig, SearchConfig):
     k_max: int = 6
     outlier_ratios: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
     ln_input_o2sf: bool = True
-    search_rounds: int = 0
+    patch_input_bits: Optional[int] = None
 
     def __post_init__(self) -> None:
         ProtocolConfig.__post_init__(self)

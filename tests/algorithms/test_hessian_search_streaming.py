@@ -141,7 +141,7 @@ def test_tsptq_two_scale_quantizers_join_the_hessian_search():
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     states = []
     for rounds in (0, 2):
-        search = {"search_rounds": rounds, "search_candidates": 6, "chunk_size": 3} if rounds else {}
+        search = {"search_rounds": rounds, "search_candidates": 6, "chunk_size": 3} if rounds else {"search_rounds": 0}
         method = build_method({"name": "tsptq", **search}, Bits(4, 4))
         qm = make_quantizable(make_tiny_vit(seed=0), method.plan())
         method.quantize(qm, x)

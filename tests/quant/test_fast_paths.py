@@ -224,7 +224,7 @@ def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypat
     from tests.conftest import make_tiny_vit
 
     fast = {"minmax": {}, "ptq4vit": {"search_candidates": 3, "search_rounds": 1},
-            "tsptq": {}, "aiq": {"iters": 2, "batch_size": 2, "progress": False},
+            "tsptq": {"search_candidates": 3, "search_rounds": 1}, "aiq": {"iters": 2, "batch_size": 2, "progress": False},
             "dopq": {"iters": 2, "batch_size": 2, "progress": False}}[name]
     model = make_tiny_vit()
     torch.manual_seed(1)

@@ -25,14 +25,15 @@ HAS_MMDET = all(importlib.util.find_spec(m) is not None for m in ("mmdet", "mmcv
 pytestmark = pytest.mark.skipif(not HAS_MMDET, reason="mmdet/mmcv not installed: run `bash scripts/install_det.sh`")
 
 # the iteration knobs of each method at their smallest useful values (reconstruction 2 steps per
-# unit, PTQ4ViT 8 candidates x 1 round: its released grid then reaches 1.05 x max, 2 candidates
-# only 0.6 x max); min-max ranges where a method searches (the search does not change what is
-# checked here and costs most of the time)
+# unit; PTQ4ViT's and TSPTQ-ViT's Hessian search 8 candidates x 1 round: the released grid then
+# reaches 1.05 x max, with 2 candidates only 0.6 x max); min-max calibration ranges where a method
+# would search them (that does not change what is checked here and costs most of the time)
 FAST = {"weight_search": "minmax", "act_search": "minmax"}
+SEARCH = {"search_candidates": 8, "search_rounds": 1}
 METHODS: dict[str, dict[str, Any]] = {
-    "minmax": {}, "percentile": {}, "repq": FAST, "tsptq": FAST, "gptq": FAST,
+    "minmax": {}, "percentile": {}, "repq": FAST, "tsptq": {**FAST, **SEARCH}, "gptq": FAST,
     "erq": {**FAST, "refine_steps": 10},
-    "ptq4vit": {"search_candidates": 8, "search_rounds": 1},
+    "ptq4vit": SEARCH,
     "dopq": {**FAST, "iters": 2, "batch_size": 2, "progress": False},
     "ias": {**FAST, "iters": 2, "batch_size": 2, "progress": False},
     "aiq": {**FAST, "iters": 2, "batch_size": 2, "progress": False},
