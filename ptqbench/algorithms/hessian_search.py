@@ -180,8 +180,7 @@ class SearchConfig:
             return torch.linspace(self.alpha_min, self.alpha_max, self.search_candidates)
         i = torch.arange(self.search_candidates, dtype=torch.float64)
         released = self.alpha_min + (self.alpha_max - self.alpha_min) * i / self.search_candidates
-        levels = 2 ** (bits - 1)
-        return (released * (levels - 1) / (levels - 0.5)).float()
+        return (released * released_step_factor(2 ** (bits - 1) - 1)).float()
 
 
 class _Stop(Exception):
@@ -396,10 +395,15 @@ def _weight_ranges(layer: nn.Module, cfg: SearchConfig, blocks: int) -> tuple[to
             w.reshape(groups, -1).max(1).values.repeat_interleave(per_row), groups)
 
 
+def released_step_factor(top: int) -> float:
+    """The release's step max / (top + 0.5) as a multiple of the min-max step max / top (`top`:
+    the largest code, 2^(b-1) - 1 for signed b-bit codes)."""
+    return top / (top + 0.5)
+
+
 def _released_alpha(q: Quantizer) -> float:
     """The alpha that puts `q`'s step at the released initial max / (2^(b-1) - 0.5)."""
-    top = q.levels - 1 if isinstance(q, TwinUniformQuantizer) else q.qmax
-    return top / (top + 0.5)
+    return released_step_factor(q.levels - 1 if isinstance(q, TwinUniformQuantizer) else q.qmax)
 
 
 def _init_at_max(layer: nn.Module, inputs: tuple, cfg: SearchConfig, blocks: int) -> None:
