@@ -90,7 +90,10 @@ class SearchConfig:
         alpha_min, alpha_max: the candidates' range (PTQ4ViT: 0.01..1.2), see `alpha_grid`.
         alpha_grid: "released": alpha_min + (alpha_max - alpha_min) i / n for i = 0..n-1 (the
             end excluded), each times the release's initial step max / (2^(b-1) - 0.5) (b: the
-            searched quantizer's bits): the released `eq_alpha`, `eq_beta`, `eq_n` grid;
+            searched quantizer's bits): the released `eq_alpha`, `eq_beta`, `eq_n` grid. The
+            release's quantizers are all signed; ptqbench applies the same signed factor to its
+            other kinds too (TSPTQ-ViT's two-scale and asymmetric ones, which have no released
+            grid), so every kind searches the same multiples;
             "linspace": n values from alpha_min to alpha_max, both included, times the min-max
             range (step max / (2^(b-1) - 1) for signed codes).
         chunk_size: images per forward/backward chunk of the gradient pass (the release's

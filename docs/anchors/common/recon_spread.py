@@ -6,23 +6,25 @@
 A released run of the reconstruction family is one draw of its random stream (batch order and
 QDrop masks: the release's global `--seed`); so is a ptqbench run (`method.recon_seed`). To tell a
 systematic difference from the streams, both sides need several draws. Calibration (the grid search
-and everything before the last reconstruction) is deterministic and costs most of a run on CPU, so
+and everything before the first reconstruction) is deterministic and costs most of a run on CPU, so
 this script runs it once, evaluates the model right after it (the number the released logs print as
-`calib_top1`), then runs only the method's last `Reconstruct` step once per seed, each time from a
-copy of the calibrated model, and evaluates each.
+`calib_top1`), then runs the rest of the method's steps (from the first step that holds a
+`Reconstruct`, e.g. I&S-ViT's stage one, up to the end) once per seed, each time from a copy of the
+calibrated model, and evaluates each.
 
 Nothing here re-implements the method: the job's settings are composed from conf/ as
-`python -m ptqbench OVERRIDES` composes them, the steps are the method's own `steps()`, and the
-evaluation is the task's. Only the seed of the last `Reconstruct` step's config is replaced. A step
-that wraps others (`WithFPTeacher`, APHQ-ViT's FP teacher) is opened: the teacher copy is taken where
-the wrapper takes it and kept for every seed.
+`python -m ptqbench OVERRIDES` composes them and the steps are the method's own `steps()`: those
+before the cut as the job has them (so APHQ-ViT's MLP stage, seeded by the job's `recon_seed`, runs
+once; an `--also` method's are checked equal), those after it composed with `method.recon_seed=SEED`
+appended; the evaluation is the task's. A step that wraps others at the top (`WithFPTeacher`,
+APHQ-ViT's FP teacher) is opened: the teacher copy is taken where the wrapper takes it and kept for
+every seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import statistics
 import sys
@@ -48,6 +50,29 @@ def flat_steps(steps: Any, qm: Any) -> list[Any]:
         else:
             out.append(s)
     return out
+
+
+def holds_reconstruct(step: Any) -> bool:
+    """Whether `step` is a Reconstruct or wraps one (Timed, WeightsFP)."""
+    from ptqbench.methods.steps import Reconstruct, walk_steps
+
+    return not isinstance(step, tuple) and any(isinstance(s, Reconstruct) for s in walk_steps((step,)))
+
+
+def split_steps(overrides: list[str], name: str, seed: int | None) -> tuple[list[Any], list[Any]]:
+    """method=`name`'s steps for the job `overrides` (with `method.recon_seed=seed`, or the job's
+    own when None), cut before the first step that holds a Reconstruct: (before, from there on)."""
+    from export_calib import compose_settings  # same folder
+
+    from ptqbench.pipeline import job_method
+
+    extra = [] if seed is None else [f"method.recon_seed={seed}"]
+    settings = compose_settings(["logger=none", "report.enabled=false", *overrides, f"method={name}", *extra])
+    flat = flat_steps(job_method(settings)[1].steps(), None)
+    cut = next((i for i, step in enumerate(flat) if holds_reconstruct(step)), None)
+    if cut is None:
+        raise SystemExit(f"method={name} has no Reconstruct step (method.iters=0?)")
+    return flat[:cut], flat[cut:]
 
 
 def fresh_copy(qm: Any, families: Any, teacher_cls: Any) -> Any:
@@ -92,36 +117,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="method.recon_seed values (comma-separated)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--also", default="", help="other methods (comma-separated, e.g. brecq) whose steps before "
-                   "the last reconstruction equal the job's (checked): their reconstruction runs from the same "
+                   "the first reconstruction equal the job's (checked): their reconstruction runs from the same "
                    "calibrated model, per seed")
     p.add_argument("overrides", nargs="+", help="the ptqbench job overrides (method=..., bits=..., ...)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    from export_calib import compose_settings  # same folder
-
     from ptqbench.models.families.base import FAMILIES
-    from ptqbench.methods.steps import FPTeacher, Reconstruct, run_steps
-    from ptqbench.pipeline import job_method, quantize
+    from ptqbench.methods.steps import FPTeacher, run_steps
+    from ptqbench.pipeline import quantize
+    from ptqbench.quant.base import Quantizer
 
     settings, task, method, device, model, eval_data, calib = open_job(args.overrides)
 
-    steps = list(method.steps())
-    last = max((i for i, s in enumerate(flat_steps(steps, None)) if isinstance(s, Reconstruct)), default=None)
-    if last is None:
-        raise SystemExit(f"method={method.name} has no Reconstruct step (method.iters=0?)")
-    flat = flat_steps(steps, None)
-    before, recon = flat[:last], flat[last]
-    recons = {method.name: recon}
-    for other in filter(None, args.also.split(",")):
-        o_settings = compose_settings(["logger=none", "report.enabled=false", *args.overrides, f"method={other}"])
-        o_flat = flat_steps(job_method(o_settings)[1].steps(), None)
-        o_last = max((i for i, s in enumerate(o_flat) if isinstance(s, Reconstruct)), default=None)
-        if o_last is None or o_flat[:o_last] != before:
-            raise SystemExit(f"--also {other}: its steps before the reconstruction differ from method={method.name}'s")
-        recons[other] = o_flat[o_last]
+    names = [method.name, *filter(None, args.also.split(","))]
+    before = split_steps(args.overrides, method.name, None)[0]
+    for name in names[1:]:
+        if split_steps(args.overrides, name, None)[0] != before:
+            raise SystemExit(f"--also {name}: its steps before the reconstruction differ from method={method.name}'s")
+    tails = {name: {seed: split_steps(args.overrides, name, seed)[1] for seed in seeds} for name in names}
 
-    class Calibrated:  # the method with its steps cut before the last reconstruction
+    class Calibrated:  # the method with its steps cut before the first reconstruction
         plan = staticmethod(method.plan)
 
         @staticmethod
@@ -138,23 +154,27 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     qm, stats, _ = quantize(Calibrated, model.module, calib.inputs, device, scope=task.scope(settings))
     calib_s = time.perf_counter() - t0
-    res = task.evaluate(qm.model, eval_data, "eval calibrated")
-    out: dict[str, Any] = {"overrides": args.overrides, "calib_s": round(calib_s, 1),
-                           "calib_top1": res["top1"], "calib_top5": res["top5"], "seeds": {}}
-    print(f"calibrated in {calib_s:.0f} s: top-1 {res['top1']:.3f} top-5 {res['top5']:.3f}", flush=True)
-    for name, rec in recons.items():
+    out: dict[str, Any] = {"overrides": args.overrides, "calib_s": round(calib_s, 1), "seeds": {}}
+    unfitted = [m.qname for m in qm.model.modules() if isinstance(m, Quantizer) and m.enabled and not m.calibrated]
+    if unfitted:  # e.g. I&S-ViT: the weight quantizers are fitted after stage one
+        print(f"calibrated in {calib_s:.0f} s; not evaluated: {len(unfitted)} quantizers (e.g. {unfitted[0]}) "
+              "are fitted by the steps after the cut", flush=True)
+    else:
+        res = task.evaluate(qm.model, eval_data, "eval calibrated")
+        out.update(calib_top1=res["top1"], calib_top5=res["top5"])
+        print(f"calibrated in {calib_s:.0f} s: top-1 {res['top1']:.3f} top-5 {res['top5']:.3f}", flush=True)
+    for name in names:
         runs = out["seeds"] if name == method.name else out.setdefault("also", {}).setdefault(name, {})
         for seed in seeds:
             q = fresh_copy(qm, FAMILIES, FPTeacher)
-            step = Reconstruct(dataclasses.replace(rec.cfg, seed=seed), rec.prefix)
             t0 = time.perf_counter()
-            st = step(q, calib.inputs.to(device))
+            st = run_steps(tails[name][seed], q, calib.inputs.to(device))
             r_s = time.perf_counter() - t0
             r = task.evaluate(q.model, eval_data, f"eval {name} seed {seed}")
-            s_iter = st[f"{rec.prefix}recon_s_per_iter"]
+            s_iter = {k: v for k, v in st.items() if k.endswith("recon_s_per_iter")}
             runs[seed] = {"top1": r["top1"], "top5": r["top5"], "recon_s": round(r_s, 1), "s_per_unit_step": s_iter}
             print(f"{name} recon_seed {seed}: top-1 {r['top1']:.3f} top-5 {r['top5']:.3f} ({r_s:.0f} s, "
-                  f"{s_iter:.4f} s per unit step)", flush=True)
+                  f"s per unit step {s_iter})", flush=True)
             del q
         top1 = [v["top1"] for v in runs.values()]
         sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
