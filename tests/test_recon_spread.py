@@ -37,6 +37,7 @@ def test_single_reconstruction_methods_rerun_only_their_reconstruction(name: str
     assert (before == job_before) == (name != "aphq")
     assert any(isinstance(s, ReluMLPReconstruct) for s in walk_steps(job_before)) == (name == "aphq")
 
+
 def test_a_method_without_reconstruction_is_refused() -> None:
     with pytest.raises(SystemExit, match="no Reconstruct step"):
         split_steps(["method=repq", "bits=w4a4"], "repq", None)
