@@ -30,11 +30,16 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ptqbench.methods.base import Method, ProtocolConfig, Step, register_method
+from ptqbench.methods.ptq4vit import PTQ4ViTConfig
 from ptqbench.algorithms.hessian_search import SearchConfig
 from ptqbench.methods.steps import Calibrate, HessianSearch, optional
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
+from ptqbench.quant.ranges import RangeSearch
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
+
+
+V2SF_OFF = ("uniform", "twin")
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,9 @@ class TSPTQConfig(ProtocolConfig, SearchConfig):
         the calibration pass, V-2SF and O-2SF included; 0 keeps every quantizer's MSE fit on its
         own tensor (docs/methods/tsptq.md, "On the released PTQ4ViT recipe").
     patch_input_bits: null (default): the patch embedding's input FP, as PTQ4ViT's release.
-    v2sf: V-2SF for post-softmax and post-GELU (False: uniform).
+    v2sf: V-2SF for post-softmax and post-GELU (False: `v2sf_off` there).
+    v2sf_off: what post-softmax and post-GELU get when v2sf is false: "uniform", or "twin",
+        PTQ4ViT's twin uniform at PTQ4ViT's defaults, the quantizer the paper compares V-2SF with.
     o2sf: O-2SF for LayerNorm outputs (False: uniform per tensor).
     k_max: largest power-of-two ratio 2^k between the two scales tried (both quantizers).
     outlier_ratios: O-2SF candidate thresholds, in multiples of the median channel range.
@@ -53,6 +60,7 @@ class TSPTQConfig(ProtocolConfig, SearchConfig):
     """
 
     v2sf: bool = True
+    v2sf_off: str = "uniform"
     o2sf: bool = True
     k_max: int = 6
     outlier_ratios: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
@@ -62,6 +70,11 @@ class TSPTQConfig(ProtocolConfig, SearchConfig):
     def __post_init__(self) -> None:
         ProtocolConfig.__post_init__(self)
         SearchConfig.__post_init__(self)
+        if self.v2sf_off not in V2SF_OFF:
+            raise ValueError(f"method.v2sf_off={self.v2sf_off!r}; choose one of {V2SF_OFF}")
+        if self.v2sf and self.v2sf_off != "uniform":
+            raise ValueError(f"method.v2sf_off={self.v2sf_off!r} would change nothing while method.v2sf=true; "
+                             "add method.v2sf=false")
         object.__setattr__(self, "outlier_ratios", tuple(float(r) for r in self.outlier_ratios))
 
 
@@ -81,6 +94,13 @@ class TSPTQViT(Method):
         if self.config.v2sf:
             for role in (roles.POST_SOFTMAX, roles.POST_GELU):
                 acts[role] = self.act_spec(kind="v2sf", options=(("k_max", self.config.k_max),))
+        elif self.config.v2sf_off == "twin":  # PTQ4ViT's specs, its minmax initial range included
+            ptq4vit = PTQ4ViTConfig
+            search = RangeSearch(ptq4vit.act_search, ptq4vit.act_percentiles)
+            acts[roles.POST_SOFTMAX] = self.act_spec(kind="twin_softmax", search=search, options=(
+                ("m_max", ptq4vit.twin_m_max), ("sum_regions", ptq4vit.twin_sum_regions)))
+            acts[roles.POST_GELU] = self.act_spec(kind="twin_gelu", search=search,
+                                                  options=(("gelu_neg_step", ptq4vit.gelu_neg_step),))
         if self.config.o2sf:
             acts[roles.POST_LN] = self._o2sf(self.bits.a)
         return QuantPlan(base.weight, acts)

@@ -114,6 +114,26 @@ def test_tsptq_plan_uses_two_scales_and_ptf_option():
     assert build_method({"name": "tsptq"}, Bits(8, 8)).plan().for_role("ln_in") is None
 
 
+def test_tsptq_v2sf_off_twin_is_ptq4vits_quantizer_there():
+    """The paper compares V-2SF with PTQ4ViT's twin uniform: v2sf_off=twin installs exactly that."""
+    twin = build_method({"name": "tsptq", "v2sf": False, "v2sf_off": "twin"}, Bits(4, 4)).plan()
+    ptq4vit = build_method({"name": "ptq4vit"}, Bits(4, 4)).plan()
+    for role in ("post_softmax", "post_gelu"):
+        assert twin.for_role(role) == ptq4vit.for_role(role) and twin.for_role(role).kind.startswith("twin_")
+    assert twin.for_role("post_ln").kind == "o2sf"
+    uniform = build_method({"name": "tsptq", "v2sf": False}, Bits(4, 4)).plan()
+    assert uniform.for_role("post_softmax").kind == uniform.for_role("post_gelu").kind == "uniform"
+    with pytest.raises(ConfigError, match="v2sf_off='log2'; choose one of"):
+        build_method({"name": "tsptq", "v2sf_off": "log2"}, Bits(4, 4))
+    with pytest.raises(ConfigError, match="would change nothing while method.v2sf=true"):
+        build_method({"name": "tsptq", "v2sf_off": "twin"}, Bits(4, 4))
+    method = build_method({"name": "tsptq", "v2sf": False, "v2sf_off": "twin", "search_rounds": 1,
+                           "search_candidates": 3}, Bits(4, 4))
+    qm = make_quantizable(_vit(), method.plan())
+    method.quantize(qm, _x(4))
+    assert all(q.calibrated for q in quantizers(qm.model).values())
+
+
 @pytest.mark.parametrize("name", sorted(n for n, cls in METHODS.items() if cls.supports_full))
 def test_every_method_runs_fully_quantized(name):
     x = _x(8)
