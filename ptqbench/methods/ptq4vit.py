@@ -74,6 +74,16 @@ class PTQ4ViTConfig(ProtocolConfig, SearchConfig):
         SearchConfig.__post_init__(self)
 
 
+def twin_uniform_specs(bits: int, c: PTQ4ViTConfig | type[PTQ4ViTConfig]) -> dict[str, QuantizerSpec]:
+    """PTQ4ViT's twin uniform quantizers for post-softmax and post-GELU, ranges from `c`'s
+    act_search; TSPTQ-ViT passes the class for its `v2sf_off=twin` comparison at PTQ4ViT's defaults."""
+    search = RangeSearch(c.act_search, c.act_percentiles)
+    return {roles.POST_SOFTMAX: QuantizerSpec(bits, kind="twin_softmax", search=search, options=(
+                ("m_max", c.twin_m_max), ("sum_regions", c.twin_sum_regions))),
+            roles.POST_GELU: QuantizerSpec(bits, kind="twin_gelu", search=search,
+                                           options=(("gelu_neg_step", c.gelu_neg_step),))}
+
+
 @register_method("ptq4vit", display="PTQ4ViT", cite="yuan2022ptq4vit", paper="PTQ4ViT")
 class PTQ4ViT(Method):
     """PTQ4ViT; see the module docstring."""
@@ -103,10 +113,7 @@ class PTQ4ViT(Method):
         acts = {r: (None if s is None else QuantizerSpec(s.bits, symmetric=self.config.symmetric, search=s.search))
                 for r, s in base.activations.items()}
         if self.config.twin:
-            c = self.config
-            acts[roles.POST_SOFTMAX] = self.act_spec(kind="twin_softmax", options=(
-                ("m_max", c.twin_m_max), ("sum_regions", c.twin_sum_regions)))
-            acts[roles.POST_GELU] = self.act_spec(kind="twin_gelu", options=(("gelu_neg_step", c.gelu_neg_step),))
+            acts.update(twin_uniform_specs(self.bits.a, self.config))
         return QuantPlan(base.weight, acts)
 
     def steps(self) -> Sequence[Step]:

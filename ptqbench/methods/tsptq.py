@@ -30,12 +30,11 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ptqbench.methods.base import Method, ProtocolConfig, Step, register_method
-from ptqbench.methods.ptq4vit import PTQ4ViTConfig
+from ptqbench.methods.ptq4vit import PTQ4ViTConfig, twin_uniform_specs
 from ptqbench.algorithms.hessian_search import SearchConfig
 from ptqbench.methods.steps import Calibrate, HessianSearch, optional
 from ptqbench.models.adapter import QuantizedModel
 from ptqbench.quant import roles
-from ptqbench.quant.ranges import RangeSearch
 from ptqbench.quant.spec import QuantizerSpec, QuantPlan
 
 
@@ -95,12 +94,7 @@ class TSPTQViT(Method):
             for role in (roles.POST_SOFTMAX, roles.POST_GELU):
                 acts[role] = self.act_spec(kind="v2sf", options=(("k_max", self.config.k_max),))
         elif self.config.v2sf_off == "twin":  # PTQ4ViT's specs, its minmax initial range included
-            ptq4vit = PTQ4ViTConfig
-            search = RangeSearch(ptq4vit.act_search, ptq4vit.act_percentiles)
-            acts[roles.POST_SOFTMAX] = self.act_spec(kind="twin_softmax", search=search, options=(
-                ("m_max", ptq4vit.twin_m_max), ("sum_regions", ptq4vit.twin_sum_regions)))
-            acts[roles.POST_GELU] = self.act_spec(kind="twin_gelu", search=search,
-                                                  options=(("gelu_neg_step", ptq4vit.gelu_neg_step),))
+            acts.update(twin_uniform_specs(self.bits.a, PTQ4ViTConfig))
         if self.config.o2sf:
             acts[roles.POST_LN] = self._o2sf(self.bits.a)
         return QuantPlan(base.weight, acts)
