@@ -113,15 +113,20 @@ def _check_recon_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def method_options(method: str, recon_iters: int) -> dict[str, Any]:
-    """The bench's bounded settings: dopq/aiq with `recon_iters` reconstruction steps per unit at
-    batch 8 (the papers' 1000 steps x 1024 images are a GPU job), aiq evaluated folded
-    (`lowrank_eval`), ptq4vit and tsptq with one search round of 20 candidates (their default:
-    3 of 100)."""
-    if method == "aiq":  # the fast evaluation; the eval cell also times the two-path default beside it
-        return {"iters": recon_iters, "batch_size": 8, "lowrank_eval": "folded"}
-    if method == "dopq":
-        return {"iters": recon_iters, "batch_size": 8}
-    return {"search_rounds": 1, "search_candidates": 20} if method in ("ptq4vit", "tsptq") else {}
+    """The bench's bounded settings: every reconstructing method (its Config has `iters`) with
+    `recon_iters` steps per unit and stage at batch 8 (the papers' budgets are GPU jobs), aiq
+    evaluated folded (`lowrank_eval`), ptq4vit and tsptq with one search round of 20 candidates
+    (their default: 3 of 100)."""
+    from dataclasses import fields
+
+    from ptqbench.methods.base import METHODS
+
+    keys = {f.name for f in fields(METHODS[method].Config)} if method in METHODS else set()
+    if "iters" in keys:
+        bounded: dict[str, Any] = {"iters": recon_iters, "batch_size": 8}
+        # aiq: the fast evaluation; the eval cell also times the two-path default beside it
+        return {**bounded, "lowrank_eval": "folded"} if method == "aiq" else bounded
+    return {"search_rounds": 1, "search_candidates": 20} if "search_rounds" in keys else {}
 
 
 def sweep_times(models: str, methods: str, bits: str, eval_limit: int, calib: int, threads: int | None) -> list[dict[str, Any]]:
@@ -164,7 +169,7 @@ def main() -> None:
     ap.add_argument("--cost-calib", type=_ints, default=[32], help="calibration sizes, e.g. 32,128")
     ap.add_argument("--job-eval-batch", type=int, default=100, help="job_eval part: evaluation batch (the job default)")
     ap.add_argument("--job-eval-limit", type=int, default=None, help="job_eval part: evaluate this many images (all)")
-    ap.add_argument("--recon-iters", type=int, default=30, help="iterations per unit for dopq/aiq (cost and eval parts)")
+    ap.add_argument("--recon-iters", type=int, default=30, help="iterations per unit and stage for every reconstructing method (cost, eval, profile parts)")
     ap.add_argument("--eval-models", default="deit_tiny,swin_tiny")
     ap.add_argument("--eval-methods", default="repq,minmax,dopq,aiq")
     ap.add_argument("--eval-bits", default="w4a4")
@@ -220,7 +225,7 @@ def main() -> None:
         print(line)
     if "cost" in parts:
         emit(f"## Calibration cost ({args.cost_models}, {args.cost_bits}, {','.join(map(str, args.cost_calib))} images; "
-             f"dopq/aiq with {args.recon_iters} reconstruction iterations per unit, batch 8)\n")
+             f"reconstructing methods with {args.recon_iters} iterations per unit and stage, batch 8)\n")
         rows = []
         for model in _csv(args.cost_models):
             for calib in args.cost_calib:

@@ -201,3 +201,17 @@ def test_recon_part_refuses_bad_settings_before_any_cell(monkeypatch, capsys, ar
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_bounds_every_reconstructing_and_searching_method():
+    # a cell of a method left at its paper budget (20000 steps per unit for qdrop) would run for days
+    from ptqbench.bench.__main__ import method_options
+    from ptqbench.methods import build_method, Bits
+
+    for name in ("dopq", "aiq", "ias", "qdrop", "brecq", "aphq", "fimaq"):
+        opts = method_options(name, 30)  # the bench's default --recon-iters
+        assert opts["iters"] == 30 and opts["batch_size"] == 8, name
+        assert build_method({"name": name, **opts}, Bits(4, 4)).config.iters == 30, name
+    for name in ("ptq4vit", "tsptq"):
+        assert method_options(name, 3) == {"search_rounds": 1, "search_candidates": 20}
+    assert method_options("repq", 3) == {} and method_options("erq", 3) == {}
