@@ -42,7 +42,7 @@ from ptqbench.models.structure import BLOCK, ReparamPair
 from ptqbench.quant import roles
 from ptqbench.quant.calibration import calibrate, quant_disabled, quantizers, switched
 from ptqbench.quant.dual_uniform import DualUniformQuantizer
-from ptqbench.quant.modules import QuantConv2d, QuantLinear
+from ptqbench.quant.modules import QuantConv2d, QuantLinear, drop_cached_weights
 from ptqbench.quant.ranges import RangeSearch
 
 
@@ -306,6 +306,7 @@ class GPTQSolve:
                 layers_done += 1
                 loss += layer_loss
             chunks = run_unit(unit, chunks)  # quantized outputs feed the next unit
+            drop_cached_weights(unit.module)  # not visited again; a cached copy of every weight would outlive its unit
         return {"gptq_layers": layers_done, "gptq_loss": round(loss, 6), **fit_weights_outside_units(qm)}
 
 

@@ -238,6 +238,7 @@ def test_erq_and_gptq_run_on_swin_and_leave_weights_on_the_grid(method):
     for name, layer in layers.items():
         assert layer.weight_quantizer.calibrated, name
         assert torch.equal(layer.weight_quantizer(layer.weight), layer.weight), f"{name} is off its grid"
+        assert layer._wq_cache is None, f"{name} holds a cached fake-quantized weight after calibration"
     with torch.no_grad():
         assert torch.isfinite(qm.model(x)).all()
     if method == "erq":
