@@ -12,7 +12,7 @@ from ptqbench.algorithms.error_reduction import (SOLVERS, gptq, inverse32_solve,
                                                  ridge_correction, wqer)
 from ptqbench.quant.modules import QuantLinear
 from ptqbench.quant.ranges import RangeSearch
-from ptqbench.algorithms.streaming import collect_grams, split_chunks
+from ptqbench.algorithms.streaming import collect_grams, run_unit, split_chunks
 from ptqbench.quant.uniform import UniformQuantizer
 from ptqbench.models.structure import Unit
 
@@ -182,6 +182,22 @@ def test_dual_uniform_first_seen_tie_break_is_the_released_counter_order():
     by_column = outlier_columns(w, n)
     assert set(torch.nonzero(first_seen)[:, 0].tolist()) == released
     assert not torch.equal(first_seen, by_column), "pick a seed whose tie order differs"
+
+
+def test_streaming_passes_drop_each_input_chunk_as_its_output_is_made():
+    """The unit passes of ERQ and GPTQ hold the calibration activations once: the outputs are
+    written over the input list, so no input chunk outlives the pass."""
+    import weakref
+
+    lin = nn.Linear(12, 5)
+    layer = QuantLinear(lin, None, None)
+    unit = Unit("layer", layer, layer)
+    for run in (lambda ch: run_unit(unit, ch), lambda ch: collect_grams(unit, ch, {"layer": layer})[1]):
+        chunks = [torch.randn(2, 7, 12) for _ in range(3)]
+        inputs = [weakref.ref(c) for c in chunks]
+        outs = run(chunks)
+        assert outs is chunks and all(o.shape == (2, 7, 5) for o in outs)
+        assert all(r() is None for r in inputs), "an input chunk is still held after the pass"
 
 
 def test_gram_streaming_is_chunk_independent_and_exact():
