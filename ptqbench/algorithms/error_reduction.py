@@ -39,12 +39,26 @@ def inverse32_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (torch.inverse(a.float()) @ b.float()).double()
 
 
-# ERQConfig.solve -> the linear solver of Aqer and Wqer
-SOLVERS = {"cholesky64": solve_psd, "inverse32": inverse32_solve}
+def ridge_solve_psd(g: torch.Tensor, lam: float, b: torch.Tensor) -> torch.Tensor:
+    """(g + lam I)^-1 b in float64 (`solve_psd`), on a copy of the Gram block `g`."""
+    return solve_psd(_plus_ridge(g.to(torch.float64, copy=True), lam), b)
+
+
+def ridge_inverse32(g: torch.Tensor, lam: float, b: torch.Tensor) -> torch.Tensor:
+    """(g + lam I)^-1 b as the released code (`inverse32_solve`), with g + lam I built in float32
+    directly: the same numbers as rounding the float64 sum (only the diagonal changes, and it is
+    added in float64), without an [n, n] float64 copy of g."""
+    a = g.to(torch.float32, copy=True)
+    a.diagonal().copy_(g.diagonal().double() + lam)
+    return inverse32_solve(a, b)
+
+
+# ERQConfig.solve -> the ridge solver of Aqer and Wqer: (Gram block, lambda, right-hand side)
+SOLVERS = {"cholesky64": ridge_solve_psd, "inverse32": ridge_inverse32}
 
 
 def ridge_correction(G: torch.Tensor, C: torch.Tensor, w_aug: torch.Tensor, lam: float,
-                     solve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = solve_psd) -> torch.Tensor:
+                     solve: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor] = ridge_solve_psd) -> torch.Tensor:
     """ERQ's Aqer: the weights [W, b] that best map the quantized input to the float output.
 
     With A = [Q(X), 1] and the float output Y = [X, 1] [W, b]^T, the ridge regression of the
@@ -52,10 +66,8 @@ def ridge_correction(G: torch.Tensor, C: torch.Tensor, w_aug: torch.Tensor, lam:
     where G = A^T A and C = A^T [X, 1]. Returns [W, b] + beta^T (float64).
     """
     w64 = w_aug.double()
-    G64 = G.to(torch.float64, copy=True)
-    rhs = C.to(torch.float64, copy=True).sub_(G64) @ w64.T  # (C - G) [W, b]^T; the [n, n] difference is freed here
-    beta = solve(_plus_ridge(G64, lam), rhs)
-    return w64 + beta.T
+    rhs = C.to(torch.float64, copy=True).sub_(G) @ w64.T  # (C - G) [W, b]^T in float64; the difference is freed here
+    return w64 + solve(G, lam, rhs).T
 
 
 def refine_rounding(
@@ -113,9 +125,8 @@ def refine_rounding(
 def proxy_matrix(G: torch.Tensor, rows: int, cols: slice) -> torch.Tensor:
     """mu mu^T + Sigma of the quantized input columns `cols`, from G = [Q(X),1]^T [Q(X),1]
     (Sigma with the n - 1 normalisation, as torch.cov)."""
-    G64 = G.double()
-    mu = G64[cols, -1] / rows
-    sigma = (G64[cols, cols] - rows * torch.outer(mu, mu)) / max(rows - 1, 1)
+    mu = G[cols, -1].double() / rows
+    sigma = (G[cols, cols].double() - rows * torch.outer(mu, mu)) / max(rows - 1, 1)
     return torch.outer(mu, mu) + sigma
 
 
@@ -128,7 +139,7 @@ class WqerStats:
 def wqer(
     w_aug: torch.Tensor, G: torch.Tensor, rows: int, grid: Grid, lam: float,
     refine: bool = True, refine_steps: int = 100,
-    solve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = solve_psd,
+    solve: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor] = ridge_solve_psd,
 ) -> tuple[torch.Tensor, WqerStats]:
     """ERQ's Wqer on one layer: quantize the first half (by index) of the still-unquantized
     columns, optionally refine their rounding, and compensate the remaining columns by ridge
@@ -148,7 +159,6 @@ def wqer(
     """
     cur = w_aug.double().clone()
     n = cur.shape[1]
-    G64 = G.double()
     out_w = torch.empty(cur.shape[0], n - 1, dtype=torch.float32, device=cur.device)
     stats = WqerStats()
     done = 0
@@ -161,11 +171,11 @@ def wqer(
         v_fl, v_ce = grid.dequant(fl, S), grid.dequant(ce, S)
         if refine:
             use_ceil, flips = refine_rounding(v_fl.double() - cur[:, S], v_ce.double() - cur[:, S], use_ceil,
-                                              proxy_matrix(G64, rows, S), refine_steps)
+                                              proxy_matrix(G, rows, S), refine_steps)
             stats.flips += flips
         q_s = torch.where(use_ceil, v_ce, v_fl)
         d_s = q_s.double() - cur[:, S]
-        delta_r = -solve(_plus_ridge(G64[R, R].clone(), lam), G64[R, S] @ d_s.T)
+        delta_r = -solve(G[R, R], lam, G[R, S].double() @ d_s.T)  # blocks of G in float64 as needed, no full copy
         out_w[:, S] = q_s
         cur[:, S] = q_s.double()
         cur[:, R] += delta_r.T
