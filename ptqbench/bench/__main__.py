@@ -115,8 +115,9 @@ def _check_recon_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> 
 def method_options(method: str, recon_iters: int) -> dict[str, Any]:
     """The bench's bounded settings: every reconstructing method (its Config has `iters`) with
     `recon_iters` steps per unit and stage at batch 8 (the papers' budgets are GPU jobs), aiq
-    evaluated folded (`lowrank_eval`), ptq4vit and tsptq with one search round of 20 candidates
-    (their default: 3 of 100)."""
+    evaluated folded (`lowrank_eval`), the grid-search calibration of qdrop, brecq, aphq and fimaq
+    with one round of 32 candidates (the fewest for its 16 zero points; default 3 of 128), ptq4vit
+    and tsptq with one search round of 20 candidates (their default: 3 of 100)."""
     from dataclasses import fields
 
     from ptqbench.methods.base import METHODS
@@ -124,6 +125,8 @@ def method_options(method: str, recon_iters: int) -> dict[str, Any]:
     keys = {f.name for f in fields(METHODS[method].Config)} if method in METHODS else set()
     if "iters" in keys:
         bounded: dict[str, Any] = {"iters": recon_iters, "batch_size": 8}
+        if "grid_rounds" in keys:
+            bounded |= {"grid_rounds": 1, "grid_candidates": 32}
         # aiq: the fast evaluation; the eval cell also times the two-path default beside it
         return {**bounded, "lowrank_eval": "folded"} if method == "aiq" else bounded
     return {"search_rounds": 1, "search_candidates": 20} if "search_rounds" in keys else {}

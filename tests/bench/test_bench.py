@@ -211,7 +211,10 @@ def test_bench_bounds_every_reconstructing_and_searching_method():
     for name in ("dopq", "aiq", "ias", "qdrop", "brecq", "aphq", "fimaq"):
         opts = method_options(name, 30)  # the bench's default --recon-iters
         assert opts["iters"] == 30 and opts["batch_size"] == 8, name
-        assert build_method({"name": name, **opts}, Bits(4, 4)).config.iters == 30, name
+        config = build_method({"name": name, **opts}, Bits(4, 4)).config
+        assert config.iters == 30, name
+        if name in ("qdrop", "brecq", "aphq", "fimaq"):  # their grid-search calibration too
+            assert (config.grid_rounds, config.grid_candidates) == (1, 32), name
     for name in ("ptq4vit", "tsptq"):
         assert method_options(name, 3) == {"search_rounds": 1, "search_candidates": 20}
     assert method_options("repq", 3) == {} and method_options("erq", 3) == {}
