@@ -40,8 +40,16 @@ def _log2(x: torch.Tensor) -> torch.Tensor:
 
 def sulq_fake_quant(x: torch.Tensor, eta: float, lo: torch.Tensor, hi: torch.Tensor, top_code: int,
                     steps: int) -> torch.Tensor:
-    """Quantize-dequantize on the shifted log2 grid: step (hi - lo) / `steps`, codes 0..`top_code`."""
+    """Quantize-dequantize on the shifted log2 grid: step (hi - lo) / `steps`, codes 0..`top_code`.
+
+    Without autograd the same operations run in place on one buffer (the attention map is a
+    ViT's largest activation; ten map-sized temporaries cost more than the arithmetic)."""
     d = (hi - lo) / steps
+    if not (torch.is_grad_enabled() and (x.requires_grad or lo.requires_grad or hi.requires_grad)):
+        y = x + eta
+        y.log_().div_(torch.log(torch.tensor(2.0, dtype=y.dtype, device=y.device)))
+        y.sub_(lo).div_(d).round_().clamp_(0, top_code)
+        return y.mul_(d).add_(lo).round_().exp2_().sub_(eta)
     u = _log2(x + eta)
     codes = torch.clamp(round_ste((u - lo) / d), 0, top_code)
     return torch.exp2(round_ste(codes * d + lo)) - eta

@@ -26,6 +26,7 @@ channel, known ahead of time (no per-value flag).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -61,9 +62,19 @@ def _v2sf_inference(x: torch.Tensor, threshold: float, scale: float, zero: float
     s = select_below(x, threshold, scale, coarse_scale)
     y = torch.div(x, s)
     y.round_().clamp_(0.0 - zero, levels - 1)
-    if zero != 0.0:
+    if zero != 0.0 and _fine_code_can_pass(threshold, scale, levels - 1 - zero, x.dtype):
         torch.minimum(y, select_below(x, threshold, levels - 1 - zero, levels - 1.0), out=y)
     return y.mul_(s)
+
+
+def _fine_code_can_pass(threshold: float, scale: float, top: float, dtype: torch.dtype) -> bool:
+    """Whether a fine-region value (x < threshold) can round to a code above `top` = L-1-z, so
+    that the fine region's own upper bound must be applied. Rounded division is monotonic in x,
+    so the largest value below the threshold decides: only when the threshold itself was rounded
+    up can that value's code reach L-z. Usually it cannot, and the second selection is skipped."""
+    t = torch.tensor(threshold, dtype=dtype)
+    largest = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
+    return float(torch.round(largest / torch.tensor(scale, dtype=dtype))) > top
 
 
 @dataclass(frozen=True)

@@ -63,10 +63,18 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
 
 
 def select_below(x: torch.Tensor, boundary: float, below: float, above: float) -> torch.Tensor:
-    """Per element of `x`: `below` where x < boundary, else `above` (NaN stays NaN), without a
-    comparison or `torch.where`: on CPU each of those is 10-20x slower than an in-place pass, so
-    this spends five `threshold` / negation passes (x >= boundary is x > its float predecessor;
-    values marked -inf first are the `below` side). Needs finite `below`, `above` and boundary."""
+    """Per element of `x`: `below` where x < boundary, else `above` (a NaN gets either, or stays
+    NaN), without a comparison or `torch.where`: on CPU each of those is 10-20x slower than an
+    in-place pass. With `above` > 0, three passes: x - boundary is negative exactly where
+    x < boundary (a float difference is 0 only for equal operands, and then +0: the boundary 0 is
+    added as +0.0, which turns -0.0 into +0.0), `copysign` gives it the magnitude `above`, and
+    `threshold` replaces the negative ones by `below`. Otherwise five `threshold` / negation
+    passes (x >= boundary is x > its float predecessor; values marked -inf first are the `below`
+    side). Needs finite `below`, `above` and boundary."""
+    if above > 0:
+        d = torch.add(x, -boundary if boundary != 0 else 0.0)
+        torch.copysign(torch.tensor(above, dtype=d.dtype, device=d.device), d, out=d)
+        return F.threshold_(d, 0.0, below)
     pred = float(torch.nextafter(torch.tensor(boundary, dtype=x.dtype), torch.tensor(-math.inf, dtype=x.dtype)))
     s = F.threshold(x, pred, -math.inf)  # x < boundary -> -inf; x >= boundary keeps x
     s.neg_()
@@ -153,6 +161,7 @@ class UniformQuantizer(Quantizer):
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros(()))
         self.integral_zero_point = True  # set by set_params: picks fake_quant's exact fast path
+        self.zero_point_free = True  # set by set_params: every zero point 0 (symmetric, or fitted so)
 
     @property
     def per_channel(self) -> bool:
@@ -216,6 +225,7 @@ class UniformQuantizer(Quantizer):
         self.scale = scale.detach().clone().float().to(self.scale.device)
         self.zero_point = zero_point.detach().clone().float().to(self.scale.device)
         self.integral_zero_point = bool(torch.equal(self.zero_point, torch.round(self.zero_point)))
+        self.zero_point_free = not bool(self.zero_point.any())
         self.calibrated = True
         self.version += 1
 
@@ -238,8 +248,10 @@ class UniformQuantizer(Quantizer):
         self.version += 1
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return fake_quant(x, self._view(self.scale, x), self._view(self.zero_point, x), self.qmin, self.qmax,
-                          self.integral_zero_point)
+        # per channel / per head with every zero point 0 (PTQ4ViT's symmetric q, k, v): a 0-dim zero
+        # point gives fake_quant's scalar clamp bounds, the same values as the broadcast ones
+        zero = self.zero_point.new_zeros(()) if self.zero_point_free else self._view(self.zero_point, x)
+        return fake_quant(x, self._view(self.scale, x), zero, self.qmin, self.qmax, self.integral_zero_point)
 
     def elementwise_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point of every element of `x` (shape of `x`), for methods that choose

@@ -59,6 +59,16 @@ def test_twin_softmax_matches_two_branch_formula(bits, m):
         assert_same(twin_softmax_fake_quant(x, split, L), ref)
 
 
+@pytest.mark.parametrize("bits", [3, 4, 6, 8])
+@pytest.mark.parametrize("m", [0, 1, 3, 7])
+def test_twin_softmax_summed_regions_match_the_released_formula(bits, m):
+    L = 2 ** (bits - 1)
+    split = torch.tensor(2.0**-m)
+    x = mixed(ties(float(split / (L - 1)), 0, L + 2), ties(1.0 / (L - 1), 0, L + 2), split.reshape(1), low=0.0, high=1.2)
+    with torch.no_grad():
+        assert_same(twin_softmax_fake_quant(x, split, L, sum_regions=True), ref_twin_softmax(x, split, L, sum_regions=True))
+
+
 @pytest.mark.parametrize("bits", [3, 4, 8])
 def test_twin_gelu_matches_two_branch_formula(bits):
     L = 2 ** (bits - 1)
@@ -84,7 +94,7 @@ def test_twin_autograd_path_unchanged():
 # -- V-2SF (TSPTQ-ViT) ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bits", [3, 4, 8])
-@pytest.mark.parametrize("zero_point", [0.0, 1.0, 3.0])
+@pytest.mark.parametrize("zero_point", [0.0, 1.0, 2.0, 3.0])
 @pytest.mark.parametrize("k", [1, 3])
 def test_v2sf_matches_two_branch_formula(bits, zero_point, k):
     L = 2 ** (bits - 1)
@@ -99,6 +109,26 @@ def test_v2sf_matches_two_branch_formula(bits, zero_point, k):
     ref = torch.where(x < thr, fine_ref, coarse_ref)
     with torch.no_grad():
         assert_same(v2sf_fake_quant(x, scale, z, shift, L), ref)
+
+
+@pytest.mark.parametrize(("scale", "can_pass"), [(0.07782218605279922, True), (0.013, False)])
+def test_v2sf_fine_bound_is_applied_whenever_a_fine_code_can_pass_it(scale, can_pass):
+    """The fine region's own upper bound L-1-z binds only for a value just below a threshold that
+    was rounded up, and only with L-z even (a tie at L-z-1/2 rounds to even): the fast path
+    checks the largest value below the threshold and applies the bound exactly then."""
+    from ptqbench.quant.two_scale import _fine_code_can_pass
+
+    L, z, k = 4, torch.tensor(2.0), torch.tensor(2.0)
+    scale = torch.tensor(scale)
+    thr = (L - 0.5 - z) * scale
+    largest_fine = torch.nextafter(thr, torch.tensor(-1.0))
+    assert _fine_code_can_pass(float(thr), float(scale), L - 1 - float(z), torch.float32) == can_pass
+    assert (float(torch.round(largest_fine / scale)) > L - 1 - float(z)) == can_pass
+    x = mixed(ties(float(scale), -L - 2, L + 2), thr.reshape(1), largest_fine.reshape(1), low=-0.1, high=2.0)
+    ref = torch.where(x < thr, ref_fake_quant(x, scale, z, 0, L - 1),
+                      ref_fake_quant(x, scale * 2**k, torch.zeros(()), 0, L - 1))
+    with torch.no_grad():
+        assert_same(v2sf_fake_quant(x, scale, z, k, L), ref)
 
 
 def test_v2sf_degenerate_threshold_uses_the_formula():
@@ -187,18 +217,64 @@ def test_uniform_fake_quant_of_a_strided_view_is_contiguous_and_equal():
     assert_same(got, ref_fake_quant(q, s, z, 0, 15))
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_per_head_quantizer_with_zero_points_all_zero_matches_the_broadcast_formula(symmetric):
+    """Every zero point 0 (PTQ4ViT's symmetric per-head q, k, v): scalar clamp bounds, the values
+    of the broadcast formula; a non-zero zero point keeps the broadcast bounds."""
+    from ptqbench.quant.uniform import UniformQuantizer
+
+    x = mixed(ties(0.05, -9, 9), ties(0.11, -9, 9), n=3000).reshape(-1)[: 2 * 3 * 40 * 8].reshape(2, 3, 40, 8)
+    q = UniformQuantizer(4, "q", symmetric=symmetric, channel_axis=1)
+    scale = torch.tensor([0.05, 0.11, 0.3])
+    zero = torch.zeros(3) if symmetric else torch.tensor([0.0, 3.0, 7.0])
+    q.set_params(scale, zero, 1)
+    assert q.zero_point_free == symmetric
+    with torch.no_grad():
+        assert_same(q(x), ref_fake_quant(x, scale.view(1, 3, 1, 1), zero.view(1, 3, 1, 1), q.qmin, q.qmax))
+
+
+# -- SULQ (I&S-ViT) ---------------------------------------------------------------------------------
+
+def ref_sulq(x, eta, lo, hi, top_code, steps):
+    """The formula out of place, ln(x) / ln(2) as the release computes log2."""
+    d = (hi - lo) / steps
+    u = torch.log(x + eta) / torch.log(torch.tensor(2.0))
+    codes = torch.clamp(torch.round((u - lo) / d), 0, top_code)
+    return torch.exp2(torch.round(codes * d + lo)) - eta
+
+
+@pytest.mark.parametrize("bits", [3, 4, 6])
+@pytest.mark.parametrize("eta", [0.001, 0.05, 1.0])
+def test_sulq_inference_matches_the_formula(bits, eta):
+    from ptqbench.quant.sulq import sulq_fake_quant
+
+    x = mixed(low=0.0, high=1.0, seed=bits)
+    u = torch.log(x.clamp(min=0) + eta) / math.log(2.0)
+    lo, hi = u.nan_to_num(nan=0.0, posinf=0.0).min(), u.nan_to_num(nan=0.0, posinf=0.0).max()
+    n = 2**bits
+    # exact ties of the code rounding: log2(x + eta) at lo + (k + 1/2) d, back in the x domain
+    tie_x = torch.exp2(lo + (torch.arange(n) + 0.5) * ((hi - lo) / n)) - eta
+    x = torch.cat([x, tie_x[tie_x >= 0].reshape(1, -1)], dim=1)
+    with torch.no_grad():
+        for top, steps in ((n - 1, n - 1), (n, n)):
+            assert_same(sulq_fake_quant(x, eta, lo, hi, top, steps), ref_sulq(x, eta, lo, hi, top, steps))
+
+
 # -- whole model: the quantized tiny ViT's logits with the reference formulas patched in -----------
 
-def ref_twin_softmax(x, split, levels):
+def ref_twin_softmax(x, split, levels, sum_regions=False):
     zero = torch.zeros_like(split)
+    if sum_regions:  # the released arithmetic: each region's value of x clamped to it, added
+        high = ref_fake_quant(torch.clamp(x, min=split, max=1.0), torch.full_like(split, 1.0 / (levels - 1)), zero, 0, levels - 1)
+        return high + ref_fake_quant(torch.clamp(x, min=0.0, max=split), split / (levels - 1), zero, 0, levels - 1)
     low = ref_fake_quant(x, split / (levels - 1), zero, 0, levels - 1)
     high = ref_fake_quant(x, torch.full_like(split, 1.0 / (levels - 1)), zero, 0, levels - 1)
     return torch.where(x < split, low, high)
 
 
-def ref_twin_gelu(x, neg_scale, pos_scale, levels):
+def ref_twin_gelu(x, neg_scale, pos_scale, levels, neg_levels=None):
     pos = ref_fake_quant(x, pos_scale, torch.zeros_like(pos_scale), 0, levels - 1)
-    neg = ref_fake_quant(x, neg_scale, torch.zeros_like(neg_scale), -(levels - 1), 0)
+    neg = ref_fake_quant(x, neg_scale, torch.zeros_like(neg_scale), -(levels - 1 if neg_levels is None else neg_levels), 0)
     return torch.where(x < 0, neg, pos)
 
 
@@ -211,10 +287,11 @@ def ref_v2sf(x, scale, zero_point, shift, levels):
 
 # 40-60 s each on 2 busy cores with their searches and reconstruction: slow; the kernel tests above
 # are the default suite's check of the same paths
-@pytest.mark.parametrize("name", ["minmax", *(pytest.param(n, marks=pytest.mark.slow) for n in ("ptq4vit", "tsptq", "aiq", "dopq"))])
+@pytest.mark.parametrize("name", ["minmax", *(pytest.param(n, marks=pytest.mark.slow) for n in ("ptq4vit", "tsptq", "aiq", "dopq", "ias"))])
 def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypatch):
     import ptqbench.quant.dynamic_focus as dfq
     import ptqbench.quant.ptf as ptf
+    import ptqbench.quant.sulq as sulq
     import ptqbench.quant.tan as tan
     import ptqbench.quant.twin_uniform as twin
     import ptqbench.quant.two_scale as two
@@ -225,7 +302,8 @@ def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypat
 
     fast = {"minmax": {}, "ptq4vit": {"search_candidates": 3, "search_rounds": 1},
             "tsptq": {"search_candidates": 3, "search_rounds": 1}, "aiq": {"iters": 2, "batch_size": 2, "progress": False},
-            "dopq": {"iters": 2, "batch_size": 2, "progress": False}}[name]
+            "dopq": {"iters": 2, "batch_size": 2, "progress": False},
+            "ias": {"iters": 2, "batch_size": 2, "progress": False}}[name]
     model = make_tiny_vit()
     torch.manual_seed(1)
     calib, x = torch.randn(4, 3, 32, 32), torch.randn(3, 3, 32, 32)
@@ -247,6 +325,7 @@ def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypat
     monkeypatch.setattr(two, "v2sf_fake_quant", ref_v2sf)
     monkeypatch.setattr(dfq, "_focus_zero_inplace", ref_focus_zero_masked)
     monkeypatch.setattr(tan, "tan_fake_quant", ref_tan_fake_quant)
+    monkeypatch.setattr(sulq, "sulq_fake_quant", ref_sulq)
     for m in qm.model.modules():  # the weight caches refill through the reference formulas
         if hasattr(m, "_wq_cache"):
             m._wq_cache = None
@@ -260,10 +339,15 @@ def test_select_below_matches_where():
 
     for boundary in (0.0, 0.0625, 0.37, -0.2):
         b = torch.tensor(boundary)
-        x = mixed(torch.stack([b, torch.nextafter(b, torch.tensor(-9.0)), torch.nextafter(b, torch.tensor(9.0))]))
-        ref = torch.where(x < b, torch.tensor(0.011), torch.tensor(0.5))
-        ref[torch.isnan(x)] = math.nan
-        assert_same(select_below(x, boundary, 0.011, 0.5), ref)
+        x = mixed(torch.stack([b, torch.nextafter(b, torch.tensor(-9.0)), torch.nextafter(b, torch.tensor(9.0))]),
+                  torch.tensor([1e-45, -1e-45, 1.2e-38, -1.2e-38]))  # subnormals and the smallest normals
+        for below, above in ((0.011, 0.5), (0.5, 0.011), (-3.0, 0.25), (0.011, 0.0), (0.011, -0.5)):
+            ref = torch.where(x < b, torch.tensor(below), torch.tensor(above))
+            got = select_below(x, boundary, below, above)
+            nan = torch.isnan(x)
+            # a NaN input may get either value (its quantized value is NaN with any step)
+            assert bool(((got[nan] == below) | (got[nan] == above) | torch.isnan(got[nan])).all())
+            assert_same(got[~nan], ref[~nan])
 
 
 # -- TanQ (DopQ-ViT) ------------------------------------------------------------------------------
