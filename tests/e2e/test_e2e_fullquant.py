@@ -53,18 +53,20 @@ def test_w8a8_full_tsptq_defaults_near_lossless(e2e_results, shared_data):
 
 @pytest.mark.slow
 def test_w8a8_full_ptq4vit(e2e_results, shared_data):
-    """`pytest -m slow` (one search round, about 5 min on 2 CPU cores). Measured: 81.31 (78.31 with
-    the quantized-input search, method.search_inputs=quantized)."""
+    """`pytest -m slow` (one search round, about 5 min on 2 CPU cores). Measured 2026-12-05: 80.23,
+    both at 0afbb64 and at 6781934, the commit that set this test with "81.31" (78.31 with the
+    quantized-input search, method.search_inputs=quantized, from the same note), which neither
+    reproduces on the shared data."""
     rec = _job(e2e_results, shared_data, "method=ptq4vit", "bits=w8a8", "quant.full=true", "method.search_rounds=1", *READING)
-    assert 80.3 <= rec["metrics"]["top1"] <= 82.3, rec["metrics"]
+    assert 79.2 <= rec["metrics"]["top1"] <= 81.3, rec["metrics"]
     assert rec["method_stats"]["searched_layers"] == 74
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bits,lo,hi", [("w6a6", 76.7, 80.0), ("w4a4", 58.0, 63.0)])
+@pytest.mark.parametrize("bits,lo,hi", [("w6a6", 76.7, 80.0), ("w4a4", 62.3, 65.3)])
 def test_tsptq_standard_protocol(e2e_results, shared_data, bits, lo, hi):
-    """`pytest -m slow`. Measured: W6A6 78.92 at 548c5d8 (78.23 before d356d97), W4A4 60.23 before
-    d356d97, not re-measured (RepQ-ViT 80.08 / 68.77, min-max 77.15 / 1.23)."""
+    """`pytest -m slow`. Measured: W6A6 78.92 at 548c5d8 (78.23 before d356d97), 78.08 at 2567a98;
+    W4A4 63.77 at 2567a98 (60.23 before d356d97) (RepQ-ViT 80.08 / 68.77, min-max 77.15 / 1.23)."""
     m = _job(e2e_results, shared_data, "method=tsptq", f"bits={bits}", *MSE)["metrics"]
     assert lo <= m["top1"] <= hi, m
 
