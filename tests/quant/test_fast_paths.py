@@ -348,6 +348,12 @@ def test_select_below_matches_where():
             # a NaN input may get either value (its quantized value is NaN with any step)
             assert bool(((got[nan] == below) | (got[nan] == above) | torch.isnan(got[nan])).all())
             assert_same(got[~nan], ref[~nan])
+    # other precisions: the boundary is compared in x's own (0.37 is not a float16 value)
+    for dtype in (torch.float16, torch.float64):
+        b = torch.tensor(0.37, dtype=dtype)
+        x = torch.cat([torch.linspace(0.3, 0.45, 999, dtype=dtype), b.reshape(1), torch.nextafter(b, torch.tensor(0.0, dtype=dtype)).reshape(1)])
+        ref = torch.where(x < b, torch.tensor(0.011, dtype=dtype), torch.tensor(0.5, dtype=dtype))
+        assert_same(select_below(x, 0.37, 0.011, 0.5), ref)
 
 
 # -- TanQ (DopQ-ViT) ------------------------------------------------------------------------------
