@@ -114,13 +114,15 @@ RECON_CPU = ("method.iters=30", "method.batch_size=8", "method.lr_rounding=1e-2"
 
 @pytest.mark.slow
 def test_dopq_w4a4_beats_repq(e2e_results, shared_data):
-    """`pytest -m slow` (about 10 min on the 2-core CPU)."""
+    """`pytest -m slow` (about 10 min on the 2-core CPU). On the I&S-ViT pipeline (issue 18): 74.15
+    at 2567a98, its two reconstruction stages (activations with FP weights; weights) recorded apart."""
     rec = _job(e2e_results, shared_data, "method=dopq", "bits=w4a4", *RECON_CPU)
     m = rec["metrics"]
-    assert 70.3 <= m["top1"] <= 74.5, m
+    assert 72.1 <= m["top1"] <= 76.1, m
     assert m["top1"] > _job(e2e_results, shared_data, "method=repq", "bits=w4a4")["metrics"]["top1"] + 0.5, m
     st = rec["method_stats"]
-    assert st["recon_units"] == 14 and st["recon_loss_end"] < st["recon_loss_start"]
+    for stage in ("stage_one", "stage_three"):
+        assert st[f"{stage}_recon_units"] == 14 and st[f"{stage}_recon_loss_end"] < st[f"{stage}_recon_loss_start"], stage
 
 
 @pytest.mark.slow

@@ -67,8 +67,18 @@ def test_every_method_quantizes_a_tiny_vit(name):
     assert stats and all(isinstance(k, str) for k in stats)
     with torch.no_grad():
         out = qm.model(x)
+        if name in CHANGES_THE_FP_MODEL:
+            with quant_disabled(qm.model):
+                fp = qm.model(x)
     assert torch.isfinite(out).all()
     assert torch.nn.functional.cosine_similarity(out.flatten(), fp.flatten(), dim=0) > 0.9
+
+
+# Methods whose recipe replaces part of the FP model, checked against that model with its
+# quantizers off: APHQ-ViT swaps GELU for ReLU in the MLPs and retrains them (relu_mlp); after 2
+# iterations on the random tiny ViT the swapped model sits at cosine 0.91 to the GELU one, and
+# the quantized model at 0.98 to the swapped one (0.89 to the GELU one).
+CHANGES_THE_FP_MODEL = {"aphq"}
 
 
 def test_the_package_imports_every_module_in_it():
