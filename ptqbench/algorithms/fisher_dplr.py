@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ptqbench.algorithms.unit_grad import loss_grad_through
 from ptqbench.models.structure import Unit
 
 FISHER_SCHEDULES = ("spread", "first")
@@ -66,15 +67,11 @@ def fisher_rows(unit: Unit, rest: list[Unit], x_fp: torch.Tensor, y_fp: torch.Te
         refs = fp_references(rest, y_fp, temperature, chunk)
     grads, deltas = [], []
     for xb, ref in zip(torch.split(x_fp, chunk), refs):
-        with torch.enable_grad():
-            y = unit.forward(xb)
-            logits = y
-            for u in rest:
-                logits = u.forward(logits)
-            loss = F.kl_div(F.log_softmax(logits / temperature, dim=-1), ref, reduction="batchmean")
-            (g,) = torch.autograd.grad(loss, y)
-        grads.append(g.detach())
-        deltas.append(y.detach())
+        with torch.enable_grad():  # the unit runs as it trains
+            y = unit.forward(xb).detach()
+        grads.append(loss_grad_through(
+            rest, y, lambda logits, ref=ref: F.kl_div(F.log_softmax(logits / temperature, dim=-1), ref, reduction="batchmean")))
+        deltas.append(y)
     # as released: concatenate, then one mean over the images (the same summation order)
     g = torch.cat(grads)
     g = g.reshape(g.shape[0], -1).abs().mean(dim=0)[None]

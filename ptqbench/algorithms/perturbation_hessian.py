@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptqbench.algorithms.unit_grad import loss_grad_through
 from ptqbench.models.structure import Unit
 
 
@@ -77,14 +78,15 @@ def _site_grad(unit: Unit, rest: list[Unit], xb: torch.Tensor, ref: torch.Tensor
         if site is None:
             with torch.no_grad():
                 y = unit.forward(xb)
-            logits = _rest(rest, shifted(y))
-        else:
-            handle = site.register_forward_hook(lambda _m, _i, out: shifted(out))
-            try:
-                logits = _rest(rest, unit.forward(xb))
-            finally:
-                handle.remove()
-            if len(seen) != 1:
-                raise RuntimeError(f"the perturbation site ran {len(seen)} times in one unit forward; expected once")
-        (g,) = torch.autograd.grad(_kl_to(logits, ref, temperature), seen[0])
+            return loss_grad_through(rest, shifted(y).detach(), lambda logits: _kl_to(logits, ref, temperature))
+        handle = site.register_forward_hook(lambda _m, _i, out: shifted(out))
+        try:
+            out = unit.forward(xb)
+        finally:
+            handle.remove()
+        if len(seen) != 1:
+            raise RuntimeError(f"the perturbation site ran {len(seen)} times in one unit forward; expected once")
+        g_out = loss_grad_through(rest, out.detach(), lambda logits: _kl_to(logits, ref, temperature))
+        (g,) = torch.autograd.grad(out, seen[0], g_out)
     return g.detach()
+

@@ -74,6 +74,60 @@ def test_perturbation_hessian_is_the_gradient_difference_at_the_site(at_inner):
     assert mean.shape == (1, 4, 6) and torch.equal(mean, want.mean(0, keepdim=True))
 
 
+def _whole_graph(units: list[Unit], index: int, x: torch.Tensor, site, eps: float, chunk: int) -> torch.Tensor:
+    """The site gradients by one backward through the whole rest of the model (the memory of
+    every remaining unit's graph), the way the release takes them."""
+    rest = units[index + 1:]
+
+    def run(y):
+        for u in rest:
+            y = u.forward(y)
+        return y
+
+    out = []
+    for xb in torch.split(x, chunk):
+        with torch.no_grad():
+            ref = F.softmax(run(units[index].forward(xb)) / 20.0, -1)
+        pair = []
+        for shift in (eps, -eps):
+            seen = []
+
+            def shifted(y, shift=shift, seen=seen):
+                y = y.detach().requires_grad_(True) + torch.ones_like(y) * shift
+                seen.append(y)
+                return y
+            with torch.enable_grad():
+                if site is None:
+                    with torch.no_grad():
+                        y = units[index].forward(xb)
+                    logits = run(shifted(y))
+                else:
+                    h = site.register_forward_hook(lambda _m, _i, o: shifted(o))
+                    logits = run(units[index].forward(xb))
+                    h.remove()
+                loss = F.kl_div(F.log_softmax(logits / 20.0, -1), ref, reduction="batchmean")
+                pair.append(torch.autograd.grad(loss, seen[0])[0])
+        out.append((pair[0] - pair[1]).abs())
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.parametrize("at_mlp", [False, True])
+def test_unit_by_unit_backward_equals_the_whole_graph_bit_for_bit(index, at_mlp):
+    """perturbation_hessian backpropagates unit by unit (one unit's graph in memory); on a tiny
+    ViT its weights equal the one-backward ones exactly, at a block's output and inside it."""
+    model = make_tiny_vit().eval()
+    units = family_of(model).units(model)
+    site = units[index].module.mlp if at_mlp and index > 0 else None
+    x = torch.randn(5, 3, 32, 32)
+    for i in range(index):
+        with torch.no_grad():
+            x = units[i].forward(x)
+    got = perturbation_hessian(units, index, x, site=site, eps=1e-6, chunk=2, mean=False)
+    assert torch.equal(got, _whole_graph(units, index, x, site, 1e-6, 2))
+    assert got.abs().sum() > 0
+
+
 def test_weighted_block_loss_and_its_config():
     out, tgt = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
     w = torch.rand(1, 5, 4)
@@ -196,6 +250,33 @@ def test_fisher_rows_are_sample_means_of_abs_gradient_and_error():
     assert torch.equal(g, torch.cat(grads).reshape(6, -1).abs().mean(0)[None])
     with torch.no_grad():
         assert torch.equal(d, (noisy.forward(x) - y_fp).abs().mean(0).reshape(1, -1))
+
+
+def test_fisher_rows_on_a_tiny_vit_equal_one_backward_through_the_rest():
+    """fisher_rows backpropagates the rest unit by unit: the same gradient rows, bit for bit, as
+    one backward through every remaining block and the head."""
+    from ptqbench.algorithms.fisher_dplr import fisher_rows
+
+    model = make_tiny_vit().eval()
+    units = family_of(model).units(model)
+    with torch.no_grad():
+        x = units[0].forward(torch.randn(5, 3, 32, 32))
+        y_fp = units[1].forward(x)
+    g, _ = fisher_rows(units[1], units[2:], x, y_fp, temperature=20.0, chunk=2)
+    grads = []
+    for xb, yb in zip(torch.split(x, 2), torch.split(y_fp, 2)):
+        with torch.no_grad():
+            logits = yb
+            for u in units[2:]:
+                logits = u.forward(logits)
+            ref = F.softmax(logits / 20, -1)
+        y = units[1].forward(xb).detach().requires_grad_(True)
+        logits = y
+        for u in units[2:]:
+            logits = u.forward(logits)
+        loss = F.kl_div(F.log_softmax(logits / 20, -1), ref, reduction="batchmean")
+        grads.append(torch.autograd.grad(loss, y)[0])
+    assert torch.equal(g, torch.cat(grads).reshape(5, -1).abs().mean(0)[None])
 
 
 def test_fimaq_gives_every_token_its_scale_and_runs_on_a_tiny_vit():
