@@ -89,4 +89,3 @@ def _site_grad(unit: Unit, rest: list[Unit], xb: torch.Tensor, ref: torch.Tensor
         g_out = loss_grad_through(rest, out.detach(), lambda logits: _kl_to(logits, ref, temperature))
         (g,) = torch.autograd.grad(out, seen[0], g_out)
     return g.detach()
-

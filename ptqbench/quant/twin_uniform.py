@@ -56,19 +56,14 @@ def _fast(x: torch.Tensor, *params: torch.Tensor) -> bool:
             and all(p.dim() == 0 for p in params))
 
 
-def _zero_point_free_fake_quant_(y: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
-    """`fake_quant(y, scale, 0, 0, qmax)` written over `y` (a temporary of the caller's): the same
-    four passes without the allocation. Inference only."""
-    return y.div_(scale).round_().clamp_(0, qmax).mul_(scale)
-
-
 def twin_softmax_fake_quant(x: torch.Tensor, split: torch.Tensor, levels: int, sum_regions: bool = False) -> torch.Tensor:
     high_scale = torch.full_like(split, 1.0 / (levels - 1))
     if sum_regions and _fast(x, split):
         # each region's clamped copy is the buffer its fake quantization is written over
-        bound = float(split)
-        high = _zero_point_free_fake_quant_(torch.clamp(x, min=bound, max=1.0), high_scale, levels - 1)
-        return high.add_(_zero_point_free_fake_quant_(torch.clamp(x, min=0.0, max=bound), split / (levels - 1), levels - 1))
+        bound, zero = float(split), torch.zeros_like(split)
+        high = fake_quant(torch.clamp(x, min=bound, max=1.0), high_scale, zero, 0, levels - 1, overwrite=True)
+        return high.add_(fake_quant(torch.clamp(x, min=0.0, max=bound), split / (levels - 1), zero, 0, levels - 1,
+                                    overwrite=True))
     if sum_regions:
         zero = torch.zeros_like(split)
         high = fake_quant(torch.clamp(x, min=split, max=1.0), high_scale, zero, 0, levels - 1)

@@ -32,7 +32,7 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
-               integral_zero_point: bool = True) -> torch.Tensor:
+               integral_zero_point: bool = True, overwrite: bool = False) -> torch.Tensor:
     """Quantize-dequantize: (clamp(round(x / s) + z, qmin, qmax) - z) * s.
 
     Without autograd it runs as one allocation and four in-place passes: for an integer zero
@@ -43,10 +43,14 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
     from n in the last bit, so `integral_zero_point=False` runs the formula as written.
     The result is contiguous even for a strided `x` (q, k, v are views into the qkv output): the
     matmul that consumes it would otherwise copy it into a contiguous buffer, one more pass.
+    `overwrite`: `x` is a contiguous temporary of the caller's, and the result is written over it
+    (no allocation at all; without autograd only).
     """
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
         return (torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
-    if x.is_contiguous():
+    if overwrite and x.is_contiguous():
+        y = x.div_(scale)
+    elif x.is_contiguous():
         y = torch.div(x, scale)
     else:
         y = torch.div(x, scale, out=torch.empty(x.shape, dtype=torch.result_type(x, scale), device=x.device))
