@@ -6,8 +6,9 @@ the layer's *output*, each layer on its FP input against its FP output (GoatWu/A
 part follows, in docs/methods/qdrop.md.
 
 Per layer, in the order the unit calls them (the release walks `named_modules`; with FP inputs
-everywhere the order only matters through the reparameterization: after each fold the unit's FP
-tensors are captured again, so later layers see the folded model, as in the release):
+everywhere the order only matters through the reparameterization: each layer's FP tensors are
+taken after the layers before it are searched and folded, so later layers see the folded model, as
+in the release):
 
 - Linear, per-tensor input (`AsymmetricallyBatchingQuantLinear.hyperparameter_searching`):
   weight grid per row: `num_zp = min(16, 2^b)` integer zero points centred on 2^(b-1), times
@@ -45,7 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptqbench.algorithms.reparam import reparameterize
-from ptqbench.algorithms.streaming import hooks_removed_after
+from ptqbench.algorithms.streaming import forward_order, layer_call
+from ptqbench.heap import free_heap_returned
 from ptqbench.models.structure import ReparamPair, Unit
 from ptqbench.progress import progress as progress_bar
 from ptqbench.quant.calibration import quant_disabled
@@ -424,29 +426,17 @@ def search_matmul(layer: QuantMatMul, a: torch.Tensor, b: torch.Tensor, out: tor
 
 
 # -- the model --------------------------------------------------------------------------------------
-def _capture(unit: Unit, x: torch.Tensor) -> tuple[list[nn.Module], dict[nn.Module, tuple], dict[nn.Module, torch.Tensor], Any]:
-    order: list[nn.Module] = []
-    ins: dict[nn.Module, tuple] = {}
-    outs: dict[nn.Module, torch.Tensor] = {}
-
-    def hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        if mod not in outs:
-            order.append(mod)
-            ins[mod] = tuple(t.detach() for t in args)
-            outs[mod] = out.detach()
-
-    layers = [m for m in unit.module.modules() if isinstance(m, Layer)]
-    with hooks_removed_after([m.register_forward_hook(hook) for m in layers]):
-        y = unit.forward(x)
-    return order, ins, outs, y
-
-
 @torch.no_grad()
 def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: GridSearchConfig,
                  pairs: Optional[list[ReparamPair]] = None, exact_padding: bool = True) -> dict[str, Any]:
     """Search every layer of `units` (forward order) on its FP input and output (see the module
     docstring); the post-LN Linears of `pairs` are reparameterized on the way. Quantizers the search
-    does not handle keep their calibration."""
+    does not handle keep their calibration.
+
+    Each layer's FP tensors are taken by a pass of its unit that stops at the layer, after the
+    searches (and folds) of the layers before it, as the release runs the model again for every
+    module it calibrates: one layer's tensors are alive at a time, not the whole unit's (with
+    DeiT-T's 32 images a block's were 0.1 GB, twice over after a fold)."""
     if not units:
         raise ValueError("the grid search needs the model's units in forward order (QuantizedModel.units); got none")
     by_linear = {id(p.linear): p for p in pairs or []}
@@ -454,29 +444,27 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
     x = calib
     for unit in progress_bar(units, desc="grid search", unit="unit"):
         with quant_disabled(model):
-            order, ins, outs, x_next = _capture(unit, x)
-        for i, layer in enumerate(order):
+            order, _ = forward_order(unit.forward, [m for m in unit.module.modules() if isinstance(m, Layer)], x)
+        for layer in order:
+            with quant_disabled(model):
+                ins, out = layer_call(unit.forward, layer, x)
             if isinstance(layer, QuantMatMul):
-                search_matmul(layer, ins[layer][0], ins[layer][1], outs[layer], cfg)
+                search_matmul(layer, ins[0], ins[1], out, cfg)
                 counts["searched_matmuls"] += 1
             elif isinstance(layer, QuantConv2d):
-                search_conv(layer, ins[layer][0], outs[layer], cfg)
+                search_conv(layer, ins[0], out, cfg)
                 counts["searched_convs"] += 1
             else:
                 pair = by_linear.get(id(layer))
                 aq = layer.input_quantizer
                 if pair is not None and isinstance(aq, UniformQuantizer) and aq.per_channel:
-                    search_post_ln(layer, pair, ins[layer][0], outs[layer], cfg, exact_padding)
+                    search_post_ln(layer, pair, ins[0], out, cfg, exact_padding)
                     counts["reparameterized_pairs"] += 1
-                    # the layers after it see the folded model's FP tensors, as in the release, which
-                    # runs the model again for every module it calibrates (equal up to float rounding)
-                    with quant_disabled(model):
-                        _, new_ins, new_outs, x_next = _capture(unit, x)
-                    for later in order[i + 1:]:
-                        ins[later], outs[later] = new_ins[later], new_outs[later]
                 else:
-                    search_linear(layer, ins[layer][0], outs[layer], cfg)
+                    search_linear(layer, ins[0], out, cfg)
                 counts["searched_linears"] += 1
-        del ins, outs
-        x = x_next
+            del ins, out
+            free_heap_returned()  # ptqbench.heap: the search's freed blocks, before the next layer's sizes
+        with quant_disabled(model):
+            x = unit.forward(x)
     return counts

@@ -59,7 +59,7 @@ from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled, switched
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
 from ptqbench.quant.twin_uniform import TwinUniformQuantizer
-from ptqbench.algorithms.streaming import hooks_removed_after, params_frozen, split_chunks
+from ptqbench.algorithms.streaming import forward_order, hooks_removed_after, layer_call, params_frozen, split_chunks
 from ptqbench.quant.uniform import UniformQuantizer, params_from_range
 
 SEARCH_METRICS = ("hessian", "mse", "cosine")
@@ -184,10 +184,6 @@ class SearchConfig:
         i = torch.arange(self.search_candidates, dtype=torch.float64)
         released = self.alpha_min + (self.alpha_max - self.alpha_min) * i / self.search_candidates
         return (released * released_step_factor(2 ** (bits - 1) - 1)).float()
-
-
-class _Stop(Exception):
-    pass
 
 
 def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int,
@@ -496,39 +492,6 @@ def _qkv_layers(module: nn.Module) -> set[int]:
     return {id(m.qkv) for m in module.modules() if isinstance(getattr(m, "qkv", None), QuantLinear)}
 
 
-def _forward_order(unit_fn, unit_module: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], torch.Tensor]:
-    """One pass of the unit on `x`: its layers in call order and the unit's output (the next
-    unit's input)."""
-    order: list[nn.Module] = []
-
-    def hook(mod, _args, _out):
-        if mod not in order:
-            order.append(mod)
-
-    layers = [m for m in unit_module.modules() if isinstance(m, Layer)]
-    with hooks_removed_after([m.register_forward_hook(hook) for m in layers]):
-        y = unit_fn(x)
-    return order, y
-
-
-def _layer_call(unit_fn, layer: nn.Module, x: torch.Tensor, output: bool = True) -> tuple[tuple, Optional[torch.Tensor]]:
-    """The inputs and output of `layer`'s first call when the unit runs on `x` (the unit stops
-    there). `output=False`: the inputs only, taken before the layer runs (its quantizers may be on)."""
-    got: list[tuple[tuple, Optional[torch.Tensor]]] = []
-
-    def hook(_mod, args, out=None):
-        got.append((tuple(a.detach() for a in args), None if out is None else out.detach()))
-        raise _Stop
-
-    handle = layer.register_forward_hook(hook) if output else layer.register_forward_pre_hook(hook)
-    with hooks_removed_after([handle]):
-        try:
-            unit_fn(x)
-        except _Stop:
-            pass
-    return got[0]
-
-
 @torch.no_grad()
 def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: SearchConfig,
                  loss: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, Any]:
@@ -552,12 +515,12 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
             grads = output_grads(model, calib, cfg.chunk_size, loss,
                                  [m for m in unit.module.modules() if isinstance(m, Layer)])
         with quant_disabled(model):  # one FP pass: the layers' call order, the next unit's input
-            order, x_next = _forward_order(unit.forward, unit.module, x_fp)
+            order, x_next = forward_order(unit.forward, [m for m in unit.module.modules() if isinstance(m, Layer)], x_fp)
         qkv = _qkv_layers(unit.module)
         for layer in order:
             with quant_disabled(model):
-                fp_in, fp_out = _layer_call(unit.forward, layer, x_fp)
-            inputs = fp_in if cfg.search_inputs == "fp" else _layer_call(unit.forward, layer, x_q, output=False)[0]
+                fp_in, fp_out = layer_call(unit.forward, layer, x_fp)
+            inputs = fp_in if cfg.search_inputs == "fp" else layer_call(unit.forward, layer, x_q, output=False)[0]
             grad = unit_grads.layer_grad(unit, layer) if unit_grads is not None else grads.pop(layer, None)
             search_layer(layer, inputs, fp_out, None if grad is None else grad.pow_(2), cfg,  # squared in place
                          3 if id(layer) in qkv else 1)

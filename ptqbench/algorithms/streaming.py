@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,47 @@ def params_frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for p, rg in saved:
             p.requires_grad_(rg)
+
+
+class _Stop(Exception):
+    """Ends a unit's forward once a hook has what it came for."""
+
+
+def forward_order(unit_fn: Callable[[torch.Tensor], torch.Tensor], layers: list[nn.Module],
+                  x: torch.Tensor) -> tuple[list[nn.Module], torch.Tensor]:
+    """One pass of the unit on `x`: which of `layers` it calls, in call order, and its output
+    (the next unit's input)."""
+    order: list[nn.Module] = []
+
+    def hook(mod: nn.Module, _args: tuple, _out: Any) -> None:
+        if mod not in order:
+            order.append(mod)
+
+    with hooks_removed_after([m.register_forward_hook(hook) for m in layers]):
+        y = unit_fn(x)
+    return order, y
+
+
+def layer_call(unit_fn: Callable[[torch.Tensor], Any], layer: nn.Module, x: torch.Tensor,
+               output: bool = True) -> tuple[tuple, Optional[torch.Tensor]]:
+    """The inputs and output of `layer`'s first call when the unit runs on `x` (the unit stops
+    there), so a per-layer search holds one layer's tensors, not the whole unit's. `output=False`:
+    the inputs only, taken before the layer runs (its quantizers may be on)."""
+    got: list[tuple[tuple, Optional[torch.Tensor]]] = []
+
+    def hook(_mod: nn.Module, args: tuple, out: Optional[torch.Tensor] = None) -> None:
+        got.append((tuple(a.detach() for a in args), None if out is None else out.detach()))
+        raise _Stop
+
+    handle = layer.register_forward_hook(hook) if output else layer.register_forward_pre_hook(hook)
+    with hooks_removed_after([handle]):
+        try:
+            unit_fn(x)
+        except _Stop:
+            pass
+    if not got:
+        raise RuntimeError(f"{type(layer).__name__} was not called by the unit's forward")
+    return got[0]
 
 
 def split_chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:

@@ -129,6 +129,51 @@ def test_search_reparameterizes_exactly_and_leaves_integer_zero_points(swin):
         assert torch.isfinite(qm.model(calib)).all()
 
 
+def _fp_call_now(qm, calib, layer):
+    """`layer`'s first-call inputs and output in one FP pass of every unit, as the model is now."""
+    got = []
+    handle = layer.register_forward_hook(lambda mod, args, out: got.append((tuple(a.clone() for a in args), out.clone())))
+    with torch.no_grad(), quant_disabled(qm.model):
+        y = calib
+        for unit in qm.units:
+            y = unit.forward(y)
+    handle.remove()
+    return got[0]
+
+
+def test_each_layer_is_searched_on_its_fp_tensors_after_the_searches_and_folds_before_it(monkeypatch):
+    """The search takes one layer's tensors at a time (a unit pass that stops at the layer): they
+    must be what a whole FP pass gives at that moment, after every earlier fold."""
+    qm, m = _tiny()
+    torch.manual_seed(5)
+    calib = torch.randn(4, 3, 32, 32)
+    Calibrate()(qm, calib)
+    checked, inside = [], []
+    where = {"search_linear": (1, 2), "search_post_ln": (2, 3), "search_conv": (1, 2), "search_matmul": (1, 3)}
+    for name, (first, out_at) in where.items():
+        real = getattr(gs, name)
+
+        def spy(layer, *args, _real=real, _first=first, _out_at=out_at, _name=name):
+            if inside:  # search_post_ln's own per-tensor search, on its transformed input
+                return _real(layer, *args)
+            ins, out = _fp_call_now(qm, calib, layer)
+            given = args[_first - 1:_out_at - 1]
+            assert len(given) == len(ins) and all(torch.equal(a, b) for a, b in zip(given, ins)), (_name, layer)
+            assert torch.equal(args[_out_at - 1], out), (_name, layer)
+            checked.append(layer)
+            if _name == "search_post_ln":
+                inside.append(layer)
+            try:
+                return _real(layer, *args)
+            finally:
+                inside.clear()
+
+        monkeypatch.setattr(gs, name, spy)
+    stats = GridSearch(GridSearchConfig(32, 1))(qm, calib)
+    assert stats["reparameterized_pairs"] > 0
+    assert len(checked) == stats["searched_linears"] + stats["searched_matmuls"] + stats["searched_convs"]
+
+
 @pytest.mark.slow  # 9 s
 def test_search_result_does_not_depend_on_the_chunking():
     results = []

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import ptqbench.algorithms.hessian_search as hs
+from ptqbench.algorithms.streaming import layer_call
 from ptqbench.methods import Bits, build_method
 from ptqbench.models import make_quantizable
 from ptqbench.quant import quantizers
@@ -76,7 +77,7 @@ def test_a_layer_s_inputs_and_output_captured_alone_equal_those_of_one_pass_over
             for h in handles:
                 h.remove()
             for layer, (args, out) in seen.items():
-                alone_args, alone_out = hs._layer_call(unit.forward, layer, y)
+                alone_args, alone_out = layer_call(unit.forward, layer, y)
                 assert torch.equal(alone_out, out) and all(torch.equal(a, b) for a, b in zip(alone_args, args))
             y = y_next
 
@@ -190,9 +191,9 @@ def test_quantized_input_search_reads_each_layer_s_input_from_the_quantized_stre
         if lyr is layer:
             with torch.no_grad():
                 block_in = qm.units[0].forward(x)
-                seen["quantized"] = hs._layer_call(qm.units[1].forward, layer, block_in, output=False)[0][0]
+                seen["quantized"] = layer_call(qm.units[1].forward, layer, block_in, output=False)[0][0]
                 with quant_disabled(qm.model):
-                    seen["fp"] = hs._layer_call(qm.units[1].forward, layer, block_in)[0][0]
+                    seen["fp"] = layer_call(qm.units[1].forward, layer, block_in)[0][0]
             seen["searched"] = inputs[0]
         return real(lyr, inputs, target, grad2, c, *rest)
 
