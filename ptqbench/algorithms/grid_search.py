@@ -231,7 +231,7 @@ class _Searcher:
     def weight_self(self, w2d: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmax: int) -> torch.Tensor:
         scores = []
         for sl in _slices(s.shape[0], w2d.numel(), self.budget):
-            err = (w2d[None] - qdq(w2d[None].expand(s[sl].shape[0], -1, -1), s[sl], z[sl], qmax)).pow_(2)
+            err = qdq(w2d[None].expand(s[sl].shape[0], -1, -1), s[sl], z[sl], qmax).sub_(w2d[None]).pow_(2)
             scores.append(err.mean(-1))
         return torch.cat(scores).argmin(0)  # [rows]
 
@@ -241,7 +241,7 @@ class _Searcher:
         for (xb,) in self.image_chunks(x):
             xb = xb.reshape(xb.shape[0], -1, xb.shape[-1])[..., None]  # [b, T, C, 1]
             for sl in _slices(s.shape[1], xb.numel(), self.budget):
-                err = (xb - qdq(xb.expand(-1, -1, -1, sl.stop - sl.start), s[:, sl], z[:, sl], qmax)).pow_(2)
+                err = qdq(xb.expand(-1, -1, -1, sl.stop - sl.start), s[:, sl], z[:, sl], qmax).sub_(xb).pow_(2)
                 err = err.mean(1)  # [b, C, p]
                 if not per_channel:
                     err = err.mean(1, keepdim=True)
@@ -263,7 +263,7 @@ class _Searcher:
                 wq = qdq(w[None].expand(p, -1, -1), s[sl], z[sl], qmax).reshape(p * rows, -1)
                 o = F.linear(xq, wq, None if bias is None else bias.detach().repeat(p))
                 o = o.view(*o.shape[:-1], p, rows)
-                err = (o - ob.unsqueeze(-2)).pow_(2)
+                err = o.sub_(ob.unsqueeze(-2)).pow_(2)
                 if err.dim() > 3:
                     err = err.mean(dim=tuple(range(1, err.dim() - 2)))
                 total[sl] += err.sum(0)
@@ -279,7 +279,7 @@ class _Searcher:
             for sl in _slices(s.shape[1], ob.numel() + xb.numel(), self.budget):
                 p = sl.stop - sl.start
                 xs = qdq(x4.expand(*xb.shape, p), s[:, sl], z[:, sl], qmax).movedim(-1, -2)  # [..., p, C]
-                err = (F.linear(xs, wq, None if bias is None else bias.detach()) - ob.unsqueeze(-2)).pow_(2).mean(-1)
+                err = F.linear(xs, wq, None if bias is None else bias.detach()).sub_(ob.unsqueeze(-2)).pow_(2).mean(-1)
                 if err.dim() > 2:
                     err = err.mean(dim=tuple(range(1, err.dim() - 1)))
                 total[0, sl] += err.sum(0)
@@ -299,7 +299,7 @@ class _Searcher:
                 wq = qdq(w2d[None].expand(p, -1, -1), s[sl], z[sl], qmax).reshape(p * oc, *w.shape[1:])
                 o = layer._conv_forward(xq, wq, None if bias is None else bias.detach().repeat(p))
                 o = o.view(o.shape[0], p, oc, *o.shape[2:])
-                err = (o - ob.unsqueeze(1)).pow_(2).mean(dim=(3, 4))
+                err = o.sub_(ob.unsqueeze(1)).pow_(2).mean(dim=(3, 4))
                 total[sl] += err.sum(0)
         return total.argmin(0)
 
@@ -314,7 +314,7 @@ class _Searcher:
                 p = sl.stop - sl.start
                 q = qdq(mine[None].expand(p, *mine.shape), s[sl], z[sl], qmax)
                 o = q @ theirs[None] if left else theirs[None] @ q
-                err = (o - ob[None]).pow_(2).mean(dim=tuple(range(3, o.dim())))  # [p, b, H]
+                err = o.sub_(ob[None]).pow_(2).mean(dim=tuple(range(3, o.dim())))  # [p, b, H]
                 total[sl] += err.sum(1)
         return total.argmin(0)
 
