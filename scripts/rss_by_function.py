@@ -1,10 +1,13 @@
 """Peak RSS of the bench cost cell (the bench's method settings with `--recon-iters 30`), by the ptqbench function running: a thread samples the
 process's RSS every 5 ms and tags each sample with the innermost ptqbench frame of the main
-thread. Prints the cell's figures, then the 15 highest peaks by function.
+thread. Prints the cell's figures, then the 15 highest peaks by function, each with glibc's heap
+at that moment (`mallinfo2`: MB in use and MB free inside the heap; where the free MB are large
+the peak is fragmentation, not live tensors; blank on another C library).
 
 Usage: python scripts/rss_by_function.py vit_base repq 128
 """
 import collections
+import ctypes
 import os
 import sys
 import threading
@@ -16,6 +19,22 @@ import torch
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _heap_mb() -> str:
+    """glibc's heap in use and free, in MB ("" where mallinfo2 is missing)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        m = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return ""
+    return f"heap in use {m.uordblks >> 20:5d}  free {m.fordblks >> 20:5d}"
 
 
 def _innermost_ptqbench_frame(thread_id: int) -> str | None:
@@ -34,11 +53,14 @@ def main() -> None:
     from ptqbench.bench import cells
 
     main_id, peaks, done = threading.get_ident(), collections.defaultdict(float), threading.Event()
+    heap: dict[str | None, str] = {}
 
     def sample() -> None:
         while not done.is_set():
             rss, tag = _rss_mb(), _innermost_ptqbench_frame(main_id)
-            peaks[tag] = max(peaks[tag], rss)
+            if rss > peaks[tag]:
+                peaks[tag] = rss
+                heap[tag] = _heap_mb()
             time.sleep(0.005)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -49,7 +71,7 @@ def main() -> None:
     done.set()
     sampler.join()
     for tag, mb in sorted(peaks.items(), key=lambda kv: -kv[1])[:15]:
-        print(f"{mb:8.0f}  {tag}")
+        print(f"{mb:8.0f}  {heap.get(tag, '')}  {tag}")
 
 
 if __name__ == "__main__":
