@@ -12,6 +12,7 @@ def main() -> None:
     model, images = sys.argv[1], int(sys.argv[2])
     torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
     import ptqbench.algorithms.hessian_search as hs
+    from ptqbench.algorithms.streaming import quant_layers
     from ptqbench.bench.cells import calibration_images, load_model
     from ptqbench.methods import Bits, build_method
     from ptqbench.models import make_quantizable
@@ -25,7 +26,7 @@ def main() -> None:
     per_unit = hs.UnitGradients(qm.model, qm.units, x, 8)
     checked = differ = 0
     for unit in qm.units:
-        for layer in [m for m in unit.module.modules() if isinstance(m, hs.Layer)]:
+        for layer in quant_layers(unit.module):
             g = per_unit.layer_grad(unit, layer)
             if (g is None) != (layer not in every):
                 raise SystemExit(f"{unit.name}: one side has no gradient for a {type(layer).__name__}")

@@ -55,7 +55,6 @@ from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
 from ptqbench.quant.ranges import TORCH_QUANTILE_LIMIT
 from ptqbench.quant.uniform import UniformQuantizer
 
-Layer = (QuantLinear, QuantConv2d, QuantMatMul)
 MIN_ACT_SCALE = 1e-4  # linear.py: calculate_percentile_activation_candidates clamps scales here
 
 
@@ -444,7 +443,7 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
     x = calib
     for unit in progress_bar(units, desc="grid search", unit="unit"):
         with quant_disabled(model):
-            order, _ = forward_order(unit.forward, [m for m in unit.module.modules() if isinstance(m, Layer)], x)
+            order, _ = forward_order(unit, x)
         for layer in order:
             with quant_disabled(model):
                 ins, out = layer_call(unit.forward, layer, x)

@@ -59,7 +59,8 @@ from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import quant_disabled, switched
 from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
 from ptqbench.quant.twin_uniform import TwinUniformQuantizer
-from ptqbench.algorithms.streaming import forward_order, hooks_removed_after, layer_call, params_frozen, split_chunks
+from ptqbench.algorithms.streaming import (forward_order, hooks_removed_after, layer_call, params_frozen, quant_layers,
+                                           split_chunks)
 from ptqbench.quant.uniform import UniformQuantizer, params_from_range
 
 SEARCH_METRICS = ("hessian", "mse", "cosine")
@@ -72,7 +73,6 @@ RELEASED_INITIAL_SPLIT = 0.01  # the released twin softmax's split before its se
 ACCEPTS = ("improve", "best")
 GRAD_LOSSES = ("auto", "ce", "kl")
 ALPHA_GRIDS = ("released", "linspace")
-Layer = (QuantLinear, QuantConv2d, QuantMatMul)
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def output_grads(model: nn.Module, calib: torch.Tensor, chunk_size: int,
     model(x) against its top-1). A layer must run once per forward (a detector's RPN convs run
     once per FPN level: they lie outside its units, which are what the search passes)."""
     if layers is None:
-        layers = [m for m in model.modules() if isinstance(m, Layer)]
+        layers = quant_layers(model)
     parts: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
 
     def fwd_hook(mod: nn.Module, _args: Any, out: torch.Tensor) -> None:
@@ -513,9 +513,9 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
         grads = {}  # a detector's: this unit's layers' gradients, from one whole-model backward
         if hessian and unit_grads is None:
             grads = output_grads(model, calib, cfg.chunk_size, loss,
-                                 [m for m in unit.module.modules() if isinstance(m, Layer)])
+                                 quant_layers(unit.module))
         with quant_disabled(model):  # one FP pass: the layers' call order, the next unit's input
-            order, x_next = forward_order(unit.forward, [m for m in unit.module.modules() if isinstance(m, Layer)], x_fp)
+            order, x_next = forward_order(unit, x_fp)
         qkv = _qkv_layers(unit.module)
         for layer in order:
             with quant_disabled(model):

@@ -23,9 +23,10 @@ from torch import nn
 
 from ptqbench.models.structure import Unit
 from ptqbench.quant.calibration import switched
-from ptqbench.quant.modules import QuantConv2d, QuantLinear
+from ptqbench.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
 
 WeightLayer = (QuantLinear, QuantConv2d)
+QuantLayer = (QuantLinear, QuantConv2d, QuantMatMul)  # what the per-layer searches visit
 
 
 @contextlib.contextmanager
@@ -56,18 +57,22 @@ class _Stop(Exception):
     """Ends a unit's forward once a hook has what it came for."""
 
 
-def forward_order(unit_fn: Callable[[torch.Tensor], torch.Tensor], layers: list[nn.Module],
-                  x: torch.Tensor) -> tuple[list[nn.Module], torch.Tensor]:
-    """One pass of the unit on `x`: which of `layers` it calls, in call order, and its output
-    (the next unit's input)."""
+def quant_layers(module: nn.Module) -> list[nn.Module]:
+    """The quantized Linear, Conv2d and MatMul layers inside `module`, in module order."""
+    return [m for m in module.modules() if isinstance(m, QuantLayer)]
+
+
+def forward_order(unit: Unit, x: torch.Tensor) -> tuple[list[nn.Module], torch.Tensor]:
+    """One pass of the unit on `x`: which of its quantized layers it calls, in call order, and its
+    output (the next unit's input)."""
     order: list[nn.Module] = []
 
     def hook(mod: nn.Module, _args: tuple, _out: Any) -> None:
         if mod not in order:
             order.append(mod)
 
-    with hooks_removed_after([m.register_forward_hook(hook) for m in layers]):
-        y = unit_fn(x)
+    with hooks_removed_after([m.register_forward_hook(hook) for m in quant_layers(unit.module)]):
+        y = unit.forward(x)
     return order, y
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import ptqbench.algorithms.hessian_search as hs
-from ptqbench.algorithms.streaming import layer_call
+from ptqbench.algorithms.streaming import layer_call, quant_layers
 from ptqbench.methods import Bits, build_method
 from ptqbench.models import make_quantizable
 from ptqbench.quant import quantizers
@@ -25,7 +25,7 @@ def _calibrated(seed: int = 0):
 
 
 def _unit_layers(unit):
-    return [m for m in unit.module.modules() if isinstance(m, hs.Layer)]
+    return quant_layers(unit.module)
 
 
 def test_a_units_gradients_alone_equal_those_of_the_pass_over_every_layer():

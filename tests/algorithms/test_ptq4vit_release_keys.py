@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ptqbench.algorithms.hessian_search as hs
+from ptqbench.algorithms.streaming import quant_layers
 from ptqbench.methods import Bits, build_method
 from ptqbench.methods.ptq4vit import READING_KEYS
 from ptqbench.models import make_quantizable
@@ -131,7 +132,7 @@ def test_kl_gradients_are_rounding_residuals_and_ce_gradients_are_not():
     qm = make_quantizable(make_tiny_vit(seed=0), method.plan())
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     method.quantize(qm, x)
-    first = [m for m in qm.units[0].module.modules() if isinstance(m, hs.Layer)][0]
+    first = quant_layers(qm.units[0].module)[0]
     ce = hs.UnitGradients(qm.model, qm.units, x, 4, "ce").layer_grad(qm.units[0], first)
     kl = hs.UnitGradients(qm.model, qm.units, x, 4, "kl").layer_grad(qm.units[0], first)
     assert float(kl.abs().max()) < 1e-4 * float(ce.abs().max())
