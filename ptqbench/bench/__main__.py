@@ -301,8 +301,9 @@ def main() -> None:
         row = run_cell("decode", args.threads, root=None, images=args.decode_images, batch=args.decode_batch,
                        workers=workers, synthetic=args.decode_synthetic)
         print(row, flush=True)
-        emit(table([row], ["images", "workers", "decode_img_s", "build_s", "read_img_s", "speedup", "synthetic_images",
-                           "synthetic_gib", "synthetic_cold_img_s", "synthetic_warm_img_s"]) + "\n")
+        emit(table([row], ["images", "workers", "decode_img_s", "build_s", "read_img_s", "speedup", "read_rss_growth_mb",
+                           "synthetic_images", "synthetic_gib", "synthetic_cold_img_s", "synthetic_warm_img_s",
+                           "synthetic_warm_rss_growth_mb"]) + "\n")
     if "job_eval" in parts:
         emit(f"## A job's evaluation (DeiT-T FP on the shared data, batch {args.job_eval_batch}): heap reused "
              "(`pipeline.evaluated`) vs fresh mappings for blocks past glibc's 32 MiB ceiling, each in its own process\n")

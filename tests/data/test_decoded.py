@@ -18,6 +18,7 @@ from torchvision import transforms as T
 from ptqbench.cache import ContentCache
 from ptqbench.data import ImageNetFolder, eval_subset, files_signature, make_loader
 from ptqbench.data.decoded import decoded_images, evaluation_loader, split_transform
+from ptqbench.errors import DataNotFoundError
 
 DEIT = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
         "std": (0.229, 0.224, 0.225), "crop_pct": 0.9}
@@ -89,12 +90,29 @@ def test_decoded_loader_equals_the_decoding_loader_and_is_built_once(tiny_imagen
     again, fields2 = evaluation_loader(val, transform, files_signature(val), cache, True, 4, 0)
     assert fields2["status"] == "hit" and fields2["key"] == fields["key"]
     _assert_same_batches(_batches(again), want)
-    # a worker process gets the path, not the mapped array, and maps the file itself
+    # a worker process gets the path, not the open file, and opens the file itself
     clone = pickle.loads(pickle.dumps(again.dataset))
-    assert clone._array is None and torch.equal(clone[1][0], want[1][0])
+    assert clone._file is None and torch.equal(clone[1][0], want[1][0])
     # the decoded array is a cache entry like the others: counted and evicted under cache.max_gb
     assert [e[2] for e in cache.entries()] == [npy]
     assert ContentCache(tmp_path, max_bytes=1).evict() == 1 and not npy.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc/self/maps")
+def test_a_pass_leaves_nothing_of_the_array_mapped_and_an_evicted_entry_stays_readable(tiny_imagenet, tmp_path):
+    """A mapping kept every page a pass read resident for the rest of the job (the whole array
+    after the FP evaluation, through calibration); the open file also survives an eviction."""
+    transform = _timm_transform()
+    val = eval_subset(ImageNetFolder(tiny_imagenet, "val", transform), 6)
+    want = _batches(make_loader(val, 4, 0))
+    loader, fields = evaluation_loader(val, transform, files_signature(val), ContentCache(tmp_path), True, 4, 0)
+    npy = tmp_path / "decoded" / f"{fields['key']}.npy"
+    _assert_same_batches(_batches(loader), want)
+    assert str(npy) not in Path("/proc/self/maps").read_text()
+    npy.unlink()  # another job evicts the entry while this one still evaluates
+    _assert_same_batches(_batches(loader), want)
+    with pytest.raises(DataNotFoundError, match="deleted while this job read them"):
+        pickle.loads(pickle.dumps(loader.dataset))[0]  # a spawned worker opens the path anew
 
 
 def test_other_files_or_transform_get_another_entry_and_the_off_switch_decodes(tiny_imagenet, tmp_path):
@@ -208,3 +226,5 @@ def test_bench_decode_cell_measures_both_paths(shared_data):
     assert row["images"] == 8 and row["synthetic_images"] == 8
     for col in ("decode_img_s", "read_img_s", "speedup", "synthetic_cold_img_s", "synthetic_warm_img_s", "build_s"):
         assert row[col] > 0, row
+    for col in ("read_rss_growth_mb", "synthetic_cold_rss_growth_mb", "synthetic_warm_rss_growth_mb"):
+        assert isinstance(row[col], float), row  # can be 0 or below for 8 images
