@@ -130,6 +130,17 @@ def split_transform(transform: Any) -> tuple[Optional[CachedTransform], str]:
 # --- reading the array --------------------------------------------------------------------------
 
 
+def _pread_into(fd: int, view: memoryview, at: int) -> int:
+    """Read into `view` from byte `at` of `fd` without moving the file offset (which a forked
+    loader worker shares with its parent); `os.pread` and a copy where `os.preadv` is missing
+    (Python's docs list it for Linux and the BSDs only). Returns the bytes read."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], at)
+    data = os.pread(fd, view.nbytes, at)
+    view[:len(data)] = data
+    return len(data)
+
+
 class ImageArrayFile:
     """A uint8 N x C x H x W `.npy` file read image range by image range with positioned reads
     (`os.preadv`). The open descriptor keeps the data readable if another job evicts the entry
@@ -166,7 +177,7 @@ class ImageArrayFile:
         out = np.empty((hi - lo, *self.shape[1:]), dtype=np.uint8)
         view, at = memoryview(out.reshape(-1)), self.offset + lo * self.image_bytes
         while view.nbytes:  # a regular file returns short counts only past 2 GiB per call
-            n = os.preadv(self._file.fileno(), [view], at)
+            n = _pread_into(self._file.fileno(), view, at)
             if n == 0:
                 raise DataNotFoundError(f"{self.path} ended before image {hi - 1}: the decoded cache entry was cut short")
             view, at = view[n:], at + n

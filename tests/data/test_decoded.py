@@ -115,6 +115,26 @@ def test_a_pass_leaves_nothing_of_the_array_mapped_and_an_evicted_entry_stays_re
         pickle.loads(pickle.dumps(loader.dataset))[0]  # a spawned worker opens the path anew
 
 
+@pytest.mark.parametrize("preadv", [True, False])
+def test_image_array_file_reads_any_range_and_refuses_a_short_file(tmp_path, monkeypatch, preadv):
+    from ptqbench.data.decoded import ImageArrayFile
+
+    if not preadv:
+        monkeypatch.delattr("os.preadv", raising=False)  # a platform without it reads with os.pread
+    a = np.random.default_rng(0).integers(0, 256, (7, 3, 5, 4), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", a)
+    f = ImageArrayFile(tmp_path / "a.npy")
+    assert f.shape == a.shape
+    for lo, hi in ((0, 7), (2, 5), (6, 7)):
+        assert np.array_equal(f.read(lo, hi), a[lo:hi])
+    (tmp_path / "b.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:-1])
+    with pytest.raises(ValueError, match="truncated"):
+        ImageArrayFile(tmp_path / "b.npy")
+    np.save(tmp_path / "c.npy", a.astype(np.float32))
+    with pytest.raises(ValueError, match="expected C-ordered uint8 images"):
+        ImageArrayFile(tmp_path / "c.npy")
+
+
 def test_other_files_or_transform_get_another_entry_and_the_off_switch_decodes(tiny_imagenet, tmp_path):
     transform = _timm_transform()
     val = ImageNetFolder(tiny_imagenet, "val", transform)
