@@ -96,9 +96,14 @@ def eval_module(model: nn.Module, compile: bool) -> nn.Module:
 
 def evaluated(task: Any, module: nn.Module, data: Any, desc: str) -> dict[str, Any]:
     """`task.evaluate`, with every activation served from a reused heap (ptqbench.heap: at the
-    default batch of 100, fresh mappings cost a fifth of the evaluation's CPU time)."""
+    default batch of 100, fresh mappings cost a fifth of the evaluation's CPU time), after the
+    task's warm-up forward outside it. Without the warm-up, what the first forward allocates for
+    good landed above the evaluation's activations and held glibc's heap at its evaluation size;
+    the next phase's allocations reused its holes and stayed resident: in a sweep's process every
+    later job's calibration peaked about 500 MB higher (docs/benchmarks.md, "Later jobs of a sweep")."""
     from ptqbench.heap import every_block_reused
 
+    task.warm_up(module, data)
     with every_block_reused():
         return task.evaluate(module, data, desc)
 

@@ -113,6 +113,12 @@ class Task(ABC):
         """The record's `metrics` from the quantized evaluation `q` (None for method=fp: the FP
         evaluation is the result) and the FP baseline `fp`."""
 
+    def warm_up(self, module: nn.Module, data: EvalData) -> None:
+        """One small inference forward of `module`, run before each evaluation outside its reused
+        heap (`ptqbench.pipeline.evaluated`): what a first forward allocates for good (a quantized
+        layer's cached weights, library state) then sits low in glibc's heap instead of above the
+        evaluation's activations, where it kept the heap from shrinking afterwards. No-op by default."""
+
     def check_quantized(self, qm: Any) -> None:
         """Refuse a quantized model that cannot be evaluated (before the evaluation starts)."""
 

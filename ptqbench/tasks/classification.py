@@ -115,6 +115,8 @@ class Classification(Task):
         return BuiltModel(model, device, weights["fingerprint"], fields, context=transform)
 
     def evaluation_data(self, settings: JobSettings, data: ImageNetData, model: BuiltModel, results_dir: Path) -> EvalData:
+        import timm.data
+
         from ptqbench.cache import cache_from_config
         from ptqbench.data import eval_subset, files_signature, subset_ids
         from ptqbench.data.decoded import evaluation_loader
@@ -129,8 +131,9 @@ class Classification(Task):
                                             resolve_workers(settings.data.workers))
         ids = subset_ids(val)
         fields = {"root": str(data.root), "eval_images": len(ids), "eval_ids_sha": sha_of(ids), "decoded_cache": decoded}
+        input_size = tuple(timm.data.resolve_data_config({}, model=model.module)["input_size"])  # the warm-up's
         return EvalData(loader, ids, f"{data.root}|{settings.data.val_split}|{signature}", repr(model.context),
-                        model.device, fields)
+                        model.device, fields, context=input_size)
 
     def calibration_data(self, settings: JobSettings, data: ImageNetData, model: BuiltModel, cache: Any) -> CalibData:
         from ptqbench.data import calibration_batch, calibration_indices, files_signature
@@ -149,6 +152,11 @@ class Classification(Task):
 
     def evaluate(self, module: nn.Module, data: EvalData, desc: str) -> dict[str, Any]:
         return evaluate(module, data.data, data.device, desc=desc, keep_logits=True)
+
+    def warm_up(self, module: nn.Module, data: EvalData) -> None:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, *data.context, device=data.device))
 
     def metrics(self, q: Optional[dict[str, Any]], fp: dict[str, Any]) -> dict[str, Any]:
         res = fp if q is None else q
