@@ -101,9 +101,10 @@ def evaluated(task: Any, module: nn.Module, data: Any, desc: str) -> dict[str, A
     good landed above the evaluation's activations and held glibc's heap at its evaluation size;
     the next phase's allocations reused its holes and stayed resident: in a sweep's process every
     later job's calibration peaked about 500 MB higher (docs/benchmarks.md, "Later jobs of a sweep")."""
-    from ptqbench.heap import every_block_reused
+    from ptqbench.heap import every_block_reused, free_heap_returned
 
     task.warm_up(module, data)
+    free_heap_returned()  # the warm-up's own activations, before the evaluation's grow the heap
     with every_block_reused():
         return task.evaluate(module, data, desc)
 
