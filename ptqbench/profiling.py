@@ -10,6 +10,11 @@ import psutil
 import torch
 
 
+def rss_mb(proc: Optional[psutil.Process] = None) -> float:
+    """Resident set size of `proc` (default: this process) in MiB."""
+    return (proc or psutil.Process()).memory_info().rss / 2**20
+
+
 class PhaseMeter:
     """Context manager measuring wall seconds and peak memory of the enclosed block.
 
@@ -30,12 +35,12 @@ class PhaseMeter:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak_rss_mb = max(self.peak_rss_mb, self._proc.memory_info().rss / 2**20)
+            self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(self._proc))
 
     def __enter__(self) -> "PhaseMeter":
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.start_rss_mb = self.peak_rss_mb = self._proc.memory_info().rss / 2**20
+        self.start_rss_mb = self.peak_rss_mb = rss_mb(self._proc)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         self._t0 = time.perf_counter()
@@ -45,7 +50,7 @@ class PhaseMeter:
         self.seconds = time.perf_counter() - self._t0
         self._stop.set()
         self._thread.join()
-        self.peak_rss_mb = max(self.peak_rss_mb, self._proc.memory_info().rss / 2**20)
+        self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(self._proc))
         if self.device.type == "cuda":
             self.peak_cuda_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
 

@@ -32,12 +32,6 @@ def _images_per_s(loader: Any) -> tuple[float, int, float]:
     return n / secs, n, secs
 
 
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
 def _drop_page_cache(path: Path) -> None:
     """Ask the kernel to forget the cached pages of `path` (written and synced first)."""
     import os
@@ -58,6 +52,7 @@ def decode_speed(root: Optional[str], images: int, batch: int, workers: int, syn
     from ptqbench.cache import ContentCache
     from ptqbench.data import ImageNetFolder, eval_subset, files_signature, make_loader, resolve_root
     from ptqbench.data.decoded import DecodedBatches, decoded_images, split_transform
+    from ptqbench.profiling import rss_mb
 
     transform = timm.data.create_transform(**DEIT_DATA_CONFIG)
     split, why = split_transform(transform)
@@ -72,10 +67,10 @@ def decode_speed(root: Optional[str], images: int, batch: int, workers: int, syn
         decoded, fields = decoded_images(val, split, files_signature(val), cache, batch, workers)
         assert decoded is not None and fields["status"] == "built", fields
         out["build_s"] = time.perf_counter() - t0
-        rss = _rss_mb()
+        rss = rss_mb()
         out["read_img_s"], _, out["read_s"] = _images_per_s(make_loader(decoded, None, workers))
         # what a pass leaves resident in the process that read it (with 0 workers, the job's own)
-        out["read_rss_growth_mb"] = _rss_mb() - rss
+        out["read_rss_growth_mb"] = rss_mb() - rss
         out["speedup"] = out["read_img_s"] / out["decode_img_s"]
         if synthetic:
             path = tmp / "synthetic.npy"
@@ -93,9 +88,9 @@ def decode_speed(root: Optional[str], images: int, batch: int, workers: int, syn
             _drop_page_cache(path)  # the first pass reads from disk, the second from memory where it fits
             for phase in ("cold", "warm"):
                 ds = DecodedBatches(path, [0] * synthetic, batch, split)
-                rss = _rss_mb()
+                rss = rss_mb()
                 out[f"synthetic_{phase}_img_s"], _, out[f"synthetic_{phase}_s"] = _images_per_s(make_loader(ds, None, workers))
-                out[f"synthetic_{phase}_rss_growth_mb"] = _rss_mb() - rss
+                out[f"synthetic_{phase}_rss_growth_mb"] = rss_mb() - rss
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}

@@ -153,24 +153,25 @@ class ImageArrayFile:
         self.path = Path(path)
         self._file = open(self.path, "rb")
         try:
-            version = np.lib.format.read_magic(self._file)
-            header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            if version not in header:
-                raise ValueError(f".npy format version {version}; the decoded cache writes 1.0")
-            shape, fortran, dtype = header[version](self._file)
-        except ValueError:
+            self.shape, self.offset = self._header()
+        except BaseException:
             self._file.close()
             raise
-        if fortran or dtype != np.uint8 or len(shape) < 2:
-            self._file.close()
-            raise ValueError(f"{'Fortran-ordered ' if fortran else ''}{dtype} array of shape {shape}, expected C-ordered uint8 images")
-        self.shape: tuple[int, ...] = tuple(shape)
-        self.offset = self._file.tell()
         self.image_bytes = math.prod(self.shape[1:])
-        size = os.fstat(self._file.fileno()).st_size
-        if size < self.offset + self.shape[0] * self.image_bytes:
-            self._file.close()
-            raise ValueError(f"truncated: {size} bytes for a {self.shape} array after a {self.offset}-byte header")
+
+    def _header(self) -> tuple[tuple[int, ...], int]:
+        """(shape, byte offset of the data) of a complete C-ordered uint8 array, else ValueError."""
+        version = np.lib.format.read_magic(self._file)
+        header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in header:
+            raise ValueError(f".npy format version {version}; the decoded cache writes 1.0")
+        shape, fortran, dtype = header[version](self._file)
+        if fortran or dtype != np.uint8 or len(shape) < 2:
+            raise ValueError(f"{'Fortran-ordered ' if fortran else ''}{dtype} array of shape {shape}, expected C-ordered uint8 images")
+        offset, size = self._file.tell(), os.fstat(self._file.fileno()).st_size
+        if size < offset + math.prod(shape):
+            raise ValueError(f"truncated: {size} bytes for a {shape} array after a {offset}-byte header")
+        return tuple(shape), offset
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Images lo .. hi-1 as a new (hi - lo) x C x H x W array."""
@@ -292,13 +293,12 @@ def _read_entry(entry: _Entry, shape: tuple[int, ...], labels: list[int]) -> Opt
         return None
     try:
         info = json.loads(entry.meta.read_text())
+        if tuple(info["shape"]) != shape or info["labels"] != labels:
+            raise ValueError(f"its meta describes other images (shape {info['shape']}, expected {shape}, or other labels)")
         array = ImageArrayFile(entry.data)
-        if array.shape != shape or tuple(info["shape"]) != shape:
+        if array.shape != shape:
             array.close()
             raise ValueError(f"shape {array.shape}, expected {shape}")
-        if info["labels"] != labels:
-            array.close()
-            raise ValueError("its labels differ from the images'")
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("decoded image cache entry %s is corrupted or incomplete (%s: %s); deleting and rebuilding it",
                     entry.data, type(e).__name__, e)
