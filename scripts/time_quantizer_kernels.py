@@ -1,5 +1,6 @@
-"""The inference kernels of the non-uniform quantizers on DeiT-T-sized activations (batch 32:
-attention map 32x3x197x197, post-GELU 32x197x768, per-head q 32x3x197x64), 4 bits, 1 thread,
+"""The inference kernels of the non-uniform quantizers, and of the uniform one with a zero point per
+head, on DeiT-T-sized activations (batch 32: attention map 32x3x197x197, post-GELU 32x197x768,
+per-head q 32x3x197x64), 4 bits, 1 thread,
 best of 15 calls each, the kernels interleaved, under the evaluation heap (as a job evaluates).
 It times the code of whichever tree is first on the path, so a before/after pair is
 
@@ -36,6 +37,10 @@ def kernels() -> dict:
     head = UniformQuantizer(4, "q", symmetric=True, channel_axis=1)
     head.set_params(torch.tensor([0.05, 0.11, 0.3]), torch.zeros(3), 1)
     neg, pos = torch.tensor(0.17 / 8), torch.tensor(float(gelu.max()) / 7)
+    asym = UniformQuantizer(4, "q", channel_axis=1)  # the grid-search family's matmul operands
+    asym.set_params(torch.tensor([0.05, 0.11, 0.3]), torch.tensor([7.0, 8.0, 6.0]), 1)
+    probs = UniformQuantizer(4, "post_softmax", channel_axis=1)
+    probs.set_params(torch.tensor([0.004, 0.01, 0.02]), torch.tensor([0.0, 1.0, 0.0]), 1)
     return {
         "twin softmax, regions added (ptq4vit)": lambda: twin_softmax_fake_quant(attn, split, 8, True),
         "twin softmax, one region (ptq4vit reading)": lambda: twin_softmax_fake_quant(attn, split, 8),
@@ -44,6 +49,8 @@ def kernels() -> dict:
         "V-2SF GELU, zero point 1 (tsptq)": lambda: v2sf_fake_quant(gelu, s_gelu, torch.tensor(1.0), k, 8),
         "SULQ (ias)": lambda: sulq_fake_quant(attn, eta, lo, hi, 16, 16),
         "uniform per head, symmetric (ptq4vit q, k, v)": lambda: head(q),
+        "uniform per head, zero points (qdrop, brecq, aphq, fimaq q, k, v)": lambda: asym(q),
+        "uniform per head, attention map, zero points (the same methods)": lambda: probs(attn),
     }
 
 

@@ -233,6 +233,28 @@ def test_per_head_quantizer_with_zero_points_all_zero_matches_the_broadcast_form
         assert_same(q(x), ref_fake_quant(x, scale.view(1, 3, 1, 1), zero.view(1, 3, 1, 1), q.qmin, q.qmax))
 
 
+@pytest.mark.parametrize("integral", [True, False])
+@pytest.mark.parametrize("layout", ["head_scale_and_zero", "scalar_scale_head_zero", "token_scale_and_zero"])
+def test_tensor_zero_points_give_the_formula_values(integral, layout):
+    """A zero point per head or per token (tensor clamp bounds: the maximum / minimum passes) gives
+    the broadcast formula's values bit for bit: rounding ties, NaN and infinities, a strided view of
+    a qkv output, and the result written over its input."""
+    qkv = mixed(ties(0.05, -9, 9), ties(0.11, -9, 9), ties(0.3, -9, 9), n=3000).reshape(-1)[: 2 * 40 * 3 * 3 * 8]
+    q = qkv.reshape(2, 40, 3, 3, 8).permute(2, 0, 3, 1, 4)[0]  # [B, H, N, d], strided
+    heads = torch.tensor([0.05, 0.11, 0.3]).view(1, 3, 1, 1)
+    zeros = (torch.tensor([0.0, 3.0, 7.0]) if integral else torch.tensor([0.25, 3.5, 7.125])).view(1, 3, 1, 1)
+    tokens = torch.arange(40, dtype=torch.float32).view(1, 1, 40, 1)
+    scale, zero = {"head_scale_and_zero": (heads, zeros), "scalar_scale_head_zero": (torch.tensor(0.11), zeros),
+                   "token_scale_and_zero": (0.05 + 0.01 * tokens, (tokens % 9) + (0.0 if integral else 0.5))}[layout]
+    ref = ref_fake_quant(q, scale, zero, 0, 15)
+    with torch.no_grad():
+        assert_same(fake_quant(q, scale, zero, 0, 15, integral_zero_point=integral), ref)
+        own = q.contiguous()
+        out = fake_quant(own, scale, zero, 0, 15, integral_zero_point=integral, overwrite=True)
+    assert out.data_ptr() == own.data_ptr()
+    assert_same(out, ref)
+
+
 # -- SULQ (I&S-ViT) ---------------------------------------------------------------------------------
 
 def ref_sulq(x, eta, lo, hi, top_code, steps):
@@ -286,8 +308,9 @@ def ref_v2sf(x, scale, zero_point, shift, levels):
 
 
 # 40-60 s each on 2 busy cores with their searches and reconstruction: slow; the kernel tests above
-# are the default suite's check of the same paths
-@pytest.mark.parametrize("name", ["minmax", *(pytest.param(n, marks=pytest.mark.slow) for n in ("ptq4vit", "tsptq", "aiq", "dopq", "ias"))])
+# are the default suite's check of the same paths. qdrop (per-head zero points of the matmul operands)
+# runs its tiny grid and two steps in under a second.
+@pytest.mark.parametrize("name", ["minmax", "qdrop", *(pytest.param(n, marks=pytest.mark.slow) for n in ("ptq4vit", "tsptq", "aiq", "dopq", "ias"))])
 def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypatch):
     import ptqbench.quant.dynamic_focus as dfq
     import ptqbench.quant.ptf as ptf
@@ -303,7 +326,8 @@ def test_quantized_tiny_vit_logits_equal_with_reference_formulas(name, monkeypat
     fast = {"minmax": {}, "ptq4vit": {"search_candidates": 3, "search_rounds": 1},
             "tsptq": {"search_candidates": 3, "search_rounds": 1}, "aiq": {"iters": 2, "batch_size": 2, "progress": False},
             "dopq": {"iters": 2, "batch_size": 2, "progress": False},
-            "ias": {"iters": 2, "batch_size": 2, "progress": False}}[name]
+            "ias": {"iters": 2, "batch_size": 2, "progress": False},
+            "qdrop": {"iters": 2, "batch_size": 2, "progress": False, "grid_rounds": 1, "grid_candidates": 32}}[name]
     model = make_tiny_vit()
     torch.manual_seed(1)
     calib, x = torch.randn(4, 3, 32, 32), torch.randn(3, 3, 32, 32)
