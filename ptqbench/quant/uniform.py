@@ -57,15 +57,18 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
     y.round_()
     if not integral_zero_point:
         return y.add_(zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
-    if zero_point.dim() == 0 and zero_point.device.type == "cpu" and not torch.compiler.is_compiling():
+    eager = not torch.compiler.is_compiling()
+    if eager and zero_point.dim() == 0 and zero_point.device.type == "cpu":
         # scalar bounds: the fastest eager clamp (no GPU sync; a compiled graph keeps tensor bounds, no break)
         z = float(zero_point)
         y.clamp_(qmin - z, qmax - z)
-    else:
-        # tensor bounds (a zero point per head, channel or token): `clamp_` with tensor bounds runs
-        # a scalar loop on CPU (10x a pass here); maximum then minimum are two vectorized passes
-        # with its values (NaN stays NaN)
+    elif eager and y.device.type == "cpu":
+        # tensor bounds (a zero point per head or channel): on CPU `clamp_` with tensor bounds runs
+        # a scalar loop (10x a pass here); maximum then minimum are two vectorized passes with its
+        # values (NaN stays NaN)
         torch.minimum(torch.maximum(y, qmin - zero_point, out=y), qmax - zero_point, out=y)
+    else:
+        y.clamp_(qmin - zero_point, qmax - zero_point)
     return y.mul_(scale)
 
 
