@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ptqbench.algorithms.unit_grad import loss_grad_through
+from ptqbench.algorithms.unit_grad import graph_values_dropped, loss_grad_through
 from ptqbench.models.structure import Unit
 
 FISHER_SCHEDULES = ("spread", "first")
@@ -67,7 +67,7 @@ def fisher_rows(unit: Unit, rest: list[Unit], x_fp: torch.Tensor, y_fp: torch.Te
         refs = fp_references(rest, y_fp, temperature, chunk)
     grads, deltas = [], []
     for xb, ref in zip(torch.split(x_fp, chunk), refs):
-        with torch.enable_grad():  # the unit runs as it trains
+        with torch.enable_grad(), graph_values_dropped():  # the unit runs as it trains; y is only read
             y = unit.forward(xb).detach()
         grads.append(loss_grad_through(
             rest, y, lambda logits, ref=ref: F.kl_div(F.log_softmax(logits / temperature, dim=-1), ref, reduction="batchmean")))

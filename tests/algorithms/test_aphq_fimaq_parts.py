@@ -279,6 +279,38 @@ def test_fisher_rows_on_a_tiny_vit_equal_one_backward_through_the_rest():
     assert torch.equal(g, torch.cat(grads).reshape(5, -1).abs().mean(0)[None])
 
 
+def test_the_fisher_refresh_forward_drops_its_graph_and_changes_no_value(monkeypatch):
+    """fisher_rows runs the training unit in grad mode (soft rounding, QDrop's drop) but drops the
+    tensors autograd saves: FIMA-Q on a tiny ViT gives the same quantized model, bit for bit, as
+    with the graph kept."""
+    import contextlib
+
+    from ptqbench.algorithms import fisher_dplr
+    from ptqbench.algorithms.unit_grad import graph_values_dropped
+    from ptqbench.models import make_quantizable
+
+    def quantized_state() -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        m = build_method({"name": "fimaq", "iters": 5, "batch_size": 2, "grid_candidates": 32, "grid_rounds": 0,
+                          "progress": False}, Bits(4, 4))
+        qm = make_quantizable(make_tiny_vit(depth=1), m.plan())
+        m.quantize(qm, torch.randn(4, 3, 32, 32))
+        return qm.model.state_dict()
+
+    dropped = quantized_state()
+    monkeypatch.setattr(fisher_dplr, "graph_values_dropped", contextlib.nullcontext)
+    kept = quantized_state()
+    assert dropped.keys() == kept.keys()
+    assert all(torch.equal(dropped[k], kept[k]) for k in kept)
+
+    w = torch.randn(3, requires_grad=True)
+    with graph_values_dropped():
+        y = (w * w).sum()
+    assert y.requires_grad
+    with pytest.raises(RuntimeError, match="graph_values_dropped"):
+        y.backward()
+
+
 def test_fimaq_gives_every_token_its_scale_and_runs_on_a_tiny_vit():
     from ptqbench.models import make_quantizable
     from ptqbench.quant.calibration import quantizers
