@@ -115,6 +115,16 @@ def large_blocks_unmapped(threshold: int = QUANTIZE_MMAP_THRESHOLD) -> Iterator[
 
 
 @contextlib.contextmanager
+def large_blocks_unmapped_once(threshold: int = QUANTIZE_MMAP_THRESHOLD) -> Iterator[None]:
+    """`large_blocks_unmapped` for one pass inside a loop that reuses its blocks: afterwards the
+    threshold is what it was before. For a pass over far more images than the loop's steps (FIMA-Q's
+    Fisher refresh and APHQ-ViT's perturbation Hessian: 32 images, before steps of 8), whose large
+    tensors would otherwise grow the heap that the steps then keep touching."""
+    with _threshold_set(threshold, after=0):
+        yield
+
+
+@contextlib.contextmanager
 def large_blocks_reused() -> Iterator[None]:
     """Inside the block, the threshold is the reuse limit (by default glibc's dynamic maximum:
     heap blocks up to 32 MiB are kept and reused, the fast setting for loops that repeat their

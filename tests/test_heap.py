@@ -96,6 +96,20 @@ def test_reused_blocks_inside_an_unmapped_block_restore_the_unmapped_threshold(m
                      heap.GLIBC_DYNAMIC_MAX]
 
 
+def test_a_one_off_pass_inside_reused_blocks_gets_the_unmapped_threshold_then_the_reuse_limit_back(monkeypatch):
+    # FIMA-Q's Fisher refresh and APHQ-ViT's Hessian inside a training loop at a user's heap_reuse_mib
+    calls: list[int] = []
+    monkeypatch.setattr(heap, "set_mmap_threshold", lambda n: calls.append(n) or True)
+    monkeypatch.setattr(heap, "_reuse_limit", 4 << 20)
+    with heap.large_blocks_unmapped():
+        with heap.large_blocks_reused():
+            with heap.large_blocks_unmapped_once():
+                assert heap._threshold == heap.QUANTIZE_MMAP_THRESHOLD
+            assert heap._threshold == 4 << 20
+    assert calls == [heap.QUANTIZE_MMAP_THRESHOLD, 4 << 20, heap.QUANTIZE_MMAP_THRESHOLD, 4 << 20,
+                     heap.QUANTIZE_MMAP_THRESHOLD, heap.GLIBC_DYNAMIC_MAX]
+
+
 def test_the_reuse_limit_is_what_reused_blocks_set(monkeypatch):
     # heap_reuse_mib: the memory-for-time setting of the training and search loops
     calls: list[int] = []

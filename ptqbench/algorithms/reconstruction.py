@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptqbench.heap import free_heap_returned
+from ptqbench.heap import free_heap_returned, large_blocks_unmapped_once
 from ptqbench.models.structure import EMBED, HEAD, Unit
 from ptqbench.progress import progress as progress_bar
 from ptqbench.quant.base import Quantizer
@@ -464,10 +464,11 @@ def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tenso
             xb = torch.where(keep, xb, x_fp[idx])
         if fisher is not None and it in fisher.steps:
             t_refresh = time.perf_counter()
-            if fisher.refs is None:
-                fisher.refs = fp_references(fisher.rest, target, cfg.hessian_temperature, cfg.hessian_chunk)
-            fisher.loss.refresh(*fisher_rows(unit, fisher.rest, x_fp, target, cfg.hessian_temperature,
-                                             cfg.hessian_chunk, fisher.refs))
+            with large_blocks_unmapped_once():  # ptqbench.heap: 32-image tensors between steps of 8
+                if fisher.refs is None:
+                    fisher.refs = fp_references(fisher.rest, target, cfg.hessian_temperature, cfg.hessian_chunk)
+                fisher.loss.refresh(*fisher_rows(unit, fisher.rest, x_fp, target, cfg.hessian_temperature,
+                                                 cfg.hessian_chunk, fisher.refs))
             fisher.refresh_s += time.perf_counter() - t_refresh
         out = unit.forward(xb)
         if fisher is not None:
@@ -572,7 +573,7 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                 if cfg.loss_weights == "perturbation_hessian" and cfg.iters and not (
                         unit.kind == HEAD and cfg.head_loss == "kl"):
                     fp_units = teacher.units if teacher is not None else units
-                    with quant_disabled(source):
+                    with quant_disabled(source), large_blocks_unmapped_once():  # 32-image tensors before steps of 8
                         weights = perturbation_hessian(fp_units, i, x_fp, temperature=cfg.hessian_temperature,
                                                        eps=cfg.hessian_eps, chunk=cfg.hessian_chunk,
                                                        mean=cfg.hessian_mean)
