@@ -464,7 +464,7 @@ def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tenso
             xb = torch.where(keep, xb, x_fp[idx])
         if fisher is not None and it in fisher.steps:
             t_refresh = time.perf_counter()
-            with large_blocks_unmapped_once():  # ptqbench.heap: 32-image tensors between steps of 8
+            with large_blocks_unmapped_once():  # ptqbench.heap: a pass over image chunks, not the steps' batches
                 if fisher.refs is None:
                     fisher.refs = fp_references(fisher.rest, target, cfg.hessian_temperature, cfg.hessian_chunk)
                 fisher.loss.refresh(*fisher_rows(unit, fisher.rest, x_fp, target, cfg.hessian_temperature,
@@ -573,7 +573,7 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                 if cfg.loss_weights == "perturbation_hessian" and cfg.iters and not (
                         unit.kind == HEAD and cfg.head_loss == "kl"):
                     fp_units = teacher.units if teacher is not None else units
-                    with quant_disabled(source), large_blocks_unmapped_once():  # 32-image tensors before steps of 8
+                    with quant_disabled(source), large_blocks_unmapped_once():  # ptqbench.heap, as the Fisher refresh
                         weights = perturbation_hessian(fp_units, i, x_fp, temperature=cfg.hessian_temperature,
                                                        eps=cfg.hessian_eps, chunk=cfg.hessian_chunk,
                                                        mean=cfg.hessian_mean)
