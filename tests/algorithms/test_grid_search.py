@@ -55,6 +55,48 @@ def test_quantile_of_a_row_too_large_is_the_mean_over_equal_parts(monkeypatch):
     torch.testing.assert_close(gs.quantile_mean(x, q), parts)
 
 
+def _torch_quantile_grids(x, a, bits, limit):
+    """act_grid's and matmul_bounds' quantiles as torch.quantile gives them on the whole tensor."""
+    pct = torch.tensor([0.9, 1.0])
+
+    def qmean(rows, q):
+        parts = 1
+        while rows.shape[1] % parts or rows.shape[1] // parts > limit:
+            parts *= 2
+        return torch.quantile(rows.reshape(rows.shape[0], parts, -1), q, dim=-1).mean(-1)
+
+    flat = x.reshape(1, -1)
+    per_tensor = (qmean(flat, pct).T, qmean(flat, 1 - pct).T)
+    x2 = x.reshape(-1, x.shape[-1])
+    per_channel = (torch.quantile(x2, pct, dim=0).T, torch.quantile(x2, 1 - pct, dim=0).T)
+    mm = torch.tensor([0.99, 0.99999])
+    heads = a.transpose(0, 1).reshape(a.shape[1], -1)
+    return per_tensor, per_channel, (qmean(heads, mm), qmean(heads, 1 - mm))
+
+
+@pytest.mark.parametrize("limit", [1 << 24, 1000])
+def test_grids_take_torch_quantile_bit_for_bit_without_sorting_the_whole_tensor(monkeypatch, limit):
+    """act_grid and matmul_bounds select their quantiles a part (a head, a few channels) at a time,
+    and must give exactly torch.quantile's values on the whole tensor, also where a row is split
+    into parts (`limit`: the released 2^24 split, forced small here)."""
+    monkeypatch.setattr(gs, "TORCH_QUANTILE_LIMIT", limit)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 50, 24, generator=g) * torch.rand(24, generator=g) * 3
+    x[0, 0, :3] = 40.0  # outliers and exact ties
+    x[1, :, 5] = 0.25
+    a = torch.softmax(torch.randn(4, 3, 50, 50, generator=g) * 4, dim=-1)
+    (up_t, lo_t), (up_c, lo_c), (up_m, lo_m) = _torch_quantile_grids(x, a, 4, limit)
+    for per_channel, up, lo in ((False, up_t, lo_t), (True, up_c, lo_c)):
+        s, z = gs.act_grid(x, 4, 32, per_channel=per_channel)
+        d_min, d_max = up[:, 0:1] - lo[:, 0:1], up[:, 1:] - lo[:, 1:]
+        ref = ((d_min + torch.linspace(0, 1, steps=2)[None, :] * (d_max - d_min)).repeat(1, 16) / 15).clamp(min=gs.MIN_ACT_SCALE)
+        assert torch.equal(s[:, :-1], ref)
+    upper, lower = gs.matmul_bounds(a, 32)
+    steps = torch.linspace(0, 1, steps=33)[:, None, None, None, None]
+    assert torch.equal(upper, up_m[0].view(1, 1, -1, 1, 1) + steps * (up_m[1] - up_m[0]).view(1, 1, -1, 1, 1))
+    assert torch.equal(lower, lo_m[1].view(1, 1, -1, 1, 1) + steps * (lo_m[0] - lo_m[1]).view(1, 1, -1, 1, 1))
+
+
 def _brute_linear(layer: QuantLinear, x, out, s, z, weight: bool):
     """Score of each candidate by output MSE, one candidate at a time."""
     scores = []
