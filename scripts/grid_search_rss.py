@@ -13,16 +13,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import threading
-import time
 
 import torch
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main() -> None:
@@ -42,6 +34,7 @@ def main() -> None:
     from ptqbench.methods import Bits, build_method
     from ptqbench.methods.steps import Calibrate, unit_input
     from ptqbench.models import make_quantizable
+    from ptqbench.profiling import PhaseMeter
 
     torch.manual_seed(0)  # random weights (a model without local ones) are the same in every run and tree
     net, weights = load_model(args.model)
@@ -49,27 +42,15 @@ def main() -> None:
     w, a = (int(v) for v in args.bits[1:].split("a"))
     method = build_method({"name": args.method, "iters": 0, "grid_rounds": args.rounds,
                            "grid_candidates": args.candidates}, Bits(w, a))
-    cfg = method.config.search_config() if hasattr(method, "config") else None
+    if not hasattr(getattr(method, "config", None), "search_config"):
+        raise SystemExit(f"--method {args.method} has no grid search (give qdrop, brecq, aphq or fimaq)")
+    cfg = method.config.search_config()
     qm = make_quantizable(net, method.plan())
     with torch.no_grad(), large_blocks_unmapped():
         Calibrate()(qm, calib)
         x = unit_input(qm, calib)
-        peak, done = [0.0], threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], _rss_mb())
-                time.sleep(0.005)
-
-        start = _rss_mb()
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        t0 = time.perf_counter()
-        with large_blocks_reused():
+        with PhaseMeter(interval=0.005) as meter, large_blocks_reused():
             search_model(qm.model, qm.units[: args.units], x, cfg, qm.reparam_pairs, True)
-        seconds = time.perf_counter() - t0
-        done.set()
-        sampler.join()
     h = hashlib.sha256()
     for name, t in sorted(qm.model.state_dict().items()):
         if "quantizer" in name and torch.is_tensor(t):
@@ -77,8 +58,8 @@ def main() -> None:
             h.update(t.detach().contiguous().cpu().numpy().tobytes())
     print(f"{args.model} ({weights}) {args.method} {args.bits}, {args.images} images ({source}), "
           f"grid search on {args.units} units, {args.rounds} round(s) of {args.candidates} candidates, 1 thread")
-    print(f"RSS before the search {start:.0f} MB, peak during it {peak[0]:.0f} MB (+{peak[0] - start:.0f}), "
-          f"{seconds:.1f} s, quantizer state sha256 {h.hexdigest()[:16]}")
+    print(f"RSS before the search {meter.start_rss_mb:.0f} MB, peak during it {meter.peak_rss_mb:.0f} MB "
+          f"(+{meter.peak_rss_mb - meter.start_rss_mb:.0f}), {meter.seconds:.1f} s, quantizer state sha256 {h.hexdigest()[:16]}")
 
 
 if __name__ == "__main__":
