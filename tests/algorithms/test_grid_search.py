@@ -10,6 +10,8 @@ from tests.conftest import make_tiny_swin, make_tiny_vit
 
 from ptqbench.algorithms import grid_search as gs
 from ptqbench.algorithms.grid_search import GridSearchConfig
+from ptqbench.algorithms.layer_chunks import HeldChunks, Operand
+from ptqbench.algorithms.streaming import layer_call
 from ptqbench.errors import ConfigError
 from ptqbench.methods import Bits, build_method
 from ptqbench.methods.steps import Calibrate, GridSearch, walk_steps
@@ -52,7 +54,7 @@ def test_quantile_of_a_row_too_large_is_the_mean_over_equal_parts(monkeypatch):
     x = torch.randn(1, 24)
     q = torch.tensor([0.1, 0.9])
     parts = torch.quantile(x.reshape(1, 4, 6), q, dim=-1).mean(-1)  # 24 / 2 = 12 > 8, 24 / 4 = 6
-    torch.testing.assert_close(gs.quantile_mean(x, q), parts)
+    torch.testing.assert_close(gs.quantile_means(x, 1, gs.per_tensor_rows, [q])[0], parts)
 
 
 def _torch_quantile_grids(x, a, bits, limit):
@@ -74,11 +76,16 @@ def _torch_quantile_grids(x, a, bits, limit):
     return per_tensor, per_channel, (qmean(heads, mm), qmean(heads, 1 - mm))
 
 
-@pytest.mark.parametrize("limit", [1 << 24, 1000])
-def test_grids_take_torch_quantile_bit_for_bit_without_sorting_the_whole_tensor(monkeypatch, limit):
-    """act_grid and matmul_bounds select their quantiles a part (a head, a few channels) at a time,
-    and must give exactly torch.quantile's values on the whole tensor, also where a row is split
-    into parts (`limit`: the released 2^24 split, forced small here)."""
+def _in_chunks(x, size):
+    return Operand(x.shape, lambda: x.split(size)) if size else x
+
+
+@pytest.mark.parametrize("limit, chunk", [(1 << 24, None), (1000, None), (1 << 24, 3), (1000, 3)])
+def test_grids_take_torch_quantile_bit_for_bit_without_sorting_the_whole_tensor(monkeypatch, limit, chunk):
+    """act_grid and matmul_bounds select their quantiles by radix selection over the operand's
+    image chunks, and must give exactly torch.quantile's values on the whole tensor, also where a
+    row is split into parts (`limit`: the released 2^24 split, forced small here; with chunks of 3
+    images the parts' boundaries fall inside chunks)."""
     monkeypatch.setattr(gs, "TORCH_QUANTILE_LIMIT", limit)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 50, 24, generator=g) * torch.rand(24, generator=g) * 3
@@ -87,11 +94,11 @@ def test_grids_take_torch_quantile_bit_for_bit_without_sorting_the_whole_tensor(
     a = torch.softmax(torch.randn(4, 3, 50, 50, generator=g) * 4, dim=-1)
     (up_t, lo_t), (up_c, lo_c), (up_m, lo_m) = _torch_quantile_grids(x, a, 4, limit)
     for per_channel, up, lo in ((False, up_t, lo_t), (True, up_c, lo_c)):
-        s, z = gs.act_grid(x, 4, 32, per_channel=per_channel)
+        s, z = gs.act_grid(_in_chunks(x, chunk), 4, 32, per_channel=per_channel)
         d_min, d_max = up[:, 0:1] - lo[:, 0:1], up[:, 1:] - lo[:, 1:]
         ref = ((d_min + torch.linspace(0, 1, steps=2)[None, :] * (d_max - d_min)).repeat(1, 16) / 15).clamp(min=gs.MIN_ACT_SCALE)
         assert torch.equal(s[:, :-1], ref)
-    upper, lower = gs.matmul_bounds(a, 32)
+    upper, lower = gs.matmul_bounds(_in_chunks(a, chunk), 32)
     steps = torch.linspace(0, 1, steps=33)[:, None, None, None, None]
     assert torch.equal(upper, up_m[0].view(1, 1, -1, 1, 1) + steps * (up_m[1] - up_m[0]).view(1, 1, -1, 1, 1))
     assert torch.equal(lower, lo_m[1].view(1, 1, -1, 1, 1) + steps * (lo_m[0] - lo_m[1]).view(1, 1, -1, 1, 1))
@@ -129,8 +136,9 @@ def test_linear_searches_pick_what_brute_force_picks():
     a_s, a_z = gs.act_grid(x, 4, 64, per_channel=False)
     layer.input_quantizer.set_params(a_s[0, 3], a_z[0, 3], None)
     layer.weight_quantizer.set_params(ws[5, :, 0], wz[5, :, 0], 0)
-    assert torch.equal(sr.linear_weight(layer, x, out, ws, wz), _brute_linear(layer, x, out, ws, wz, weight=True))
-    assert torch.equal(sr.linear_input(layer, x, out, a_s, a_z), _brute_linear(layer, x, out, a_s, a_z, weight=False).reshape(1))
+    chunks = HeldChunks((x,), out, CFG.image_chunk)
+    assert torch.equal(sr.linear_weight(layer, chunks, ws, wz), _brute_linear(layer, x, out, ws, wz, weight=True))
+    assert torch.equal(sr.linear_input(layer, chunks, a_s, a_z), _brute_linear(layer, x, out, a_s, a_z, weight=False).reshape(1))
 
 
 def test_matmul_search_is_per_head_and_matches_brute_force():
@@ -141,7 +149,7 @@ def test_matmul_search_is_per_head_and_matches_brute_force():
     s, z = gs.pairs_from_bounds(*gs.matmul_bounds(a, 32), 4)
     other = UniformQuantizer(4, "k", channel_axis=1)
     other.calibrate(b)
-    got = gs._Searcher(CFG).matmul_operand(a, b, out, s, z, 15, True, other)
+    got = gs._Searcher(CFG).matmul_operand(HeldChunks((a, b), out, CFG.image_chunk), s, z, 15, True, other)
     brute = torch.stack([((gs.qdq(a, s[p, 0], z[p, 0], 15) @ other(b)) - out).pow(2).mean((2, 3)).sum(0)
                          for p in range(s.shape[0])]).argmin(0)
     assert got.shape == (2,) and torch.equal(got, brute)
@@ -183,25 +191,34 @@ def _fp_call_now(qm, calib, layer):
     return got[0]
 
 
+def _joined(chunks):
+    parts = list(chunks)
+    ins = tuple(torch.cat([p[0][i] for p in parts]) for i in range(len(parts[0][0])))
+    return ins, torch.cat([p[1] for p in parts])
+
+
 def test_each_layer_is_searched_on_its_fp_tensors_after_the_searches_and_folds_before_it(monkeypatch):
-    """The search takes one layer's tensors at a time (a unit pass that stops at the layer): they
-    must be what a whole FP pass gives at that moment, after every earlier fold."""
+    """The search reads one layer's tensors a chunk of images at a time (a unit pass on the chunk
+    that stops at the layer): they must be what an FP pass of the chunk gives at that moment,
+    after every earlier fold."""
     qm, m = _tiny()
     torch.manual_seed(5)
     calib = torch.randn(4, 3, 32, 32)
     Calibrate()(qm, calib)
     checked, inside = [], []
-    where = {"search_linear": (1, 2), "search_post_ln": (2, 3), "search_conv": (1, 2), "search_matmul": (1, 3)}
-    for name, (first, out_at) in where.items():
+    chunk = 3  # two chunks: 3 images and 1
+    where = {"search_linear": 0, "search_post_ln": 1, "search_conv": 0, "search_matmul": 0}
+    for name, at in where.items():
         real = getattr(gs, name)
 
-        def spy(layer, *args, _real=real, _first=first, _out_at=out_at, _name=name):
+        def spy(layer, *args, _real=real, _at=at, _name=name):
             if inside:  # search_post_ln's own per-tensor search, on its transformed input
                 return _real(layer, *args)
-            ins, out = _fp_call_now(qm, calib, layer)
-            given = args[_first - 1:_out_at - 1]
+            ins, out = _joined(_fp_call_now(qm, c, layer) for c in calib.split(chunk))
+            given, given_out = _joined(args[_at])
             assert len(given) == len(ins) and all(torch.equal(a, b) for a, b in zip(given, ins)), (_name, layer)
-            assert torch.equal(args[_out_at - 1], out), (_name, layer)
+            assert torch.equal(given_out, out), (_name, layer)
+            assert args[_at].shape(0) == ins[0].shape
             checked.append(layer)
             if _name == "search_post_ln":
                 inside.append(layer)
@@ -211,9 +228,43 @@ def test_each_layer_is_searched_on_its_fp_tensors_after_the_searches_and_folds_b
                 inside.clear()
 
         monkeypatch.setattr(gs, name, spy)
-    stats = GridSearch(GridSearchConfig(32, 1))(qm, calib)
+    stats = GridSearch(GridSearchConfig(32, 1, image_chunk=2, recompute_images=chunk))(qm, calib)
     assert stats["reparameterized_pairs"] > 0
     assert len(checked) == stats["searched_linears"] + stats["searched_matmuls"] + stats["searched_convs"]
+
+
+class _HeldAtOnce(HeldChunks):
+    """What LayerChunks recomputes on every pass, captured chunk by chunk when it is built and held."""
+
+    def __init__(self, unit_fn, layer, x, size, model):
+        with quant_disabled(model):
+            ins, out = _joined(layer_call(unit_fn, layer, c) for c in x.split(size))
+        super().__init__(ins, out, size)
+
+
+@pytest.mark.parametrize("swin", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_recomputing_each_layer_per_chunk_searches_what_holding_its_tensors_searches(monkeypatch, swin):
+    """LayerChunks recomputes a layer's tensors on every pass, a post-LN layer's after its fold with
+    the pair's parameters as they were, in chunks of 3 images while the scores are summed over 2
+    (groups across chunks): the quantizers must be the ones a search on tensors captured once,
+    before the fold, in chunks of 2, leaves (bit for bit; each image's FP tensors do not depend
+    on its batch)."""
+    states = []
+    for held in (False, True):
+        qm, m = _tiny(swin=swin)
+        torch.manual_seed(6)
+        calib = torch.randn(5, 3, 32, 32)
+        Calibrate()(qm, calib)
+        with monkeypatch.context() as mp:
+            if held:
+                mp.setattr(gs, "LayerChunks", _HeldAtOnce)
+            cfg = GridSearchConfig(32, 1, image_chunk=2, recompute_images=2 if held else 3)
+            stats = GridSearch(cfg)(qm, calib)
+        assert stats["reparameterized_pairs"] > 0
+        states.append({k: v.clone() for k, v in qm.model.state_dict().items()})
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0]), \
+        [k for k in states[0] if not torch.equal(states[0][k], states[1][k])]
 
 
 @pytest.mark.slow  # 9 s

@@ -15,7 +15,8 @@ from ptqbench.quant.base import Quantizer
 from ptqbench.quant.calibration import calibrate, calibrate_one_pass, quantizers
 from ptqbench.quant.log_sqrt2 import LogSqrt2Quantizer
 from ptqbench.quant.ranges import RangeSearch, candidate_ranges, pick_by_mse
-from ptqbench.quant.streamed_search import over_slices, streamed_candidates, streamed_pick_by_mse, tails_fit
+from ptqbench.quant.streamed_search import (over_slices, streamed_candidates, streamed_order_statistics, streamed_pick_by_mse,
+                                            streamed_quantiles, tails_fit)
 from ptqbench.quant.uniform import UniformQuantizer
 from tests.conftest import make_tiny_vit
 
@@ -151,3 +152,35 @@ def test_streamed_calibration_streams_large_inputs_and_equals_one_pass(monkeypat
             assert torch.equal(qb[name].state_dict()[k], v), f"{name}.{k}"
     with torch.no_grad():
         assert torch.equal(one.model(x), streamed.model(x))
+
+
+def test_radix_selection_gives_every_order_statistic_of_rows_read_in_pieces():
+    """Any rank of rows that arrive in pieces (rows in any grouping, values in any order): the value
+    a sort puts there, with ties, outliers, both signs, subnormals and infinities."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3001, generator=g) ** 3
+    x[0, :40] = 0.25  # ties
+    x[1, :3] = 1e30
+    x[2, ::2] = -1.5
+    x[3, :10] = torch.tensor([1e-40, -1e-40, float("inf"), float("-inf"), 0.0, 0.0, 7.0, -7.0, 1e-45, 3.4e38])
+    x[4] = x[4].abs()
+    ranks = [0, 1, 2, 39, 40, 1500, 2999, 3000]
+
+    def each(fn):
+        fn(torch.tensor([3, 1]), x[[3, 1], 1700:])
+        fn(torch.tensor([0, 2, 4]), x[[0, 2, 4], :2100])
+        fn(torch.tensor([1, 3]), x[[1, 3], :1700])
+        fn(torch.tensor([4, 0, 2]), x[[4, 0, 2], 2100:])
+
+    got = streamed_order_statistics(each, 5, ranks)
+    srt = torch.sort(x, dim=1).values
+    for r in ranks:
+        assert torch.equal(got[r], srt[:, r]), r
+    qs = [0.0, 0.1, 0.5, 0.9, 0.99999, 1.0]
+    torch.testing.assert_close(streamed_quantiles(each, 5, 3001, qs), ranges.quantiles(x, qs), rtol=0, atol=0,
+                               equal_nan=True)  # inf - inf in the row with both infinities
+
+
+def test_radix_selection_refuses_a_rank_beyond_the_rows():
+    with pytest.raises(CalibrationError, match="rank 10"):
+        streamed_order_statistics(lambda fn: fn(torch.tensor([0]), torch.randn(1, 10)), 1, [10])
