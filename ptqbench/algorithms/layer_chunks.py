@@ -76,6 +76,7 @@ class HeldChunks:
 
     def transformed(self, fn: Callable[[torch.Tensor], torch.Tensor],
                     as_before: Optional[Callable[[], ContextManager]] = None) -> "HeldChunks":
+        """`fn` on input 0; `as_before` is not needed: held tensors were taken before any change."""
         return HeldChunks((fn(self.ins[0]), *self.ins[1:]), self.out, self.size)
 
 
