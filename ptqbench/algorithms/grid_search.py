@@ -53,7 +53,7 @@ from torch import nn
 
 from ptqbench.algorithms.layer_chunks import Chunks, LayerChunks, Operand, parameters_as_saved, snapshot
 from ptqbench.algorithms.reparam import reparameterize
-from ptqbench.algorithms.streaming import forward_order
+from ptqbench.algorithms.streaming import forward_order, run_unit, split_chunks
 from ptqbench.heap import free_heap_returned
 from ptqbench.models.structure import ReparamPair, Unit
 from ptqbench.progress import progress as progress_bar
@@ -595,5 +595,5 @@ def search_model(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: 
                 counts["searched_linears"] += 1
             free_heap_returned()  # ptqbench.heap: the search's freed blocks, before the next layer's sizes
         with quant_disabled(model):
-            x = torch.cat([unit.forward(c) for c in x.split(cfg.recompute_images)])
+            x = torch.cat(run_unit(unit, split_chunks(x, cfg.recompute_images)))
     return counts

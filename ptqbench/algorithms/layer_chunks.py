@@ -19,7 +19,7 @@ from typing import Callable, ContextManager, Iterable, Iterator, Optional, Proto
 import torch
 from torch import nn
 
-from ptqbench.algorithms.streaming import layer_call
+from ptqbench.algorithms.streaming import layer_call, split_chunks
 from ptqbench.quant.calibration import quant_disabled
 
 Tensors = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # a chunk's (layer inputs, layer output)
@@ -107,7 +107,7 @@ class LayerChunks:
         return ins, out
 
     def __iter__(self) -> Iterator[Tensors]:
-        for chunk in self.x.split(self.size):
+        for chunk in split_chunks(self.x, self.size):
             yield self._call(chunk)
 
     def shape(self, i: int) -> torch.Size:
