@@ -11,26 +11,38 @@ import sys
 import torch
 
 
-def saved_by_node(out: torch.Tensor) -> collections.Counter:
-    seen, by, stack, visited = set(), collections.Counter(), [out.grad_fn], set()
+def saved_storages(out: torch.Tensor) -> dict[int, tuple[int, tuple]]:
+    """Every storage the autograd graph of `out` saves: data_ptr -> (bytes, (node, attribute,
+    shape) of the first node found saving it). Built-in nodes keep theirs in `_saved_*`, autograd
+    Functions in `saved_tensors`."""
+    found, stack, visited = {}, [out.grad_fn], set()
     while stack:
         fn = stack.pop()
         if fn is None or fn in visited:
             continue
         visited.add(fn)
         for attr in dir(fn):
-            if not attr.startswith("_saved_"):
+            if not (attr.startswith("_saved_") or attr == "saved_tensors"):
                 continue
             try:
                 v = getattr(fn, attr)
             except Exception:  # some saved values cannot be read back (freed or not tensors)
                 continue
-            if isinstance(v, torch.Tensor) and v.numel() > 1000:
-                ptr = v.untyped_storage().data_ptr()
-                if ptr not in seen:
-                    seen.add(ptr)
-                    by[(type(fn).__name__, attr, tuple(v.shape))] += v.untyped_storage().nbytes()
+            for t in (v if isinstance(v, (tuple, list)) else (v,)):
+                if isinstance(t, torch.Tensor):
+                    ptr = t.untyped_storage().data_ptr()
+                    if ptr not in found:
+                        found[ptr] = (t.untyped_storage().nbytes(), (type(fn).__name__, attr, tuple(t.shape)))
         stack += [f for f, _ in fn.next_functions]
+    return found
+
+
+def saved_by_node(out: torch.Tensor) -> collections.Counter:
+    """Bytes of the saved storages over 1000 elements' worth, by (node, attribute, shape)."""
+    by = collections.Counter()
+    for nbytes, key in saved_storages(out).values():
+        if nbytes > 4000:
+            by[key] += nbytes
     return by
 
 

@@ -372,7 +372,7 @@ def holdout_split(n: int, cfg: ReconConfig) -> Optional[tuple[torch.Tensor, torc
     return perm[k:].sort().values, perm[:k].sort().values
 
 
-def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_fp: torch.Tensor,
+def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_fp: Optional[torch.Tensor],
                 target: torch.Tensor, cfg: ReconConfig, index: int,
                 weights: Optional[torch.Tensor] = None, fisher: Optional["_Fisher"] = None) -> dict[str, Any]:
     dev = x_q.device
@@ -395,6 +395,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
         return per
 
     start = losses("start")
+    drop_cached_weights(unit.module)  # the steps quantize the weights afresh; the cache is for evaluation
     order = base[torch.argsort(start[base].cpu(), stable=True)] if cfg.curriculum else base
     if not st.groups or cfg.iters == 0:
         info.update({k.replace("_start", "_end"): v for k, v in info.items() if k.endswith("_start")})
@@ -422,7 +423,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
     return info
 
 
-def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: torch.Tensor, target: torch.Tensor,
+def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: Optional[torch.Tensor], target: torch.Tensor,
                 cfg: ReconConfig, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator,
                 order: torch.Tensor, base: torch.Tensor, bs: int, head: bool, dev: torch.device,
                 weights: Optional[torch.Tensor] = None, fisher: Optional["_Fisher"] = None) -> None:
@@ -562,6 +563,7 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                         return _forward_batches(unit, x, bs)
 
                 target = fp_target() if lookup is None else lookup(i, fp_target).to(dev)
+                del fp_target  # its default argument holds the FP input
                 blockish = unit.kind not in (EMBED, HEAD)
                 if cfg.units == "blocks" and not blockish:
                     with torch.no_grad():
@@ -583,6 +585,8 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                     fisher = _Fisher(DPLRLoss(cfg.fisher_p1, cfg.fisher_p2),
                                      refresh_steps(cfg.iters, cfg.fisher_k, cfg.fisher_schedule), rest)
                 layers = unit_layers(model, unit)
+                if cfg.fp_input_prob == 0.0 and fisher is None:
+                    x_fp = None  # the steps see quantized inputs only: the FP input is not held through them
                 with torch.enable_grad(), _fp(fisher.rest if fisher is not None else []):
                     info = _train_unit(unit, layers, x_q, x_fp, target, cfg, i, weights, fisher)
                 info["seconds"] = round(time.perf_counter() - t_unit, 3)

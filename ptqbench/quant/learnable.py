@@ -7,6 +7,15 @@ what wraps a quantizer instead:
   as QDrop and BRECQ use it): w^ = s (clamp(floor(w / s) + h(V) + z) - z) with the rectified
   sigmoid h, and a regularizer that pushes h to 0 or 1. `hard_weight()` gives the final
   grid-valued weight, which the layer stores; the original quantizer is then the identity on it.
+
+The soft-rounded weight and the regularizer are autograd Functions that save only what the
+quantizer holds anyway (V, floor(w / s), the grid) and recompute h in the backward. Written as
+plain tensor expressions, autograd saves four weight-sized tensors per layer and step for each
+(the weight: the sigmoid, both clamps' inputs, the expanded scale; the regularizer: the sigmoid,
+the clamp's input, 2h - 1, |2h - 1|): about 110 MB each per ViT-B block
+(scripts/recon_memory_ledger.py). The backward runs the same ATen formulas in the same order as
+autograd does on those expressions, so the gradients are bit for bit the same
+(tests/quant/test_learnable.py). The grid (s, z) is held per row, as the base quantizer holds it.
 """
 
 from __future__ import annotations
@@ -43,9 +52,10 @@ class AdaRoundQuantizer(Quantizer):
         self.base = base
         self.qname = base.qname
         w = weight.detach().float()
-        s, z = base.elementwise_params(w)
-        self.register_buffer("s", s.clone())
-        self.register_buffer("z", z.clone())
+        # broadcast like the base quantizer's (one per row), not expanded to the weight's shape
+        self.register_buffer("s", base._view(base.scale, w).detach().clone())
+        self.register_buffer("z", base._view(base.zero_point, w).detach().clone())
+        s = self.s
         self.register_buffer("w_floor", torch.floor(w / s))
         rest = (w / s - self.w_floor).clamp(1e-4, 1 - 1e-4)
         # h(V) = rest at start: the soft-rounded weight equals the FP weight (inside the range)
@@ -53,18 +63,73 @@ class AdaRoundQuantizer(Quantizer):
         self.calibrated = True
 
     def h(self) -> torch.Tensor:
-        return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+        return _rectified_sigmoid(self.alpha)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:  # x is the weight; its value is baked in
-        codes = self.w_floor + (self.h() if torch.is_grad_enabled() else (self.alpha >= 0).float())
+        if torch.is_grad_enabled():
+            return _SoftRounded.apply(self.alpha, self.w_floor, self.s, self.z, self.base.qmin, self.base.qmax)
+        codes = self.w_floor + (self.alpha >= 0).float()
         return (torch.clamp(codes + self.z, self.base.qmin, self.base.qmax) - self.z) * self.s
 
     def regularizer(self, beta: float) -> torch.Tensor:
         """AdaRound's rounding regularizer: zero when every h is exactly 0 or 1."""
-        return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
+        return _RoundingRegularizer.apply(self.alpha, float(beta))
 
     @torch.no_grad()
     def hard_weight(self) -> torch.Tensor:
         """The weight with its learned hard rounding, on the base quantizer's grid."""
         codes = self.w_floor + (self.alpha >= 0).float()
         return (torch.clamp(codes + self.z, self.base.qmin, self.base.qmax) - self.z) * self.s
+
+
+def _rectified_sigmoid(alpha: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(alpha) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def _rectified_sigmoid_backward(grad: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """d/dV of h(V), in autograd's order: ClampBackward1 (where), MulBackward0, SigmoidBackward0."""
+    sig = torch.sigmoid(alpha)
+    u = sig * (ZETA - GAMMA) + GAMMA
+    grad = torch.where((u >= 0.0).logical_and_(u <= 1.0), grad, 0.0)
+    return torch.ops.aten.sigmoid_backward(grad * (ZETA - GAMMA), sig)
+
+
+class _SoftRounded(torch.autograd.Function):
+    """(clamp(floor(w / s) + h(V) + z, qmin, qmax) - z) * s, with a gradient in V only."""
+
+    @staticmethod
+    def forward(ctx, alpha, w_floor, s, z, qmin: int, qmax: int):  # type: ignore[override]
+        ctx.save_for_backward(alpha, w_floor, s, z)
+        ctx.bounds = (qmin, qmax)
+        return (torch.clamp(w_floor + _rectified_sigmoid(alpha) + z, qmin, qmax) - z) * s
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        alpha, w_floor, s, z = ctx.saved_tensors
+        qmin, qmax = ctx.bounds
+        codes = w_floor + _rectified_sigmoid(alpha) + z
+        grad = torch.where((codes >= qmin).logical_and_(codes <= qmax), grad * s, 0.0)
+        del codes
+        return _rectified_sigmoid_backward(grad, alpha), None, None, None, None, None
+
+
+class _RoundingRegularizer(torch.autograd.Function):
+    """sum(1 - |2 h(V) - 1| ** beta)."""
+
+    @staticmethod
+    def forward(ctx, alpha, beta: float):  # type: ignore[override]
+        ctx.save_for_backward(alpha)
+        ctx.beta = beta
+        return (1 - (2 * _rectified_sigmoid(alpha) - 1).abs().pow(beta)).sum()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (alpha,) = ctx.saved_tensors
+        beta = ctx.beta
+        centred = 2 * _rectified_sigmoid(alpha) - 1
+        # SumBackward0 (expand), RsubBackward1 (-grad), PowBackward0, AbsBackward0, MulBackward0 (x 2)
+        g = -grad.expand(alpha.shape)
+        g = g * (beta * centred.abs().pow(beta - 1))
+        g = g * centred.sgn()
+        del centred
+        return _rectified_sigmoid_backward(g * 2, alpha), None

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptqbench.quant.base import Quantizer, round_ste
+from ptqbench.quant.base import Quantizer
 from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import RangeSearch, candidate_ranges, pick_by_mse, subsample
 from ptqbench.quant.streamed_search import EachInput, over_slices, streamed_candidates, streamed_pick_by_mse, tails_fit
@@ -47,7 +47,7 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
     (no allocation at all; without autograd only).
     """
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
-        return (torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
+        return _FakeQuantSTE.apply(x, scale, zero_point, qmin, qmax)
     if overwrite and x.is_contiguous():
         y = x.div_(scale)
     elif x.is_contiguous():
@@ -70,6 +70,44 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
     else:
         y.clamp_(qmin - zero_point, qmax - zero_point)
     return y.mul_(scale)
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    """(clamp(round_ste(x / s) + z, qmin, qmax) - z) * s with straight-through rounding (LSQ's
+    gradient in s), saving only x, s and z: written as an expression, autograd saves two more
+    activation-sized tensors per quantizer and step (the clamp's input and the product's),
+    about 95 MB per ViT-B block at batch 8 (scripts/recon_memory_ledger.py). The backward
+    recomputes them and runs the ATen formulas autograd runs on that expression, in its order
+    (MulBackward0, ClampBackward1, DivBackward0, each reduced to s's shape as the engine
+    reduces broadcast gradients), so the gradients are bit for bit the same
+    (tests/quant/test_fast_paths.py). The zero point gets no gradient (it stays a fixed code)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin: int, qmax: int):  # type: ignore[override]
+        ctx.save_for_backward(x, scale, zero_point)
+        ctx.bounds = (qmin, qmax)
+        v = x / scale
+        return (torch.clamp(v + (torch.round(v) - v) + zero_point, qmin, qmax) - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, scale, zero_point = ctx.saved_tensors
+        qmin, qmax = ctx.bounds
+        if ctx.needs_input_grad[2]:
+            raise RuntimeError("fake_quant trains the scale, not the zero point (an integer code)")
+        v = x / scale
+        codes = v + (torch.round(v) - v) + zero_point
+        del v
+        inside = (codes >= qmin).logical_and_(codes <= qmax)
+        grad_clamp = torch.where(inside, grad * scale, 0.0)
+        grad_x = grad_clamp / scale if ctx.needs_input_grad[0] else None
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            from_product = (grad * (torch.clamp(codes, qmin, qmax) - zero_point)).sum_to_size(scale.shape)
+            del codes
+            from_division = (-grad_clamp * ((x / scale) / scale)).sum_to_size(scale.shape)
+            grad_scale = from_product + from_division
+        return grad_x, grad_scale, None, None, None
 
 
 def select_below(x: torch.Tensor, boundary: float, below: float, above: float) -> torch.Tensor:

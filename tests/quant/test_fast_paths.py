@@ -217,6 +217,38 @@ def test_uniform_fake_quant_of_a_strided_view_is_contiguous_and_equal():
     assert_same(got, ref_fake_quant(q, s, z, 0, 15))
 
 
+@pytest.mark.parametrize("layout", ["tensor", "head", "channel", "token"])
+@pytest.mark.parametrize("learns", ["x", "scale", "both"])
+def test_trained_fake_quant_values_and_gradients_match_the_ste_expression(layout, learns):
+    """The training path (reconstruction: LSQ step sizes, or FP weights through the quantizer)
+    saves only x, s, z and recomputes the rest; values and gradients of x and s are bit for bit
+    those autograd gives on the expression (ties, clamped codes, NaN and infinities included)."""
+    x = mixed(ties(0.05, -9, 9), ties(0.11, -9, 9), n=3000).reshape(-1)[: 2 * 3 * 40 * 8].reshape(2, 3, 40, 8)
+    g = torch.Generator().manual_seed(5)
+    shape = {"tensor": (), "head": (1, 3, 1, 1), "channel": (8,), "token": (1, 1, 40, 1)}[layout]
+    scale = (torch.rand(shape, generator=g) * 0.2 + 0.03) if shape else torch.tensor(0.05)
+    zero = torch.randint(0, 8, shape, generator=g).float() if shape else torch.tensor(3.0)
+    grad_out = torch.randn(x.shape, generator=g)
+
+    def run(fn):
+        xs, ss = x.clone().requires_grad_(learns != "scale"), scale.clone().requires_grad_(learns != "x")
+        with torch.enable_grad():
+            y = fn(xs, ss)
+            grads = torch.autograd.grad(y, [t for t in (xs, ss) if t.requires_grad], grad_out)
+        return y.detach(), grads
+
+    def expression(xs, ss):
+        v = xs / ss
+        return (torch.clamp(v + (torch.round(v) - v).detach() + zero, 0, 15) - zero) * ss
+
+    got, got_grads = run(lambda xs, ss: fake_quant(xs, ss, zero, 0, 15))
+    want, want_grads = run(expression)
+    assert_same(got, want)
+    assert len(got_grads) == len(want_grads)
+    for a, b in zip(got_grads, want_grads):
+        assert_same(a, b)
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_per_head_quantizer_with_zero_points_all_zero_matches_the_broadcast_formula(symmetric):
     """Every zero point 0 (PTQ4ViT's symmetric per-head q, k, v): scalar clamp bounds, the values
