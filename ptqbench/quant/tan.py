@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ptqbench.quant.base import Quantizer, round_ste
+from ptqbench.quant.base import Quantizer
 from ptqbench.quant.kinds import register_kind
 from ptqbench.quant.ranges import attention_slices, subsample
 
@@ -78,10 +78,44 @@ def tan_fake_quant(x: torch.Tensor, theta: float, bits: int) -> torch.Tensor:
         if levels is not None and not y.sum().isnan():  # a NaN code has no entry (the arithmetic keeps it NaN); a sum is the cheapest test
             return levels.index_select(0, y.to(torch.int32).view(-1)).view_as(y)  # one gather, no arctangent
         return _dequantize_(y, theta, bits)
-    u = torch.tan(theta * (x.clamp(0.0, 1.0) - 0.5)) / t
-    codes = torch.clamp(round_ste((u + 1) * (n / 2)), 0, n)
-    uq = codes * (2.0 / n) - 1
-    return 0.5 + torch.atan(uq * t) / theta
+    return _TanSTE.apply(x, theta, bits)
+
+
+def _tan_steps(x: torch.Tensor, theta: float, n: int, t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The warped value, the code before its clamp, the arctangent's input (straight-through round)."""
+    warped = torch.tan(theta * (x.clamp(0.0, 1.0) - 0.5))
+    scaled = (warped / t + 1) * (n / 2)
+    rounded = scaled + (torch.round(scaled) - scaled)
+    return warped, rounded, (torch.clamp(rounded, 0, n) * (2.0 / n) - 1) * t
+
+
+class _TanSTE(torch.autograd.Function):
+    """TanQ with straight-through rounding, saving only x: as an expression autograd saves the
+    tangent, the clamped code's input and the arctangent's input besides it, three attention-map-
+    sized tensors per quantizer and step. The backward recomputes them and runs autograd's formulas
+    (AtanBackward0, TanBackward0, the clamps' where, the scalar products and quotients) in its
+    order, so the gradient is bit for bit the same (tests/quant/test_fast_paths.py)."""
+
+    @staticmethod
+    def forward(ctx, x, theta: float, bits: int):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.args = (theta, bits)
+        n = 2**bits - 1
+        return 0.5 + torch.atan(_tan_steps(x, theta, n, math.tan(theta / 2))[2]) / theta
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        theta, bits = ctx.args
+        n, t = 2**bits - 1, math.tan(theta / 2)
+        warped, rounded, at = _tan_steps(x, theta, n, t)
+        g = grad / theta / (at * at + 1) * t * (2.0 / n)
+        del at
+        g = torch.where((rounded >= 0).logical_and_(rounded <= n), g, 0.0) * (n / 2) / t
+        del rounded
+        g = g * (1 + warped.pow(2)) * theta
+        del warped
+        return torch.where((x >= 0.0).logical_and_(x <= 1.0), g, 0.0), None, None
 
 
 @dataclass(frozen=True)

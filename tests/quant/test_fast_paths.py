@@ -444,3 +444,33 @@ def test_tan_inference_lookup_matches_the_formula(bits, threads):
                         assert_same(tan_fake_quant(inp, theta, bits), ref_tan_fake_quant(inp, theta, bits))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+@pytest.mark.parametrize("theta", [0.5, 2.4, 3.1])
+def test_tan_training_path_values_and_gradient_match_the_ste_expression(bits, theta):
+    """TanQ under autograd saves only its input and recomputes the rest: the values and the
+    gradient are bit for bit those autograd gives on the straight-through expression."""
+    from ptqbench.quant.tan import tan_fake_quant
+
+    n, t = 2**bits - 1, math.tan(theta / 2)
+    codes = torch.arange(n + 1, dtype=torch.float64)
+    borders = (0.5 + torch.atan(((codes + 0.5) * (2.0 / n) - 1) * t) / theta).float()
+    x = mixed(borders, n=3000, low=-0.1, high=1.1)
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+
+    def expression(v):
+        u = torch.tan(theta * (v.clamp(0.0, 1.0) - 0.5)) / t
+        scaled = (u + 1) * (n / 2)
+        c = torch.clamp(scaled + (torch.round(scaled) - scaled).detach(), 0, n)
+        return 0.5 + torch.atan((c * (2.0 / n) - 1) * t) / theta
+
+    results = []
+    for fn in (lambda v: tan_fake_quant(v, theta, bits), expression):
+        xs = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            y = fn(xs)
+            (g,) = torch.autograd.grad(y, xs, grad_out)
+        results.append((y.detach(), g))
+    assert_same(results[0][0], results[1][0])
+    assert_same(results[0][1], results[1][1])
