@@ -63,7 +63,8 @@ class AdaRoundQuantizer(Quantizer):
         self.calibrated = True
 
     def h(self) -> torch.Tensor:
-        return _rectified_sigmoid(self.alpha)
+        """The rectified sigmoid of V (differentiable; the Functions below recompute it in place)."""
+        return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:  # x is the weight; its value is baked in
         if torch.is_grad_enabled():
@@ -83,15 +84,23 @@ class AdaRoundQuantizer(Quantizer):
 
 
 def _rectified_sigmoid(alpha: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.sigmoid(alpha) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+    """h(V) in one new tensor (inside the Functions, where autograd does not record)."""
+    return torch.sigmoid(alpha).mul_(ZETA - GAMMA).add_(GAMMA).clamp_(0.0, 1.0)
 
 
 def _rectified_sigmoid_backward(grad: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """d/dV of h(V), in autograd's order: ClampBackward1 (where), MulBackward0, SigmoidBackward0."""
+    """d/dV of h(V) given d/dh (`grad`, overwritten), in autograd's order: ClampBackward1 (zero
+    outside [0, 1]), MulBackward0, SigmoidBackward0."""
     sig = torch.sigmoid(alpha)
     u = sig * (ZETA - GAMMA) + GAMMA
-    grad = torch.where((u >= 0.0).logical_and_(u <= 1.0), grad, 0.0)
-    return torch.ops.aten.sigmoid_backward(grad * (ZETA - GAMMA), sig)
+    grad.masked_fill_((u >= 0.0).logical_and_(u <= 1.0).logical_not_(), 0.0)
+    del u
+    return torch.ops.aten.sigmoid_backward(grad.mul_(ZETA - GAMMA), sig)
+
+
+def _soft_codes(alpha: torch.Tensor, w_floor: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """floor(w / s) + h(V) + z, before the clamp (sums commute exactly: one tensor, in place)."""
+    return _rectified_sigmoid(alpha).add_(w_floor).add_(z)
 
 
 class _SoftRounded(torch.autograd.Function):
@@ -101,16 +110,16 @@ class _SoftRounded(torch.autograd.Function):
     def forward(ctx, alpha, w_floor, s, z, qmin: int, qmax: int):  # type: ignore[override]
         ctx.save_for_backward(alpha, w_floor, s, z)
         ctx.bounds = (qmin, qmax)
-        return (torch.clamp(w_floor + _rectified_sigmoid(alpha) + z, qmin, qmax) - z) * s
+        return _soft_codes(alpha, w_floor, z).clamp_(qmin, qmax).sub_(z).mul_(s)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         alpha, w_floor, s, z = ctx.saved_tensors
         qmin, qmax = ctx.bounds
-        codes = w_floor + _rectified_sigmoid(alpha) + z
-        grad = torch.where((codes >= qmin).logical_and_(codes <= qmax), grad * s, 0.0)
+        codes = _soft_codes(alpha, w_floor, z)
+        outside = (codes >= qmin).logical_and_(codes <= qmax).logical_not_()
         del codes
-        return _rectified_sigmoid_backward(grad, alpha), None, None, None, None, None
+        return _rectified_sigmoid_backward((grad * s).masked_fill_(outside, 0.0), alpha), None, None, None, None, None
 
 
 class _RoundingRegularizer(torch.autograd.Function):
@@ -120,16 +129,15 @@ class _RoundingRegularizer(torch.autograd.Function):
     def forward(ctx, alpha, beta: float):  # type: ignore[override]
         ctx.save_for_backward(alpha)
         ctx.beta = beta
-        return (1 - (2 * _rectified_sigmoid(alpha) - 1).abs().pow(beta)).sum()
+        return _rectified_sigmoid(alpha).mul_(2).sub_(1).abs_().pow_(beta).neg_().add_(1).sum()
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (alpha,) = ctx.saved_tensors
         beta = ctx.beta
-        centred = 2 * _rectified_sigmoid(alpha) - 1
-        # SumBackward0 (expand), RsubBackward1 (-grad), PowBackward0, AbsBackward0, MulBackward0 (x 2)
-        g = -grad.expand(alpha.shape)
-        g = g * (beta * centred.abs().pow(beta - 1))
-        g = g * centred.sgn()
+        centred = _rectified_sigmoid(alpha).mul_(2).sub_(1)
+        # SumBackward0 (expand), RsubBackward1 (-grad), PowBackward0, AbsBackward0, MulBackward0 (x 2);
+        # IEEE products commute and negate exactly, so each runs in place on one tensor
+        g = centred.abs().pow_(beta - 1).mul_(beta).mul_(-grad).mul_(centred.sgn_()).mul_(2)
         del centred
-        return _rectified_sigmoid_backward(g * 2, alpha), None
+        return _rectified_sigmoid_backward(g, alpha), None

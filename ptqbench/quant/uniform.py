@@ -86,8 +86,7 @@ class _FakeQuantSTE(torch.autograd.Function):
     def forward(ctx, x, scale, zero_point, qmin: int, qmax: int):  # type: ignore[override]
         ctx.save_for_backward(x, scale, zero_point)
         ctx.bounds = (qmin, qmax)
-        v = x / scale
-        return (torch.clamp(v + (torch.round(v) - v) + zero_point, qmin, qmax) - zero_point) * scale
+        return _codes(x, scale, zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -95,19 +94,23 @@ class _FakeQuantSTE(torch.autograd.Function):
         qmin, qmax = ctx.bounds
         if ctx.needs_input_grad[2]:
             raise RuntimeError("fake_quant trains the scale, not the zero point (an integer code)")
-        v = x / scale
-        codes = v + (torch.round(v) - v) + zero_point
-        del v
-        inside = (codes >= qmin).logical_and_(codes <= qmax)
-        grad_clamp = torch.where(inside, grad * scale, 0.0)
+        codes = _codes(x, scale, zero_point)
+        grad_clamp = (grad * scale).masked_fill_((codes >= qmin).logical_and_(codes <= qmax).logical_not_(), 0.0)
         grad_x = grad_clamp / scale if ctx.needs_input_grad[0] else None
         grad_scale = None
-        if ctx.needs_input_grad[1]:
-            from_product = (grad * (torch.clamp(codes, qmin, qmax) - zero_point)).sum_to_size(scale.shape)
+        if ctx.needs_input_grad[1]:  # IEEE products commute and negate exactly: the same bits in place
+            from_product = codes.clamp_(qmin, qmax).sub_(zero_point).mul_(grad).sum_to_size(scale.shape)
             del codes
-            from_division = (-grad_clamp * ((x / scale) / scale)).sum_to_size(scale.shape)
+            from_division = (x / scale).div_(scale).mul_(grad_clamp).neg_().sum_to_size(scale.shape)
             grad_scale = from_product + from_division
         return grad_x, grad_scale, None, None, None
+
+
+def _codes(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """round_ste(x / s) + z before the clamp, as autograd's expression computes it (v + (round(v) - v),
+    which is not always round(v) in floating point), in one new tensor."""
+    v = x / scale
+    return torch.round(v).sub_(v).add_(v).add_(zero_point)
 
 
 def select_below(x: torch.Tensor, boundary: float, below: float, above: float) -> torch.Tensor:
