@@ -69,8 +69,7 @@ class AdaRoundQuantizer(Quantizer):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:  # x is the weight; its value is baked in
         if torch.is_grad_enabled():
             return _SoftRounded.apply(self.alpha, self.w_floor, self.s, self.z, self.base.qmin, self.base.qmax)
-        codes = self.w_floor + (self.alpha >= 0).float()
-        return (torch.clamp(codes + self.z, self.base.qmin, self.base.qmax) - self.z) * self.s
+        return self.hard_weight()
 
     def regularizer(self, beta: float) -> torch.Tensor:
         """AdaRound's rounding regularizer: zero when every h is exactly 0 or 1."""
