@@ -99,7 +99,10 @@ class _FakeQuantSTE(torch.autograd.Function):
         grad_x = grad_clamp / scale if ctx.needs_input_grad[0] else None
         grad_scale = None
         if ctx.needs_input_grad[1]:  # IEEE products commute and negate exactly: the same bits in place
-            from_product = codes.clamp_(qmin, qmax).sub_(zero_point).mul_(grad).sum_to_size(scale.shape)
+            # ... but sum_to_size adds in the memory order of its input: autograd's product is laid
+            # out as `grad` (its first operand), which may differ from x's (q, k, v are views), so
+            # this product is a new tensor, not `codes` overwritten
+            from_product = (grad * codes.clamp_(qmin, qmax).sub_(zero_point)).sum_to_size(scale.shape)
             del codes
             from_division = (x / scale).div_(scale).mul_(grad_clamp).neg_().sum_to_size(scale.shape)
             grad_scale = from_product + from_division

@@ -217,18 +217,30 @@ def test_uniform_fake_quant_of_a_strided_view_is_contiguous_and_equal():
     assert_same(got, ref_fake_quant(q, s, z, 0, 15))
 
 
+def _transposed_layout(t: torch.Tensor) -> torch.Tensor:
+    """The same values with the last two dimensions swapped in memory (as a transposed view is)."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
 @pytest.mark.parametrize("layout", ["tensor", "head", "channel", "token"])
 @pytest.mark.parametrize("learns", ["x", "scale", "both"])
-def test_trained_fake_quant_values_and_gradients_match_the_ste_expression(layout, learns):
+@pytest.mark.parametrize("memory", ["contiguous", "x_transposed", "grad_transposed"])
+def test_trained_fake_quant_values_and_gradients_match_the_ste_expression(layout, learns, memory):
     """The training path (reconstruction: LSQ step sizes, or FP weights through the quantizer)
     saves only x, s, z and recomputes the rest; values and gradients of x and s are bit for bit
-    those autograd gives on the expression (ties, clamped codes, NaN and infinities included)."""
+    those autograd gives on the expression (ties, clamped codes, NaN and infinities included),
+    also where x and the incoming gradient are laid out differently in memory (q, k, v are views:
+    a reduction adds in memory order, so the scale's gradient follows the layout)."""
     x = mixed(ties(0.05, -9, 9), ties(0.11, -9, 9), n=3000).reshape(-1)[: 2 * 3 * 40 * 8].reshape(2, 3, 40, 8)
     g = torch.Generator().manual_seed(5)
     shape = {"tensor": (), "head": (1, 3, 1, 1), "channel": (8,), "token": (1, 1, 40, 1)}[layout]
     scale = (torch.rand(shape, generator=g) * 0.2 + 0.03) if shape else torch.tensor(0.05)
     zero = torch.randint(0, 8, shape, generator=g).float() if shape else torch.tensor(3.0)
     grad_out = torch.randn(x.shape, generator=g)
+    if memory == "x_transposed":
+        x = _transposed_layout(x)
+    elif memory == "grad_transposed":
+        grad_out = _transposed_layout(grad_out)
 
     def run(fn):
         xs, ss = x.clone().requires_grad_(learns != "scale"), scale.clone().requires_grad_(learns != "x")

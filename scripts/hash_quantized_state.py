@@ -1,0 +1,46 @@
+"""sha256 of a quantized model's whole state and its logits on 8 images, to compare two checkouts
+(or two settings) bit for bit: DeiT-T (the shared weights and train-pool images when present),
+32 calibration images, W4A4, the bench's bounded method settings with 5 steps per unit (the grid
+search of the grid-recon methods on 8 images), 1 thread.
+
+    PYTHONPATH=<checkout> python scripts/hash_quantized_state.py brecq
+
+Run it from a folder outside the checkout being compared, or PYTHONPATH is not the tree imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("method")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    import ptqbench
+    from ptqbench.bench import cells
+    from ptqbench.bench.__main__ import method_options
+
+    net, _ = cells.load_model("deit_tiny")
+    images, source = cells.calibration_images(net, 32)
+    opts = method_options(args.method, 5)
+    if "grid_rounds" in opts:
+        opts["search_images"] = 8  # the grid search is not what is compared; 8 images keep it short
+    qm, meter, _ = cells._quantized(net, args.method, "w4a4", images, opts)
+    h = hashlib.sha256()
+    for k, t in sorted(qm.model.state_dict().items()):
+        if torch.is_tensor(t):
+            h.update(k.encode())
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    with torch.no_grad():
+        h.update(qm.model(images[:8]).numpy().tobytes())
+    print(args.method, source, ptqbench.__file__.rsplit("/ptqbench/", 1)[0],
+          h.hexdigest()[:16], f"{meter.seconds:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
