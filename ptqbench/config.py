@@ -35,6 +35,8 @@ class RunConfig:
     resume: bool = True                 # skip jobs whose record says ok; false reruns them
     heap_reuse_mib: int = 32            # heap blocks kept for reuse while a method trains or searches
                                         # (ptqbench.heap.set_reuse_limit): lower = less memory, more time
+    recon_spill: bool = True            # on CPU, reconstruction keeps its per-image activations in temporary
+                                        # files (ptqbench.algorithms.row_store): memory flat in calib.size
 
 
 @dataclass(frozen=True)

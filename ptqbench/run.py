@@ -34,9 +34,11 @@ def run_job(cfg: DictConfig, group: str = "single", launcher: Optional[Mapping[s
     """Run (or skip) the job `cfg` describes and return its record. First the whole config is
     validated and the results folder checked (ConfigError / StorageError: nothing run, nothing
     recorded); then the torch threads are set (`launcher`: Hydra's launcher config, which shares
-    the cores among parallel jobs) and the heap's reuse limit (`heap_reuse_mib`). The job's lock
+    the cores among parallel jobs), the heap's reuse limit (`heap_reuse_mib`) and where reconstruction
+    keeps its per-image activations (`recon_spill`). The job's lock
     is held throughout: a concurrent sweep that reaches the same job waits, then skips it if it
     finished."""
+    from ptqbench.algorithms.row_store import set_spill
     from ptqbench.heap import set_reuse_limit
     from ptqbench.launch import configure_threads
     from ptqbench.validate import validate_config
@@ -46,6 +48,7 @@ def run_job(cfg: DictConfig, group: str = "single", launcher: Optional[Mapping[s
     check_writable(results_dir / "runs")
     configure_threads(settings.run.threads, launcher)
     set_reuse_limit(settings.run.heap_reuse_mib)
+    set_spill(settings.run.recon_spill)
     with job_lock(results_dir, run_key(cfg)):
         return _run_job(cfg, settings, group)
 

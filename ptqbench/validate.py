@@ -94,6 +94,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "results_dir": (_text, "a folder path"),
     "resume": (_bool, "true or false"),
     "heap_reuse_mib": (_int(1, 32), "an integer in 1..32 (MiB; glibc keeps no larger heap blocks)"),
+    "recon_spill": (_bool, "true or false"),
     "cache.enabled": (_bool, "true or false"),
     "cache.dir": (_or_null(_text), "null (<results_dir>/cache) or a folder path"),
     "cache.max_gb": (_number(positive=True), "a number of GiB > 0 (or cache.enabled=false)"),

@@ -3,7 +3,7 @@
 32 calibration images, W4A4, the bench's bounded method settings with 5 steps per unit (the grid
 search of the grid-recon methods on 8 images), 1 thread.
 
-    PYTHONPATH=<checkout> python scripts/hash_quantized_state.py brecq
+    PYTHONPATH=<checkout> python scripts/hash_quantized_state.py brecq [--spill off]
 
 Run it from a folder outside the checkout being compared, or PYTHONPATH is not the tree imported.
 """
@@ -19,12 +19,16 @@ import torch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("method")
+    ap.add_argument("--spill", choices=["on", "off"], help="recon_spill (left unset: the checkout's default)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import ptqbench
     from ptqbench.bench import cells
     from ptqbench.bench.__main__ import method_options
 
+    if args.spill is not None:
+        from ptqbench.algorithms.row_store import set_spill
+        set_spill(args.spill == "on")
     net, _ = cells.load_model("deit_tiny")
     images, source = cells.calibration_images(net, 32)
     opts = method_options(args.method, 5)
@@ -38,7 +42,7 @@ def main() -> None:
             h.update(t.detach().contiguous().cpu().numpy().tobytes())
     with torch.no_grad():
         h.update(qm.model(images[:8]).numpy().tobytes())
-    print(args.method, source, ptqbench.__file__.rsplit("/ptqbench/", 1)[0],
+    print(args.method, f"spill={args.spill or 'default'}", source, ptqbench.__file__.rsplit("/ptqbench/", 1)[0],
           h.hexdigest()[:16], f"{meter.seconds:.1f}s", flush=True)
 
 

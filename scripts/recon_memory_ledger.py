@@ -6,7 +6,7 @@ reconstruction alone) on the first UNITS units of MODEL with IMAGES images, batc
 heap reuse limit; the ledger is taken after the forward of step STEP of the last unit (before
 its loss and backward). The peak RSS it prints is the highest RSS seen at the steps' losses.
 
-    python scripts/recon_memory_ledger.py vit_base 128 3 [--method brecq] [--iters 6] [--step 4] [--reuse-mib 2]
+    python scripts/recon_memory_ledger.py vit_base 128 3 [--method brecq] [--iters 6] [--step 4] [--reuse-mib 2] [--spill off]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def ledger(model: torch.nn.Module, opt_state: list[torch.Tensor], data: dict[str
     gc.collect()
     owner: dict[int, str] = {}
     for name, t in data.items():
-        if t is not None:
+        if isinstance(t, torch.Tensor):  # not None, not a RowStore (recon_spill: the rows are in a file)
             owner.setdefault(_storage(t)[0], f"data: {name}")
     for t in opt_state:
         owner.setdefault(_storage(t)[0], "optimizer state")
@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=6)
     ap.add_argument("--step", type=int, default=4)
     ap.add_argument("--reuse-mib", type=int, default=32)
+    ap.add_argument("--spill", choices=["on", "off"], default="on", help="recon_spill (on: the default)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import ptqbench.algorithms.reconstruction as rc
@@ -113,13 +114,15 @@ def main() -> None:
     from ptqbench.models import make_quantizable
 
     set_reuse_limit(args.reuse_mib)
+    from ptqbench.algorithms.row_store import set_spill
+    set_spill(args.spill == "on")
     torch.manual_seed(0)
     net, weights = load_model(args.model)
     calib, _ = calibration_images(net, args.images)
     method = build_method({"name": args.method, "iters": args.iters, "batch_size": 8, "progress": False}, Bits(4, 4))
     qm = make_quantizable(net, method.plan())
     print(f"{args.model} ({weights}) {args.method}, {args.images} images, {args.units} units, "
-          f"{args.iters} steps, reuse limit {args.reuse_mib} MiB")
+          f"{args.iters} steps, reuse limit {args.reuse_mib} MiB, recon_spill {args.spill}")
     with torch.no_grad(), large_blocks_unmapped():
         Calibrate()(qm, calib)
         x = unit_input(qm, calib)

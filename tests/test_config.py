@@ -134,7 +134,7 @@ def test_a_method_without_yaml_composes_from_its_dataclass(toy_method):
 
 UNKNOWN = [
     ("+typo=1", "typo=1: unknown key; the top-level keys are bits, cache, calib, data, device, eval, heap_reuse_mib, "
-                "logger, method, model, quant, report, results_dir, resume, seed, task, threads"),
+                "logger, method, model, quant, recon_spill, report, results_dir, resume, seed, task, threads"),
     ("+calib.sizee=64", "calib.sizee=64: unknown key; calib has the keys seed, size, split (did you mean calib.size?)"),
     ("+method.foo=1", "method.foo=1: unknown key; method 'repq' has the options act_percentiles, act_search, "
                       "attention_scale, exact_padding, log_sqrt2, name, patch_input_bits, reparam, reparam_arithmetic, "

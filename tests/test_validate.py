@@ -55,6 +55,7 @@ BAD = [
     (["heap_reuse_mib=64"], "heap_reuse_mib=64: must be an integer in 1..32 (MiB; glibc keeps no larger heap blocks)"),
     (["seed=1.5"], "seed=1.5: must be an integer >= 0"),
     (["resume=maybe"], "resume=maybe: must be true or false"),
+    (["recon_spill=maybe"], "recon_spill=maybe: must be true or false"),
     (["device=gpu"], "device=gpu: must be auto, cpu, cuda or cuda:N"),
     (["model.pretrained=yes"], "model.pretrained=yes: must be true or false"),
     (["cache.max_gb=0"], "cache.max_gb=0: must be a number of GiB > 0"),
@@ -170,14 +171,17 @@ def test_the_heap_reuse_limit_is_set_per_job_and_kept_out_of_the_run_key(tiny_im
     starts (here the job then stops at its data check), and two jobs that differ only in it share
     one record."""
     from ptqbench import heap
+    from ptqbench.algorithms import row_store
     from ptqbench.errors import DataNotFoundError
     from ptqbench.run import run_job
 
     monkeypatch.setattr(heap, "_reuse_limit", heap._reuse_limit)
+    monkeypatch.setattr(row_store, "_spill", row_store._spill)
     common = (f"data.root={tiny_imagenet}", f"results_dir={tmp_path}", "logger=none", "model.pretrained=false",
               "calib.size=99", "data.workers=0", "method=minmax")
-    cfg = _compose(*common, "heap_reuse_mib=4")
+    cfg = _compose(*common, "heap_reuse_mib=4", "recon_spill=false")
     with pytest.raises(DataNotFoundError):
         run_job(cfg)
     assert heap._reuse_limit == 4 << 20
     assert run_key(cfg) == run_key(_compose(*common))
+    assert not row_store._spill  # recon_spill, the same kind of setting: set per job, not in the key

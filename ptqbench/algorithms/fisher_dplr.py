@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ptqbench.algorithms.unit_grad import graph_values_dropped, loss_grad_through
+from ptqbench.algorithms.row_store import Rows
 from ptqbench.models.structure import Unit
 
 FISHER_SCHEDULES = ("spread", "first")
@@ -47,17 +48,17 @@ def refresh_steps(iters: int, k: int, schedule: str) -> set[int]:
 
 
 @torch.no_grad()
-def fp_references(rest: list[Unit], y_fp: torch.Tensor, temperature: float, chunk: int) -> list[torch.Tensor]:
+def fp_references(rest: list[Unit], y_fp: Rows, temperature: float, chunk: int) -> list[torch.Tensor]:
     """softmax(f_fp / T) per chunk of images: the same at every refresh of a unit, so computed once."""
     refs = []
-    for yb in torch.split(y_fp, chunk):
+    for yb in y_fp.split(chunk):  # a tensor or a RowStore (ptqbench.algorithms.row_store)
         for u in rest:
             yb = u.forward(yb)
         refs.append(F.softmax(yb / temperature, dim=-1))
     return refs
 
 
-def fisher_rows(unit: Unit, rest: list[Unit], x_fp: torch.Tensor, y_fp: torch.Tensor, temperature: float,
+def fisher_rows(unit: Unit, rest: list[Unit], x_fp: Rows, y_fp: Rows, temperature: float,
                 chunk: int, refs: Optional[list[torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(g, d), each [1, N]: the sample means of |dL/dy| and |y_q - y_fp| over the calibration images,
     with `unit` run as it trains on its FP input `x_fp` and `rest` (the FP units after it, ending
@@ -66,16 +67,16 @@ def fisher_rows(unit: Unit, rest: list[Unit], x_fp: torch.Tensor, y_fp: torch.Te
     if refs is None:
         refs = fp_references(rest, y_fp, temperature, chunk)
     grads, deltas = [], []
-    for xb, ref in zip(torch.split(x_fp, chunk), refs):
+    for xb, yb, ref in zip(x_fp.split(chunk), y_fp.split(chunk), refs):  # tensors or RowStores
         with torch.enable_grad(), graph_values_dropped():  # the unit runs as it trains; y is only read
             y = unit.forward(xb).detach()
         grads.append(loss_grad_through(
             rest, y, lambda logits, ref=ref: F.kl_div(F.log_softmax(logits / temperature, dim=-1), ref, reduction="batchmean")))
-        deltas.append(y)
+        deltas.append((y - yb).abs())  # element-wise: per chunk gives the same values
     # as released: concatenate, then one mean over the images (the same summation order)
     g = torch.cat(grads)
     g = g.reshape(g.shape[0], -1).abs().mean(dim=0)[None]
-    d = (torch.cat(deltas) - y_fp).abs().mean(dim=0).reshape(1, -1)
+    d = torch.cat(deltas).mean(dim=0).reshape(1, -1)
     return g, d
 
 

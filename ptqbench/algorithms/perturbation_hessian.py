@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptqbench.algorithms.unit_grad import loss_grad_through
+from ptqbench.algorithms.row_store import Rows
 from ptqbench.models.structure import Unit
 
 
@@ -41,7 +42,7 @@ def _kl_to(logits: torch.Tensor, ref: torch.Tensor, temperature: float) -> torch
     return F.kl_div(F.log_softmax(logits / temperature, dim=-1), ref, reduction="batchmean")
 
 
-def perturbation_hessian(units: list[Unit], index: int, x: torch.Tensor, *, site: Optional[nn.Module] = None,
+def perturbation_hessian(units: list[Unit], index: int, x: Rows, *, site: Optional[nn.Module] = None,
                          temperature: float = 20.0, eps: float = 1e-6, chunk: int = 32,
                          mean: bool = True) -> torch.Tensor:
     """|g(+eps) - g(-eps)| at the output of `units[index]` (or of `site`, a module inside it),
@@ -52,7 +53,7 @@ def perturbation_hessian(units: list[Unit], index: int, x: torch.Tensor, *, site
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     unit, rest = units[index], units[index + 1:]
     grads: list[torch.Tensor] = []
-    for xb in torch.split(x, chunk):
+    for xb in x.split(chunk):  # a tensor or a RowStore (ptqbench.algorithms.row_store)
         with torch.no_grad():
             ref = F.softmax(_rest(rest, unit.forward(xb)) / temperature, dim=-1)
         pair = []

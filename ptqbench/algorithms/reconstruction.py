@@ -31,7 +31,10 @@ RepQ/BRECQ family's `lp_loss`: summed over dim 1 (tokens of a block output, clas
 and averaged over the rest (`"sum_dim1"`), which sets the balance against the rounding regularizer.
 
 Deterministic under `seed`: batches come from a CPU torch.Generator seeded per unit, low-rank
-initializations from another. Device-agnostic: data live on the model's device.
+initializations from another. Device-agnostic: data live on the model's device. On CPU the
+per-image activations (each unit's inputs and targets) live in temporary files by default
+(`ptqbench.algorithms.row_store`, the run's `recon_spill`), so memory does not grow with the
+number of calibration images; a step reads its batch, the same bytes.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from ptqbench.quant.lowrank import LowRankBranch
 from ptqbench.quant.modules import QuantLinear, drop_cached_weights
 from ptqbench.algorithms.fisher_dplr import FISHER_SCHEDULES, DPLRLoss, fisher_rows, fp_references, refresh_steps
 from ptqbench.algorithms.perturbation_hessian import perturbation_hessian
+from ptqbench.algorithms.row_store import Rows, RowStore, spill_enabled
 from ptqbench.algorithms.streaming import params_frozen, run_unit, split_chunks, unit_layers
 from ptqbench.quant.uniform import UniformQuantizer
 
@@ -356,8 +360,17 @@ def _scheduler(opt: torch.optim.Optimizer, groups: list[dict[str, Any]], cfg: Re
         opt, [(lambda t: 1.0) if g["name"] == "weight_rounding" else cosine for g in groups])
 
 
-def _forward_batches(unit: Unit, x: torch.Tensor, bs: int) -> torch.Tensor:
-    return torch.cat(run_unit(unit, split_chunks(x, bs)))
+def _forward_batches(unit: Unit, x: Rows, bs: int, spill: bool = False) -> Rows:
+    """The unit's outputs on `x`, run in chunks of `bs` images: one tensor, or a RowStore written
+    chunk by chunk when `spill`."""
+    if spill:
+        return RowStore.of_chunks((unit.forward(c) for c in x.split(bs)), x.shape[0])
+    return torch.cat(run_unit(unit, split_chunks(x, bs) if isinstance(x, torch.Tensor) else list(x.split(bs))))
+
+
+def _kept(x: torch.Tensor, spill: bool, bs: int) -> Rows:
+    """`x` as the run keeps per-image activations: itself, or a RowStore when `spill`."""
+    return RowStore.of_chunks(x.split(bs), x.shape[0]) if spill else x
 
 
 def holdout_split(n: int, cfg: ReconConfig) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
@@ -372,8 +385,8 @@ def holdout_split(n: int, cfg: ReconConfig) -> Optional[tuple[torch.Tensor, torc
     return perm[k:].sort().values, perm[:k].sort().values
 
 
-def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_fp: Optional[torch.Tensor],
-                target: torch.Tensor, cfg: ReconConfig, index: int,
+def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: Rows, x_fp: Optional[Rows],
+                target: Rows, cfg: ReconConfig, index: int,
                 weights: Optional[torch.Tensor] = None, fisher: Optional["_Fisher"] = None) -> dict[str, Any]:
     dev = x_q.device
     gen = torch.Generator().manual_seed(cfg.seed * 1000003 + index)
@@ -387,7 +400,11 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
 
     def losses(key: str) -> torch.Tensor:
         with torch.no_grad():
-            per = _loss(_forward_batches(unit, x_eval, bs), target, cfg.loss, cfg.loss_reduction, per_sample=True)
+            if isinstance(target, RowStore):  # per batch, as the rows are read (on CPU the same values)
+                per = torch.cat([_loss(unit.forward(xb), tb, cfg.loss, cfg.loss_reduction, per_sample=True)
+                                 for xb, tb in zip(x_eval.split(bs), target.split(bs))])
+            else:
+                per = _loss(_forward_batches(unit, x_eval, bs), target, cfg.loss, cfg.loss_reduction, per_sample=True)
         info[f"loss_{key}"] = float(per.mean())
         if split is not None:
             info[f"loss_train_{key}"] = float(per[split[0]].mean())
@@ -423,7 +440,7 @@ def _train_unit(unit: Unit, layers: dict[str, nn.Module], x_q: torch.Tensor, x_f
     return info
 
 
-def _train_loop(unit: Unit, st: _UnitState, x_q: torch.Tensor, x_fp: Optional[torch.Tensor], target: torch.Tensor,
+def _train_loop(unit: Unit, st: _UnitState, x_q: Rows, x_fp: Optional[Rows], target: Rows,
                 cfg: ReconConfig, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator,
                 order: torch.Tensor, base: torch.Tensor, bs: int, head: bool, dev: torch.device,
                 weights: Optional[torch.Tensor] = None, fisher: Optional["_Fisher"] = None) -> None:
@@ -544,8 +561,9 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
     if not units:
         raise ValueError("reconstruct needs the model's units in forward order (QuantizedModel.units); got none")
     dev = calib.device
-    x_q = calib
-    x_fp = calib
+    spill = spill_enabled(dev)
+    x_q: Rows = calib
+    x_fp: Optional[Rows] = calib
     per_unit, ranks, t0 = [], {}, time.perf_counter()
     if teacher is not None and len(teacher.units) != len(units):
         raise ValueError(f"the FP teacher has {len(teacher.units)} units, the model {len(units)}")
@@ -558,16 +576,16 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
 
                 fp_unit = teacher.units[i] if teacher is not None else unit
 
-                def fp_target(unit: Unit = fp_unit, x: torch.Tensor = x_fp, bs: int = bs) -> torch.Tensor:
+                def fp_target(unit: Unit = fp_unit, x: Rows = x_fp, bs: int = bs, spill: bool = False) -> Rows:
                     with torch.no_grad(), quant_disabled(source):
-                        return _forward_batches(unit, x, bs)
+                        return _forward_batches(unit, x, bs, spill)
 
-                target = fp_target() if lookup is None else lookup(i, fp_target).to(dev)
+                target = fp_target(spill=spill) if lookup is None else _kept(lookup(i, fp_target).to(dev), spill, bs)
                 del fp_target  # its default argument holds the FP input
                 blockish = unit.kind not in (EMBED, HEAD)
                 if cfg.units == "blocks" and not blockish:
                     with torch.no_grad():
-                        x_q = _forward_batches(unit, x_q, bs)
+                        x_q = _forward_batches(unit, x_q, bs, spill)
                     x_fp = target
                     continue
                 t_unit = time.perf_counter()
@@ -593,7 +611,7 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                 ranks.update(info.pop("ranks"))
                 per_unit.append(info)
                 with torch.no_grad():
-                    x_q = _forward_batches(unit, x_q, bs)
+                    x_q = _forward_batches(unit, x_q, bs, spill)
                 drop_cached_weights(unit.module)  # the loop does not come back to this unit; evaluation refills them
                 free_heap_returned()  # this unit's freed blocks would otherwise stay resident (ptqbench.heap)
                 x_fp = target
