@@ -35,7 +35,7 @@ def set_spill(on: bool) -> None:
 
 def spill_enabled(device: torch.device) -> bool:
     """Spill on CPU only: on a GPU the rows would cross to the host and back every step to save
-    device memory that a papers' run has plenty of."""
+    device memory that a paper-protocol run has plenty of."""
     return _spill and device.type == "cpu"
 
 
