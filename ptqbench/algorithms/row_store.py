@@ -10,7 +10,8 @@ number of images.
 The file is unlinked when made (`tempfile.TemporaryFile`), so it disappears when the store is
 garbage-collected or the process ends, crashed or not. Its pages sit in the kernel's page cache,
 which the kernel can write out and drop; they are not the process's memory. The folder is
-Python's temporary folder (`TMPDIR`); a store is refused, before anything is written, when that disk lacks the room.
+Python's temporary folder (`TMPDIR`); a store is refused, before anything is written, when that
+disk lacks the room.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class RowStore:
 
     def append(self, chunk: torch.Tensor) -> None:
         if tuple(chunk.shape[1:]) != tuple(self.shape[1:]) or chunk.dtype != self.dtype:
-            raise ValueError(f"chunk {tuple(chunk.shape)} {chunk.dtype} does not fit rows {tuple(self.shape[1:])} {self.dtype}")
+            raise ValueError(f"chunk {tuple(chunk.shape)} {chunk.dtype} does not fit rows "
+                             f"{tuple(self.shape[1:])} {self.dtype}")
         if self._filled + chunk.shape[0] > len(self):
             raise ValueError(f"{self._filled} + {chunk.shape[0]} rows overflow a store of {len(self)}")
         data = memoryview(chunk.detach().cpu().contiguous().view(torch.uint8).numpy()).cast("B")
