@@ -59,7 +59,7 @@ from ptqbench.quant.modules import QuantLinear, drop_cached_weights
 from ptqbench.algorithms.fisher_dplr import FISHER_SCHEDULES, DPLRLoss, fisher_rows, fp_references, refresh_steps
 from ptqbench.algorithms.perturbation_hessian import perturbation_hessian
 from ptqbench.algorithms.row_store import Rows, RowStore, spill_enabled
-from ptqbench.algorithms.streaming import params_frozen, run_unit, split_chunks, unit_layers
+from ptqbench.algorithms.streaming import params_frozen, run_unit, unit_layers
 from ptqbench.quant.uniform import UniformQuantizer
 
 LEARNABLE = ("weights", "act_scale", "weight_scale", "weight_rounding", "dfq", "lowrank")
@@ -365,7 +365,7 @@ def _forward_batches(unit: Unit, x: Rows, bs: int, spill: bool = False) -> Rows:
     chunk by chunk when `spill`."""
     if spill:
         return RowStore.of_chunks((unit.forward(c) for c in x.split(bs)), x.shape[0])
-    return torch.cat(run_unit(unit, split_chunks(x, bs) if isinstance(x, torch.Tensor) else list(x.split(bs))))
+    return torch.cat(run_unit(unit, list(x.split(bs))))  # Tensor.split or RowStore.split
 
 
 def _kept(x: torch.Tensor, spill: bool, bs: int) -> Rows:
