@@ -1,7 +1,9 @@
 """CPU time of forward + backward of the reconstruction's autograd Functions against the plain
 expressions they replace, in one process, interleaved, best of 7 (1 thread): the trained uniform
 fake quantizer on a ViT-B fc2 input at batch 8 ([8, 197, 3072], per-tensor step size learned), and
-AdaRound's soft-rounded weight plus its regularizer on ViT-B's fc1 weight ([3072, 768]).
+AdaRound's soft-rounded weight plus its regularizer on ViT-B's fc1 weight ([3072, 768]), and the
+post-softmax quantizers on a ViT-B attention map at batch 8 ([8, 12, 197, 197]): SULQ (ias; bounds
+fixed, gradient to x) and DFQ below="clamp" (aiq; gradients to x, b1 and b2).
 
 Usage: python scripts/time_recon_functions.py
 """
@@ -9,7 +11,10 @@ import time
 
 import torch
 
+from ptqbench.quant.base import round_ste
+from ptqbench.quant.dynamic_focus import focus_fake_quant
 from ptqbench.quant.learnable import GAMMA, ZETA, _RoundingRegularizer, _SoftRounded
+from ptqbench.quant.sulq import sulq_fake_quant
 from ptqbench.quant.uniform import fake_quant
 
 
@@ -26,6 +31,26 @@ def main() -> None:
     w_floor = torch.floor(torch.randn(3072, 768, generator=g) * 4)
     s, z = torch.rand(3072, 1, generator=g) + 0.1, torch.full((3072, 1), 7.0)
     grad_w = torch.randn(3072, 768, generator=g)
+    attn0 = torch.softmax(torch.randn(8, 12, 197, 197, generator=g) * 3, dim=-1)
+    grad_a = torch.randn(attn0.shape, generator=g)
+    eta, lo, hi = 0.01, torch.tensor(-6.6), torch.tensor(0.0)
+
+    def expression_sulq(a):
+        d = (hi - lo) / 16
+        codes = torch.clamp(round_ste((torch.log(a + eta) / torch.log(torch.tensor(2.0)) - lo) / d), 0, 16)
+        return torch.exp2(round_ste(codes * d + lo)) - eta
+
+    def expression_dfq(a, b1, b2):
+        step = (b2 - b1).clamp(min=1e-8) / 15
+        return b1 + step * round_ste((torch.minimum(torch.maximum(a, b1), b2) - b1) / step)
+
+    def attention_step(fn, bounds: bool) -> None:
+        a = attn0.clone().requires_grad_(True)
+        if bounds:
+            b1, b2 = torch.tensor(0.002, requires_grad=True), torch.tensor(0.3, requires_grad=True)
+            fn(a, b1, b2).backward(grad_a)
+        else:
+            fn(a).backward(grad_a)
 
     def expression_fq(x, sc):
         v = x / sc
@@ -47,6 +72,10 @@ def main() -> None:
             lambda a: (1 - (2 * _h(a) - 1).abs().pow(10.0)).sum()),
         "AdaRound, Functions": lambda: adaround_step(
             lambda a: _SoftRounded.apply(a, w_floor, s, z, 0, 15), lambda a: _RoundingRegularizer.apply(a, 10.0)),
+        "SULQ, expression": lambda: attention_step(expression_sulq, False),
+        "SULQ, Function": lambda: attention_step(lambda a: sulq_fake_quant(a, eta, lo, hi, 16, 16), False),
+        "DFQ, expression": lambda: attention_step(expression_dfq, True),
+        "DFQ, Function": lambda: attention_step(lambda a, b1, b2: focus_fake_quant(a, b1, b2, 4, "clamp"), True),
     }
     best = dict.fromkeys(cases, float("inf"))
     for _ in range(7):
@@ -57,7 +86,9 @@ def main() -> None:
     for name, sec in best.items():
         print(f"{name}: {sec * 1000:.1f} ms")
     print(f"Function / expression: fake quant {best['fake quant, Function'] / best['fake quant, expression']:.2f}, "
-          f"AdaRound {best['AdaRound, Functions'] / best['AdaRound, expressions']:.2f}")
+          f"AdaRound {best['AdaRound, Functions'] / best['AdaRound, expressions']:.2f}, "
+          f"SULQ {best['SULQ, Function'] / best['SULQ, expression']:.2f}, "
+          f"DFQ {best['DFQ, Function'] / best['DFQ, expression']:.2f}")
 
 
 if __name__ == "__main__":

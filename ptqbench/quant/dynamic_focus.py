@@ -84,8 +84,7 @@ def focus_fake_quant(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: 
             # (each out-of-place step allocated an attention-map-sized temporary)
             lo_, hi_, st = float(b1), float(b2), float(step)
             return x.clamp(lo_, hi_).sub_(lo_).div_(st).round_().mul_(st).add_(lo_)
-        xc = torch.minimum(torch.maximum(x, b1), b2)
-        return b1 + step * round_ste((xc - b1) / step)
+        return _FocusClampSTE.apply(x, b1, b2, bits)
     if below != "zero":
         raise ValueError(f"below={below!r}; choose one of {BELOW_MODES}")
     if bits < 2:
@@ -98,6 +97,64 @@ def focus_fake_quant(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: 
     xc = torch.minimum(torch.maximum(x, lo), b2)
     y = lo + step * round_ste((xc - lo) / step)
     return torch.where(x < lo / 2, torch.zeros_like(y), y)
+
+
+def _focus_clamp_steps(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
+    """The straight-through expression's tensors, as autograd would save them: the span b2 - b1,
+    the step, max(x, b1), the clamped x, its offset from b1 and the rounded code."""
+    span = b2 - b1
+    step = span.clamp(min=1e-8) / (2**bits - 1)
+    raised = torch.maximum(x, b1)
+    clamped = torch.minimum(raised, b2)
+    offset = clamped - b1
+    scaled = offset / step
+    return span, step, raised, offset, scaled + (torch.round(scaled) - scaled)
+
+
+class _FocusClampSTE(torch.autograd.Function):
+    """DFQ (below="clamp") with straight-through rounding, saving only x, b1 and b2: as an
+    expression autograd saves max(x, b1), the clamped offset and the code besides x, three
+    attention-map-sized tensors per quantizer and step. The backward recomputes them and runs
+    autograd's formulas (AddBackward0, MulBackward0, DivBackward0, SubBackward0,
+    MinimumBackward0, MaximumBackward0, DivBackward1, ClampMinBackward0), reducing each
+    contribution to b1 and b2 and adding them in the order autograd's engine does, so values and
+    gradients are bit for bit the same (tests/quant/test_fast_paths.py)."""
+
+    @staticmethod
+    def forward(ctx, x, b1, b2, bits: int):  # type: ignore[override]
+        ctx.save_for_backward(x, b1, b2)
+        ctx.bits = bits
+        _, step, _, _, code = _focus_clamp_steps(x, b1, b2, bits)
+        return b1 + step * code
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, b1, b2 = ctx.saved_tensors
+        need_x, need_b1, need_b2, _ = ctx.needs_input_grad
+        span, step, raised, offset, code = _focus_clamp_steps(x, b1, b2, ctx.bits)
+        g_b1 = grad.sum_to_size(b1.shape) if need_b1 else None  # out = b1 + step * code
+        g_step = (grad * code).sum_to_size(step.shape) if need_b1 or need_b2 else None
+        del code
+        g_code = grad * step  # code = offset / step, rounded straight through
+        g_offset = g_code / step
+        if g_step is not None:
+            g_step = g_step + (-g_code * ((offset / step) / step)).sum_to_size(step.shape)
+        del g_code, offset
+        if need_b1:
+            g_b1 = g_b1 + (-g_offset).sum_to_size(b1.shape)  # offset = clamped - b1
+        ties = raised == b2  # clamped = min(raised, b2)
+        g_raised = torch.where(ties, g_offset / 2, g_offset).masked_fill_(raised > b2, 0)
+        g_b2 = torch.where(ties, g_offset / 2, g_offset).masked_fill_(raised < b2, 0).sum_to_size(b2.shape) if need_b2 else None
+        del raised, ties, g_offset
+        ties = x == b1  # raised = max(x, b1)
+        g_x = torch.where(ties, g_raised / 2, g_raised).masked_fill_(x < b1, 0) if need_x else None
+        if need_b1:
+            g_b1 = g_b1 + torch.where(ties, g_raised / 2, g_raised).masked_fill_(x > b1, 0).sum_to_size(b1.shape)
+        if g_step is not None:  # step = clamp(span, min=1e-8) / (2^b - 1), span = b2 - b1
+            g_span = torch.where(span >= 1e-8, g_step / (2**ctx.bits - 1), 0.0)
+            g_b2 = g_b2 + g_span if need_b2 else None
+            g_b1 = g_b1 + (-g_span) if need_b1 else None
+        return g_x, g_b1, g_b2, None
 
 
 def _focus_zero_inplace(x: torch.Tensor, lo: float, b2: float, step: float) -> torch.Tensor:

@@ -22,7 +22,8 @@ x + eta (the derivative of 2^(log2(x + eta)) with the exponent held at its round
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+import math
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -50,9 +51,50 @@ def sulq_fake_quant(x: torch.Tensor, eta: float, lo: torch.Tensor, hi: torch.Ten
         y.log_().div_(torch.log(torch.tensor(2.0, dtype=y.dtype, device=y.device)))
         y.sub_(lo).div_(d).round_().clamp_(0, top_code)
         return y.mul_(d).add_(lo).round_().exp2_().sub_(eta)
-    u = _log2(x + eta)
-    codes = torch.clamp(round_ste((u - lo) / d), 0, top_code)
-    return torch.exp2(round_ste(codes * d + lo)) - eta
+    if lo.requires_grad or hi.requires_grad:
+        u = _log2(x + eta)
+        codes = torch.clamp(round_ste((u - lo) / d), 0, top_code)
+        return torch.exp2(round_ste(codes * d + lo)) - eta
+    return _SULQSTE.apply(x, eta, lo, d, top_code)
+
+
+def _sulq_steps(x: torch.Tensor, eta: float, lo: torch.Tensor, d: torch.Tensor, top_code: int,
+                for_backward: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
+    """The straight-through expression's operations, in place on two buffers: 2^(rounded
+    exponent) (exp2's result), and for the backward also x + eta (the log's input) and where the
+    rounded code lies inside [0, top_code] (the clamp's mask)."""
+    shifted = x + eta
+    scaled = torch.log(shifted) if for_backward else shifted.log_()
+    scaled.div_(torch.log(torch.tensor(2.0, dtype=x.dtype, device=x.device))).sub_(lo).div_(d)
+    scaled.add_(torch.round(scaled).sub_(scaled))  # s + (round(s) - s), as round_ste
+    inside = scaled.ge(0).logical_and_(scaled.le(top_code)) if for_backward else None
+    exponent = scaled.clamp_(0, top_code).mul_(d).add_(lo)
+    power = exponent.add_(torch.round(exponent).sub_(exponent)).exp2_()
+    return (shifted if for_backward else None), inside, power
+
+
+class _SULQSTE(torch.autograd.Function):
+    """SULQ with straight-through roundings and fixed bounds, saving only x: as an expression
+    autograd saves x + eta, the clamp's input and exp2's result, three attention-map-sized
+    tensors per quantizer and step. The backward recomputes them and runs autograd's formulas
+    (Exp2Backward0, MulBackward0, ClampBackward1, DivBackward0, LogBackward0) in its order, so
+    the gradient is bit for bit the same (tests/quant/test_fast_paths.py)."""
+
+    @staticmethod
+    def forward(ctx, x, eta: float, lo, d, top_code: int):  # type: ignore[override]
+        ctx.save_for_backward(x, lo, d)
+        ctx.args = (eta, top_code)
+        return _sulq_steps(x, eta, lo, d, top_code, for_backward=False)[2].sub_(eta)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, lo, d = ctx.saved_tensors
+        eta, top_code = ctx.args
+        shifted, inside, power = _sulq_steps(x, eta, lo, d, top_code, for_backward=True)
+        g = power.mul_(grad).mul_(math.log(2.0)).mul_(d)  # grad * 2^e * ln 2, then * d
+        g.masked_fill_(inside.logical_not_(), 0.0)
+        g.div_(d).div_(torch.log(torch.tensor(2.0, dtype=x.dtype, device=x.device)))
+        return g.div_(shifted), None, None, None, None
 
 
 @dataclass(frozen=True)
