@@ -27,16 +27,21 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ptqbench.quant.base import Quantizer, round_ste
+from ptqbench.quant.base import Quantizer
 from ptqbench.quant.kinds import register_kind
 
 DEFAULT_BIASES = (0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
+def _ln2(like: torch.Tensor) -> torch.Tensor:
+    """ln 2 as a 0-dim tensor of `like`'s dtype, the divisor of the release's log2."""
+    return torch.log(torch.tensor(2.0, dtype=like.dtype, device=like.device))
+
+
 def _log2(x: torch.Tensor) -> torch.Tensor:
     """log2 as the release computes it, ln(x) / ln(2) in float32: `torch.log2` differs in the last
     bit on some inputs, which moves a code at an exact rounding tie."""
-    return torch.log(x) / torch.log(torch.tensor(2.0, dtype=x.dtype, device=x.device))
+    return torch.log(x) / _ln2(x)
 
 
 def sulq_fake_quant(x: torch.Tensor, eta: float, lo: torch.Tensor, hi: torch.Tensor, top_code: int,
@@ -44,17 +49,17 @@ def sulq_fake_quant(x: torch.Tensor, eta: float, lo: torch.Tensor, hi: torch.Ten
     """Quantize-dequantize on the shifted log2 grid: step (hi - lo) / `steps`, codes 0..`top_code`.
 
     Without autograd the same operations run in place on one buffer (the attention map is a
-    ViT's largest activation; ten map-sized temporaries cost more than the arithmetic)."""
+    ViT's largest activation; ten map-sized temporaries cost more than the arithmetic). Under
+    autograd the roundings pass gradients straight through to x; the bounds are constants (the
+    quantizer's buffers: I&S-ViT trains no quantizer scale)."""
+    if lo.requires_grad or hi.requires_grad:
+        raise ValueError("SULQ's bounds lo and hi are fixed; pass tensors that do not require grad")
     d = (hi - lo) / steps
-    if not (torch.is_grad_enabled() and (x.requires_grad or lo.requires_grad or hi.requires_grad)):
+    if not (torch.is_grad_enabled() and x.requires_grad):
         y = x + eta
-        y.log_().div_(torch.log(torch.tensor(2.0, dtype=y.dtype, device=y.device)))
+        y.log_().div_(_ln2(y))
         y.sub_(lo).div_(d).round_().clamp_(0, top_code)
         return y.mul_(d).add_(lo).round_().exp2_().sub_(eta)
-    if lo.requires_grad or hi.requires_grad:
-        u = _log2(x + eta)
-        codes = torch.clamp(round_ste((u - lo) / d), 0, top_code)
-        return torch.exp2(round_ste(codes * d + lo)) - eta
     return _SULQSTE.apply(x, eta, lo, d, top_code)
 
 
@@ -65,7 +70,7 @@ def _sulq_steps(x: torch.Tensor, eta: float, lo: torch.Tensor, d: torch.Tensor, 
     rounded code lies inside [0, top_code] (the clamp's mask)."""
     shifted = x + eta
     scaled = torch.log(shifted) if for_backward else shifted.log_()
-    scaled.div_(torch.log(torch.tensor(2.0, dtype=x.dtype, device=x.device))).sub_(lo).div_(d)
+    scaled.div_(_ln2(x)).sub_(lo).div_(d)
     scaled.add_(torch.round(scaled).sub_(scaled))  # s + (round(s) - s), as round_ste
     inside = scaled.ge(0).logical_and_(scaled.le(top_code)) if for_backward else None
     exponent = scaled.clamp_(0, top_code).mul_(d).add_(lo)
@@ -93,7 +98,7 @@ class _SULQSTE(torch.autograd.Function):
         shifted, inside, power = _sulq_steps(x, eta, lo, d, top_code, for_backward=True)
         g = power.mul_(grad).mul_(math.log(2.0)).mul_(d)  # grad * 2^e * ln 2, then * d
         g.masked_fill_(inside.logical_not_(), 0.0)
-        g.div_(d).div_(torch.log(torch.tensor(2.0, dtype=x.dtype, device=x.device)))
+        g.div_(d).div_(_ln2(x))
         return g.div_(shifted), None, None, None, None
 
 

@@ -68,7 +68,9 @@ def test_gradient_is_the_released_straight_through_one():
     assert torch.allclose(x.grad, expect, rtol=1e-5)
 
 
-def test_refuses_negative_input_and_bad_shifts():
+def test_refuses_negative_input_bad_shifts_and_trained_bounds():
+    with pytest.raises(ValueError, match="fixed"):
+        sulq_fake_quant(torch.rand(4), 0.01, torch.tensor(-7.0, requires_grad=True), torch.tensor(0.0), 15, 15)
     with pytest.raises(ValueError, match="non-negative"):
         SULQQuantizer(4, "post_softmax").calibrate(torch.tensor([-0.5, 0.5]))
     with pytest.raises(ValueError, match="positive"):
