@@ -100,8 +100,8 @@ def focus_fake_quant(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: 
 
 
 def _focus_clamp_steps(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
-    """The straight-through expression's tensors, as autograd would save them: the span b2 - b1,
-    the step, max(x, b1), the clamped x, its offset from b1 and the rounded code."""
+    """The straight-through expression's tensors that its gradients read: the span b2 - b1, the
+    step, max(x, b1), the offset min(max(x, b1), b2) - b1 and the code, rounded straight through."""
     span = b2 - b1
     step = span.clamp(min=1e-8) / (2**bits - 1)
     raised = torch.maximum(x, b1)
@@ -144,7 +144,9 @@ class _FocusClampSTE(torch.autograd.Function):
             g_b1 = g_b1 + (-g_offset).sum_to_size(b1.shape)  # offset = clamped - b1
         ties = raised == b2  # clamped = min(raised, b2)
         g_raised = torch.where(ties, g_offset / 2, g_offset).masked_fill_(raised > b2, 0)
-        g_b2 = torch.where(ties, g_offset / 2, g_offset).masked_fill_(raised < b2, 0).sum_to_size(b2.shape) if need_b2 else None
+        g_b2 = None
+        if need_b2:
+            g_b2 = torch.where(ties, g_offset / 2, g_offset).masked_fill_(raised < b2, 0).sum_to_size(b2.shape)
         del raised, ties, g_offset
         ties = x == b1  # raised = max(x, b1)
         g_x = torch.where(ties, g_raised / 2, g_raised).masked_fill_(x < b1, 0) if need_x else None
