@@ -21,8 +21,8 @@ x + eta (the derivative of 2^(log2(x + eta)) with the exponent held at its round
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
