@@ -362,6 +362,12 @@ def test_sulq_training_path_values_and_gradient_match_the_ste_expression(bits, e
             assert_same(results[0][1], results[1][1])
 
 
+def ref_dfq_clamp_ste(v, b1, b2, bits):
+    """DFQ (below="clamp") as the straight-through expression autograd differentiates."""
+    step = (b2 - b1).clamp(min=1e-8) / (2**bits - 1)
+    return b1 + step * round_ste((torch.minimum(torch.maximum(v, b1), b2) - b1) / step)
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("bounds", [(0.0, 0.3), (-0.002, 0.05), (0.004, 0.9), (0.2, 0.2)])
 def test_dfq_clamp_training_path_values_and_gradients_match_the_ste_expression(bits, bounds):
@@ -374,15 +380,11 @@ def test_dfq_clamp_training_path_values_and_gradients_match_the_ste_expression(b
     x = x[:, : x.numel() // 8 * 8].reshape(8, -1)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(bits))
 
-    def expression(v, b1, b2):
-        step = (b2 - b1).clamp(min=1e-8) / (2**bits - 1)
-        xc = torch.minimum(torch.maximum(v, b1), b2)
-        return b1 + step * round_ste((xc - b1) / step)
-
     for layout in (lambda t: t, lambda t: t.t().contiguous().t()):
         for trained in ((True, True), (True, False), (False, True)):
             results = []
-            for fn in (lambda v, b1, b2: focus_fake_quant(v, b1, b2, bits, "clamp"), expression):
+            for fn in (lambda v, b1, b2: focus_fake_quant(v, b1, b2, bits, "clamp"),
+                       lambda v, b1, b2: ref_dfq_clamp_ste(v, b1, b2, bits)):
                 xs = layout(x.clone()).requires_grad_(trained[0])
                 b1, b2 = (torch.tensor(b).requires_grad_(trained[1]) for b in bounds)
                 wrt = [t for t in (xs, b1, b2) if t.requires_grad]
@@ -399,16 +401,13 @@ def test_dfq_clamp_bound_gradients_add_up_in_autograd_order():
     span), and their float sum depends on the order: autograd's engine adds them in a fixed one.
     Over 20 draws (where a wrong order misses about half of them) the Function's b1 and b2
     gradients equal autograd's on the expression."""
-    def expression(v, b1, b2):
-        step = (b2 - b1).clamp(min=1e-8) / 15
-        return b1 + step * round_ste((torch.minimum(torch.maximum(v, b1), b2) - b1) / step)
-
     for seed in range(20):
         g = torch.Generator().manual_seed(seed)
         x, grad_out = torch.rand(8, 500, generator=g) * 1.2 - 0.1, torch.randn(8, 500, generator=g)
         lo = 0.004 + 0.01 * float(torch.rand((), generator=g))
         grads = []
-        for fn in (lambda v, b1, b2: focus_fake_quant(v, b1, b2, 4, "clamp"), expression):
+        for fn in (lambda v, b1, b2: focus_fake_quant(v, b1, b2, 4, "clamp"),
+                   lambda v, b1, b2: ref_dfq_clamp_ste(v, b1, b2, 4)):
             b1, b2 = torch.tensor(lo, requires_grad=True), torch.tensor(0.9, requires_grad=True)
             with torch.enable_grad():
                 grads.append(torch.autograd.grad(fn(x, b1, b2), (b1, b2), grad_out))
