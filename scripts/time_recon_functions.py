@@ -10,6 +10,7 @@ Usage: python scripts/time_recon_functions.py
 import time
 
 import torch
+from dfq_bound_gradient_order import expression as dfq_expression  # scripts/: run as `python scripts/...`
 
 from ptqbench.quant.base import round_ste
 from ptqbench.quant.dynamic_focus import focus_fake_quant
@@ -39,10 +40,6 @@ def main() -> None:
         d = (hi - lo) / 16
         codes = torch.clamp(round_ste((torch.log(a + eta) / torch.log(torch.tensor(2.0)) - lo) / d), 0, 16)
         return torch.exp2(round_ste(codes * d + lo)) - eta
-
-    def expression_dfq(a, b1, b2):
-        step = (b2 - b1).clamp(min=1e-8) / 15
-        return b1 + step * round_ste((torch.minimum(torch.maximum(a, b1), b2) - b1) / step)
 
     def attention_step(fn, bounds: bool) -> None:
         a = attn0.clone().requires_grad_(True)
@@ -74,7 +71,7 @@ def main() -> None:
             lambda a: _SoftRounded.apply(a, w_floor, s, z, 0, 15), lambda a: _RoundingRegularizer.apply(a, 10.0)),
         "SULQ, expression": lambda: attention_step(expression_sulq, False),
         "SULQ, Function": lambda: attention_step(lambda a: sulq_fake_quant(a, eta, lo, hi, 16, 16), False),
-        "DFQ, expression": lambda: attention_step(expression_dfq, True),
+        "DFQ, expression": lambda: attention_step(dfq_expression, True),
         "DFQ, Function": lambda: attention_step(lambda a, b1, b2: focus_fake_quant(a, b1, b2, 4, "clamp"), True),
     }
     best = dict.fromkeys(cases, float("inf"))
