@@ -2,7 +2,7 @@
 expression (below="clamp", 4 bits): over DRAWS random draws of an attention-like input, the count
 of draws where each order gives autograd's b1 gradient bit for bit. The parts: J from the output's
 `b1 +`, F from `clamped - b1`, D from `max(x, b1)`, A from the step's span `b2 - b1`.
-`quant/dynamic_focus.py:_FocusClampSTE` adds them as ((J + F) + D) + A.
+`quant/dynamic_focus.py:_FocusSTE` adds them as ((J + F) + D) + A.
 
     python scripts/dfq_bound_gradient_order.py [DRAWS=300]
 """
@@ -10,20 +10,14 @@ import sys
 
 import torch
 
-from ptqbench.quant.base import round_ste
-from ptqbench.quant.dynamic_focus import _focus_clamp_steps
+from ptqbench.quant.dynamic_focus import _focus_steps, focus_ste_expression
 
 BITS = 4
 
 
-def expression(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    step = (b2 - b1).clamp(min=1e-8) / (2**BITS - 1)
-    return b1 + step * round_ste((torch.minimum(torch.maximum(x, b1), b2) - b1) / step)
-
-
 def parts(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
     """b1's four gradient parts, each reduced to a scalar as autograd reduces it."""
-    span, step, raised, offset, code = _focus_clamp_steps(x, b1, b2, BITS)
+    span, step, raised, offset, code = _focus_steps(x, b1, b2, 2**BITS - 1)
     g_step = (grad * code).sum()
     g_code = grad * step
     g_offset = g_code / step
@@ -43,7 +37,7 @@ def main() -> None:
         x, grad = torch.rand(8, 500, generator=g) * 1.2 - 0.1, torch.randn(8, 500, generator=g)
         b1 = torch.tensor(0.004 + 0.01 * float(torch.rand((), generator=g)), requires_grad=True)
         b2 = torch.tensor(0.9, requires_grad=True)
-        (want,) = torch.autograd.grad(expression(x, b1, b2), [b1], grad)
+        (want,) = torch.autograd.grad(focus_ste_expression(x, b1, b2, BITS), [b1], grad)
         p = parts(x, b1.detach(), b2.detach(), grad)
         for order in orders:
             total = p[order[0]]

@@ -3,7 +3,7 @@ forward, before the backward), the tensors held by the graph's nodes (`_saved_*`
 once), by node type and shape. Runs the bench cost cell of DeiT-T, 32 images, W4A4, 2 steps per
 unit, batch 8, 1 thread.
 
-Usage: python scripts/saved_tensors_per_step.py dopq 3
+Usage: python scripts/saved_tensors_per_step.py dopq 3 [KEY=VALUE ...]   (method settings, e.g. dfq_below=zero)
 """
 import collections
 import sys
@@ -48,6 +48,7 @@ def saved_by_node(out: torch.Tensor) -> collections.Counter:
 
 def main() -> None:
     method, unit_index = sys.argv[1], int(sys.argv[2])
+    extra = dict(item.split("=", 1) for item in sys.argv[3:])
     torch.set_num_threads(1)
     import ptqbench.algorithms.reconstruction as rc
     from ptqbench.bench import cells
@@ -68,7 +69,7 @@ def main() -> None:
     rc._unit_loss = probe
     net, _ = cells.load_model("deit_tiny")
     images, _ = cells.calibration_images(net, 32)
-    cells._quantized(net, method, "w4a4", images, method_options(method, 2))
+    cells._quantized(net, method, "w4a4", images, {**method_options(method, 2), **extra})
 
 
 if __name__ == "__main__":

@@ -3,17 +3,17 @@ expressions they replace, in one process, interleaved, best of 7 (1 thread): the
 fake quantizer on a ViT-B fc2 input at batch 8 ([8, 197, 3072], per-tensor step size learned), and
 AdaRound's soft-rounded weight plus its regularizer on ViT-B's fc1 weight ([3072, 768]), and the
 post-softmax quantizers on a ViT-B attention map at batch 8 ([8, 12, 197, 197]): SULQ (ias; bounds
-fixed, gradient to x) and DFQ below="clamp" (aiq; gradients to x, b1 and b2).
+fixed, gradient to x) and DFQ below="clamp" (aiq's default) and below="zero" (gradients to x, b1
+and b2).
 
 Usage: python scripts/time_recon_functions.py
 """
 import time
 
 import torch
-from dfq_bound_gradient_order import expression as dfq_expression  # scripts/: run as `python scripts/...`
 
 from ptqbench.quant.base import round_ste
-from ptqbench.quant.dynamic_focus import focus_fake_quant
+from ptqbench.quant.dynamic_focus import focus_fake_quant, focus_ste_expression
 from ptqbench.quant.learnable import GAMMA, ZETA, _RoundingRegularizer, _SoftRounded
 from ptqbench.quant.sulq import sulq_fake_quant
 from ptqbench.quant.uniform import fake_quant
@@ -71,8 +71,10 @@ def main() -> None:
             lambda a: _SoftRounded.apply(a, w_floor, s, z, 0, 15), lambda a: _RoundingRegularizer.apply(a, 10.0)),
         "SULQ, expression": lambda: attention_step(expression_sulq, False),
         "SULQ, Function": lambda: attention_step(lambda a: sulq_fake_quant(a, eta, lo, hi, 16, 16), False),
-        "DFQ, expression": lambda: attention_step(dfq_expression, True),
+        "DFQ, expression": lambda: attention_step(lambda a, b1, b2: focus_ste_expression(a, b1, b2, 4), True),
         "DFQ, Function": lambda: attention_step(lambda a, b1, b2: focus_fake_quant(a, b1, b2, 4, "clamp"), True),
+        "DFQ zero, expression": lambda: attention_step(lambda a, b1, b2: focus_ste_expression(a, b1, b2, 4, "zero"), True),
+        "DFQ zero, Function": lambda: attention_step(lambda a, b1, b2: focus_fake_quant(a, b1, b2, 4, "zero"), True),
     }
     best = dict.fromkeys(cases, float("inf"))
     for _ in range(7):
@@ -85,7 +87,8 @@ def main() -> None:
     print(f"Function / expression: fake quant {best['fake quant, Function'] / best['fake quant, expression']:.2f}, "
           f"AdaRound {best['AdaRound, Functions'] / best['AdaRound, expressions']:.2f}, "
           f"SULQ {best['SULQ, Function'] / best['SULQ, expression']:.2f}, "
-          f"DFQ {best['DFQ, Function'] / best['DFQ, expression']:.2f}")
+          f"DFQ {best['DFQ, Function'] / best['DFQ, expression']:.2f}, "
+          f"DFQ zero {best['DFQ zero, Function'] / best['DFQ zero, expression']:.2f}")
 
 
 if __name__ == "__main__":

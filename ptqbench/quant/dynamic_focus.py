@@ -76,63 +76,80 @@ def focus_fake_quant(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: 
                      below: str = "clamp") -> torch.Tensor:
     """Quantize-dequantize on the DFQ grid of [b1, b2] (see the module docstring); differentiable
     in b1, b2 (straight-through rounding)."""
-    if below == "clamp":
-        step = (b2 - b1).clamp(min=1e-8) / (2**bits - 1)
-        if (x.device.type == "cpu" and not torch.compiler.is_compiling()
-                and not (torch.is_grad_enabled() and (x.requires_grad or b1.requires_grad or b2.requires_grad))):
-            # inference on the CPU: the same float operations in the same order, on one buffer
-            # (each out-of-place step allocated an attention-map-sized temporary)
-            lo_, hi_, st = float(b1), float(b2), float(step)
-            return x.clamp(lo_, hi_).sub_(lo_).div_(st).round_().mul_(st).add_(lo_)
-        return _FocusClampSTE.apply(x, b1, b2, bits)
-    if below != "zero":
+    if below not in BELOW_MODES:
         raise ValueError(f"below={below!r}; choose one of {BELOW_MODES}")
-    if bits < 2:
+    if below == "zero" and bits < 2:
         raise ValueError("DFQ with below='zero' needs at least 2 bits (one code is the zero)")
-    lo = b1.clamp(min=0.0)
-    step = (b2 - lo).clamp(min=1e-8) / (2**bits - 2)
     if (x.device.type == "cpu" and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and (x.requires_grad or b1.requires_grad or b2.requires_grad))):
-        return _focus_zero_inplace(x, float(lo), float(b2), float(step))
-    xc = torch.minimum(torch.maximum(x, lo), b2)
-    y = lo + step * round_ste((xc - lo) / step)
-    return torch.where(x < lo / 2, torch.zeros_like(y), y)
+        # inference on the CPU: the same float operations in the same order, on one buffer
+        # (each out-of-place step allocated an attention-map-sized temporary)
+        lo = b1.clamp(min=0.0) if below == "zero" else b1
+        lo_, hi_, st = float(lo), float(b2), float((b2 - lo).clamp(min=1e-8) / _levels(bits, below))
+        if below == "zero":
+            return _focus_zero_inplace(x, lo_, hi_, st)
+        return x.clamp(lo_, hi_).sub_(lo_).div_(st).round_().mul_(st).add_(lo_)
+    return _FocusSTE.apply(x, b1, b2, bits, below)
 
 
-def _focus_clamp_steps(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
-    """The straight-through expression's tensors that its gradients read: the span b2 - b1, the
-    step, max(x, b1), the offset min(max(x, b1), b2) - b1 and the code, rounded straight through."""
-    span = b2 - b1
-    step = span.clamp(min=1e-8) / (2**bits - 1)
-    raised = torch.maximum(x, b1)
+def focus_ste_expression(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: int,
+                         below: str = "clamp") -> torch.Tensor:
+    """DFQ as the plain straight-through expression: the definition `_FocusSTE` reproduces bit
+    for bit, values and gradients (the reference of its tests and of scripts/time_recon_functions.py;
+    as an expression autograd keeps several attention-map-sized tensors per step)."""
+    lo = b1.clamp(min=0.0) if below == "zero" else b1
+    step = (b2 - lo).clamp(min=1e-8) / _levels(bits, below)
+    y = lo + step * round_ste((torch.minimum(torch.maximum(x, lo), b2) - lo) / step)
+    return torch.where(x < lo / 2, torch.zeros_like(y), y) if below == "zero" else y
+
+
+def _focus_steps(x: torch.Tensor, lo: torch.Tensor, b2: torch.Tensor, levels: int) -> tuple[torch.Tensor, ...]:
+    """The straight-through expression's tensors that its gradients read, for `levels` steps on
+    [lo, b2]: the span b2 - lo, the step, max(x, lo), the offset min(max(x, lo), b2) - lo and the
+    code, rounded straight through."""
+    span = b2 - lo
+    step = span.clamp(min=1e-8) / levels
+    raised = torch.maximum(x, lo)
     clamped = torch.minimum(raised, b2)
-    offset = clamped - b1
+    offset = clamped - lo
     scaled = offset / step
     return span, step, raised, offset, scaled + (torch.round(scaled) - scaled)
 
 
-class _FocusClampSTE(torch.autograd.Function):
-    """DFQ (below="clamp") with straight-through rounding, saving only x, b1 and b2: as an
-    expression autograd saves max(x, b1), the clamped offset and the code besides x, three
-    attention-map-sized tensors per quantizer and step. The backward recomputes them and runs
-    autograd's formulas (AddBackward0, MulBackward0, DivBackward0, SubBackward0,
-    MinimumBackward0, MaximumBackward0, DivBackward1, ClampMinBackward0), reducing each
-    contribution to b1 and b2 and adding them in the order autograd's engine does, so values and
-    gradients are bit for bit the same (tests/quant/test_fast_paths.py)."""
+def _levels(bits: int, below: str) -> int:
+    """Steps between the interval's bounds: 2^b - 1, or 2^b - 2 when one code is the zero."""
+    return 2**bits - 1 if below == "clamp" else 2**bits - 2
+
+
+class _FocusSTE(torch.autograd.Function):
+    """DFQ with straight-through rounding, saving only x, b1 and b2. As an expression autograd
+    saves max(x, b1), the clamped offset and the code besides x (and, for below="zero", the mask
+    of x < b1 / 2): three attention-map-sized tensors or more per quantizer and step. The backward
+    recomputes them and runs autograd's formulas (WhereBackward0 for "zero", AddBackward0,
+    MulBackward0, DivBackward0, SubBackward0, MinimumBackward0, MaximumBackward0, DivBackward1,
+    ClampMinBackward0, and for "zero" b1's ClampMinBackward0), reducing each contribution to the
+    bounds and adding them in the order autograd's engine does, so values and gradients are bit
+    for bit the same (tests/quant/test_fast_paths.py)."""
 
     @staticmethod
-    def forward(ctx, x, b1, b2, bits: int):  # type: ignore[override]
+    def forward(ctx, x, b1, b2, bits: int, below: str):  # type: ignore[override]
         ctx.save_for_backward(x, b1, b2)
-        ctx.bits = bits
-        _, step, _, _, code = _focus_clamp_steps(x, b1, b2, bits)
-        return b1 + step * code
+        ctx.bits, ctx.below = bits, below
+        lo = b1.clamp(min=0.0) if below == "zero" else b1
+        _, step, _, _, code = _focus_steps(x, lo, b2, _levels(bits, below))
+        out = lo + step * code
+        return out.masked_fill_(x < lo / 2, 0.0) if below == "zero" else out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, b1, b2 = ctx.saved_tensors
-        need_x, need_b1, need_b2, _ = ctx.needs_input_grad
-        span, step, raised, offset, code = _focus_clamp_steps(x, b1, b2, ctx.bits)
-        g_b1 = grad.sum_to_size(b1.shape) if need_b1 else None  # out = b1 + step * code
+        need_x, need_b1, need_b2, _, _ = ctx.needs_input_grad
+        zero, levels = ctx.below == "zero", _levels(ctx.bits, ctx.below)
+        lo = b1.clamp(min=0.0) if zero else b1
+        span, step, raised, offset, code = _focus_steps(x, lo, b2, levels)
+        if zero:  # out = where(x < lo / 2, 0, y)
+            grad = torch.where(x < lo / 2, 0.0, grad)  # masked_fill would make it contiguous: sums in another order
+        g_lo = grad.sum_to_size(lo.shape) if need_b1 else None  # y = lo + step * code
         g_step = (grad * code).sum_to_size(step.shape) if need_b1 or need_b2 else None
         del code
         g_code = grad * step  # code = offset / step, rounded straight through
@@ -141,22 +158,23 @@ class _FocusClampSTE(torch.autograd.Function):
             g_step = g_step + (-g_code * ((offset / step) / step)).sum_to_size(step.shape)
         del g_code, offset
         if need_b1:
-            g_b1 = g_b1 + (-g_offset).sum_to_size(b1.shape)  # offset = clamped - b1
+            g_lo = g_lo + (-g_offset).sum_to_size(lo.shape)  # offset = clamped - lo
         ties = raised == b2  # clamped = min(raised, b2)
         g_raised = torch.where(ties, g_offset / 2, g_offset).masked_fill_(raised > b2, 0)
         g_b2 = None
         if need_b2:
             g_b2 = torch.where(ties, g_offset / 2, g_offset).masked_fill_(raised < b2, 0).sum_to_size(b2.shape)
         del raised, ties, g_offset
-        ties = x == b1  # raised = max(x, b1)
-        g_x = torch.where(ties, g_raised / 2, g_raised).masked_fill_(x < b1, 0) if need_x else None
+        ties = x == lo  # raised = max(x, lo)
+        g_x = torch.where(ties, g_raised / 2, g_raised).masked_fill_(x < lo, 0) if need_x else None
         if need_b1:
-            g_b1 = g_b1 + torch.where(ties, g_raised / 2, g_raised).masked_fill_(x > b1, 0).sum_to_size(b1.shape)
-        if g_step is not None:  # step = clamp(span, min=1e-8) / (2^b - 1), span = b2 - b1
-            g_span = torch.where(span >= 1e-8, g_step / (2**ctx.bits - 1), 0.0)
+            g_lo = g_lo + torch.where(ties, g_raised / 2, g_raised).masked_fill_(x > lo, 0).sum_to_size(lo.shape)
+        if g_step is not None:  # step = clamp(span, min=1e-8) / levels, span = b2 - lo
+            g_span = torch.where(span >= 1e-8, g_step / levels, 0.0)
             g_b2 = g_b2 + g_span if need_b2 else None
-            g_b1 = g_b1 + (-g_span) if need_b1 else None
-        return g_x, g_b1, g_b2, None
+            g_lo = g_lo + (-g_span) if need_b1 else None
+        g_b1 = torch.where(b1 >= 0.0, g_lo, 0.0) if zero and need_b1 else g_lo  # lo = clamp(b1, min=0)
+        return g_x, g_b1, g_b2, None, None
 
 
 def _focus_zero_inplace(x: torch.Tensor, lo: float, b2: float, step: float) -> torch.Tensor:

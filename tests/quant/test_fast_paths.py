@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ptqbench.quant.base import round_ste
-from ptqbench.quant.dynamic_focus import focus_fake_quant
+from ptqbench.quant.dynamic_focus import focus_fake_quant, focus_ste_expression
 from ptqbench.quant.twin_uniform import twin_gelu_fake_quant, twin_softmax_fake_quant
 from ptqbench.quant.two_scale import v2sf_fake_quant
 from ptqbench.quant.uniform import fake_quant
@@ -362,29 +362,24 @@ def test_sulq_training_path_values_and_gradient_match_the_ste_expression(bits, e
             assert_same(results[0][1], results[1][1])
 
 
-def ref_dfq_clamp_ste(v, b1, b2, bits):
-    """DFQ (below="clamp") as the straight-through expression autograd differentiates."""
-    step = (b2 - b1).clamp(min=1e-8) / (2**bits - 1)
-    return b1 + step * round_ste((torch.minimum(torch.maximum(v, b1), b2) - b1) / step)
-
-
+@pytest.mark.parametrize("below", ["clamp", "zero"])
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("bounds", [(0.0, 0.3), (-0.002, 0.05), (0.004, 0.9), (0.2, 0.2)])
-def test_dfq_clamp_training_path_values_and_gradients_match_the_ste_expression(bits, bounds):
-    """DFQ (below="clamp") under autograd saves only x and the bounds and recomputes the rest:
-    the values and the gradients of x, b1 and b2 are bit for bit those autograd gives on the
-    straight-through expression, with inputs on the bounds (the max and min ties), NaN and
-    infinities, an empty interval (the step's clamp), and x in a transposed layout; also with
-    only x or only the bounds trained."""
-    x = mixed(torch.tensor(bounds), n=3000, low=-0.1, high=1.1, seed=bits)
+def test_dfq_training_path_values_and_gradients_match_the_ste_expression(below, bits, bounds):
+    """DFQ under autograd saves only x and the bounds and recomputes the rest: the values and
+    the gradients of x, b1 and b2 are bit for bit those autograd gives on the straight-through
+    expression, with inputs on the bounds (the max and min ties) and on b1 / 2 ("zero"), NaN and
+    infinities, an empty interval (the step's clamp), a negative b1 ("zero" clamps it to 0), and x
+    in a transposed layout; also with only x or only the bounds trained."""
+    x = mixed(torch.tensor([*bounds, bounds[0] / 2]), n=3000, low=-0.1, high=1.1, seed=bits)
     x = x[:, : x.numel() // 8 * 8].reshape(8, -1)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(bits))
 
     for layout in (lambda t: t, lambda t: t.t().contiguous().t()):
         for trained in ((True, True), (True, False), (False, True)):
             results = []
-            for fn in (lambda v, b1, b2: focus_fake_quant(v, b1, b2, bits, "clamp"),
-                       lambda v, b1, b2: ref_dfq_clamp_ste(v, b1, b2, bits)):
+            for fn in (lambda v, b1, b2: focus_fake_quant(v, b1, b2, bits, below),
+                       lambda v, b1, b2: focus_ste_expression(v, b1, b2, bits, below)):
                 xs = layout(x.clone()).requires_grad_(trained[0])
                 b1, b2 = (torch.tensor(b).requires_grad_(trained[1]) for b in bounds)
                 wrt = [t for t in (xs, b1, b2) if t.requires_grad]
@@ -396,7 +391,8 @@ def test_dfq_clamp_training_path_values_and_gradients_match_the_ste_expression(b
                 assert_same(a, b)
 
 
-def test_dfq_clamp_bound_gradients_add_up_in_autograd_order():
+@pytest.mark.parametrize("below", ["clamp", "zero"])
+def test_dfq_bound_gradients_add_up_in_autograd_order(below):
     """b1's gradient has four parts (the output's offset, clamped - b1, max(x, b1) and the step's
     span), and their float sum depends on the order: autograd's engine adds them in a fixed one.
     Over 20 draws (where a wrong order misses about half of them) the Function's b1 and b2
@@ -406,8 +402,8 @@ def test_dfq_clamp_bound_gradients_add_up_in_autograd_order():
         x, grad_out = torch.rand(8, 500, generator=g) * 1.2 - 0.1, torch.randn(8, 500, generator=g)
         lo = 0.004 + 0.01 * float(torch.rand((), generator=g))
         grads = []
-        for fn in (lambda v, b1, b2: focus_fake_quant(v, b1, b2, 4, "clamp"),
-                   lambda v, b1, b2: ref_dfq_clamp_ste(v, b1, b2, 4)):
+        for fn in (lambda v, b1, b2: focus_fake_quant(v, b1, b2, 4, below),
+                   lambda v, b1, b2: focus_ste_expression(v, b1, b2, 4, below)):
             b1, b2 = torch.tensor(lo, requires_grad=True), torch.tensor(0.9, requires_grad=True)
             with torch.enable_grad():
                 grads.append(torch.autograd.grad(fn(x, b1, b2), (b1, b2), grad_out))
