@@ -84,7 +84,7 @@ def focus_fake_quant(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: 
             and not (torch.is_grad_enabled() and (x.requires_grad or b1.requires_grad or b2.requires_grad))):
         # inference on the CPU: the same float operations in the same order, on one buffer
         # (each out-of-place step allocated an attention-map-sized temporary)
-        lo = b1.clamp(min=0.0) if below == "zero" else b1
+        lo = _lower_bound(b1, below)
         lo_, hi_, st = float(lo), float(b2), float((b2 - lo).clamp(min=1e-8) / _levels(bits, below))
         if below == "zero":
             return _focus_zero_inplace(x, lo_, hi_, st)
@@ -97,7 +97,7 @@ def focus_ste_expression(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bi
     """DFQ as the plain straight-through expression: the definition `_FocusSTE` reproduces bit
     for bit, values and gradients (the reference of its tests and of scripts/time_recon_functions.py;
     as an expression autograd keeps several attention-map-sized tensors per step)."""
-    lo = b1.clamp(min=0.0) if below == "zero" else b1
+    lo = _lower_bound(b1, below)
     step = (b2 - lo).clamp(min=1e-8) / _levels(bits, below)
     y = lo + step * round_ste((torch.minimum(torch.maximum(x, lo), b2) - lo) / step)
     return torch.where(x < lo / 2, torch.zeros_like(y), y) if below == "zero" else y
@@ -114,6 +114,11 @@ def _focus_steps(x: torch.Tensor, lo: torch.Tensor, b2: torch.Tensor, levels: in
     offset = clamped - lo
     scaled = offset / step
     return span, step, raised, offset, scaled + (torch.round(scaled) - scaled)
+
+
+def _lower_bound(b1: torch.Tensor, below: str) -> torch.Tensor:
+    """The interval's lower bound: b1, or max(b1, 0) when one code is the zero (a negative b1 is read as 0)."""
+    return b1.clamp(min=0.0) if below == "zero" else b1
 
 
 def _levels(bits: int, below: str) -> int:
@@ -135,7 +140,7 @@ class _FocusSTE(torch.autograd.Function):
     def forward(ctx, x, b1, b2, bits: int, below: str):  # type: ignore[override]
         ctx.save_for_backward(x, b1, b2)
         ctx.bits, ctx.below = bits, below
-        lo = b1.clamp(min=0.0) if below == "zero" else b1
+        lo = _lower_bound(b1, below)
         _, step, _, _, code = _focus_steps(x, lo, b2, _levels(bits, below))
         out = lo + step * code
         return out.masked_fill_(x < lo / 2, 0.0) if below == "zero" else out
@@ -145,7 +150,7 @@ class _FocusSTE(torch.autograd.Function):
         x, b1, b2 = ctx.saved_tensors
         need_x, need_b1, need_b2, _, _ = ctx.needs_input_grad
         zero, levels = ctx.below == "zero", _levels(ctx.bits, ctx.below)
-        lo = b1.clamp(min=0.0) if zero else b1
+        lo = _lower_bound(b1, ctx.below)
         span, step, raised, offset, code = _focus_steps(x, lo, b2, levels)
         if zero:  # out = where(x < lo / 2, 0, y)
             grad = torch.where(x < lo / 2, 0.0, grad)  # masked_fill would make it contiguous: sums in another order
