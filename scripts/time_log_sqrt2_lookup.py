@@ -11,9 +11,8 @@ give the same bits on the map. Not in the package: it was slower (docs/benchmark
 
 from __future__ import annotations
 
-import time
-
 import torch
+from interleaved_timing import best_cpu_seconds  # scripts/: run as `python scripts/...`
 
 from ptqbench.heap import every_block_reused
 from ptqbench.quant.log_sqrt2 import log_sqrt2_fake_quant
@@ -53,12 +52,7 @@ def main() -> None:
             raise SystemExit("the lookup differs from the arithmetic")
         cases = {"arithmetic": lambda: log_sqrt2_fake_quant(x, delta, BITS, PER_OCTAVE),
                  "lookup": lambda: lookup(x, delta, table)}
-        best = dict.fromkeys(cases, float("inf"))
-        for _ in range(15):
-            for name, run in cases.items():
-                t = time.process_time()
-                run()
-                best[name] = min(best[name], time.process_time() - t)
+        best = best_cpu_seconds(cases, 15)
     print("bit-identical on the map; " + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in best.items())
           + f"; lookup / arithmetic {best['lookup'] / best['arithmetic']:.2f}")
 

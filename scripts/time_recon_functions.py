@@ -8,9 +8,8 @@ and b2).
 
 Usage: python scripts/time_recon_functions.py
 """
-import time
-
 import torch
+from interleaved_timing import best_cpu_seconds  # scripts/: run as `python scripts/...`
 
 from ptqbench.quant.base import round_ste
 from ptqbench.quant.dynamic_focus import focus_fake_quant, focus_ste_expression
@@ -76,12 +75,7 @@ def main() -> None:
         "DFQ zero, expression": lambda: attention_step(lambda a, b1, b2: focus_ste_expression(a, b1, b2, 4, "zero"), True),
         "DFQ zero, Function": lambda: attention_step(lambda a, b1, b2: focus_fake_quant(a, b1, b2, 4, "zero"), True),
     }
-    best = dict.fromkeys(cases, float("inf"))
-    for _ in range(7):
-        for name, run in cases.items():
-            t = time.process_time()
-            run()
-            best[name] = min(best[name], time.process_time() - t)
+    best = best_cpu_seconds(cases, 7)
     for name, sec in best.items():
         print(f"{name}: {sec * 1000:.1f} ms")
     print(f"Function / expression: fake quant {best['fake quant, Function'] / best['fake quant, expression']:.2f}, "
