@@ -15,11 +15,27 @@ def rss_mb(proc: Optional[psutil.Process] = None) -> float:
     return (proc or psutil.Process()).memory_info().rss / 2**20
 
 
+def high_water_mb() -> Optional[float]:
+    """This process's peak resident set size so far (`VmHWM`) in MiB; None where `/proc` has none."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 class PhaseMeter:
     """Context manager measuring wall seconds and peak memory of the enclosed block.
 
-    CPU: peak resident set size of this process, sampled every `interval` s by a thread (the
-    process-wide ru_maxrss never goes down, so it cannot tell phases or jobs of a sweep apart).
+    CPU: peak resident set size of this process. When the block raises the kernel's high-water
+    mark (`VmHWM`, Linux), the peak is that mark, exact; otherwise (the block stayed below an
+    earlier peak of the process, or no `/proc`) it is the highest of samples taken every
+    `interval` s by a thread, which can miss a spike shorter than that. The high-water mark is
+    read, never reset: resetting it (`/proc/self/clear_refs`) would also reset what
+    `/usr/bin/time` reports for the whole process.
     CUDA: torch's peak allocated bytes, reset on entry.
     """
 
@@ -41,6 +57,7 @@ class PhaseMeter:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.start_rss_mb = self.peak_rss_mb = rss_mb(self._proc)
+        self._high_water_on_entry = high_water_mb()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         self._t0 = time.perf_counter()
@@ -51,6 +68,9 @@ class PhaseMeter:
         self._stop.set()
         self._thread.join()
         self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(self._proc))
+        high_water = high_water_mb()
+        if high_water is not None and self._high_water_on_entry is not None and high_water > self._high_water_on_entry:
+            self.peak_rss_mb = max(self.peak_rss_mb, high_water)  # this block set the process's peak
         if self.device.type == "cuda":
             self.peak_cuda_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
 
