@@ -45,6 +45,13 @@ class _DecideBeforeDynamo(importlib.abc.MetaPathFinder):
         return None
 
 
+def triton_state() -> str:
+    """What this process holds of triton: "loaded", "blocked" (marked not importable) or "absent"."""
+    if "triton" not in sys.modules:
+        return "absent"
+    return "blocked" if sys.modules["triton"] is None else "loaded"
+
+
 def keep_triton_out_without_gpu() -> None:
     """Install the decision, unless `torch._dynamo` is already loaded or the decision installed."""
     if "torch._dynamo" in sys.modules or any(isinstance(f, _DecideBeforeDynamo) for f in sys.meta_path):

@@ -14,12 +14,11 @@ import subprocess
 import sys
 
 _PROBE = """
-import sys
 IMPORTS
 status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
 kb = lambda key: int(status[key].split()[0]) // 1024
-triton = "absent" if "triton" not in sys.modules else "blocked" if sys.modules["triton"] is None else "loaded"
-print(f"{kb('VmRSS'):6d} MB  anon {kb('RssAnon'):5d}  file {kb('RssFile'):5d}  triton {triton}")
+from ptqbench.triton_gate import triton_state  # after the reading
+print(f"{kb('VmRSS'):6d} MB  anon {kb('RssAnon'):5d}  file {kb('RssFile'):5d}  triton {triton_state()}")
 """
 
 CASES = {

@@ -15,11 +15,10 @@ import json, sys
 import ptqbench
 torch_before_timm = "torch" in sys.modules
 import timm, torch
+from ptqbench.triton_gate import triton_state
 xpu = getattr(torch, "xpu", None)
 gpu = bool(torch.cuda.is_available() or (xpu is not None and xpu.is_available()))
-print(json.dumps({"torch_before_timm": torch_before_timm, "gpu": gpu,
-                  "triton": "absent" if "triton" not in sys.modules else
-                            "blocked" if sys.modules["triton"] is None else "loaded"}))
+print(json.dumps({"torch_before_timm": torch_before_timm, "gpu": gpu, "triton": triton_state()}))
 """
 
 
