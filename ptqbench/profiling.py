@@ -15,12 +15,13 @@ def rss_mb(proc: Optional[psutil.Process] = None) -> float:
     return (proc or psutil.Process()).memory_info().rss / 2**20
 
 
-def high_water_mb() -> Optional[float]:
-    """This process's peak resident set size so far (`VmHWM`) in MiB; None where `/proc` has none."""
+def proc_status_mb(field: str) -> Optional[float]:
+    """A memory field of this process's `/proc/self/status` (e.g. VmHWM, the peak RSS so far) in
+    MiB; None where `/proc` has none."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -57,7 +58,7 @@ class PhaseMeter:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.start_rss_mb = self.peak_rss_mb = rss_mb(self._proc)
-        self._high_water_on_entry = high_water_mb()
+        self._high_water_on_entry = proc_status_mb("VmHWM")
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         self._t0 = time.perf_counter()
@@ -68,7 +69,7 @@ class PhaseMeter:
         self._stop.set()
         self._thread.join()
         self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(self._proc))
-        high_water = high_water_mb()
+        high_water = proc_status_mb("VmHWM")
         if high_water is not None and self._high_water_on_entry is not None and high_water > self._high_water_on_entry:
             self.peak_rss_mb = max(self.peak_rss_mb, high_water)  # this block set the process's peak
         if self.device.type == "cuda":

@@ -20,13 +20,7 @@ import time
 
 from rss_by_function import _heap_mb, _innermost_ptqbench_frame, _rss_mb  # scripts/: run as a script
 
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
+from ptqbench.profiling import proc_status_mb
 
 
 def cell(model: str, images: int, units: int, method_name: str, iters: int, spill: bool) -> dict:
@@ -50,7 +44,7 @@ def cell(model: str, images: int, units: int, method_name: str, iters: int, spil
         Calibrate()(qm, calib)
         x = unit_input(qm, calib)
     set_spill(spill)
-    before = _status_mb("VmRSS")
+    before = proc_status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
     main_id, done, top = threading.get_ident(), threading.Event(), [0.0, "", ""]
@@ -70,7 +64,7 @@ def cell(model: str, images: int, units: int, method_name: str, iters: int, spil
     done.set()
     sampler.join()
     return {"peak_at": top[1], "heap_at_peak": top[2],"model": model, "weights": weights, "images": images, "spill": spill, "rss_before_mb": round(before),
-            "recon_peak_mb": round(_status_mb("VmHWM")), "recon_s": round(time.perf_counter() - t0, 1),
+            "recon_peak_mb": round(proc_status_mb("VmHWM")), "recon_s": round(time.perf_counter() - t0, 1),
             "loss_end": stats["recon_loss_end"]}
 
 
