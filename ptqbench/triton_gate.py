@@ -3,9 +3,9 @@
 timm imports torchvision, which imports `torch._dynamo`, and that import loads triton whenever the
 package is installed, as it is with the CUDA build of torch that `constraints.txt` selects. Triton
 only compiles kernels for a GPU (CUDA, or Intel's XPU); on a CPU, `torch.compile` generates C++.
-On a machine without such a device the library is dead weight in every job: 73 MB of resident
-memory here, 67 MB of it the pages of `libtriton.so` (`python scripts/import_rss.py`), about 7 %
-of a DeiT-T calibration's peak.
+On a machine without such a device the library is dead weight in every job: 71 MB of resident
+memory here, 65 MB of it file-backed pages, mostly `libtriton.so`'s (`python scripts/import_rss.py`),
+about 7 % of a DeiT-T calibration's peak.
 
 Whether a device exists takes torch to answer, and `python -m ptqbench --help` and the config
 checks do not import torch, so the question waits for the first import of `torch._dynamo`: torch
