@@ -109,10 +109,14 @@ def evaluated(task: Any, module: nn.Module, data: Any, desc: str) -> dict[str, A
         return task.evaluate(module, data, desc)
 
 
+def _rounded(mb: Optional[float]) -> Optional[float]:
+    return None if mb is None else round(mb, 1)
+
+
 def execute(settings: JobSettings, results_dir: Path) -> dict[str, Any]:
     """The work of one job, from its validated settings (`ptqbench.validate.validate_config`,
     which also ran the task's own refusals); returns the record fields it produces."""
-    from ptqbench.profiling import PhaseMeter
+    from ptqbench.profiling import PhaseMeter, process_peak_rss_mb
     from ptqbench.tasks import get_task
 
     task = get_task(settings.task.name)
@@ -148,7 +152,8 @@ def execute(settings: JobSettings, results_dir: Path) -> dict[str, Any]:
         out.update(
             timings={"calibration_s": round(cal_meter.seconds, 3), "eval_s": round(eval_meter.seconds, 3),
                      "fp_eval_s": round(fp.get("eval_seconds", 0.0), 3), **task.timings(q, fp)},
-            memory={"calibration": cal_meter.as_dict(), "evaluation": eval_meter.as_dict()},
+            memory={"calibration": cal_meter.as_dict(), "evaluation": eval_meter.as_dict(),
+                    "process_peak_rss_mb": _rounded(process_peak_rss_mb())},
             quantized_modules=qm.counts(), quantizers=qm.quantizer_map(),
             protocol={"patch_input_bits": getattr(method.config, "patch_input_bits", None),
                       **method.quant.protocol(), "quantized_roles": qm.quantized_roles(), **task.protocol(settings)},

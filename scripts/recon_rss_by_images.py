@@ -2,7 +2,7 @@
 activations in memory and spilled to temporary files (`recon_spill`). Each cell runs in a fresh
 process: a grid-recon method's min-max calibration (no grid search), then `reconstruct` on the
 first UNITS units, 1 thread, batch 8; the peak is the process's high-water mark from the start of
-the reconstruction (reset through /proc/self/clear_refs), where the highest RSS sample (every 5 ms)
+the reconstruction (restarted by `ptqbench.profiling.restart_high_water`), where the highest RSS sample (every 5 ms)
 was taken, with glibc's heap then, and the reconstruction's seconds. The cells run in the order
 given, spill on and off alternating per image count.
 
@@ -20,7 +20,7 @@ import time
 
 from rss_by_function import _heap_mb, _innermost_ptqbench_frame, _rss_mb  # scripts/: run as a script
 
-from ptqbench.profiling import proc_status_mb
+from ptqbench.profiling import proc_status_mb, restart_high_water
 
 
 def cell(model: str, images: int, units: int, method_name: str, iters: int, spill: bool) -> dict:
@@ -45,8 +45,8 @@ def cell(model: str, images: int, units: int, method_name: str, iters: int, spil
         x = unit_input(qm, calib)
     set_spill(spill)
     before = proc_status_mb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
+    if not restart_high_water():  # VmHWM from here on is the reconstruction's peak
+        raise SystemExit("this script needs Linux's /proc/self/clear_refs to restart the high-water mark")
     main_id, done, top = threading.get_ident(), threading.Event(), [0.0, "", ""]
 
     def sample() -> None:

@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from ptqbench.models.families.base import FAMILIES
     from ptqbench.methods.steps import FPTeacher, run_steps
     from ptqbench.pipeline import quantize
+    from ptqbench.profiling import process_peak_rss_mb
     from ptqbench.quant.base import Quantizer
 
     settings, task, method, device, model, eval_data, calib = open_job(args.overrides)
@@ -183,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             out.update(runs_stats)
         print(f"{name} top-1 over seeds {seeds}: mean {runs_stats['mean_top1']:.3f}, sd {sd:.3f}, "
               f"min {min(top1):.3f}, max {max(top1):.3f}", flush=True)
+    # ptqbench's phase meters restart the kernel's high-water mark, so /usr/bin/time's maximum
+    # covers only the time since the last one; this is the whole script's peak
+    out["peak_rss_mb"] = process_peak_rss_mb()
+    if out["peak_rss_mb"] is not None:
+        print(f"peak RSS of this process: {out['peak_rss_mb']:.0f} MiB", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
     return 0
