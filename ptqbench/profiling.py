@@ -95,8 +95,9 @@ class PhaseMeter:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.start_rss_mb = self.peak_rss_mb = rss_mb(self._proc)
-        self._high_water_on_entry = proc_status_mb("VmHWM")
         self.peak_exact = restart_high_water()
+        # without a restart, the block's peak is exact only if it raises the mark past this
+        self._high_water_on_entry = None if self.peak_exact else proc_status_mb("VmHWM")
         _open_meters.append(self)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()

@@ -48,3 +48,26 @@ def test_each_phase_reports_its_own_spike_even_below_an_earlier_peak():
     assert 80 <= seen["inner"] <= 150
     assert seen["idle"] < 20             # a phase does not inherit an earlier peak
     assert 380 <= seen["process_above_idle"] <= 480  # the whole process's peak survives the restarts
+
+
+# Where the mark cannot be restarted (a locked-down /proc), a phase is exact only when it raises it.
+_NO_RESTART = """
+import json, torch
+from ptqbench import profiling
+profiling.restart_high_water = lambda: False
+with profiling.PhaseMeter(interval=60) as first:
+    x = torch.ones(400 * 2**18); del x
+with profiling.PhaseMeter(interval=60) as lower:
+    x = torch.ones(200 * 2**18); del x
+print(json.dumps({"first": first.peak_rss_mb - first.start_rss_mb, "lower": lower.peak_rss_mb - lower.start_rss_mb,
+                  "exact": [first.peak_exact, lower.peak_exact]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the high-water mark is read from /proc")
+def test_without_a_restart_a_phase_below_an_earlier_peak_says_it_was_only_sampled():
+    out = subprocess.run([sys.executable, "-c", _NO_RESTART], capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["exact"] == [True, False]
+    assert 380 <= seen["first"] <= 480  # it raised the mark: exact
+    assert seen["lower"] < 20           # the sampler never fired: the spike is missed, and flagged
