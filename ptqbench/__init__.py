@@ -7,3 +7,14 @@ from ptqbench.triton_gate import keep_triton_out_without_gpu
 
 keep_triton_out_without_gpu()  # before timm or torchvision can import torch._dynamo
 register_config_resolvers()  # before any config is composed: conf/config.yaml's help uses it
+
+
+def command() -> None:
+    """The `ptqbench` console command, `python -m ptqbench` by another name: glibc's per-thread
+    cache off first (ptqbench.heap.rerun_without_tcache), then the Hydra entry point."""
+    from ptqbench.heap import rerun_without_tcache
+
+    rerun_without_tcache()
+    import runpy
+
+    runpy.run_module("ptqbench", run_name="__main__", alter_sys=True)  # Hydra finds conf/ as for -m

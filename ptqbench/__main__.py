@@ -5,6 +5,11 @@ Thin by design: config composition is Hydra's, the job is `ptqbench.run.run_job`
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before torch loads: the re-run replaces this process
+    from ptqbench.heap import rerun_without_tcache
+
+    rerun_without_tcache()
+
 import logging
 import sys
 from pathlib import Path

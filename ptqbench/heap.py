@@ -30,6 +30,13 @@ fresh pages that the kernel zeroes on first touch. Measured on DeiT-T W4A4, 32 i
 three units 30.0 s against 16.8 s, for 84 MB more peak RSS. Those loops (block reconstruction, the
 grid search) run inside `large_blocks_reused`, which puts the threshold back to 32 MiB for their
 duration: their tensors repeat in size, so the heap reuses its blocks instead of fragmenting.
+
+glibc's per-thread cache (tcache: up to 7 freed chunks of each size up to 1 KiB) defeats that
+reuse: the chunks it holds stay marked as in use, so they never merge with the free space around
+them; where one sits inside a large tensor's freed hole, the next large tensor does not fit there
+and extends the heap (measured in `env_without_tcache`). The entry
+points therefore re-run themselves with the cache off (`rerun_without_tcache`, GLIBC_TUNABLES;
+glibc reads it only at process start); `PTQBENCH_GLIBC_TCACHE=keep` opts out.
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-from typing import Iterator, Optional
+import os
+import sys
+from typing import Iterator, Mapping, Optional
 
 M_TRIM_THRESHOLD = -1          # glibc mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -171,3 +180,41 @@ def free_heap_returned() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+TCACHE_OFF = "glibc.malloc.tcache_count=0"
+KEEP_TCACHE_ENV = "PTQBENCH_GLIBC_TCACHE"  # "keep": run with glibc's per-thread cache as it is
+
+
+def env_without_tcache(env: Mapping[str, str]) -> Optional[dict[str, str]]:
+    """`env` with glibc's per-thread cache turned off through GLIBC_TUNABLES, or None where nothing
+    should change: the tunable is already set (by the user or by an earlier re-run), or
+    PTQBENCH_GLIBC_TCACHE=keep asks for glibc's default.
+
+    Why: the cache keeps up to 7 freed chunks of each small size (up to 1 KiB) marked as in use,
+    so they never merge with the free space around them, and large tensors stop fitting in the
+    holes they sit in (the module docstring). Measured on FIMA-Q's grid search of DeiT-T's first
+    three units (32 images, 1 thread, docs/benchmarks.md): peak RSS 915 and 996 MB with the cache,
+    794 without it (787 with the fastbins off too); the fastbins alone off (`mxfast=0`): 1039. The
+    cache can only be set before the process starts (glibc reads its tunables once)."""
+    if env.get(KEEP_TCACHE_ENV) == "keep":
+        return None
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.tcache_count" in tunables:
+        return None
+    return {**env, "GLIBC_TUNABLES": f"{tunables}:{TCACHE_OFF}" if tunables else TCACHE_OFF}
+
+
+def rerun_without_tcache() -> None:
+    """Replace this process by the same command with glibc's per-thread cache off
+    (`env_without_tcache`); for the entry points (`python -m ptqbench`, `python -m ptqbench.bench`),
+    first thing, so every job, sweep worker and bench cell started from them inherits it. Does
+    nothing on a C library other than glibc, or where the environment says not to."""
+    if _glibc() is None:
+        return
+    env = env_without_tcache(os.environ)
+    if env is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, env)

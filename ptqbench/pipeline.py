@@ -9,6 +9,7 @@ lifecycle (lock, skip, record, tracker).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -153,7 +154,8 @@ def execute(settings: JobSettings, results_dir: Path) -> dict[str, Any]:
             timings={"calibration_s": round(cal_meter.seconds, 3), "eval_s": round(eval_meter.seconds, 3),
                      "fp_eval_s": round(fp.get("eval_seconds", 0.0), 3), **task.timings(q, fp)},
             memory={"calibration": cal_meter.as_dict(), "evaluation": eval_meter.as_dict(),
-                    "process_peak_rss_mb": _rounded(process_peak_rss_mb())},
+                    "process_peak_rss_mb": _rounded(process_peak_rss_mb()),
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES")},  # ptqbench.heap.rerun_without_tcache
             quantized_modules=qm.counts(), quantizers=qm.quantizer_map(),
             protocol={"patch_input_bits": getattr(method.config, "patch_input_bits", None),
                       **method.quant.protocol(), "quantized_roles": qm.quantized_roles(), **task.protocol(settings)},

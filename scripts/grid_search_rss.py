@@ -63,4 +63,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from ptqbench.heap import rerun_without_tcache
+
+    rerun_without_tcache()  # memory as a job measures it (glibc's per-thread cache off)
     main()

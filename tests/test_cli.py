@@ -5,11 +5,15 @@ Jobs here use a random timm test ViT (model=deit_tiny with model.arch=test_vit) 
 pipeline, not accuracy (the shared-data end-to-end test does that).
 """
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from tests.conftest import compose_config, run_cli
 
+from ptqbench import heap
 from ptqbench.methods import METHODS
 from ptqbench.records import load_records
 
@@ -32,6 +36,15 @@ def test_help_lists_groups_and_choices():
         assert line in out.stdout, line
 
 
+
+def test_console_command_is_python_dash_m(tmp_path):
+    # the `ptqbench` script (pyproject's [project.scripts]) calls ptqbench.command; from another
+    # folder, as a user runs it (Hydra once failed there to find conf/ for an imported main)
+    code = "import sys; sys.argv = ['ptqbench', '--help']; import ptqbench; ptqbench.command()"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "python -m ptqbench -m method=repq,percentile" in out.stdout
+
 def test_sweep_records_every_job_and_relaunch_runs_nothing(tiny_imagenet, tmp_path):
     args = ["-m", "method=minmax,repq", "bits=w4a4,w8a8", *_tiny_job_args(tiny_imagenet, tmp_path)]
     first = run_cli(*args)
@@ -45,6 +58,8 @@ def test_sweep_records_every_job_and_relaunch_runs_nothing(tiny_imagenet, tmp_pa
         assert key in r, key
     assert len(r["calibration"]["ids"]) == 4 and r["fp"]["images"] == 8
     assert r["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()  # results depend on it (docs/results.md)
+    if heap._glibc() is not None and heap.KEEP_TCACHE_ENV not in os.environ:  # every job runs with glibc's cache off
+        assert "glibc.malloc.tcache_count" in (r["memory"]["glibc_tunables"] or ""), r["memory"]
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")}
 
     second = run_cli(*args)

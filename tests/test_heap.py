@@ -1,5 +1,6 @@
 """The quantization phase returns large freed blocks to the OS (glibc's mmap threshold)."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -181,3 +182,33 @@ def test_the_reuse_limit_changes_no_result(monkeypatch):
             outs.append(qm.model(x))
     assert set_to.count(4 << 10) >= 1  # the reconstruction ran under the limit
     assert torch.equal(outs[0], outs[1])
+
+
+def test_tcache_tunable_is_added_kept_or_left_to_the_user():
+    assert heap.env_without_tcache({"PATH": "/bin"}) == {"PATH": "/bin", "GLIBC_TUNABLES": heap.TCACHE_OFF}
+    assert heap.env_without_tcache({"GLIBC_TUNABLES": "glibc.malloc.mxfast=0"})["GLIBC_TUNABLES"] == \
+        "glibc.malloc.mxfast=0:" + heap.TCACHE_OFF
+    assert heap.env_without_tcache({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=3"}) is None  # the user's choice
+    assert heap.env_without_tcache({heap.KEEP_TCACHE_ENV: "keep"}) is None
+
+
+_RERUN = """
+import os
+from ptqbench import heap
+heap.rerun_without_tcache()
+print(os.getpid(), os.environ.get("GLIBC_TUNABLES"))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or heap._glibc() is None, reason="glibc only")
+@pytest.mark.parametrize("keep", [False, True], ids=["default", "keep"])
+def test_entry_point_reruns_itself_once_with_the_cache_off(keep):
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", heap.KEEP_TCACHE_ENV)}
+    if keep:
+        env[heap.KEEP_TCACHE_ENV] = "keep"
+    proc = subprocess.Popen([sys.executable, "-c", _RERUN], env=env, stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    pid, tunables = out.split()  # one line: the command ran to its end once, in the same process
+    assert int(pid) == proc.pid
+    assert tunables == ("None" if keep else heap.TCACHE_OFF)

@@ -15,6 +15,11 @@ do not leak between cells. The parts (docs/benchmarks.md):
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before torch loads: the re-run replaces this process
+    from ptqbench.heap import rerun_without_tcache
+
+    rerun_without_tcache()
+
 import argparse
 import json
 import os

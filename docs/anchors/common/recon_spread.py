@@ -195,4 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from ptqbench.heap import rerun_without_tcache
+
+    rerun_without_tcache()  # as `python -m ptqbench` runs its jobs (glibc's per-thread cache off)
     sys.exit(main())
