@@ -34,9 +34,9 @@ duration: their tensors repeat in size, so the heap reuses its blocks instead of
 glibc's per-thread cache (tcache: up to 7 freed chunks of each size up to 1 KiB) defeats that
 reuse: the chunks it holds stay marked as in use, so they never merge with the free space around
 them; where one sits inside a large tensor's freed hole, the next large tensor does not fit there
-and extends the heap (measured in `env_without_tcache`). The entry
-points therefore re-run themselves with the cache off (`rerun_without_tcache`, GLIBC_TUNABLES;
-glibc reads it only at process start); `PTQBENCH_GLIBC_TCACHE=keep` opts out.
+and extends the heap (measured in `env_without_tcache`). The entry points therefore re-run
+themselves with the cache off (`rerun_without_tcache`, GLIBC_TUNABLES; glibc reads it only at
+process start); `PTQBENCH_GLIBC_TCACHE=keep` opts out.
 """
 
 from __future__ import annotations
