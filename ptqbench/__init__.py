@@ -10,11 +10,8 @@ register_config_resolvers()  # before any config is composed: conf/config.yaml's
 
 
 def command() -> None:
-    """The `ptqbench` console command, `python -m ptqbench` by another name: glibc's per-thread
-    cache off first (ptqbench.heap.rerun_without_tcache), then the Hydra entry point."""
-    from ptqbench.heap import rerun_without_tcache
-
-    rerun_without_tcache()
+    """The `ptqbench` console command: runs `ptqbench/__main__.py` as `python -m ptqbench` does
+    (its first lines turn glibc's per-thread cache off; Hydra finds conf/ only for a __main__)."""
     import runpy
 
-    runpy.run_module("ptqbench", run_name="__main__", alter_sys=True)  # Hydra finds conf/ as for -m
+    runpy.run_module("ptqbench", run_name="__main__", alter_sys=True)
