@@ -36,6 +36,7 @@ from torch import nn
 
 from ptqbench.algorithms.perturbation_hessian import perturbation_hessian
 from ptqbench.algorithms.streaming import hooks_removed_after, params_frozen
+from ptqbench.heap import large_blocks_unmapped_once
 from ptqbench.models.structure import BLOCK, Unit
 from ptqbench.progress import progress as progress_bar
 
@@ -137,8 +138,9 @@ def reconstruct_mlps(student_units: list[Unit], teacher_units: list[Unit], x: to
         ub = positive_percentile(G, cfg.pct)
         w = None
         if cfg.loss == "hessian":
-            w = perturbation_hessian(teacher_units, i, x, site=t_unit.module.mlp, temperature=cfg.temperature,
-                                     eps=cfg.eps, chunk=cfg.hessian_chunk, mean=True)
+            with large_blocks_unmapped_once():  # a 32-image pass between steps of 8 (ptqbench.heap)
+                w = perturbation_hessian(teacher_units, i, x, site=t_unit.module.mlp, temperature=cfg.temperature,
+                                         eps=cfg.eps, chunk=cfg.hessian_chunk, mean=True)
             w = w * torch.sqrt(w.numel() / w.pow(2).sum())
         t_train = time.perf_counter()
         info = _train_mlp(student_units[i], X, Y, w, ub, cfg, i)

@@ -66,7 +66,10 @@ def perturbation_hessian(units: list[Unit], index: int, x: Rows, *, site: Option
 
 def _site_grad(unit: Unit, rest: list[Unit], xb: torch.Tensor, ref: torch.Tensor, site: Optional[nn.Module],
                shift: float, temperature: float) -> torch.Tensor:
-    """The gradient of the KL loss with respect to the site's output shifted by `shift`."""
+    """The gradient of the KL loss with respect to the site's output shifted by `shift`. For a site
+    inside the unit, the unit runs twice: without a graph for the rest's backward, then with one
+    for the last step, so the unit's graph and a rest unit's graph are never held together (the
+    same operations on the same values as one pass)."""
     seen: list[torch.Tensor] = []
 
     def shifted(y: torch.Tensor) -> torch.Tensor:
@@ -75,18 +78,28 @@ def _site_grad(unit: Unit, rest: list[Unit], xb: torch.Tensor, ref: torch.Tensor
         seen.append(y)
         return y
 
-    with torch.enable_grad():
-        if site is None:
-            with torch.no_grad():
-                y = unit.forward(xb)
-            return loss_grad_through(rest, shifted(y).detach(), lambda logits: _kl_to(logits, ref, temperature))
-        handle = site.register_forward_hook(lambda _m, _i, out: shifted(out))
+    def kl(logits: torch.Tensor) -> torch.Tensor:
+        return _kl_to(logits, ref, temperature)
+
+    if site is None:
+        with torch.no_grad():
+            y = unit.forward(xb)
+        return loss_grad_through(rest, shifted(y).detach(), kl)
+
+    def unit_forward(at: nn.Module) -> torch.Tensor:
+        seen.clear()
+        handle = at.register_forward_hook(lambda _m, _i, out: shifted(out))
         try:
             out = unit.forward(xb)
         finally:
             handle.remove()
         if len(seen) != 1:
             raise RuntimeError(f"the perturbation site ran {len(seen)} times in one unit forward; expected once")
-        g_out = loss_grad_through(rest, out.detach(), lambda logits: _kl_to(logits, ref, temperature))
-        (g,) = torch.autograd.grad(out, seen[0], g_out)
+        return out
+
+    with torch.no_grad():
+        y = unit_forward(site)
+    g_out = loss_grad_through(rest, y, kl)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(unit_forward(site), seen[0], g_out)
     return g.detach()

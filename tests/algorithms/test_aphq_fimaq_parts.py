@@ -128,6 +128,38 @@ def test_unit_by_unit_backward_equals_the_whole_graph_bit_for_bit(index, at_mlp)
     assert got.abs().sum() > 0
 
 
+def test_the_sites_unit_graph_is_not_held_through_the_rest_backward(monkeypatch):
+    """For a site inside a unit, the rest's unit-by-unit backward starts with no graph alive: the
+    unit's own graph is rebuilt after it, so at most one unit's graph is held at a time."""
+    import weakref
+
+    from ptqbench.algorithms import perturbation_hessian as ph
+
+    class Saved:
+        def __init__(self, t: torch.Tensor) -> None:
+            self.t = t
+
+    live: weakref.WeakSet = weakref.WeakSet()
+
+    def pack(t: torch.Tensor) -> Saved:
+        s = Saved(t.detach())  # not t: a saved output would hold its own node in a cycle gc cannot see
+        live.add(s)
+        return s
+
+    alive_at_entry: list[int] = []
+    inner = ph.loss_grad_through
+    monkeypatch.setattr(ph, "loss_grad_through", lambda *a: (alive_at_entry.append(len(live)), inner(*a))[1])
+    model = make_tiny_vit().eval()
+    units = family_of(model).units(model)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        x = units[0].forward(x)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s.t):
+        got = perturbation_hessian(units, 1, x, site=units[1].module.mlp, eps=1e-6, chunk=2, mean=False)
+    assert alive_at_entry == [0, 0, 0, 0]  # two chunks x two signs
+    assert torch.equal(got, _whole_graph(units, 1, x, units[1].module.mlp, 1e-6, 2))
+
+
 def test_weighted_block_loss_and_its_config():
     out, tgt = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
     w = torch.rand(1, 5, 4)
