@@ -120,7 +120,7 @@ class PhaseMeter:
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"seconds": round(self.seconds, 3), "peak_rss_mb": round(self.peak_rss_mb, 1),
-                             "peak_exact": self.peak_exact}
+                             "peak_exact": self.peak_exact, "start_rss_mb": round(self.start_rss_mb, 1)}
         if self.peak_cuda_mb is not None:
             d["peak_cuda_mb"] = round(self.peak_cuda_mb, 1)
         return d

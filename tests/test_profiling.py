@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from ptqbench.profiling import PhaseMeter
 
 # A fresh process; every phase's sampler never fires (60 s interval), so only the kernel's
 # high-water mark can see the tensors touched and freed inside a phase.
@@ -71,3 +74,11 @@ def test_without_a_restart_a_phase_below_an_earlier_peak_says_it_was_only_sample
     assert seen["exact"] == [True, False]
     assert 380 <= seen["first"] <= 480  # it raised the mark: exact
     assert seen["lower"] < 20           # the sampler never fired: the spike is missed, and flagged
+
+
+def test_a_phase_records_the_rss_it_started_from():
+    with PhaseMeter(interval=60) as m:
+        x = torch.ones(50 * 2**18)
+        del x
+    d = m.as_dict()
+    assert 0 < d["start_rss_mb"] <= d["peak_rss_mb"]
