@@ -134,14 +134,14 @@ def reconstruct_mlps(student_units: list[Unit], teacher_units: list[Unit], x: to
                 x = torch.cat([t_unit.forward(xb) for xb in torch.split(x, cfg.hessian_chunk)])
             continue
         t_block = time.perf_counter()
-        X, G, Y, x_next = _capture(t_unit, x, cfg.hessian_chunk)
-        ub = positive_percentile(G, cfg.pct)
         w = None
-        if cfg.loss == "hessian":
+        if cfg.loss == "hessian":  # before the capture: its tensors are not held through this pass
             with large_blocks_unmapped_once():  # a 32-image pass between steps of 8 (ptqbench.heap)
                 w = perturbation_hessian(teacher_units, i, x, site=t_unit.module.mlp, temperature=cfg.temperature,
                                          eps=cfg.eps, chunk=cfg.hessian_chunk, mean=True)
             w = w * torch.sqrt(w.numel() / w.pow(2).sum())
+        X, G, Y, x_next = _capture(t_unit, x, cfg.hessian_chunk)
+        ub = positive_percentile(G, cfg.pct)
         t_train = time.perf_counter()
         info = _train_mlp(student_units[i], X, Y, w, ub, cfg, i)
         info.update(unit=student_units[i].name, ub=ub, seconds=round(time.perf_counter() - t_block, 3),
