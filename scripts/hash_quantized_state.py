@@ -14,6 +14,7 @@ import argparse
 import hashlib
 
 import torch
+import yaml
 
 
 def main() -> None:
@@ -21,7 +22,7 @@ def main() -> None:
     ap.add_argument("method")
     ap.add_argument("--spill", choices=["on", "off"], help="recon_spill (left unset: the checkout's default)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="a method setting over the bench's (a string; e.g. dfq_below=zero), repeatable")
+                    help="a method setting over the bench's, its value read as YAML (dfq_below=zero, search_images=32), repeatable")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import ptqbench
@@ -40,7 +41,7 @@ def main() -> None:
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--option {item!r}: write KEY=VALUE")
-        opts[key] = value
+        opts[key] = yaml.safe_load(value)
     qm, meter, _ = cells._quantized(net, args.method, "w4a4", images, opts)
     h = hashlib.sha256()
     for k, t in sorted(qm.model.state_dict().items()):

@@ -305,7 +305,13 @@ class _Searcher:
         `errors(ins, out)`: prepares a piece of rows, then gives each slice's errors, with the
         rows along `image_dim`."""
         n, total_rows = self.cfg.image_chunk, chunks.shape(0)[0]
-        done, parts = 0, {}  # rows of the groups summed so far; slice -> the current group's errors
+        # rows of the groups summed so far, rows of the current group so far, and per candidate
+        # slice the current group's errors: a piece that is the whole group as computed, else a
+        # buffer of the group's rows filled piece by piece (the tensor torch.cat of the pieces would
+        # give, so the same sum). The buffer is allocated once per group: the pieces, freed at once,
+        # leave no small long-lived tensors between the next pieces' large temporaries, which
+        # fragmented the heap (docs/benchmarks.md, "the grid search's heap").
+        done, have, parts = 0, 0, {}
 
         def plan(rows_in_group: int) -> list[slice]:
             return list(_slices(candidates, rows_in_group * per_row, self.budget))
@@ -314,16 +320,24 @@ class _Searcher:
             start = 0
             while start < out.shape[0]:
                 group = min(n, total_rows - done)
-                have = sum(e.shape[image_dim] for e in next(iter(parts.values()), []))
                 take = min(group - have, out.shape[0] - start)
                 err_of = errors(tuple(t[start:start + take] for t in ins), out[start:start + take])
                 for sl in plan(group):
-                    parts.setdefault((sl.start, sl.stop), []).append(err_of(sl))
-                start += take
-                if have + take == group:
+                    e, key = err_of(sl), (sl.start, sl.stop)
+                    if take == group:
+                        parts[key] = e
+                        continue
+                    if key not in parts:
+                        shape = list(e.shape)
+                        shape[image_dim] = group
+                        parts[key] = e.new_empty(shape)
+                    parts[key].narrow(image_dim, have, take).copy_(e)
+                    del e
+                start, have = start + take, have + take
+                if have == group:
                     for (a, b), errs in parts.items():
-                        yield slice(a, b), (torch.cat(errs, image_dim) if len(errs) > 1 else errs[0]).sum(image_dim)
-                    parts, done = {}, done + group
+                        yield slice(a, b), errs.sum(image_dim)
+                    parts, done, have = {}, done + group, 0
         if parts:
             raise RuntimeError(f"the layer's chunks had {done} rows summed and some left over, not {total_rows}")
 

@@ -326,3 +326,25 @@ def test_the_grid_shape_is_method_keys_and_a_bad_one_is_refused(name):
                        ({"grid_narrow_quantile": 1.0}, "narrow_quantile")):
         with pytest.raises(ConfigError, match=match):
             build_method({"name": name, **bad}, Bits(4, 4))
+
+
+@pytest.mark.parametrize("piece", [3, 4])
+@pytest.mark.parametrize("image_dim", [0, 1])
+def test_group_sums_equal_the_sum_of_each_groups_concatenated_errors(piece, image_dim):
+    """Pieces of 3 images summed in groups of 4 (a group spans pieces; the last is short) give, bit
+    for bit, the sum over each group's errors as one tensor, as the release sums a batch; one
+    slice of candidates at a time (budget), the rows along `image_dim`."""
+    torch.manual_seed(0)
+    x = torch.randn(11, 5, 7)
+
+    def err(rows: torch.Tensor, sl: slice) -> torch.Tensor:
+        return rows[..., sl].pow(2).mul(1.37).movedim(0, image_dim)
+
+    def errors(ins: tuple[torch.Tensor, ...], _out: torch.Tensor):
+        return lambda sl: err(ins[0], sl)
+
+    cfg = GridSearchConfig(candidates=32, rounds=1, image_chunk=4, budget_mb=1)
+    got = list(gs._Searcher(cfg).group_sums(HeldChunks((x,), x, piece), 7, 2**18, errors, image_dim))
+    assert [sl for sl, _ in got[:7]] == [slice(i, i + 1) for i in range(7)]
+    want = [err(x[g:g + 4], slice(i, i + 1)).contiguous().sum(image_dim) for g in (0, 4, 8) for i in range(7)]
+    assert len(got) == len(want) and all(torch.equal(s, w) for (_, s), w in zip(got, want))
