@@ -308,10 +308,11 @@ class _Searcher:
         # rows of the groups summed so far, rows of the current group so far, and per candidate
         # slice the current group's errors: a piece that is the whole group as computed, else a
         # buffer of the group's rows filled piece by piece (the tensor torch.cat of the pieces would
-        # give, so the same sum). The buffer is allocated once per group: the pieces, freed at once,
-        # leave no small long-lived tensors between the next pieces' large temporaries, which
-        # fragmented the heap (docs/benchmarks.md, "the grid search's heap").
+        # give, so the same sum). The buffers are allocated when a group starts, their shapes from
+        # one row, so no small long-lived tensor lands between the large temporaries of
+        # the pieces, which fragmented the heap (docs/benchmarks.md, "the grid search's heap").
         done, have, parts = 0, 0, {}
+        kinds: dict[tuple[int, int], tuple[list[int], torch.dtype]] = {}  # a slice's error shape and dtype
 
         def plan(rows_in_group: int) -> list[slice]:
             return list(_slices(candidates, rows_in_group * per_row, self.budget))
@@ -321,17 +322,24 @@ class _Searcher:
             while start < out.shape[0]:
                 group = min(n, total_rows - done)
                 take = min(group - have, out.shape[0] - start)
+                if have == 0 and take < group:  # the group's buffers, before any piece's temporaries
+                    slices = plan(group)
+                    if any((sl.start, sl.stop) not in kinds for sl in slices):  # from one row, once per pass
+                        one = errors(tuple(t[start:start + 1] for t in ins), out[start:start + 1])
+                        for sl in slices:
+                            e = one(sl)
+                            kinds[(sl.start, sl.stop)] = (list(e.shape), e.dtype)
+                    for sl in slices:
+                        one_row, dtype = kinds[(sl.start, sl.stop)]
+                        shape = [group if d == image_dim else size for d, size in enumerate(one_row)]
+                        parts[(sl.start, sl.stop)] = out.new_empty(shape, dtype=dtype)
                 err_of = errors(tuple(t[start:start + take] for t in ins), out[start:start + take])
                 for sl in plan(group):
                     e, key = err_of(sl), (sl.start, sl.stop)
                     if take == group:
                         parts[key] = e
-                        continue
-                    if key not in parts:
-                        shape = list(e.shape)
-                        shape[image_dim] = group
-                        parts[key] = e.new_empty(shape)
-                    parts[key].narrow(image_dim, have, take).copy_(e)
+                    else:
+                        parts[key].narrow(image_dim, have, take).copy_(e)
                     del e
                 start, have = start + take, have + take
                 if have == group:

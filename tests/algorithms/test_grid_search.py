@@ -328,12 +328,13 @@ def test_the_grid_shape_is_method_keys_and_a_bad_one_is_refused(name):
             build_method({"name": name, **bad}, Bits(4, 4))
 
 
+@pytest.mark.parametrize("per_row", [2**18, 2**14])
 @pytest.mark.parametrize("piece", [3, 4])
 @pytest.mark.parametrize("image_dim", [0, 1])
-def test_group_sums_equal_the_sum_of_each_groups_concatenated_errors(piece, image_dim):
-    """Pieces of 3 images summed in groups of 4 (a group spans pieces; the last is short) give, bit
-    for bit, the sum over each group's errors as one tensor, as the release sums a batch; one
-    slice of candidates at a time (budget), the rows along `image_dim`."""
+def test_group_sums_equal_the_sum_of_each_groups_concatenated_errors(piece, image_dim, per_row):
+    """Pieces of 3 images summed in groups of 4 (a group spans pieces; the last is short, and with
+    the smaller `per_row` its candidate slices differ) give, bit for bit, the sum over each group's
+    errors as one tensor, as the release sums a batch; the rows along `image_dim`."""
     torch.manual_seed(0)
     x = torch.randn(11, 5, 7)
 
@@ -344,7 +345,10 @@ def test_group_sums_equal_the_sum_of_each_groups_concatenated_errors(piece, imag
         return lambda sl: err(ins[0], sl)
 
     cfg = GridSearchConfig(candidates=32, rounds=1, image_chunk=4, budget_mb=1)
-    got = list(gs._Searcher(cfg).group_sums(HeldChunks((x,), x, piece), 7, 2**18, errors, image_dim))
-    assert [sl for sl, _ in got[:7]] == [slice(i, i + 1) for i in range(7)]
-    want = [err(x[g:g + 4], slice(i, i + 1)).contiguous().sum(image_dim) for g in (0, 4, 8) for i in range(7)]
-    assert len(got) == len(want) and all(torch.equal(s, w) for (_, s), w in zip(got, want))
+    searcher = gs._Searcher(cfg)
+    got = list(searcher.group_sums(HeldChunks((x,), x, piece), 7, per_row, errors, image_dim))
+    want = [(sl, err(x[g:g + rows], sl).contiguous().sum(image_dim)) for g, rows in ((0, 4), (4, 4), (8, 3))
+            for sl in gs._slices(7, rows * per_row, searcher.budget)]
+    assert [sl for sl, _ in got] == [sl for sl, _ in want]
+    assert len({sl.stop - sl.start for sl, _ in want}) == (1 if per_row == 2**18 else 4)  # 4, 3; 5, 2
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want))
