@@ -310,7 +310,7 @@ class _Searcher:
         # buffer of the group's rows filled piece by piece (the tensor torch.cat of the pieces would
         # give, so the same sum). The buffers are allocated when a group starts, their shapes from
         # one row, so no small long-lived tensor lands between the large temporaries of
-        # the pieces, which fragmented the heap (docs/benchmarks.md, "the grid search's heap").
+        # the pieces, which fragmented the heap (docs/benchmarks.md, "The grid search's fragmentation found").
         done, have, parts = 0, 0, {}
         kinds: dict[tuple[int, int], tuple[list[int], torch.dtype]] = {}  # a slice's error shape and dtype
 
