@@ -322,8 +322,8 @@ class _Searcher:
             while start < out.shape[0]:
                 group = min(n, total_rows - done)
                 take = min(group - have, out.shape[0] - start)
+                slices = plan(group)
                 if have == 0 and take < group:  # the group's buffers, before any piece's temporaries
-                    slices = plan(group)
                     if any((sl.start, sl.stop) not in kinds for sl in slices):  # from one row, once per pass
                         one = errors(tuple(t[start:start + 1] for t in ins), out[start:start + 1])
                         for sl in slices:
@@ -334,7 +334,7 @@ class _Searcher:
                         shape = [group if d == image_dim else size for d, size in enumerate(one_row)]
                         parts[(sl.start, sl.stop)] = out.new_empty(shape, dtype=dtype)
                 err_of = errors(tuple(t[start:start + take] for t in ins), out[start:start + take])
-                for sl in plan(group):
+                for sl in slices:
                     e, key = err_of(sl), (sl.start, sl.stop)
                     if take == group:
                         parts[key] = e
