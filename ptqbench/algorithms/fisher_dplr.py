@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ptqbench.algorithms.unit_grad import graph_values_dropped, loss_grad_through
+from ptqbench.algorithms.unit_grad import REBUILD_IMAGES, graph_values_dropped, loss_grad_through
 from ptqbench.algorithms.row_store import Rows
 from ptqbench.models.structure import Unit
 
@@ -59,11 +59,13 @@ def fp_references(rest: list[Unit], y_fp: Rows, temperature: float, chunk: int) 
 
 
 def fisher_rows(unit: Unit, rest: list[Unit], x_fp: Rows, y_fp: Rows, temperature: float,
-                chunk: int, refs: Optional[list[torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                chunk: int, refs: Optional[list[torch.Tensor]] = None,
+                rebuild_images: int = REBUILD_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
     """(g, d), each [1, N]: the sample means of |dL/dy| and |y_q - y_fp| over the calibration images,
     with `unit` run as it trains on its FP input `x_fp` and `rest` (the FP units after it, ending
     with the logits) from its output; `refs`: `fp_references(rest, y_fp, ...)`, kept by a caller that
-    refreshes more than once. The caller keeps `rest` in FP."""
+    refreshes more than once; `rebuild_images`: images per rebuilt graph in the backward through
+    `rest` (memory only; ptqbench.algorithms.unit_grad). The caller keeps `rest` in FP."""
     if refs is None:
         refs = fp_references(rest, y_fp, temperature, chunk)
     grads, deltas = [], []
@@ -71,7 +73,8 @@ def fisher_rows(unit: Unit, rest: list[Unit], x_fp: Rows, y_fp: Rows, temperatur
         with torch.enable_grad(), graph_values_dropped():  # the unit runs as it trains; y is only read
             y = unit.forward(xb).detach()
         grads.append(loss_grad_through(
-            rest, y, lambda logits, ref=ref: F.kl_div(F.log_softmax(logits / temperature, dim=-1), ref, reduction="batchmean")))
+            rest, y, lambda logits, ref=ref: F.kl_div(F.log_softmax(logits / temperature, dim=-1), ref, reduction="batchmean"),
+            rebuild_images))
         deltas.append((y - yb).abs())  # element-wise: per chunk gives the same values
     # as released: concatenate, then one mean over the images (the same summation order)
     g = torch.cat(grads)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptqbench.algorithms.unit_grad import loss_grad_through
+from ptqbench.algorithms.unit_grad import REBUILD_IMAGES, loss_grad_through
 from ptqbench.algorithms.row_store import Rows
 from ptqbench.models.structure import Unit
 
@@ -44,11 +44,12 @@ def _kl_to(logits: torch.Tensor, ref: torch.Tensor, temperature: float) -> torch
 
 def perturbation_hessian(units: list[Unit], index: int, x: Rows, *, site: Optional[nn.Module] = None,
                          temperature: float = 20.0, eps: float = 1e-6, chunk: int = 32,
-                         mean: bool = True) -> torch.Tensor:
+                         mean: bool = True, rebuild_images: int = REBUILD_IMAGES) -> torch.Tensor:
     """|g(+eps) - g(-eps)| at the output of `units[index]` (or of `site`, a module inside it),
     the FP model's units `units` (the last one gives the logits) run from `x`, the input of
     `units[index]`. Returns [1, ...] (`mean`) or [N, ...] float32 weights. The caller disables
-    quantization in the model the units belong to."""
+    quantization in the model the units belong to. `rebuild_images`: images per rebuilt graph in
+    the backward (memory only; ptqbench.algorithms.unit_grad)."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     unit, rest = units[index], units[index + 1:]
@@ -58,18 +59,19 @@ def perturbation_hessian(units: list[Unit], index: int, x: Rows, *, site: Option
             ref = F.softmax(_rest(rest, unit.forward(xb)) / temperature, dim=-1)
         pair = []
         for sign in (1.0, -1.0):
-            pair.append(_site_grad(unit, rest, xb, ref, site, sign * eps, temperature))
+            pair.append(_site_grad(unit, rest, xb, ref, site, sign * eps, temperature, rebuild_images))
         grads.append((pair[0] - pair[1]).abs())
     g = torch.cat(grads)
     return g.mean(dim=0, keepdim=True) if mean else g
 
 
 def _site_grad(unit: Unit, rest: list[Unit], xb: torch.Tensor, ref: torch.Tensor, site: Optional[nn.Module],
-               shift: float, temperature: float) -> torch.Tensor:
+               shift: float, temperature: float, rebuild_images: int) -> torch.Tensor:
     """The gradient of the KL loss with respect to the site's output shifted by `shift`. For a site
     inside the unit, the unit runs twice: without a graph for the rest's backward, then with one
     for the last step, so the unit's graph and a rest unit's graph are never held together (the
-    same operations on the same values as one pass)."""
+    same operations on the same values as one pass), and that graph is built over a few images at
+    a time."""
     seen: list[torch.Tensor] = []
 
     def shifted(y: torch.Tensor) -> torch.Tensor:
@@ -84,13 +86,13 @@ def _site_grad(unit: Unit, rest: list[Unit], xb: torch.Tensor, ref: torch.Tensor
     if site is None:
         with torch.no_grad():
             y = unit.forward(xb)
-        return loss_grad_through(rest, shifted(y).detach(), kl)
+        return loss_grad_through(rest, shifted(y).detach(), kl, rebuild_images)
 
-    def unit_forward(at: nn.Module) -> torch.Tensor:
+    def unit_forward(at: nn.Module, x: torch.Tensor) -> torch.Tensor:
         seen.clear()
         handle = at.register_forward_hook(lambda _m, _i, out: shifted(out))
         try:
-            out = unit.forward(xb)
+            out = unit.forward(x)
         finally:
             handle.remove()
         if len(seen) != 1:
@@ -98,8 +100,11 @@ def _site_grad(unit: Unit, rest: list[Unit], xb: torch.Tensor, ref: torch.Tensor
         return out
 
     with torch.no_grad():
-        y = unit_forward(site)
-    g_out = loss_grad_through(rest, y, kl)
-    with torch.enable_grad():
-        (g,) = torch.autograd.grad(unit_forward(site), seen[0], g_out)
-    return g.detach()
+        y = unit_forward(site, xb)
+    g_out = loss_grad_through(rest, y, kl, rebuild_images)
+    parts = []  # the unit's graph over a few images at a time, as in loss_grad_through
+    for xc, gc in zip(xb.split(rebuild_images), g_out.split(rebuild_images)):
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(unit_forward(site, xc), seen[0], gc)
+        parts.append(g)
+    return torch.cat(parts).detach()

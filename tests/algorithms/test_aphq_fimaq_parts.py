@@ -113,9 +113,11 @@ def _whole_graph(units: list[Unit], index: int, x: torch.Tensor, site, eps: floa
 
 @pytest.mark.parametrize("index", [0, 1, 2])
 @pytest.mark.parametrize("at_mlp", [False, True])
-def test_unit_by_unit_backward_equals_the_whole_graph_bit_for_bit(index, at_mlp):
-    """perturbation_hessian backpropagates unit by unit (one unit's graph in memory); on a tiny
-    ViT its weights equal the one-backward ones exactly, at a block's output and inside it."""
+@pytest.mark.parametrize("rebuild_images", [1, 8])
+def test_unit_by_unit_backward_equals_the_whole_graph_bit_for_bit(index, at_mlp, rebuild_images):
+    """perturbation_hessian backpropagates unit by unit (one unit's graph in memory), each unit's
+    graph over `rebuild_images` images at a time; on a tiny ViT its weights equal the one-backward
+    ones exactly, at a block's output and inside it."""
     model = make_tiny_vit().eval()
     units = family_of(model).units(model)
     site = units[index].module.mlp if at_mlp and index > 0 else None
@@ -123,9 +125,32 @@ def test_unit_by_unit_backward_equals_the_whole_graph_bit_for_bit(index, at_mlp)
     for i in range(index):
         with torch.no_grad():
             x = units[i].forward(x)
-    got = perturbation_hessian(units, index, x, site=site, eps=1e-6, chunk=2, mean=False)
+    got = perturbation_hessian(units, index, x, site=site, eps=1e-6, chunk=2, mean=False,
+                               rebuild_images=rebuild_images)
     assert torch.equal(got, _whole_graph(units, index, x, site, 1e-6, 2))
     assert got.abs().sum() > 0
+
+
+def test_the_rest_units_graphs_are_built_a_few_images_at_a_time():
+    """loss_grad_through builds a graph for the units before the last over `rebuild_images` images
+    at a time (the loss, which couples the images by its batch mean, sees them all)."""
+    from ptqbench.algorithms.unit_grad import loss_grad_through
+
+    model = make_tiny_vit().eval()
+    units = family_of(model).units(model)
+    with torch.no_grad():
+        x = units[0].forward(torch.randn(5, 3, 32, 32))
+    graph_batches: dict[int, list[int]] = {}
+    for i, u in enumerate(units[1:]):
+        def spy(y, i=i, fwd=u.forward):
+            if torch.is_grad_enabled():
+                graph_batches.setdefault(i, []).append(y.shape[0])
+            return fwd(y)
+        u.forward = spy
+    g = loss_grad_through(units[1:], x, lambda logits: logits.logsumexp(-1).mean(), rebuild_images=2)
+    assert graph_batches[len(units) - 2] == [5]  # the head, with the loss
+    assert all(graph_batches[i] == [2, 2, 1] for i in range(len(units) - 2))
+    assert g.shape == x.shape and g.abs().sum() > 0
 
 
 def test_the_sites_unit_graph_is_not_held_through_the_rest_backward(monkeypatch):
@@ -148,7 +173,7 @@ def test_the_sites_unit_graph_is_not_held_through_the_rest_backward(monkeypatch)
 
     alive_at_entry: list[int] = []
     inner = ph.loss_grad_through
-    monkeypatch.setattr(ph, "loss_grad_through", lambda *a: (alive_at_entry.append(len(live)), inner(*a))[1])
+    monkeypatch.setattr(ph, "loss_grad_through", lambda *a, **k: (alive_at_entry.append(len(live)), inner(*a, **k))[1])
     model = make_tiny_vit().eval()
     units = family_of(model).units(model)
     x = torch.randn(4, 3, 32, 32)
@@ -284,9 +309,11 @@ def test_fisher_rows_are_sample_means_of_abs_gradient_and_error():
         assert torch.equal(d, (noisy.forward(x) - y_fp).abs().mean(0).reshape(1, -1))
 
 
-def test_fisher_rows_on_a_tiny_vit_equal_one_backward_through_the_rest():
-    """fisher_rows backpropagates the rest unit by unit: the same gradient rows, bit for bit, as
-    one backward through every remaining block and the head."""
+@pytest.mark.parametrize("rebuild_images", [1, 8])
+def test_fisher_rows_on_a_tiny_vit_equal_one_backward_through_the_rest(rebuild_images):
+    """fisher_rows backpropagates the rest unit by unit, each unit's graph over `rebuild_images`
+    images at a time: the same gradient rows, bit for bit, as one backward through every remaining
+    block and the head."""
     from ptqbench.algorithms.fisher_dplr import fisher_rows
 
     model = make_tiny_vit().eval()
@@ -294,9 +321,9 @@ def test_fisher_rows_on_a_tiny_vit_equal_one_backward_through_the_rest():
     with torch.no_grad():
         x = units[0].forward(torch.randn(5, 3, 32, 32))
         y_fp = units[1].forward(x)
-    g, _ = fisher_rows(units[1], units[2:], x, y_fp, temperature=20.0, chunk=2)
+    g, _ = fisher_rows(units[1], units[2:], x, y_fp, temperature=20.0, chunk=4, rebuild_images=rebuild_images)
     grads = []
-    for xb, yb in zip(torch.split(x, 2), torch.split(y_fp, 2)):
+    for xb, yb in zip(torch.split(x, 4), torch.split(y_fp, 4)):
         with torch.no_grad():
             logits = yb
             for u in units[2:]:
