@@ -19,6 +19,13 @@ once; an `--also` method's are checked equal), those after it composed with `met
 appended; the evaluation is the task's. A step that wraps others at the top (`WithFPTeacher`,
 APHQ-ViT's FP teacher) is opened: the teacher copy is taken where the wrapper takes it and kept for
 every seed.
+
+APHQ-ViT's MLP stage draws its own random stream on each side, so the two sides calibrate
+different ReLU models. `--mlp-weights` takes the release's MLP stage instead: right after
+ptqbench's MLP stage, every block's fc1 and fc2 are replaced by those of the release's
+`<model>_reconstructed.pth` (every other weight is checked equal first), so the grid search and
+the block reconstruction start where the release's do. A diagnostic that separates the two
+stages, not a way to run the method.
 """
 
 from __future__ import annotations
@@ -112,6 +119,24 @@ def open_job(overrides: list[str]) -> tuple[Any, ...]:
     return settings, task, method, device, model, eval_data, calib
 
 
+def load_mlp_weights(model: torch.nn.Module, path: str) -> int:
+    """Copy every `.mlp.fc1` / `.mlp.fc2` weight and bias of the state dict at `path` into `model`
+    after checking that every other weight equals the model's; returns how many were copied."""
+    released = torch.load(path, map_location="cpu", weights_only=True)
+    params = dict(model.named_parameters())
+    if set(released) != set(params):
+        raise SystemExit(f"--mlp-weights {path}: its names differ from the model's: "
+                         f"{sorted(set(released) ^ set(params))[:4]}")
+    mlp = [n for n in params if ".mlp.fc1." in n or ".mlp.fc2." in n]
+    differ = [n for n in params if n not in mlp and not torch.equal(params[n].detach().cpu(), released[n])]
+    if differ:
+        raise SystemExit(f"--mlp-weights {path}: weights outside the MLPs differ, e.g. {differ[:3]}")
+    with torch.no_grad():
+        for n in mlp:
+            params[n].copy_(released[n])
+    return len(mlp)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2", help="method.recon_seed values (comma-separated)")
@@ -119,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--also", default="", help="other methods (comma-separated, e.g. brecq) whose steps before "
                    "the first reconstruction equal the job's (checked): their reconstruction runs from the same "
                    "calibrated model, per seed")
+    p.add_argument("--mlp-weights", default=None, help="APHQ-ViT: after ptqbench's MLP stage, take fc1/fc2 from "
+                   "this state dict (the release's <model>_reconstructed.pth)")
     p.add_argument("overrides", nargs="+", help="the ptqbench job overrides (method=..., bits=..., ...)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
 
     from ptqbench.models.families.base import FAMILIES
-    from ptqbench.methods.steps import FPTeacher, run_steps
+    from ptqbench.methods.steps import FPTeacher, ReluMLPReconstruct, run_steps, walk_steps
     from ptqbench.pipeline import quantize
     from ptqbench.profiling import process_peak_rss_mb
     from ptqbench.quant.base import Quantizer
@@ -150,12 +177,19 @@ def main(argv: list[str] | None = None) -> int:
                     qm.fp_teacher = FPTeacher(teacher, FAMILIES[qm.family].units(teacher))
                 else:
                     stats.update(run_steps((s,), qm, x))
+                    if args.mlp_weights and any(isinstance(t, ReluMLPReconstruct) for t in walk_steps((s,))):
+                        n = load_mlp_weights(qm.model, args.mlp_weights)
+                        print(f"took {n} MLP tensors from {args.mlp_weights}", flush=True)
+                        stats["mlp_weights_from"] = args.mlp_weights
+            if args.mlp_weights and "mlp_weights_from" not in stats:
+                raise SystemExit("--mlp-weights: the job has no MLP stage before its reconstruction")
             return stats
 
     t0 = time.perf_counter()
     qm, stats, _ = quantize(Calibrated, model.module, calib.inputs, device, scope=task.scope(settings))
     calib_s = time.perf_counter() - t0
-    out: dict[str, Any] = {"overrides": args.overrides, "calib_s": round(calib_s, 1), "seeds": {}}
+    out: dict[str, Any] = {"overrides": args.overrides, "calib_s": round(calib_s, 1), "seeds": {},
+                           "mlp_weights": args.mlp_weights}
     unfitted = [m.qname for m in qm.model.modules() if isinstance(m, Quantizer) and m.enabled and not m.calibrated]
     if unfitted:  # e.g. I&S-ViT: the weight quantizers are fitted after stage one
         print(f"calibrated in {calib_s:.0f} s; not evaluated: {len(unfitted)} quantizers (e.g. {unfitted[0]}) "
