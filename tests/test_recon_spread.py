@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ptqbench.methods.steps import Reconstruct, ReluMLPReconstruct, walk_steps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "anchors" / "common"))
-from recon_spread import split_steps  # noqa: E402
+from recon_spread import load_mlp_weights, split_steps  # noqa: E402
+from tests.conftest import make_tiny_vit  # noqa: E402
 
 JOB = ["bits=w4a4", "method.iters=10", "calib.size=4"]
 
@@ -41,3 +43,19 @@ def test_single_reconstruction_methods_rerun_only_their_reconstruction(name: str
 def test_a_method_without_reconstruction_is_refused() -> None:
     with pytest.raises(SystemExit, match="no Reconstruct step"):
         split_steps(["method=repq", "bits=w4a4"], "repq", None)
+
+
+def test_mlp_weights_replace_fc1_fc2_only_and_refuse_other_differences(tmp_path: Path) -> None:
+    """--mlp-weights copies every block's fc1/fc2 from the release's MLP stage, and refuses a state
+    dict whose other weights are not the model's (another checkpoint, another model)."""
+    model, released = make_tiny_vit(seed=0), make_tiny_vit(seed=0).state_dict()
+    for name in released:
+        if ".mlp.fc" in name:
+            released[name] = released[name] + 1.0
+    torch.save(released, tmp_path / "mlp.pth")
+    assert load_mlp_weights(model, str(tmp_path / "mlp.pth")) == 8  # 2 blocks x fc1, fc2 x weight, bias
+    assert all(torch.equal(v, released[k]) for k, v in model.state_dict().items())
+    released["blocks.0.norm1.weight"] = released["blocks.0.norm1.weight"] * 2
+    torch.save(released, tmp_path / "other.pth")
+    with pytest.raises(SystemExit, match="outside the MLPs differ"):
+        load_mlp_weights(make_tiny_vit(seed=0), str(tmp_path / "other.pth"))
