@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptqbench.algorithms.unit_grad import REBUILD_IMAGES, loss_grad_through
+from ptqbench.algorithms.unit_grad import REBUILD_IMAGES, loss_grad_through, vjp_by_images
 from ptqbench.algorithms.row_store import Rows
 from ptqbench.models.structure import Unit
 
@@ -102,9 +102,4 @@ def _site_grad(unit: Unit, rest: list[Unit], xb: torch.Tensor, ref: torch.Tensor
     with torch.no_grad():
         y = unit_forward(site, xb)
     g_out = loss_grad_through(rest, y, kl, rebuild_images)
-    parts = []  # the unit's graph over a few images at a time, as in loss_grad_through
-    for xc, gc in zip(xb.split(rebuild_images), g_out.split(rebuild_images)):
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(unit_forward(site, xc), seen[0], gc)
-        parts.append(g)
-    return torch.cat(parts).detach()
+    return vjp_by_images(lambda xc: unit_forward(site, xc), xb, g_out, rebuild_images, wrt=lambda: seen[0]).detach()

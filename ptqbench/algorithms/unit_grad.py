@@ -16,7 +16,7 @@ is differentiated over the whole chunk.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -44,14 +44,17 @@ def loss_grad_through(rest: list[Unit], x: torch.Tensor, loss: Callable[[torch.T
 
 
 def vjp_by_images(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, g_out: torch.Tensor,
-                  images: int) -> torch.Tensor:
+                  images: int, wrt: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
     """(d fn(x) / dx)^T g_out, with fn's graph built over `images` rows of `x` at a time: for a
-    function that treats each image (row) on its own, the same values with a fraction of the graph."""
+    function that treats each image (row) on its own, the same values with a fraction of the graph.
+    `wrt`: differentiate with respect to the tensor it returns after each call of `fn` (one that
+    `fn` made, e.g. a hooked module's output) instead of the input rows."""
     parts = []
     for xc, gc in zip(x.split(images), g_out.split(images)):
         with torch.enable_grad():
-            xc = xc.detach().requires_grad_(True)
-            (gx,) = torch.autograd.grad(fn(xc), xc, gc)
+            xc = xc.detach().requires_grad_(wrt is None)
+            out = fn(xc)
+            (gx,) = torch.autograd.grad(out, xc if wrt is None else wrt(), gc)
         parts.append(gx)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 

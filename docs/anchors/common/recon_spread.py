@@ -164,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         if split_steps(args.overrides, name, None)[0] != before:
             raise SystemExit(f"--also {name}: its steps before the reconstruction differ from method={method.name}'s")
     tails = {name: {seed: split_steps(args.overrides, name, seed)[1] for seed in seeds} for name in names}
+    if args.mlp_weights:  # before the calibration, which takes most of an hour on CPU
+        if not any(isinstance(t, ReluMLPReconstruct) for t in walk_steps(s for s in before if not isinstance(s, tuple))):
+            raise SystemExit(f"--mlp-weights: method={method.name} has no MLP stage before its reconstruction "
+                             "(only APHQ-ViT with method.relu_mlp=true has one)")
+        if not Path(args.mlp_weights).is_file():
+            raise SystemExit(f"--mlp-weights {args.mlp_weights}: no such file")
 
     class Calibrated:  # the method with its steps cut before the first reconstruction
         plan = staticmethod(method.plan)
@@ -181,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
                         n = load_mlp_weights(qm.model, args.mlp_weights)
                         print(f"took {n} MLP tensors from {args.mlp_weights}", flush=True)
                         stats["mlp_weights_from"] = args.mlp_weights
-            if args.mlp_weights and "mlp_weights_from" not in stats:
-                raise SystemExit("--mlp-weights: the job has no MLP stage before its reconstruction")
             return stats
 
     t0 = time.perf_counter()
