@@ -26,6 +26,7 @@ from ptqbench.methods.steps import ReluMLPReconstruct, WithFPTeacher, optional
 
 # the released configs/<W>bit/best.py `pct` (the MLP stage's clip percentile); other widths: 0.98
 RELEASED_MLP_PCT = {2: 0.98, 3: 0.99, 4: 0.98}
+TEACHER_ATTENTION = ("timm", "unfused")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ class APHQConfig(GridReconConfig):
     hessian_mean: one weight tensor averaged over the images (`use_mean_hessian`, true).
     hessian_temperature / hessian_eps / hessian_chunk: 20, 1e-6, 32 (the release's `temp`, the
         perturbation, `optim_batch_size`).
+    teacher_attention: how the FP teacher (targets, FP inputs, both Hessians) computes attention:
+        "timm", as the plain timm model does (fused scaled_dot_product_attention for ViT/DeiT), as
+        the release's `full_model` does; "unfused", ptqbench's products. The same function, but the
+        Hessian is a difference of two gradients at +-1e-6 in float32, so it follows the float
+        rounding: DeiT-T's block-0 Hessian differs by 27 % (relative L2) between the two
+        (docs/methods/aphq.md).
     """
 
     relu_mlp: bool = True
@@ -58,9 +65,12 @@ class APHQConfig(GridReconConfig):
     hessian_temperature: float = 20.0
     hessian_eps: float = 1e-6
     hessian_chunk: int = 32
+    teacher_attention: str = "timm"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.teacher_attention not in TEACHER_ATTENTION:
+            raise ValueError(f"teacher_attention={self.teacher_attention!r}; choose one of {TEACHER_ATTENTION}")
         if self.mlp_loss not in MLP_LOSSES:
             raise ValueError(f"mlp_loss={self.mlp_loss!r}; choose one of {MLP_LOSSES}")
         for key in ("mlp_iters", "mlp_batch_size"):
@@ -101,4 +111,4 @@ class APHQ(GridReconRecipe, Method):
     def steps(self) -> Sequence[Step]:
         c: APHQConfig = self.config
         mlp = optional(c.relu_mlp, ReluMLPReconstruct(c.mlp_config(self.bits.w)))
-        return (WithFPTeacher((*mlp, *grid_recon_steps(c))),)
+        return (WithFPTeacher((*mlp, *grid_recon_steps(c)), timm_attention=c.teacher_attention == "timm"),)

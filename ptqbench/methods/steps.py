@@ -37,6 +37,7 @@ from ptqbench.algorithms.streaming import GramStats, collect_grams, run_unit, sp
 from ptqbench.heap import large_blocks_reused
 from ptqbench.methods.base import Step
 from ptqbench.models.adapter import QuantizedModel
+from ptqbench.models.attention import timm_fp_attention
 from ptqbench.models.families import FAMILIES
 from ptqbench.models.structure import BLOCK, ReparamPair
 from ptqbench.quant import roles
@@ -223,13 +224,22 @@ class ReluMLPReconstruct:
 class WithFPTeacher:
     """Run `steps` with `qm.fp_teacher` set to an FP copy of the model taken now (quantization off
     in it), so that every Reconstruct among them trains against the FP model as it was before any
-    of them changed the weights; the copy is dropped afterwards."""
+    of them changed the weights; the copy is dropped afterwards. `timm_attention`: the copy's
+    attention runs as timm built it (fused where timm fuses), as in a release whose teacher is the
+    plain timm model (ptqbench.models.attention.timm_fp_attention)."""
 
     steps: tuple[Step, ...]
+    timm_attention: bool = False
+
+    def teacher_of(self, qm: QuantizedModel) -> FPTeacher:
+        """The FP copy of `qm`'s model as it is now, and its units."""
+        teacher = copy.deepcopy(qm.model)
+        if self.timm_attention:
+            timm_fp_attention(teacher)
+        return FPTeacher(teacher, FAMILIES[qm.family].units(teacher))
 
     def __call__(self, qm: QuantizedModel, calib: torch.Tensor) -> dict[str, Any]:
-        teacher = copy.deepcopy(qm.model)
-        qm.fp_teacher = FPTeacher(teacher, FAMILIES[qm.family].units(teacher))
+        qm.fp_teacher = self.teacher_of(qm)
         try:
             return run_steps(self.steps, qm, calib)
         finally:

@@ -14,6 +14,13 @@ than scaling the N x N attention map, the product order reproduces the released 
 In the fully quantized mode `adopt()` also takes a `QuantSoftmax` (quantized input, table-driven
 exp) that replaces the float softmax.
 
+`timm_fp_attention()` hands a model's attention back to timm's own forward, fused
+(`scaled_dot_product_attention`) where timm chose it when it built the module (ViT/DeiT on this
+timm; Swin's window attention stays unfused), for an FP copy that must compute what the plain timm
+model computes, bit for bit: an FP teacher whose outputs feed a finite difference (APHQ-ViT's
+perturbation Hessian), where the rounding of the unfused products would otherwise show. Its matmul
+quantizers are bypassed, so such a module refuses to run with any of them on.
+
 Swin's window attention receives windows that the block zero-padded to a multiple of the window.
 `input_shift` (None until a reparameterization sets it) is added to every token of those windows
 before qkv, so the reparameterization's shift applies after the padding (ptqbench.algorithms.reparam).
@@ -29,6 +36,7 @@ from timm.models.swin_transformer import WindowAttention
 from timm.models.vision_transformer import Attention
 
 from ptqbench.errors import ConfigError
+from ptqbench.quant.base import Quantizer
 from ptqbench.quant.modules import QuantMatMul
 from ptqbench.quant.nonlinear import QuantSoftmax
 
@@ -49,6 +57,28 @@ def _check_attrs(module: torch.nn.Module, attrs: tuple[str, ...]) -> None:
         )
 
 
+def timm_fp_attention(model: nn.Module) -> int:
+    """Run every quantizable attention of `model` as timm built it: fused where timm chose the fused
+    path (see the module docstring); returns how many now run fused. For FP copies only: a fused
+    module refuses quantized matmuls."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (QuantAttention, QuantWindowAttention)):
+            m.fused_attn = m.timm_fused_attn
+            n += int(m.fused_attn)
+    return n
+
+
+def _check_fp(module: nn.Module) -> None:
+    """timm's fused forward has no place for ptqbench's matmul and softmax quantizers nor for the
+    window shift: refuse it unless the module is FP (every quantizer in it off)."""
+    if any(isinstance(m, Quantizer) and m.enabled for m in module.modules()) or \
+            getattr(module, "input_shift", None) is not None:
+        raise RuntimeError(f"{type(module).__name__} runs timm's fused FP attention (timm_fp_attention) but "
+                           "has a quantizer on or a reparameterization shift: use it as an FP copy only, "
+                           "with quantization off (quant_disabled)")
+
+
 class QuantAttention(Attention):
     """timm ViT/DeiT `Attention` with quantizable matmuls."""
 
@@ -63,6 +93,7 @@ class QuantAttention(Attention):
         if getattr(module, "gate", None) is not None:
             raise ConfigError("gated timm attention is not supported by the quantization adapter")
         module.__class__ = cls
+        module.timm_fused_attn = module.fused_attn  # timm's choice, for timm_fp_attention
         module.fused_attn = False
         module.matmul_qk = matmul_qk
         module.matmul_av = matmul_av
@@ -71,6 +102,9 @@ class QuantAttention(Attention):
         return module  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+        if self.fused_attn:  # an FP copy (timm_fp_attention)
+            _check_fp(self)
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -100,6 +134,7 @@ class QuantWindowAttention(WindowAttention):
               softmax: Optional[QuantSoftmax] = None, scale_product: bool = False) -> "QuantWindowAttention":
         _check_attrs(module, ("qkv", "proj", "num_heads", "scale", "softmax", "attn_drop", "proj_drop", "_get_rel_pos_bias"))
         module.__class__ = cls
+        module.timm_fused_attn = module.fused_attn  # timm's choice, for timm_fp_attention
         module.fused_attn = False
         module.matmul_qk = matmul_qk
         module.matmul_av = matmul_av
@@ -110,6 +145,9 @@ class QuantWindowAttention(WindowAttention):
         return module  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.fused_attn:  # an FP copy (timm_fp_attention)
+            _check_fp(self)
+            return super().forward(x, mask)
         B_, N, _ = x.shape
         if self.input_shift is not None:
             x = x + self.input_shift

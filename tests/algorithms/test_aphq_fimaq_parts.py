@@ -258,6 +258,35 @@ def test_aphq_runs_on_a_tiny_vit_and_detection_refuses_it():
         Detection().validate(settings, m)
 
 
+@pytest.mark.parametrize("attention", ["timm", "unfused"])
+def test_aphq_teacher_attention_key_picks_the_teachers_attention(attention):
+    """method.teacher_attention=timm (the default, the release's plain timm `full_model`) gives
+    the Hessian the plain timm model gives, bit for bit; the student keeps ptqbench's attention."""
+    import copy
+
+    from ptqbench.models import make_quantizable
+    from ptqbench.models.attention import QuantAttention
+    from ptqbench.quant.calibration import quant_disabled
+
+    m = build_method({"name": "aphq", "teacher_attention": attention}, Bits(4, 4))
+    model = make_tiny_vit()
+    plain = copy.deepcopy(model)
+    qm = make_quantizable(model, m.plan())
+    teacher = m.steps()[0].teacher_of(qm)
+    assert all(a.fused_attn == (attention == "timm") for a in teacher.model.modules() if isinstance(a, QuantAttention))
+    assert not any(a.fused_attn for a in qm.model.modules() if isinstance(a, QuantAttention))
+    if attention == "timm":
+        fam = family_of(plain)
+        x = fam.unit_input(plain, torch.randn(4, 3, 32, 32))
+        with torch.no_grad():
+            x = fam.units(plain)[0].forward(x)
+        with quant_disabled(teacher.model):
+            ours = perturbation_hessian(teacher.units, 1, x)
+        assert torch.equal(ours, perturbation_hessian(fam.units(plain), 1, x))
+    with pytest.raises(ConfigError, match="teacher_attention"):
+        build_method({"name": "aphq", "teacher_attention": "sdpa"}, Bits(4, 4))
+
+
 # -- FIMA-Q (the same code family) --------------------------------------------------------------------
 def test_dplr_loss_is_the_released_formula_and_renormalizes_at_each_refresh():
     from ptqbench.algorithms.fisher_dplr import DPLRLoss, refresh_steps

@@ -10,9 +10,10 @@ import torch
 from ptqbench.errors import ConfigError
 from ptqbench.methods import METHODS, Bits, build_method
 from ptqbench.models import make_quantizable
-from ptqbench.models.attention import QuantAttention, QuantWindowAttention
+from ptqbench.models.attention import QuantAttention, QuantWindowAttention, timm_fp_attention
 from ptqbench.algorithms.reparam import reparameterize_all
 from ptqbench.quant import calibrate, quant_disabled
+from tests.conftest import make_tiny_swin, make_tiny_vit
 
 ARCHS = {
     "deit_tiny_patch16_224": (49, 24, 0),
@@ -127,3 +128,26 @@ def test_attention_scale_on_the_product_is_the_same_function(arch):
 def test_unknown_attention_scale_is_refused():
     with pytest.raises(ConfigError, match="attention_scale='k'"):
         dataclasses.replace(build_method({"name": "minmax"}, Bits(8, 8)).plan(), attention_scale="k")
+
+
+@pytest.mark.parametrize("make", [make_tiny_vit, make_tiny_swin])
+def test_timm_fp_attention_is_timms_own_forward_bit_for_bit(make):
+    """An FP copy with timm_fp_attention computes what the plain timm model computes, to the bit
+    (APHQ-ViT's teacher: its perturbation Hessian magnifies the rounding of unfused products): fused
+    where timm fuses (ViT), unfused where it does not (Swin's window attention). A fused module
+    refuses to run with a quantizer on, whose matmul timm's fused forward would skip."""
+    model = make()
+    plain = copy.deepcopy(model)
+    timm_fused = [m.fused_attn for m in plain.modules() if hasattr(m, "fused_attn")]
+    qm = make_quantizable(model, build_method({"name": "aphq"}, Bits(4, 4)).plan())
+    attns = [m for m in qm.model.modules() if isinstance(m, (QuantAttention, QuantWindowAttention))]
+    assert not any(m.fused_attn for m in attns)
+    assert timm_fp_attention(qm.model) == sum(timm_fused) and [m.fused_attn for m in attns] == timm_fused
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        with quant_disabled(qm.model):
+            assert torch.equal(qm.model(x), plain(x))
+        fused = [m for m in attns if m.fused_attn]
+        if fused:
+            with pytest.raises(RuntimeError, match="fused FP attention"):
+                fused[0](torch.randn(2, 16, fused[0].qkv.in_features))  # its matmul quantizers are on

@@ -10,6 +10,7 @@ number after its MLP stage ("Validating after model reconstruction", `mlp_top1` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0, help="ptqbench's recon_seed (batch draws)")
     ap.add_argument("--bits", type=int, default=4, help="picks the released clip percentile")
+    ap.add_argument("--teacher-attention", default="timm", help="method.teacher_attention (timm, unfused)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     import timm
@@ -43,11 +45,13 @@ def main() -> None:
     model = timm.create_model("deit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(
         file=str(data / "weights" / "deit_tiny_patch16_224.safetensors"))).eval()
     method = build_method({"name": "aphq", "iters": args.iters, "batch_size": args.batch, "recon_seed": args.seed,
-                           "progress": False}, Bits(args.bits, args.bits))
+                           "teacher_attention": args.teacher_attention, "progress": False}, Bits(args.bits, args.bits))
     qm = make_quantizable(model, method.plan())
     calib = torch.load(args.calib)["images"]
     t0 = time.perf_counter()
-    stats = WithFPTeacher((ReluMLPReconstruct(method.config.mlp_config(args.bits)),))(qm, calib)
+    teacher = method.steps()[0]  # the method's WithFPTeacher, with the MLP stage alone inside
+    assert isinstance(teacher, WithFPTeacher), teacher
+    stats = dataclasses.replace(teacher, steps=(ReluMLPReconstruct(method.config.mlp_config(args.bits)),))(qm, calib)
     mlp_s = time.perf_counter() - t0
     ds = ImageNetFolder(data / "imagenet-mini", "val", create_transform(**resolve_data_config({}, model=model)))
     correct = top5 = n = 0

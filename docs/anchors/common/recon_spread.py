@@ -45,14 +45,14 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def flat_steps(steps: Any, qm: Any) -> list[Any]:
-    """The steps in run order; a WithFPTeacher is replaced by the teacher copy it takes (set on
-    `qm` now, before any step ran) and its inner steps."""
+    """The steps in run order; a WithFPTeacher is replaced by ("teacher", itself), where it takes
+    its teacher copy, and its inner steps."""
     from ptqbench.methods.steps import WithFPTeacher
 
     out: list[Any] = []
     for s in steps:
         if isinstance(s, WithFPTeacher):
-            out.append(("teacher", None))
+            out.append(("teacher", s))
             out.extend(flat_steps(s.steps, qm))
         else:
             out.append(s)
@@ -178,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         def quantize(qm: Any, x: torch.Tensor) -> dict[str, Any]:
             stats: dict[str, Any] = {}
             for s in before:
-                if s == ("teacher", None):
-                    teacher = copy.deepcopy(qm.model)
-                    qm.fp_teacher = FPTeacher(teacher, FAMILIES[qm.family].units(teacher))
+                if isinstance(s, tuple):  # ("teacher", WithFPTeacher)
+                    qm.fp_teacher = s[1].teacher_of(qm)
                 else:
                     stats.update(run_steps((s,), qm, x))
                     if args.mlp_weights and any(isinstance(t, ReluMLPReconstruct) for t in walk_steps((s,))):
