@@ -1,4 +1,4 @@
-"""QDrop / BRECQ reconstruction of the first units, released APHQ-ViT code vs ptqbench, over seeds.
+"""QDrop / BRECQ / APHQ-ViT reconstruction of the first units, released code vs ptqbench, over seeds.
 
 A whole-model comparison of QDrop rests on a few draws of each side's random stream (batch order,
 QDrop masks) and on 40 minutes of calibration per side. This check isolates the reconstruction:
@@ -16,6 +16,12 @@ tensor; `--trace N` prints the first N draws with their shapes and callers). Wit
 the two codes must give the same losses up to float rounding, with or without QDrop's drop
 (`--drop 1` is the `brecq_qinp` input mode).
 
+`--method aphq` runs APHQ-ViT's block reconstruction (`configs/<W>bit/best.py`: the loss weighted by
+the average perturbation Hessian, computed on the FP GELU model before each unit trains) on the ReLU
+model of the release's MLP stage (`--mlp-weights`, the release's `<model>_reconstructed.pth`; the
+calibration checkpoint must be the same run's). Both sides then report each unit's unweighted
+element-mean squared error (ptqbench's `loss_reduction: mean`), the same formula on both sides.
+
     # released side (the patched checkout that docs/anchors/aphq/run.sh prepares, KEEP_SRC=1)
     python docs/anchors/aphq/unit_spread.py released --src <checkout>/APHQ-ViT \
         --ckpt <checkout>/checkpoint/quant_result/<run>/deit_tiny_w4_a4_calibsize_32_mse.pth \
@@ -23,6 +29,8 @@ the two codes must give the same losses up to float rounding, with or without QD
     # ptqbench side
     python docs/anchors/aphq/unit_spread.py ptqbench --calib ... --bits 4 --units 3 --seeds 0,1,2,3,4 --out ours.json
     python docs/anchors/aphq/unit_spread.py compare rel.json ours.json
+    # APHQ-ViT: add `--method aphq --mlp-weights <checkout>/checkpoint/quant_result/<run>/deit_tiny_reconstructed.pth`
+    # to both sides (the `best` run's checkpoints)
 """
 
 from __future__ import annotations
@@ -43,9 +51,15 @@ REPO = Path(__file__).resolve().parents[3]
 SEED_STRIDE = 1000003  # ptqbench's per-unit generator: seed * SEED_STRIDE + unit index
 
 
-def lp_sum_tokens(out: torch.Tensor, target: torch.Tensor) -> float:
-    """Squared error summed over dim 1 (tokens), averaged over the rest (released `lp_loss`)."""
-    return float((out - target).pow(2).sum(1).mean())
+RELEASED_CONFIG = {"qdrop": "qdrop_baseline", "aphq": "best"}
+
+
+def unit_loss(out: torch.Tensor, target: torch.Tensor, method: str) -> float:
+    """The loss ptqbench reports for the method's units (`ReconConfig.loss_reduction`), unweighted:
+    QDrop's squared error summed over dim 1 (tokens) and averaged over the rest (the released
+    `lp_loss`); APHQ-ViT's element mean."""
+    err = (out - target).pow(2)
+    return float(err.sum(1).mean() if method == "qdrop" else err.mean())
 
 
 def trace_draws(limit: int) -> None:
@@ -81,18 +95,25 @@ def released(args: argparse.Namespace) -> dict:
     from utils.wrap_net import wrap_modules_in_net
 
     sys.path.insert(0, str(src / "configs" / f"{args.bits}bit"))
-    cfg = __import__("qdrop_baseline").Config()
+    cfg = __import__(RELEASED_CONFIG[args.method]).Config()
     cfg.a_bit = cfg.qhead_a_bit = cfg.w_bit = args.bits  # run.sh's setting for every config
     calib = torch.load(args.calib, weights_only=False)
     ds = torch.utils.data.TensorDataset(calib["images"][:32], calib["labels"][:32])
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.optim_batch_size, shuffle=False)
     fp = timm.create_model("deit_tiny_patch16_224", checkpoint_path=str(args.weights)).eval()
+    relu = args.method == "aphq"
+    student = copy.deepcopy(fp)
+    if relu:  # test_quant.py --reconstruct-mlp: ReLU MLPs, then the MLP stage's weights (here: loaded)
+        for name, module in student.named_modules():
+            if name.split(".")[-1] == "mlp":
+                module.act = torch.nn.ReLU()
+        student.load_state_dict(torch.load(args.mlp_weights, map_location="cpu"))
     ns = types.SimpleNamespace(load_calibrate_checkpoint=args.ckpt, load_optimize_checkpoint=None)
     names = ["patch_embed"] + [f"blocks.{i}" for i in range(args.units - 1)]
     out: dict = {}
     for iters, seed in [(i, s) for i in args.iters_list for s in args.seed_list]:
         key = str(seed) if len(args.iters_list) == 1 else f"{seed}@{iters}"
-        model = wrap_modules_in_net(copy.deepcopy(fp), cfg, reparam=False, recon=False).eval()
+        model = wrap_modules_in_net(copy.deepcopy(student), cfg, reparam=False, recon=relu).eval()
         model = test_quant.load_model(model, ns, torch.device("cpu"), mode="calibrate")
         br = BlockReconstructor(model, copy.deepcopy(fp), loader, metric=cfg.optim_metric, temp=cfg.temp,
                                 use_mean_hessian=cfg.use_mean_hessian)
@@ -110,7 +131,7 @@ def released(args: argparse.Namespace) -> dict:
             br.quanted_blocks.append(name)
             br.set_block_mode(block, "quant_forward")
             with torch.no_grad():
-                losses.append(lp_sum_tokens(torch.cat([block(x) for x in x_q.split(args.batch)]), target))
+                losses.append(unit_loss(torch.cat([block(x) for x in x_q.split(args.batch)]), target, args.method))
             br.set_block_mode(block, "raw")
         out[key] = dict(zip(names, losses))
         print(f"released seed {key}: " + ", ".join(f"{n} {v:.7g}" for n, v in out[key].items()), flush=True)
@@ -119,12 +140,14 @@ def released(args: argparse.Namespace) -> dict:
 
 def ours(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "docs" / "anchors" / "common"))
     import dataclasses
 
     import timm
 
+    from ptqbench.algorithms import reconstruction
     from ptqbench.algorithms.grid_search import search_model
-    from ptqbench.algorithms.reconstruction import reconstruct
+    from ptqbench.algorithms.mlp_recon import relu_mlps
     from ptqbench.methods import Bits, build_method
     from ptqbench.methods.steps import Calibrate
     from ptqbench.models import make_quantizable
@@ -134,23 +157,70 @@ def ours(args: argparse.Namespace) -> dict:
     model = timm.create_model("deit_tiny_patch16_224", pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(args.weights))).eval()
     inputs = "qdrop" if args.drop < 1.0 else "quantized"
-    method = build_method({"name": "qdrop", "iters": 1, "batch_size": args.batch, "inputs": inputs,
-                           "drop_prob": args.drop, "search_images": None, "progress": False},
-                          Bits(args.bits, args.bits))
+    keys = {"name": args.method, "iters": 1, "batch_size": args.batch, "inputs": inputs, "drop_prob": args.drop,
+            "search_images": None, "progress": False}
+    if args.method == "aphq":
+        keys["teacher_attention"] = args.teacher_attention
+    method = build_method(keys, Bits(args.bits, args.bits))
     qm = make_quantizable(model, method.plan())
+    teacher = None
+    if args.method == "aphq":  # the FP GELU teacher (WithFPTeacher), then the release's ReLU MLPs
+        from recon_spread import load_mlp_weights  # same folder as export_calib
+
+        teacher = method.steps()[0].teacher_of(qm)  # APHQ-ViT's WithFPTeacher, taken before the MLP stage
+        relu_mlps(qm.units)
+        load_mlp_weights(qm.model, args.mlp_weights)
     Calibrate()(qm, calib)
     c = method.config
     search_model(qm.model, qm.units[:args.units], calib, c.search_config(), qm.reparam_pairs, c.exact_padding)
+    names = ["patch_embed"] + [f"blocks.{i}" for i in range(args.units - 1)]
     out: dict = {}
     for iters, seed in [(i, s) for i in args.iters_list for s in args.seed_list]:
         key = str(seed) if len(args.iters_list) == 1 else f"{seed}@{iters}"
         q = copy.deepcopy(qm)
         q.units = FAMILIES[q.family].units(q.model)  # units close over their model: rebuild on the copy
-        st = reconstruct(q.model, q.units[:args.units], calib, dataclasses.replace(c.engine_config(), seed=seed, iters=iters))
-        names = ["patch_embed"] + [f"blocks.{i}" for i in range(args.units - 1)]
-        out[key] = {n: u["loss_end"] for n, u in zip(names, st["recon_per_unit"])}
+        cfg = dataclasses.replace(c.engine_config(), seed=seed, iters=iters)
+        if teacher is None:
+            st = reconstruct(q, args.units, calib, cfg)
+        else:
+            st = reconstruct_prefix(reconstruction, q, args.units, calib, cfg, teacher)
+        out[key] = {n: u["loss_end"] for n, u in zip(names, st)}
         print(f"ptqbench seed {key}: " + ", ".join(f"{n} {v:.7g}" for n, v in out[key].items()), flush=True)
     return out
+
+
+def reconstruct(q, units: int, calib: torch.Tensor, cfg) -> list[dict]:
+    """ptqbench's reconstruction of the first `units` units: their per-unit statistics."""
+    from ptqbench.algorithms.reconstruction import reconstruct as engine
+
+    return engine(q.model, q.units[:units], calib, cfg)["recon_per_unit"]
+
+
+class PrefixDone(Exception):
+    """Raised when the engine reaches the first unit after the prefix."""
+
+
+def reconstruct_prefix(module, q, units: int, calib: torch.Tensor, cfg, teacher) -> list[dict]:
+    """The first `units` units with an FP teacher: the engine needs the teacher's whole model (each
+    unit's Hessian differentiates the logits through every later unit) and as many units in the
+    model as in the teacher, so it runs over all of them and is stopped when it reaches unit
+    `units`, whose quantizers the prefix's grid search did not fit."""
+    train, done = module._train_unit, []
+
+    def until_prefix(*a, **k):
+        if a[6] >= units:  # _train_unit(unit, layers, x_q, x_fp, target, cfg, i, ...)
+            raise PrefixDone
+        done.append(train(*a, **k))
+        return done[-1]
+
+    module._train_unit = until_prefix
+    try:
+        module.reconstruct(q.model, q.units, calib, cfg, None, teacher)
+    except PrefixDone:
+        pass
+    finally:
+        module._train_unit = train
+    return done
 
 
 def compare(a: dict, b: dict) -> None:
@@ -181,6 +251,11 @@ def main() -> None:
     p.add_argument("--iters", default="100", help="steps per unit; a comma list runs each from the same calibration")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--drop", type=float, default=0.5, help="QDrop's probability of the quantized value; 1 = none")
+    p.add_argument("--method", choices=sorted(RELEASED_CONFIG), default="qdrop",
+                   help="qdrop: the released qdrop_baseline config; aphq: best (needs --mlp-weights)")
+    p.add_argument("--teacher-attention", default="timm", help="aphq: method.teacher_attention (timm, unfused)")
+    p.add_argument("--mlp-weights", type=Path, help="aphq: the release's <model>_reconstructed.pth of the run "
+                   "whose calibration checkpoint is used")
     data = Path(os.environ.get("PTQBENCH_DATA", REPO.parent / "shared" / "data"))
     p.add_argument("--weights", type=Path, default=data / "weights" / "deit_tiny_patch16_224.safetensors")
     p.add_argument("--out", type=Path)
@@ -190,6 +265,8 @@ def main() -> None:
         a, b = (json.loads(Path(f).read_text()) for f in args.files)
         compare(a, b)
         return
+    if args.method == "aphq" and not (args.mlp_weights and args.mlp_weights.is_file()):
+        p.error(f"--method aphq needs --mlp-weights, the release's <model>_reconstructed.pth (got {args.mlp_weights})")
     torch.set_num_threads(1)
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     args.iters_list = [int(i) for i in args.iters.split(",")]
