@@ -69,6 +69,7 @@ BETA_SCHEDULES = ("cosine", "linear")
 ROUNDING_SCHEDULES = ("cosine", "constant")
 HEAD_LOSSES = ("recon", "kl")
 LOSS_WEIGHTS = ("none", "perturbation_hessian", "fisher_dplr")
+HESSIAN_SITES = ("inner", "output")
 # learn kind -> (which quantizers, their trainable group, the ReconConfig field of its learning rate)
 QUANTIZER_LEARNING = {
     "act_scale": ("activations", "scale", "lr_act_scale"),
@@ -116,6 +117,11 @@ class ReconConfig:
             computed on the FP model before the unit trains; `hessian_temperature`, `hessian_eps`,
             `hessian_chunk` (images per gradient batch) and `hessian_mean` (one weight tensor
             averaged over the images, else one per image) are its settings (released: 20, 1e-6, 32, true).
+            `hessian_site`: "inner" takes a unit's Hessian at its `Unit.inner_output` where it has
+            one (ViT's patch embedding, before the class token and position embedding, as the release
+            perturbs it; zero weights on the prepended rows, whose error is zero), "output" at the
+            unit's output. A difference of gradients 1e-6 apart follows the float rounding of the
+            site's values, so the two differ by more than rounding (docs/methods/aphq.md).
             "fisher_dplr": FIMA-Q's diagonal plus low-rank Fisher loss (ptqbench.algorithms.fisher_dplr),
             refreshed `fisher_k` times while the unit trains (`fisher_schedule`: "spread" over the
             steps or the "first" k), weights `fisher_p1` (low rank) and `fisher_p2` (diagonal); it
@@ -166,6 +172,7 @@ class ReconConfig:
     hessian_eps: float = 1e-6
     hessian_chunk: int = 32
     hessian_mean: bool = True
+    hessian_site: str = "inner"
     fisher_k: int = 5
     fisher_p1: float = 1.0
     fisher_p2: float = 1.0
@@ -210,6 +217,8 @@ class ReconConfig:
             refresh_steps(self.iters, self.fisher_k, self.fisher_schedule)  # validates k against iters
         if self.hessian_chunk < 1 or self.hessian_temperature <= 0:
             raise ValueError("hessian_chunk must be >= 1 and hessian_temperature > 0")
+        if self.hessian_site not in HESSIAN_SITES:
+            raise ValueError(f"hessian_site={self.hessian_site!r}; choose one of {HESSIAN_SITES}")
         if self.loss_normalize is not None and self.loss_normalize <= 0:
             raise ValueError(f"loss_normalize must be > 0 or null, got {self.loss_normalize}")
         if not 0.0 <= self.holdout < 1.0:
@@ -593,10 +602,13 @@ def reconstruct(model: nn.Module, units: list[Unit], calib: torch.Tensor, cfg: R
                 if cfg.loss_weights == "perturbation_hessian" and cfg.iters and not (
                         unit.kind == HEAD and cfg.head_loss == "kl"):
                     fp_units = teacher.units if teacher is not None else units
+                    site = fp_units[i].inner_output if cfg.hessian_site == "inner" else None
                     with quant_disabled(source), large_blocks_unmapped_once():  # ptqbench.heap, as the Fisher refresh
-                        weights = perturbation_hessian(fp_units, i, x_fp, temperature=cfg.hessian_temperature,
+                        weights = perturbation_hessian(fp_units, i, x_fp, site=site, temperature=cfg.hessian_temperature,
                                                        eps=cfg.hessian_eps, chunk=cfg.hessian_chunk,
                                                        mean=cfg.hessian_mean)
+                    if site is not None:  # the rows the unit prepends after the site (class token): zero error
+                        weights = F.pad(weights, (0, 0, target.shape[1] - weights.shape[1], 0))
                 fisher = None
                 if cfg.loss_weights == "fisher_dplr" and cfg.iters and not (unit.kind == HEAD and cfg.head_loss == "kl"):
                     rest = teacher.units[i + 1:] if teacher is not None else units[i + 1:]

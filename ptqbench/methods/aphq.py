@@ -44,6 +44,9 @@ class APHQConfig(GridReconConfig):
     hessian_mean: one weight tensor averaged over the images (`use_mean_hessian`, true).
     hessian_temperature / hessian_eps / hessian_chunk: 20, 1e-6, 32 (the release's `temp`, the
         perturbation, `optim_batch_size`).
+    hessian_site: "inner" (the release: the embedding's Hessian at the patch embedding's output,
+        before the class token and position embedding) or "output" (at the unit's output);
+        ReconConfig.hessian_site.
     teacher_attention: how the FP teacher (targets, FP inputs, both Hessians) computes attention:
         "timm", as the plain timm model does (fused scaled_dot_product_attention for ViT/DeiT), as
         the release's `full_model` does; "unfused", ptqbench's products. The same function, but the
@@ -65,6 +68,7 @@ class APHQConfig(GridReconConfig):
     hessian_temperature: float = 20.0
     hessian_eps: float = 1e-6
     hessian_chunk: int = 32
+    hessian_site: str = "inner"
     teacher_attention: str = "timm"
 
     def __post_init__(self) -> None:
@@ -98,7 +102,7 @@ class APHQConfig(GridReconConfig):
         return dataclasses.replace(
             base, loss_reduction="mean", loss_weights="perturbation_hessian", hessian_mean=self.hessian_mean,
             hessian_temperature=self.hessian_temperature, hessian_eps=self.hessian_eps,
-            hessian_chunk=self.hessian_chunk)
+            hessian_chunk=self.hessian_chunk, hessian_site=self.hessian_site)
 
 
 @register_method("aphq", display="APHQ-ViT", cite="wu2025aphqvit", paper="APHQ-ViT")

@@ -25,12 +25,17 @@ class Unit:
         module: the module(s) whose parameters the unit uses (hooks and layer lookup go here).
         kind: what the step is (EMBED, BLOCK, DOWNSAMPLE, HEAD or OTHER): methods that treat transformer
             blocks specially (ERQ's dual-uniform qkv/fc1) select units by kind, not by attributes.
+        inner_output: a module inside the unit whose output is the unit's output less the rows the
+            unit prepends (ViT's patch embedding, before the class token and position embedding):
+            where the released APHQ-ViT code takes the embedding's perturbation Hessian. None: the
+            unit's output is its own.
     """
 
     name: str
     forward: Callable[[torch.Tensor], torch.Tensor]
     module: nn.Module
     kind: str = OTHER
+    inner_output: Optional[nn.Module] = None
 
 
 @dataclass

@@ -5,6 +5,7 @@ Fisher rows, token-wise scales."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -285,6 +286,60 @@ def test_aphq_teacher_attention_key_picks_the_teachers_attention(attention):
         assert torch.equal(ours, perturbation_hessian(fam.units(plain), 1, x))
     with pytest.raises(ConfigError, match="teacher_attention"):
         build_method({"name": "aphq", "teacher_attention": "sdpa"}, Bits(4, 4))
+
+
+def test_embedding_hessian_is_taken_where_the_release_perturbs_it():
+    """hessian_site=inner (the default): the patch embedding's Hessian is the release's, taken at
+    PatchEmbed's output (`x + ones * 1e-6` there, the whole model's KL, the gradient at that output;
+    written out below), with a zero row for the class token that the unit prepends after it."""
+    model = make_tiny_vit()
+    fam = family_of(model)
+    units = fam.units(model)
+    assert units[0].inner_output is model.patch_embed and all(u.inner_output is None for u in units[1:])
+    torch.manual_seed(1)
+    images = torch.randn(4, 3, 32, 32)
+    x = fam.unit_input(model, images)
+    site = perturbation_hessian(units, 0, x, site=units[0].inner_output)
+    grads = []
+    for shift in (1e-6, -1e-6):
+        seen = []
+
+        def perturb(_m, _i, out, shift=shift):
+            y = out.detach().requires_grad_(True)
+            seen.append(y)
+            return y + torch.ones_like(y) * shift
+
+        with torch.no_grad():
+            ref = F.softmax(model(images) / 20, -1)
+        handle = model.patch_embed.register_forward_hook(perturb)
+        loss = F.kl_div(F.log_softmax(model(images) / 20, -1), ref, reduction="batchmean")
+        handle.remove()
+        grads.append(torch.autograd.grad(loss, seen[0])[0])
+    assert torch.equal(site, (grads[0] - grads[1]).abs().mean(0, keepdim=True))
+
+    captured = {}
+
+    def stop(unit, layers, x_q, x_fp, target, cfg, i, weights, fisher):
+        captured[i] = weights
+        raise StopIteration
+
+    cfg = rc.ReconConfig(iters=1, batch_size=2, loss_weights="perturbation_hessian", progress=False)
+    for where in ("inner", "output"):
+        original = rc._train_unit
+        rc._train_unit = stop
+        try:
+            with pytest.raises(StopIteration):
+                rc.reconstruct(model, units, x, dataclasses.replace(cfg, hessian_site=where))
+        finally:
+            rc._train_unit = original
+        w = captured.pop(0)
+        assert w.shape == (1, 1 + site.shape[1], site.shape[2])
+        if where == "inner":
+            assert torch.equal(w[:, 1:], site) and not w[:, 0].any()
+        else:
+            assert torch.equal(w, perturbation_hessian(units, 0, x))
+    with pytest.raises(ValueError, match="hessian_site"):
+        rc.ReconConfig(hessian_site="conv")
 
 
 # -- FIMA-Q (the same code family) --------------------------------------------------------------------

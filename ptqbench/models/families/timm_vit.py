@@ -58,7 +58,7 @@ class TimmViT(BaseFamily):
         def head(x: torch.Tensor) -> torch.Tensor:
             return m.forward_head(m.norm(x))
 
-        units = [Unit("patch_embed", embed, nn.ModuleList([m.patch_embed, m.norm_pre]), EMBED)]
+        units = [Unit("patch_embed", embed, nn.ModuleList([m.patch_embed, m.norm_pre]), EMBED, m.patch_embed)]
         units += [Unit(f"blocks.{i}", blk, blk, BLOCK) for i, blk in enumerate(m.blocks)]
         tail = [mod for mod in (m.norm, getattr(m, "fc_norm", None), m.head) if isinstance(mod, nn.Module)]
         units.append(Unit("head", head, nn.ModuleList(tail), HEAD))
