@@ -44,6 +44,7 @@ import sys
 import tempfile
 import types
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -189,7 +190,7 @@ def ours(args: argparse.Namespace) -> dict:
     return out
 
 
-def reconstruct(q, units: int, calib: torch.Tensor, cfg) -> list[dict]:
+def reconstruct(q: Any, units: int, calib: torch.Tensor, cfg: Any) -> list[dict]:
     """ptqbench's reconstruction of the first `units` units: their per-unit statistics."""
     from ptqbench.algorithms.reconstruction import reconstruct as engine
 
@@ -200,14 +201,15 @@ class PrefixDone(Exception):
     """Raised when the engine reaches the first unit after the prefix."""
 
 
-def reconstruct_prefix(module, q, units: int, calib: torch.Tensor, cfg, teacher) -> list[dict]:
+def reconstruct_prefix(module: types.ModuleType, q: Any, units: int, calib: torch.Tensor, cfg: Any,
+                       teacher: Any) -> list[dict]:
     """The first `units` units with an FP teacher: the engine needs the teacher's whole model (each
     unit's Hessian differentiates the logits through every later unit) and as many units in the
     model as in the teacher, so it runs over all of them and is stopped when it reaches unit
     `units`, whose quantizers the prefix's grid search did not fit."""
     train, done = module._train_unit, []
 
-    def until_prefix(*a, **k):
+    def until_prefix(*a: Any, **k: Any) -> dict:
         if a[6] >= units:  # _train_unit(unit, layers, x_q, x_fp, target, cfg, i, ...)
             raise PrefixDone
         done.append(train(*a, **k))
