@@ -38,6 +38,10 @@ def test_single_reconstruction_methods_rerun_only_their_reconstruction(name: str
     # APHQ-ViT's MLP stage is seeded by recon_seed too: the script runs the job's, once, before the cut
     assert (before == job_before) == (name != "aphq")
     assert any(isinstance(s, ReluMLPReconstruct) for s in walk_steps(job_before)) == (name == "aphq")
+    if name == "aphq":  # the teacher is taken first, as the method's WithFPTeacher takes it (timm attention)
+        from ptqbench.methods.steps import WithFPTeacher
+
+        assert job_before[0] == ("teacher", WithFPTeacher((), timm_attention=True))
 
 
 def test_a_method_without_reconstruction_is_refused() -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -45,14 +46,15 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def flat_steps(steps: Any, qm: Any) -> list[Any]:
-    """The steps in run order; a WithFPTeacher is replaced by ("teacher", itself), where it takes
-    its teacher copy, and its inner steps."""
+    """The steps in run order; a WithFPTeacher is replaced by ("teacher", itself without its inner
+    steps), where it takes its teacher copy, then its inner steps. (Without them, two methods'
+    teachers compare equal when they copy the model the same way.)"""
     from ptqbench.methods.steps import WithFPTeacher
 
     out: list[Any] = []
     for s in steps:
         if isinstance(s, WithFPTeacher):
-            out.append(("teacher", s))
+            out.append(("teacher", dataclasses.replace(s, steps=())))
             out.extend(flat_steps(s.steps, qm))
         else:
             out.append(s)
