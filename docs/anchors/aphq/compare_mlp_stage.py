@@ -8,7 +8,8 @@ docs/anchors/aphq/run.sh ...` prints its path) and runs `MLPReconstructor.init_b
 `positive_percentile` on one batch of all the calibration images (the release's
 `optim_batch_size` 32 at 32 images), and `BlockReconstructor.init_block_perturb_hessian` for the
 block outputs. The ptqbench side runs `ptqbench.algorithms.mlp_recon`'s
-capture, `positive_percentile` and `perturbation_hessian` on the FP teacher's units.
+capture, `positive_percentile` and `perturbation_hessian` on the FP teacher's units, the teacher
+that `method=aphq` takes (`--teacher-attention`: its `method.teacher_attention`, default timm).
 
     python docs/anchors/aphq/compare_mlp_stage.py --src /tmp/aphq_anchor.XXXX/APHQ-ViT \
         --calib anchor_runs/calib_deit_tiny_n32_seed0.pt [--blocks 0,1,11] [--pct 0.98]
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--blocks", default="0,1,11")
     ap.add_argument("--pct", type=float, default=0.98)
     ap.add_argument("--weights", default=None)
+    ap.add_argument("--teacher-attention", default="timm", help="method.teacher_attention (timm, unfused)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "1")))
     data = Path(os.environ.get("PTQBENCH_DATA", REPO.parent / "shared" / "data"))
@@ -48,7 +50,7 @@ def main() -> None:
                                  pretrained_cfg_overlay=dict(file=str(weights))).eval()
 
     released = released_side(args.src, fresh, images, labels, blocks, args.pct)
-    ours = ptqbench_side(fresh, images, blocks, args.pct)
+    ours = ptqbench_side(fresh, images, blocks, args.pct, args.teacher_attention)
     for b in blocks:
         (rub, rg, rbg), (pub, pg, pbg) = released[b], ours[b]
         print(f"blocks.{b}: ub released {rub!r} ptqbench {pub!r} {'equal' if rub == pub else 'DIFFER'}")
@@ -87,26 +89,31 @@ def released_side(src: str, fresh, images, labels, blocks, pct) -> dict:
     return out
 
 
-def ptqbench_side(fresh, images, blocks, pct) -> dict:
+def ptqbench_side(fresh, images, blocks, pct, attention: str) -> dict:
     sys.path.insert(0, str(REPO))
     from ptqbench.algorithms.mlp_recon import _capture, positive_percentile
     from ptqbench.algorithms.perturbation_hessian import perturbation_hessian
+    from ptqbench.methods import Bits, build_method
+    from ptqbench.models import make_quantizable
     from ptqbench.models.families import family_of
+    from ptqbench.quant.calibration import quant_disabled
 
-    model = fresh()
-    fam = family_of(model)
-    units = fam.units(model)
-    x = fam.unit_input(model, images)
+    method = build_method({"name": "aphq", "teacher_attention": attention}, Bits(4, 4))
+    qm = make_quantizable(fresh(), method.plan())
+    teacher = method.steps()[0].teacher_of(qm)  # the method's WithFPTeacher
+    fam, units = family_of(teacher.model), teacher.units
+    x = fam.unit_input(teacher.model, images)
     out = {}
-    for i, u in enumerate(units):
-        if u.name.startswith("blocks.") and int(u.name.split(".")[1]) in blocks:
-            _, g_in, _, _ = _capture(u, x, 32)
-            w = perturbation_hessian(units, i, x, site=u.module.mlp, chunk=32)
-            w = w * torch.sqrt(w.numel() / w.pow(2).sum())
-            bw = perturbation_hessian(units, i, x, chunk=32)
-            out[int(u.name.split(".")[1])] = (positive_percentile(g_in, pct), w, bw)
-        with torch.no_grad():
-            x = u.forward(x)
+    with quant_disabled(teacher.model):
+        for i, u in enumerate(units):
+            if u.name.startswith("blocks.") and int(u.name.split(".")[1]) in blocks:
+                _, g_in, _, _ = _capture(u, x, 32)
+                w = perturbation_hessian(units, i, x, site=u.module.mlp, chunk=32)
+                w = w * torch.sqrt(w.numel() / w.pow(2).sum())
+                bw = perturbation_hessian(units, i, x, chunk=32)
+                out[int(u.name.split(".")[1])] = (positive_percentile(g_in, pct), w, bw)
+            with torch.no_grad():
+                x = u.forward(x)
     return out
 
 
