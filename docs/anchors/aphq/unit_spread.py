@@ -31,6 +31,14 @@ element-mean squared error (ptqbench's `loss_reduction: mean`), the same formula
     python docs/anchors/aphq/unit_spread.py compare rel.json ours.json
     # APHQ-ViT: add `--method aphq --mlp-weights <checkout>/checkpoint/quant_result/<run>/deit_tiny_reconstructed.pth`
     # to both sides (the `best` run's checkpoints)
+
+Past the first units: `--units 14` reconstructs every unit (the patch embedding, the 12 blocks, the
+head). Give the ptqbench side the same `--ckpt`: it then takes the release's calibration (folded
+weights, every quantizer's scale and zero point) instead of its own 40-minute grid search of the
+whole model, which gives the same values (`compare_calibration.py`). `--eval` then evaluates each
+side's whole reconstructed model (the released one after the end of its `reconstruct_model`: hard
+rounding written, every layer quantized) on the validation images, through ptqbench's loader on
+both sides, and `compare` prints both top-1s and on how many images the two predict the same class.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[3]
 SEED_STRIDE = 1000003  # ptqbench's per-unit generator: seed * SEED_STRIDE + unit index
+EVAL = "eval"  # the key of the validation results in a side's JSON (`--eval`)
 
 
 RELEASED_CONFIG = {"qdrop": "qdrop_baseline", "aphq": "best"}
@@ -110,7 +119,7 @@ def released(args: argparse.Namespace) -> dict:
                 module.act = torch.nn.ReLU()
         student.load_state_dict(torch.load(args.mlp_weights, map_location="cpu"))
     ns = types.SimpleNamespace(load_calibrate_checkpoint=args.ckpt, load_optimize_checkpoint=None)
-    names = ["patch_embed"] + [f"blocks.{i}" for i in range(args.units - 1)]
+    names = unit_names(args.units)
     out: dict = {}
     for iters, seed in [(i, s) for i in args.iters_list for s in args.seed_list]:
         key = str(seed) if len(args.iters_list) == 1 else f"{seed}@{iters}"
@@ -136,6 +145,15 @@ def released(args: argparse.Namespace) -> dict:
             br.set_block_mode(block, "raw")
         out[key] = dict(zip(names, losses))
         print(f"released seed {key}: " + ", ".join(f"{n} {v:.7g}" for n, v in out[key].items()), flush=True)
+        if args.eval is not None and len(names) == 14:
+            for module in model.modules():  # the end of the released reconstruct_model, as a full run does
+                if hasattr(module, "mode"):
+                    module.mode = "quant_forward"
+                if hasattr(module, "w_quantizer") and hasattr(module.w_quantizer, "alpha"):
+                    module.weight.data.copy_(module.w_quantizer.get_hard_value(module.weight.data))
+                    del module.w_quantizer.alpha
+                    module.w_quantizer.round_mode = "nearest"
+            out.setdefault(EVAL, {})[key] = validation_top1(model, args)
     return out
 
 
@@ -173,8 +191,11 @@ def ours(args: argparse.Namespace) -> dict:
         load_mlp_weights(qm.model, args.mlp_weights)
     Calibrate()(qm, calib)
     c = method.config
-    search_model(qm.model, qm.units[:args.units], calib, c.search_config(), qm.reparam_pairs, c.exact_padding)
-    names = ["patch_embed"] + [f"blocks.{i}" for i in range(args.units - 1)]
+    if args.ckpt:  # the release's calibration (bit-identical to the grid search, compare_calibration.py)
+        print(f"ptqbench: {load_released_calibration(qm.model, args.ckpt)} quantizers from {args.ckpt}", flush=True)
+    else:
+        search_model(qm.model, qm.units[:args.units], calib, c.search_config(), qm.reparam_pairs, c.exact_padding)
+    names = unit_names(args.units)
     out: dict = {}
     for iters, seed in [(i, s) for i in args.iters_list for s in args.seed_list]:
         key = str(seed) if len(args.iters_list) == 1 else f"{seed}@{iters}"
@@ -187,7 +208,70 @@ def ours(args: argparse.Namespace) -> dict:
             st = reconstruct_prefix(reconstruction, q, args.units, calib, cfg, teacher)
         out[key] = {n: u["loss_end"] for n, u in zip(names, st)}
         print(f"ptqbench seed {key}: " + ", ".join(f"{n} {v:.7g}" for n, v in out[key].items()), flush=True)
+        if args.eval is not None and len(names) == 14:
+            out.setdefault(EVAL, {})[key] = validation_top1(q.model, args)
     return out
+
+
+def validation_top1(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
+    """Top-1, top-5 and the predicted classes of a whole reconstructed model on the first `--eval`
+    validation images (0: all), read by ptqbench's classification loader on both sides, so both
+    models see the same tensors."""
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "docs" / "anchors" / "common"))
+    from recon_spread import open_job
+
+    overrides = [f"method={args.method}", f"bits=w{args.bits}a{args.bits}", "calib.size=32", "threads=1",
+                 "data.workers=0"]
+    if args.eval:
+        overrides.append(f"data.eval_limit={args.eval}")
+    _, task, _, _, _, eval_data, _ = open_job(overrides)
+    res = task.evaluate(model.eval(), eval_data, "eval")
+    print(f"top-1 {res['top1']:.3f}, top-5 {res['top5']:.3f} on {len(res['logits'])} images", flush=True)
+    return {"top1": res["top1"], "top5": res["top5"], "pred": res["logits"].argmax(1).tolist()}
+
+
+def unit_names(units: int) -> list[str]:
+    """DeiT's first `units` reconstruction units in forward order: the patch embedding, the 12 blocks,
+    the head (the 14th)."""
+    if not 1 <= units <= 14:
+        raise SystemExit(f"--units {units}: DeiT has 14 units (patch_embed, blocks.0-11, head)")
+    return (["patch_embed"] + [f"blocks.{i}" for i in range(12)] + ["head"])[:units]
+
+
+def load_released_calibration(model: torch.nn.Module, ckpt: str) -> int:
+    """Put the release's calibrated state into ptqbench's calibrated model: its weights (the same
+    names as timm's) and every quantizer's scale and zero point (compare_calibration.py's map).
+    The grid search of the whole model takes 40 minutes a side and gives the same values
+    (`compare_calibration.py`); this lets the check run past the first units. Returns how many
+    quantizers were set; any released quantizer left out is named."""
+    from compare_calibration import BLOCK_QUANTIZERS, OTHER_QUANTIZERS  # same folder
+
+    from ptqbench.quant.calibration import quantizers
+
+    sd = torch.load(ckpt, map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    weights = [k for k in sd if "_quantizer." not in k]
+    missing = [k for k in weights if k not in params]
+    if missing:
+        raise SystemExit(f"--ckpt {ckpt}: weights the model does not have, e.g. {missing[:3]}")
+    names = dict(OTHER_QUANTIZERS)
+    for i in range(len(model.blocks)):
+        names.update({f"blocks.{i}.{r}": f"blocks.{i}.{o}" for r, o in BLOCK_QUANTIZERS.items()})
+    ours, seen = quantizers(model), set()
+    with torch.no_grad():
+        for k in weights:
+            params[k].copy_(sd[k])
+        for r, o in names.items():
+            scale, zero = sd[f"{r}.scale"].reshape(-1), sd[f"{r}.zero_point"].round().reshape(-1)
+            # the grid search's layouts: per tensor, per output channel (weights), per head (matmuls)
+            axis = None if scale.numel() == 1 else 0 if ours[o].role == "weight" else 1
+            ours[o].set_params(scale[0] if axis is None else scale, zero[0] if axis is None else zero, axis)
+            seen.update((f"{r}.scale", f"{r}.zero_point"))
+    left = sorted(k for k in sd if "_quantizer." in k and k not in seen)
+    if left:
+        print(f"released quantizer state not used: {left}", flush=True)
+    return len(names)
 
 
 def reconstruct(q: Any, units: int, calib: torch.Tensor, cfg: Any) -> list[dict]:
@@ -226,6 +310,7 @@ def reconstruct_prefix(module: types.ModuleType, q: Any, units: int, calib: torc
 
 
 def compare(a: dict, b: dict) -> None:
+    evals = a.pop(EVAL, {}), b.pop(EVAL, {})
     names = list(next(iter(a.values())))
     print(f"{'unit':12s} {'released mean ± sd':>22s} {'ptqbench mean ± sd':>22s} {'ptqbench/released':>18s}")
     for n in names:
@@ -238,6 +323,11 @@ def compare(a: dict, b: dict) -> None:
     if common:
         print("per seed (released / ptqbench): " + "; ".join(
             f"{s}: " + ", ".join(f"{a[s][n]:.5g}/{b[s][n]:.5g}" for n in names) for s in common))
+    for key in [k for k in evals[0] if k in evals[1]]:
+        ra, rb = evals[0][key], evals[1][key]
+        same = sum(x == y for x, y in zip(ra["pred"], rb["pred"]))
+        print(f"whole model, seed {key}: top-1 released {ra['top1']:.3f} / ptqbench {rb['top1']:.3f}, top-5 "
+              f"{ra['top5']:.3f} / {rb['top5']:.3f}, the same class on {same}/{len(ra['pred'])} images")
 
 
 def main() -> None:
@@ -245,10 +335,12 @@ def main() -> None:
     p.add_argument("side", choices=["released", "ptqbench", "compare"])
     p.add_argument("files", nargs="*", help="compare: the two JSON files (released, ptqbench)")
     p.add_argument("--src", help="released: the patched APHQ-ViT checkout")
-    p.add_argument("--ckpt", help="released: its calibration checkpoint (run.sh's *_calibsize_32_mse.pth)")
+    p.add_argument("--ckpt", help="released: its calibration checkpoint (run.sh's *_calibsize_32_mse.pth); "
+                   "ptqbench: when given, that calibration instead of ptqbench's grid search")
     p.add_argument("--calib", type=Path, help="calibration file written by docs/anchors/common/export_calib.py")
     p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--units", type=int, default=3, help="the patch embedding and the first UNITS-1 blocks")
+    p.add_argument("--units", type=int, default=3, help="the patch embedding and the first UNITS-1 blocks "
+                   "(14: every unit, with the head)")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--iters", default="100", help="steps per unit; a comma list runs each from the same calibration")
     p.add_argument("--batch", type=int, default=8)
@@ -261,6 +353,9 @@ def main() -> None:
     data = Path(os.environ.get("PTQBENCH_DATA", REPO.parent / "shared" / "data"))
     p.add_argument("--weights", type=Path, default=data / "weights" / "deit_tiny_patch16_224.safetensors")
     p.add_argument("--out", type=Path)
+    p.add_argument("--eval", type=int, nargs="?", const=0, default=None,
+                   help="with --units 14: evaluate each whole reconstructed model on the first EVAL validation "
+                   "images (none given: all), through ptqbench's loader on both sides")
     p.add_argument("--trace", type=int, default=0, help="print the first TRACE random draws (shape, caller)")
     args = p.parse_args()
     if args.side == "compare":
