@@ -4,6 +4,7 @@ search. The loader must give back exactly the calibrated model the grid search m
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ptqbench.quant.calibration import quantizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "anchors" / "aphq"))
 from compare_calibration import BLOCK_QUANTIZERS, OTHER_QUANTIZERS  # noqa: E402
-from unit_spread import load_released_calibration, unit_names  # noqa: E402
+from unit_spread import EVAL, load_released_calibration, merged, unit_names  # noqa: E402
 from tests.conftest import make_tiny_vit  # noqa: E402
 
 
@@ -69,3 +70,14 @@ def test_unit_names_cover_deit_and_refuse_more() -> None:
     assert unit_names(14)[-2:] == ["blocks.11", "head"]
     with pytest.raises(SystemExit, match="14 units"):
         unit_names(15)
+
+
+def test_merged_joins_runs_of_one_side_and_refuses_a_seed_twice(tmp_path: Path) -> None:
+    runs = {"a": {"0@1": {"head": 1.0}, EVAL: {"calibrated": {"top1": 2.0}}},
+            "b": {"1": {"head": 2.0}, EVAL: {"calibrated": {"top1": 2.0}, "1": {"top1": 9.0}}}}
+    for name, res in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(res))
+    both = merged(f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}")
+    assert both == {"0@1": {"head": 1.0}, "1": {"head": 2.0}, EVAL: {"calibrated": {"top1": 2.0}, "1": {"top1": 9.0}}}
+    with pytest.raises(SystemExit, match="already read"):
+        merged(f"{tmp_path / 'a.json'},{tmp_path / 'a.json'}")

@@ -35,10 +35,11 @@ element-mean squared error (ptqbench's `loss_reduction: mean`), the same formula
 Past the first units: `--units 14` reconstructs every unit (the patch embedding, the 12 blocks, the
 head). Give the ptqbench side the same `--ckpt`: it then takes the release's calibration (folded
 weights, every quantizer's scale and zero point) instead of its own 40-minute grid search of the
-whole model, which gives the same values (`compare_calibration.py`). `--eval` then evaluates each
-side's whole reconstructed model (the released one after the end of its `reconstruct_model`: hard
-rounding written, every layer quantized) on the validation images, through ptqbench's loader on
-both sides, and `compare` prints both top-1s and on how many images the two predict the same class.
+whole model, which gives the same values (`compare_calibration.py`). `--eval` then evaluates the
+calibrated model and each side's whole reconstructed model (the released one after the end of its
+`reconstruct_model`: hard rounding written, every layer quantized) on the validation images,
+through ptqbench's loader on both sides, and `compare` prints both top-1s and on how many images
+the two predict the same class (`--iters 0`: the calibrated models only).
 """
 
 from __future__ import annotations
@@ -121,7 +122,10 @@ def released(args: argparse.Namespace) -> dict:
     ns = types.SimpleNamespace(load_calibrate_checkpoint=args.ckpt, load_optimize_checkpoint=None)
     names = unit_names(args.units)
     out: dict = {}
-    for iters, seed in [(i, s) for i in args.iters_list for s in args.seed_list]:
+    if args.eval is not None:  # load_model leaves every layer quantized (quant_forward), as the release evaluates it
+        model = wrap_modules_in_net(copy.deepcopy(student), cfg, reparam=False, recon=relu).eval()
+        out[EVAL] = {"calibrated": validation_top1(test_quant.load_model(model, ns, torch.device("cpu")), args)}
+    for iters, seed in [(i, s) for i in args.iters_list if i > 0 for s in args.seed_list]:
         key = str(seed) if len(args.iters_list) == 1 else f"{seed}@{iters}"
         model = wrap_modules_in_net(copy.deepcopy(student), cfg, reparam=False, recon=relu).eval()
         model = test_quant.load_model(model, ns, torch.device("cpu"), mode="calibrate")
@@ -197,7 +201,9 @@ def ours(args: argparse.Namespace) -> dict:
         search_model(qm.model, qm.units[:args.units], calib, c.search_config(), qm.reparam_pairs, c.exact_padding)
     names = unit_names(args.units)
     out: dict = {}
-    for iters, seed in [(i, s) for i in args.iters_list for s in args.seed_list]:
+    if args.eval is not None:
+        out[EVAL] = {"calibrated": validation_top1(qm.model, args)}
+    for iters, seed in [(i, s) for i in args.iters_list if i > 0 for s in args.seed_list]:
         key = str(seed) if len(args.iters_list) == 1 else f"{seed}@{iters}"
         q = copy.deepcopy(qm)
         q.units = FAMILIES[q.family].units(q.model)  # units close over their model: rebuild on the copy
@@ -309,9 +315,21 @@ def reconstruct_prefix(module: types.ModuleType, q: Any, units: int, calib: torc
     return done
 
 
+def merged(files: str) -> dict:
+    """One side's results from a comma list of its JSON files (runs of other seeds or steps)."""
+    out: dict = {}
+    for f in files.split(","):
+        res = json.loads(Path(f).read_text())
+        out.setdefault(EVAL, {}).update(res.pop(EVAL, {}))
+        if set(res) & set(out):
+            raise SystemExit(f"{f}: results for {sorted(set(res) & set(out))} already read from another file")
+        out.update(res)
+    return out
+
+
 def compare(a: dict, b: dict) -> None:
     evals = a.pop(EVAL, {}), b.pop(EVAL, {})
-    names = list(next(iter(a.values())))
+    names = list(next(iter(a.values()))) if a else []  # none with --iters 0 (the calibrated models only)
     print(f"{'unit':12s} {'released mean ± sd':>22s} {'ptqbench mean ± sd':>22s} {'ptqbench/released':>18s}")
     for n in names:
         ra, rb = [v[n] for v in a.values()], [v[n] for v in b.values()]
@@ -326,14 +344,21 @@ def compare(a: dict, b: dict) -> None:
     for key in [k for k in evals[0] if k in evals[1]]:
         ra, rb = evals[0][key], evals[1][key]
         same = sum(x == y for x, y in zip(ra["pred"], rb["pred"]))
-        print(f"whole model, seed {key}: top-1 released {ra['top1']:.3f} / ptqbench {rb['top1']:.3f}, top-5 "
+        print(f"whole model, {key}: top-1 released {ra['top1']:.3f} / ptqbench {rb['top1']:.3f}, top-5 "
               f"{ra['top5']:.3f} / {rb['top5']:.3f}, the same class on {same}/{len(ra['pred'])} images")
+    for side, ev in zip(("released", "ptqbench"), evals):  # for scale: two streams of one code
+        keys = [k for k in ev if k != "calibrated"]
+        for i, k1 in enumerate(keys):
+            for k2 in keys[i + 1:]:
+                same = sum(x == y for x, y in zip(ev[k1]["pred"], ev[k2]["pred"]))
+                print(f"{side} seeds {k1} and {k2}: the same class on {same}/{len(ev[k1]['pred'])} images")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("side", choices=["released", "ptqbench", "compare"])
-    p.add_argument("files", nargs="*", help="compare: the two JSON files (released, ptqbench)")
+    p.add_argument("files", nargs="*", help="compare: the released and the ptqbench JSON (each a comma list of "
+                   "files, merged)")
     p.add_argument("--src", help="released: the patched APHQ-ViT checkout")
     p.add_argument("--ckpt", help="released: its calibration checkpoint (run.sh's *_calibsize_32_mse.pth); "
                    "ptqbench: when given, that calibration instead of ptqbench's grid search")
@@ -342,7 +367,8 @@ def main() -> None:
     p.add_argument("--units", type=int, default=3, help="the patch embedding and the first UNITS-1 blocks "
                    "(14: every unit, with the head)")
     p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--iters", default="100", help="steps per unit; a comma list runs each from the same calibration")
+    p.add_argument("--iters", default="100", help="steps per unit; a comma list runs each from the same calibration "
+                   "(0: none, for --eval of the calibrated model alone)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--drop", type=float, default=0.5, help="QDrop's probability of the quantized value; 1 = none")
     p.add_argument("--method", choices=sorted(RELEASED_CONFIG), default="qdrop",
@@ -354,13 +380,12 @@ def main() -> None:
     p.add_argument("--weights", type=Path, default=data / "weights" / "deit_tiny_patch16_224.safetensors")
     p.add_argument("--out", type=Path)
     p.add_argument("--eval", type=int, nargs="?", const=0, default=None,
-                   help="with --units 14: evaluate each whole reconstructed model on the first EVAL validation "
-                   "images (none given: all), through ptqbench's loader on both sides")
+                   help="evaluate the calibrated model and, with --units 14, each whole reconstructed model on the "
+                   "first EVAL validation images (none given: all), through ptqbench's loader on both sides")
     p.add_argument("--trace", type=int, default=0, help="print the first TRACE random draws (shape, caller)")
     args = p.parse_args()
     if args.side == "compare":
-        a, b = (json.loads(Path(f).read_text()) for f in args.files)
-        compare(a, b)
+        compare(*(merged(f) for f in args.files))
         return
     if args.method == "aphq" and not (args.mlp_weights and args.mlp_weights.is_file()):
         p.error(f"--method aphq needs --mlp-weights, the release's <model>_reconstructed.pth (got {args.mlp_weights})")
