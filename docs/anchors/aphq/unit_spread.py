@@ -126,7 +126,7 @@ def released(args: argparse.Namespace) -> dict:
         model = wrap_modules_in_net(copy.deepcopy(student), cfg, reparam=False, recon=relu).eval()
         out[EVAL] = {"calibrated": validation_top1(test_quant.load_model(model, ns, torch.device("cpu")), args)}
     for iters, seed in [(i, s) for i in args.iters_list if i > 0 for s in args.seed_list]:
-        key = str(seed) if len(args.iters_list) == 1 else f"{seed}@{iters}"
+        key = f"{seed}@{iters}"
         model = wrap_modules_in_net(copy.deepcopy(student), cfg, reparam=False, recon=relu).eval()
         model = test_quant.load_model(model, ns, torch.device("cpu"), mode="calibrate")
         br = BlockReconstructor(model, copy.deepcopy(fp), loader, metric=cfg.optim_metric, temp=cfg.temp,
@@ -204,7 +204,7 @@ def ours(args: argparse.Namespace) -> dict:
     if args.eval is not None:
         out[EVAL] = {"calibrated": validation_top1(qm.model, args)}
     for iters, seed in [(i, s) for i in args.iters_list if i > 0 for s in args.seed_list]:
-        key = str(seed) if len(args.iters_list) == 1 else f"{seed}@{iters}"
+        key = f"{seed}@{iters}"
         q = copy.deepcopy(qm)
         q.units = FAMILIES[q.family].units(q.model)  # units close over their model: rebuild on the copy
         cfg = dataclasses.replace(c.engine_config(), seed=seed, iters=iters)
@@ -327,16 +327,28 @@ def merged(files: str) -> dict:
     return out
 
 
+def steps_of(key: str) -> str:
+    """The step count in a result key, `seed@steps`; "" in files written before the keys carried it
+    (2026-12-08), where a run of one step count keyed its results by the seed alone."""
+    return key.partition("@")[2]
+
+
 def compare(a: dict, b: dict) -> None:
     evals = a.pop(EVAL, {}), b.pop(EVAL, {})
     names = list(next(iter(a.values()))) if a else []  # none with --iters 0 (the calibrated models only)
-    print(f"{'unit':12s} {'released mean ± sd':>22s} {'ptqbench mean ± sd':>22s} {'ptqbench/released':>18s}")
-    for n in names:
-        ra, rb = [v[n] for v in a.values()], [v[n] for v in b.values()]
-        sa = statistics.stdev(ra) if len(ra) > 1 else 0.0
-        sb = statistics.stdev(rb) if len(rb) > 1 else 0.0
-        print(f"{n:12s} {statistics.mean(ra):12.5g} ± {sa:<8.3g} {statistics.mean(rb):12.5g} ± {sb:<8.3g} "
-              f"{statistics.mean(rb) / statistics.mean(ra):18.4f}")
+    for steps in sorted({steps_of(k) for k in a}, key=lambda t: (len(t), t)):  # one table per step count
+        ga = [v for k, v in a.items() if steps_of(k) == steps]
+        gb = [v for k, v in b.items() if steps_of(k) == steps]
+        if not gb:
+            continue
+        print(f"{'unit':12s} {'released mean ± sd':>22s} {'ptqbench mean ± sd':>22s} {'ptqbench/released':>18s}"
+              f"   ({f'{steps} steps' if steps else 'keyed by seed alone'}: {len(ga)} and {len(gb)} runs)")
+        for n in names:
+            ra, rb = [v[n] for v in ga], [v[n] for v in gb]
+            sa = statistics.stdev(ra) if len(ra) > 1 else 0.0
+            sb = statistics.stdev(rb) if len(rb) > 1 else 0.0
+            print(f"{n:12s} {statistics.mean(ra):12.5g} ± {sa:<8.3g} {statistics.mean(rb):12.5g} ± {sb:<8.3g} "
+                  f"{statistics.mean(rb) / statistics.mean(ra):18.4f}")
     common = [s for s in a if s in b]
     if common:
         print("per seed (released / ptqbench): " + "; ".join(
