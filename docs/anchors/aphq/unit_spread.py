@@ -220,9 +220,9 @@ def ours(args: argparse.Namespace) -> dict:
 
 
 def validation_top1(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
-    """Top-1, top-5 and the predicted classes of a whole reconstructed model on the first `--eval`
-    validation images (0: all), read by ptqbench's classification loader on both sides, so both
-    models see the same tensors."""
+    """Top-1, top-5 and the predicted classes of a whole model (calibrated or reconstructed) on the
+    first `--eval` validation images (0: all), read by ptqbench's classification loader on both
+    sides, so both models see the same tensors."""
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "docs" / "anchors" / "common"))
     from recon_spread import open_job
@@ -358,10 +358,10 @@ def compare(a: dict, b: dict) -> None:
         same = sum(x == y for x, y in zip(ra["pred"], rb["pred"]))
         print(f"whole model, {key}: top-1 released {ra['top1']:.3f} / ptqbench {rb['top1']:.3f}, top-5 "
               f"{ra['top5']:.3f} / {rb['top5']:.3f}, the same class on {same}/{len(ra['pred'])} images")
-    for side, ev in zip(("released", "ptqbench"), evals):  # for scale: two streams of one code
+    for side, ev in zip(("released", "ptqbench"), evals):  # for scale: two streams of one code (steps alike or unknown)
         keys = [k for k in ev if k != "calibrated"]
         for i, k1 in enumerate(keys):
-            for k2 in keys[i + 1:]:
+            for k2 in [k for k in keys[i + 1:] if steps_of(k) in (steps_of(k1), "") or not steps_of(k1)]:
                 same = sum(x == y for x, y in zip(ev[k1]["pred"], ev[k2]["pred"]))
                 print(f"{side} seeds {k1} and {k2}: the same class on {same}/{len(ev[k1]['pred'])} images")
 
