@@ -18,7 +18,7 @@ from ptqbench.models import make_quantizable
 from ptqbench.quant.calibration import quantizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "anchors" / "aphq"))
-from compare_calibration import BLOCK_QUANTIZERS, OTHER_QUANTIZERS  # noqa: E402
+from compare_calibration import quantizer_map  # noqa: E402
 from unit_spread import EVAL, load_released_calibration, merged, unit_names  # noqa: E402
 from tests.conftest import make_tiny_vit  # noqa: E402
 
@@ -34,11 +34,8 @@ def _released_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     scale and zero point under the release's module names and shapes ((1,) per tensor,
     (1, C, 1) per channel, (1, H, 1, 1) per head)."""
     sd = {n: p.detach().clone() for n, p in model.named_parameters()}
-    names = dict(OTHER_QUANTIZERS)
-    for i in range(len(model.blocks)):
-        names.update({f"blocks.{i}.{r}": f"blocks.{i}.{o}" for r, o in BLOCK_QUANTIZERS.items()})
     ours = quantizers(model)
-    for r, o in names.items():
+    for r, o in quantizer_map(len(model.blocks)).items():
         q = ours[o]
         shape = (1,) if q.channel_axis is None else (1, -1, 1) if q.role == "weight" else (1, -1, 1, 1)
         sd[f"{r}.scale"] = q.scale.reshape(shape).clone()

@@ -40,6 +40,15 @@ OTHER_QUANTIZERS = {"patch_embed.proj.w_quantizer": "patch_embed.proj.weight_qua
                     "head.w_quantizer": "head.weight_quantizer", "head.a_quantizer": "head.input_quantizer"}
 
 
+def quantizer_map(blocks: int, head: bool = True) -> dict[str, str]:
+    """Released quantizer name -> ptqbench's, for the patch embedding, the first `blocks` blocks
+    and, with `head`, the head."""
+    names = {r: o for r, o in OTHER_QUANTIZERS.items() if head or r.startswith("patch_embed")}
+    for i in range(blocks):
+        names.update({f"blocks.{i}.{r}": f"blocks.{i}.{o}" for r, o in BLOCK_QUANTIZERS.items()})
+    return names
+
+
 def ptqbench_calibrated(calib: torch.Tensor, bits: int, weights: Path, units: int) -> torch.nn.Module:
     sys.path.insert(0, str(REPO))
     import timm
@@ -67,10 +76,7 @@ def compare(rel: dict, ours: torch.nn.Module, blocks: int) -> None:
     from ptqbench.quant.calibration import quantizers
 
     pq = quantizers(ours)
-    names = dict(OTHER_QUANTIZERS) if blocks == len(ours.blocks) else {k: v for k, v in OTHER_QUANTIZERS.items()
-                                                                        if k.startswith("patch_embed")}
-    for i in range(blocks):
-        names.update({f"blocks.{i}.{r}": f"blocks.{i}.{o}" for r, o in BLOCK_QUANTIZERS.items()})
+    names = quantizer_map(blocks, head=blocks == len(ours.blocks))
     total_equal = total = 0
     for r, o in names.items():
         a, q = rel["quantizers"][r], pq[o]

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import statistics
@@ -219,19 +220,26 @@ def ours(args: argparse.Namespace) -> dict:
     return out
 
 
-def validation_top1(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
-    """Top-1, top-5 and the predicted classes of a whole model (calibrated or reconstructed) on the
-    first `--eval` validation images (0: all), read by ptqbench's classification loader on both
-    sides, so both models see the same tensors."""
+@functools.lru_cache(maxsize=None)
+def evaluation_job(method: str, bits: int, images: int) -> tuple[Any, Any]:
+    """ptqbench's classification task and its evaluation data for the first `images` validation
+    images (0: all), built once per process for every model a run evaluates."""
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "docs" / "anchors" / "common"))
     from recon_spread import open_job
 
-    overrides = [f"method={args.method}", f"bits=w{args.bits}a{args.bits}", "calib.size=32", "threads=1",
-                 "data.workers=0"]
-    if args.eval:
-        overrides.append(f"data.eval_limit={args.eval}")
+    overrides = [f"method={method}", f"bits=w{bits}a{bits}", "calib.size=32", "threads=1", "data.workers=0"]
+    if images:
+        overrides.append(f"data.eval_limit={images}")
     _, task, _, _, _, eval_data, _ = open_job(overrides)
+    return task, eval_data
+
+
+def validation_top1(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
+    """Top-1, top-5 and the predicted classes of a whole model (calibrated or reconstructed) on the
+    first `--eval` validation images (0: all), read by ptqbench's classification loader on both
+    sides, so both models see the same tensors."""
+    task, eval_data = evaluation_job(args.method, args.bits, args.eval)
     res = task.evaluate(model.eval(), eval_data, "eval")
     print(f"top-1 {res['top1']:.3f}, top-5 {res['top5']:.3f} on {len(res['logits'])} images", flush=True)
     return {"top1": res["top1"], "top5": res["top5"], "pred": res["logits"].argmax(1).tolist()}
@@ -251,7 +259,7 @@ def load_released_calibration(model: torch.nn.Module, ckpt: str) -> int:
     The grid search of the whole model takes 40 minutes a side and gives the same values
     (`compare_calibration.py`); this lets the check run past the first units. Returns how many
     quantizers were set; any released quantizer left out is named."""
-    from compare_calibration import BLOCK_QUANTIZERS, OTHER_QUANTIZERS  # same folder
+    from compare_calibration import quantizer_map  # same folder
 
     from ptqbench.quant.calibration import quantizers
 
@@ -261,9 +269,7 @@ def load_released_calibration(model: torch.nn.Module, ckpt: str) -> int:
     missing = [k for k in weights if k not in params]
     if missing:
         raise SystemExit(f"--ckpt {ckpt}: weights the model does not have, e.g. {missing[:3]}")
-    names = dict(OTHER_QUANTIZERS)
-    for i in range(len(model.blocks)):
-        names.update({f"blocks.{i}.{r}": f"blocks.{i}.{o}" for r, o in BLOCK_QUANTIZERS.items()})
+    names = quantizer_map(len(model.blocks))
     ours, seen = quantizers(model), set()
     with torch.no_grad():
         for k in weights:
